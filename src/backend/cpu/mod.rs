@@ -1,0 +1,345 @@
+//! CPU backend: `wide` SIMD kernels threaded with rayon, each beside a scalar twin
+//! (`*_scalar`) that the tests hold it to.
+//!
+//! Threads split output rows (matmul) or heads (wkv); every output element is computed by
+//! one thread in a fixed order, so results do not depend on the thread count.
+
+use super::Backend;
+use crate::tensor::{Data, Matrix};
+use rayon::prelude::*;
+use wide::f32x8;
+
+/// The CPU backend.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu;
+
+/// Rows of `W` one task converts and multiplies; large enough to amortise the task, small
+/// enough to balance a 2048-row matrix over many cores.
+const ROWS_PER_TASK: usize = 16;
+
+/// A pointer that may be shared between threads writing disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only for writes to disjoint indices, one writer per index (see `matmul`).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// `a . b` over `[n]`, eight lanes with a scalar tail.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len() / 8 * 8;
+    let (mut acc0, mut acc1) = (f32x8::ZERO, f32x8::ZERO);
+    let mut i = 0;
+    while i + 16 <= n {
+        let a0 = f32x8::from(<[f32; 8]>::try_from(&a[i..i + 8]).unwrap());
+        let b0 = f32x8::from(<[f32; 8]>::try_from(&b[i..i + 8]).unwrap());
+        let a1 = f32x8::from(<[f32; 8]>::try_from(&a[i + 8..i + 16]).unwrap());
+        let b1 = f32x8::from(<[f32; 8]>::try_from(&b[i + 8..i + 16]).unwrap());
+        acc0 = a0.mul_add(b0, acc0);
+        acc1 = a1.mul_add(b1, acc1);
+        i += 16;
+    }
+    if i < n {
+        let a0 = f32x8::from(<[f32; 8]>::try_from(&a[i..i + 8]).unwrap());
+        let b0 = f32x8::from(<[f32; 8]>::try_from(&b[i..i + 8]).unwrap());
+        acc0 = a0.mul_add(b0, acc0);
+    }
+    let mut s = (acc0 + acc1).reduce_add();
+    for j in n..a.len() {
+        s += a[j] * b[j];
+    }
+    s
+}
+
+/// Scalar twin of [`dot`].
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Scalar twin of [`Backend::matmul`]: `W [out, in]`, `x [t, in]` -> `y [t, out]`.
+pub fn matmul_scalar(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+    let wf = w.to_f32();
+    let (out, inp) = (w.rows, w.cols);
+    for ti in 0..t {
+        for o in 0..out {
+            y[ti * out + o] = dot_scalar(&wf[o * inp..(o + 1) * inp], &x[ti * inp..(ti + 1) * inp]);
+        }
+    }
+}
+
+/// Scalar twin of [`Backend::layer_norm`].
+pub fn layer_norm_scalar(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let d = weight.len();
+    for row in x.chunks_mut(d) {
+        let mean = row.iter().sum::<f32>() / d as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = (*v - mean) * inv * w + b;
+        }
+    }
+}
+
+/// Normalise `x [n]` in place (no affine part), two passes in f32.
+#[inline]
+fn normalize(x: &mut [f32], eps: f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for v in x.iter_mut() {
+        *v = (*v - mean) * inv;
+    }
+}
+
+/// Scalar twin of [`Backend::wkv`].
+#[allow(clippy::too_many_arguments)]
+pub fn wkv_scalar(
+    heads: usize,
+    r: &[f32],
+    k: &[f32],
+    v: &[f32],
+    w: &[f32],
+    u: &[f32],
+    state: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = u.len();
+    let s = d / heads;
+    let t = r.len() / d;
+    for ti in 0..t {
+        for h in 0..heads {
+            let st = &mut state[h * s * s..(h + 1) * s * s];
+            for j in 0..s {
+                let mut acc = 0.0;
+                for i in 0..s {
+                    let c = ti * d + h * s + i;
+                    let a = k[c] * v[ti * d + h * s + j];
+                    acc += r[c] * (u[h * s + i] * a + st[i * s + j]);
+                    st[i * s + j] = a + w[c] * st[i * s + j];
+                }
+                out[ti * d + h * s + j] = acc;
+            }
+        }
+    }
+}
+
+/// One head of the recurrence over all `t` tokens, vectorised over the value index `j`.
+/// `st [S, S]`, `out` rows of stride `d` starting at this head's channel `c0`.
+#[allow(clippy::too_many_arguments)]
+fn wkv_head(
+    d: usize,
+    c0: usize,
+    s: usize,
+    r: &[f32],
+    k: &[f32],
+    v: &[f32],
+    w: &[f32],
+    u: &[f32],
+    st: &mut [f32],
+    out: SharedMut,
+) {
+    let t = r.len() / d;
+    let mut acc = vec![0.0f32; s];
+    for ti in 0..t {
+        let row = ti * d + c0;
+        let vj = &v[row..row + s];
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        for i in 0..s {
+            let (ri, ki, wi, ui) = (r[row + i], k[row + i], w[row + i], u[c0 + i]);
+            let srow = &mut st[i * s..(i + 1) * s];
+            for ((sij, &vj), a) in srow.iter_mut().zip(vj).zip(acc.iter_mut()) {
+                let kv = ki * vj;
+                *a += ri * (ui * kv + *sij);
+                *sij = kv + wi * *sij;
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            // SAFETY: this head alone writes channels c0..c0+s of every row.
+            unsafe { *out.0.add(row + j) = *a };
+        }
+    }
+}
+
+impl Backend for Cpu {
+    fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+        let (out, inp) = (w.rows, w.cols);
+        assert_eq!(x.len(), t * inp, "matmul: x is not [t, in]");
+        assert_eq!(y.len(), t * out, "matmul: y is not [t, out]");
+        let yp = SharedMut(y.as_mut_ptr());
+        let tasks = out.div_ceil(ROWS_PER_TASK);
+        (0..tasks).into_par_iter().for_each(|task| {
+            let yp = yp;
+            let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(out);
+            let mut buf = match w.data {
+                Data::F32(_) => Vec::new(),
+                _ => vec![0.0f32; inp],
+            };
+            for o in rows {
+                let row: &[f32] = match &w.data {
+                    Data::F32(b) => &b[o * inp..(o + 1) * inp],
+                    _ => {
+                        w.row_f32(o, &mut buf);
+                        &buf
+                    }
+                };
+                for ti in 0..t {
+                    let v = dot(row, &x[ti * inp..(ti + 1) * inp]);
+                    // SAFETY: element (ti, o) is written by the task owning row o only.
+                    unsafe { *yp.0.add(ti * out + o) = v };
+                }
+            }
+        });
+    }
+
+    fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+        for row in x.chunks_mut(weight.len()) {
+            normalize(row, eps);
+            for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+                *v = *v * w + b;
+            }
+        }
+    }
+
+    fn group_norm(&self, x: &mut [f32], heads: usize, weight: &[f32], bias: &[f32], eps: f32) {
+        let d = weight.len();
+        let s = d / heads;
+        for row in x.chunks_mut(d) {
+            for g in row.chunks_mut(s) {
+                normalize(g, eps);
+            }
+            for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+                *v = *v * w + b;
+            }
+        }
+    }
+
+    fn wkv(
+        &self,
+        heads: usize,
+        r: &[f32],
+        k: &[f32],
+        v: &[f32],
+        w: &[f32],
+        u: &[f32],
+        state: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = u.len();
+        let s = d / heads;
+        assert_eq!(state.len(), heads * s * s, "wkv: state is not [H, S, S]");
+        assert_eq!(out.len(), r.len(), "wkv: out is not [t, D]");
+        let op = SharedMut(out.as_mut_ptr());
+        state
+            .par_chunks_mut(s * s)
+            .enumerate()
+            .for_each(|(h, st)| wkv_head(d, h * s, s, r, k, v, w, u, st, op));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{Buf, Data};
+    use half::{bf16, f16};
+
+    /// Deterministic values in [-1, 1).
+    fn vals(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn dot_matches_scalar_on_odd_lengths() {
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 100, 257] {
+            let (a, b) = (vals(n, 1), vals(n, 2));
+            let (x, y) = (dot(&a, &b), dot_scalar(&a, &b));
+            assert!((x - y).abs() < 1e-4, "n={n}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn matmul_matches_scalar_for_every_dtype() {
+        let (out, inp, t) = (37, 45, 5);
+        let wv = vals(out * inp, 3);
+        let x = vals(t * inp, 4);
+        let mats = [
+            Matrix::from_f32(out, inp, wv.clone()),
+            Matrix {
+                rows: out,
+                cols: inp,
+                data: Data::F16(Buf::Owned(wv.iter().map(|&v| f16::from_f32(v)).collect())),
+            },
+            Matrix {
+                rows: out,
+                cols: inp,
+                data: Data::BF16(Buf::Owned(wv.iter().map(|&v| bf16::from_f32(v)).collect())),
+            },
+        ];
+        for m in &mats {
+            let mut y = vec![0.0; t * out];
+            let mut y0 = vec![0.0; t * out];
+            Cpu.matmul(m, &x, t, &mut y);
+            matmul_scalar(m, &x, t, &mut y0);
+            close(&y, &y0, 1e-5);
+        }
+    }
+
+    #[test]
+    fn norms_match_scalar() {
+        let d = 24;
+        let x0 = vals(3 * d, 5);
+        let (w, b) = (vals(d, 6), vals(d, 7));
+        let mut a = x0.clone();
+        let mut s = x0.clone();
+        Cpu.layer_norm(&mut a, &w, &b, 1e-5);
+        layer_norm_scalar(&mut s, &w, &b, 1e-5);
+        close(&a, &s, 1e-5);
+        // group norm with 3 groups == layer norm of each group, then the affine part
+        let mut g = x0.clone();
+        Cpu.group_norm(&mut g, 3, &w, &b, 64e-5);
+        let mut expect = x0.clone();
+        let ones = vec![1.0; 8];
+        let zeros = vec![0.0; 8];
+        for grp in expect.chunks_mut(8) {
+            layer_norm_scalar(grp, &ones, &zeros, 64e-5);
+        }
+        for row in expect.chunks_mut(d) {
+            for ((v, wi), bi) in row.iter_mut().zip(&w).zip(&b) {
+                *v = *v * wi + bi;
+            }
+        }
+        close(&g, &expect, 1e-5);
+    }
+
+    #[test]
+    fn wkv_matches_scalar() {
+        let (h, s, t) = (3, 5, 4);
+        let d = h * s;
+        let (r, k, v) = (vals(t * d, 8), vals(t * d, 9), vals(t * d, 10));
+        let w: Vec<f32> = vals(t * d, 11).iter().map(|x| 0.5 + 0.4 * x).collect();
+        let u = vals(d, 12);
+        let st0 = vals(h * s * s, 13);
+        let (mut st_a, mut st_b) = (st0.clone(), st0);
+        let (mut oa, mut ob) = (vec![0.0; t * d], vec![0.0; t * d]);
+        Cpu.wkv(h, &r, &k, &v, &w, &u, &mut st_a, &mut oa);
+        wkv_scalar(h, &r, &k, &v, &w, &u, &mut st_b, &mut ob);
+        close(&oa, &ob, 1e-5);
+        close(&st_a, &st_b, 1e-5);
+    }
+}

@@ -1,0 +1,38 @@
+//! The narrow interface the model code calls. A backend owns the arithmetic over whole
+//! tensors: matrix products against stored weights, the norms and the wkv recurrence. The
+//! model code (`model::v6`) owns the order of operations and nothing else, so a faster CPU
+//! path or another device slots in here without touching the model.
+
+pub mod cpu;
+
+use crate::tensor::Matrix;
+
+/// Operations over row-major f32 activations. `t` is the number of tokens (rows).
+pub trait Backend: Send + Sync {
+    /// `W [out, in]`, `x [t, in]` -> `y [t, out]`: `y[t, o] = sum_i W[o, i] x[t, i]`.
+    fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]);
+
+    /// Per row of `x [t, D]`: `(x - mean) / sqrt(var + eps) * weight + bias`, in place.
+    fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32);
+
+    /// Per row of `x [t, H * S]`, each of the `H` groups of `S` channels normalised on its
+    /// own, then `* weight + bias` over the row, in place.
+    fn group_norm(&self, x: &mut [f32], heads: usize, weight: &[f32], bias: &[f32], eps: f32);
+
+    /// The RWKV-6 recurrence over `t` tokens, `D = H * S`:
+    /// `r, k, v, w [t, D]`, `u [H, S]`, `state [H, S, S]` (`[head, key, value]`, updated),
+    /// `out [t, D]`. Per head and token:
+    /// `out[j] = sum_i r[i] (u[i] k[i] v[j] + s[i][j])`, then `s[i][j] = k[i] v[j] + w[i] s[i][j]`.
+    #[allow(clippy::too_many_arguments)]
+    fn wkv(
+        &self,
+        heads: usize,
+        r: &[f32],
+        k: &[f32],
+        v: &[f32],
+        w: &[f32],
+        u: &[f32],
+        state: &mut [f32],
+        out: &mut [f32],
+    );
+}

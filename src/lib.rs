@@ -1,0 +1,15 @@
+//! rwkv: the library behind `rwkv-gen`, `rwkv-score` and `rwkv-state`.
+//!
+//! Data flows one way: bytes -> [`tokenizer`] -> ids -> [`model::Model::forward`] (through a
+//! [`backend::Backend`]) -> logits -> [`sample`] -> ids -> bytes. The RNN [`state::State`]
+//! carries everything the model remembers. Nothing in the library prints or exits.
+
+pub mod backend;
+pub mod error;
+pub mod model;
+pub mod state;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use model::{Config, Logits, Model};
+pub use state::State;

@@ -1,0 +1,195 @@
+//! A checkpoint file as a table of named tensors over one read-only memory map.
+//!
+//! Two containers are read: safetensors (`.safetensors`, Ai00's `.st`) and PyTorch's `.pth`
+//! (a zip of a pickle plus raw storages, see [`super::pth`]). Neither copies tensor data:
+//! each entry is a byte range of the map.
+
+use super::pth;
+use crate::error::{Error, Result};
+use crate::tensor::{Buf, DType, Data, Matrix};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where one tensor's elements lie in the map.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    /// The stored dtype as the file names it (`F32`, `BF16`, `torch.HalfStorage` -> `F16`...).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl RawTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub map: Arc<Mmap>,
+    pub tensors: BTreeMap<String, RawTensor>,
+    /// safetensors `__metadata__`, empty for `.pth`.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Map `path` and read its tensor table.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; a checkpoint modified while mapped is the user's
+        // problem as with every mmap-based loader (and the usual practice of llama.cpp etc).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = Arc::new(map);
+        let (tensors, metadata) = if map.starts_with(b"PK\x03\x04") {
+            (pth::read_tensors(path, &map)?, BTreeMap::new())
+        } else {
+            read_safetensors(path, &map)?
+        };
+        for (name, t) in &tensors {
+            let end = t.offset.checked_add(t.len);
+            if end.is_none_or(|e| e > map.len()) {
+                return Err(Error::format(
+                    path,
+                    format!("truncated: tensor `{name}` ends past the end of the file"),
+                ));
+            }
+        }
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            map,
+            tensors,
+            metadata,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&RawTensor> {
+        self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    fn dtype_of(&self, name: &str, t: &RawTensor) -> Result<DType> {
+        let d = match t.dtype.as_str() {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            other => {
+                return Err(Error::DType {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    dtype: other.to_string(),
+                })
+            }
+        };
+        if t.len != t.numel() * d.size() {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "tensor `{name}`: {} bytes for shape {:?} of {}",
+                    t.len, t.shape, t.dtype
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Tensor `name` as a matrix `[rows, cols]` over the map; `shape` must equal the stored one.
+    pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<Matrix> {
+        let t = self.get(name)?;
+        self.check_shape(name, t, shape)?;
+        let (rows, cols) = match *shape {
+            [r, c] => (r, c),
+            _ => (shape[..shape.len() - 1].iter().product(), shape[shape.len() - 1]),
+        };
+        let n = rows * cols;
+        let data = match self.dtype_of(name, t)? {
+            DType::F32 => Data::F32(Buf::<f32>::from_map(&self.map, t.offset, n)),
+            DType::F16 => Data::F16(Buf::<f16>::from_map(&self.map, t.offset, n)),
+            DType::BF16 => Data::BF16(Buf::<bf16>::from_map(&self.map, t.offset, n)),
+        };
+        Ok(Matrix { rows, cols, data })
+    }
+
+    /// Tensor `name` converted to f32; its element count must equal the product of `shape`
+    /// (vectors are stored as `[D]` or `[1, 1, D]` depending on the exporter).
+    pub fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.get(name)?;
+        let n: usize = shape.iter().product();
+        if t.numel() != n {
+            return Err(self.shape_error(name, t, shape));
+        }
+        let m = self.matrix(name, &t.shape.clone())?;
+        Ok(m.to_f32())
+    }
+
+    /// Stored shape of `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.shape.as_slice())
+    }
+
+    fn check_shape(&self, name: &str, t: &RawTensor, shape: &[usize]) -> Result<()> {
+        if t.shape != shape {
+            return Err(self.shape_error(name, t, shape));
+        }
+        Ok(())
+    }
+
+    fn shape_error(&self, name: &str, t: &RawTensor, shape: &[usize]) -> Error {
+        Error::Shape {
+            path: self.path.clone(),
+            name: name.to_string(),
+            expected: shape.to_vec(),
+            found: t.shape.clone(),
+        }
+    }
+}
+
+type Table = (BTreeMap<String, RawTensor>, BTreeMap<String, String>);
+
+fn read_safetensors(path: &Path, map: &Mmap) -> Result<Table> {
+    if map.len() < 8 {
+        return Err(Error::format(path, "not a model: file too short"));
+    }
+    let n = u64::from_le_bytes(map[..8].try_into().unwrap());
+    let first = map.get(8).copied();
+    if n < 2 || first != Some(b'{') {
+        return Err(Error::format(
+            path,
+            "not a model: neither safetensors nor a PyTorch .pth (zip) file",
+        ));
+    }
+    if n > map.len() as u64 - 8 {
+        return Err(Error::format(
+            path,
+            "truncated: the safetensors header is longer than the file",
+        ));
+    }
+    let (_, meta) = safetensors::SafeTensors::read_metadata(map)
+        .map_err(|e| Error::format(path, format!("bad safetensors file: {e}")))?;
+    let base = 8 + n as usize;
+    let mut tensors = BTreeMap::new();
+    for (name, info) in meta.tensors() {
+        let (a, b) = info.data_offsets;
+        tensors.insert(
+            name.clone(),
+            RawTensor {
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.clone(),
+                offset: base + a,
+                len: b - a,
+            },
+        );
+    }
+    let metadata = meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    Ok((tensors, metadata))
+}

@@ -1,0 +1,124 @@
+//! Model loading and the forward pass entry point.
+//!
+//! `Model::load` maps a checkpoint (safetensors, Ai00 `.st` or PyTorch `.pth`), detects the
+//! naming layout and the RWKV version, reads every hyper-parameter from the tensor shapes
+//! and builds the version's weights over the map. Nothing is hard-coded to a size.
+
+pub mod checkpoint;
+pub mod names;
+pub mod pth;
+pub mod v6;
+
+use crate::backend::{cpu::Cpu, Backend};
+use crate::error::{Error, Result};
+use crate::state::State;
+use checkpoint::Checkpoint;
+use names::{Layout, Names};
+use std::path::{Path, PathBuf};
+pub use v6::Logits;
+
+/// Hyper-parameters, all read from tensor shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// `L`
+    pub n_layer: usize,
+    /// `D`
+    pub n_embd: usize,
+    /// `H`
+    pub n_head: usize,
+    /// `S`, with `H * S = D`
+    pub head_size: usize,
+    /// `F`
+    pub ffn: usize,
+    /// `V`
+    pub vocab: usize,
+    /// `M`: width of the token-shift mix LoRA.
+    pub maa_lora: usize,
+    /// `K`: width of the decay LoRA.
+    pub decay_lora: usize,
+}
+
+impl Config {
+    /// Parameters, counting every matrix and vector.
+    pub fn n_params(&self) -> usize {
+        let (d, f, v, m, k) = (
+            self.n_embd,
+            self.ffn,
+            self.vocab,
+            self.maa_lora,
+            self.decay_lora,
+        );
+        let att = 5 * d * d + d * 5 * m + 5 * m * d + 2 * d * k + 12 * d;
+        let ffn = 2 * d * f + d * d + 2 * d;
+        let norms = 4 * d;
+        2 * v * d + 4 * d + self.n_layer * (att + ffn + norms)
+    }
+}
+
+/// A loaded model, ready to run.
+pub struct Model {
+    pub path: PathBuf,
+    pub cfg: Config,
+    pub layout: Layout,
+    pub weights: v6::Weights,
+    backend: Box<dyn Backend>,
+}
+
+impl Model {
+    /// Map and check the checkpoint at `path`.
+    pub fn load(path: &Path) -> Result<Model> {
+        let ck = Checkpoint::open(path)?;
+        let names = Names::new(&ck);
+        names::check_version(&ck, &names)?;
+        let cfg = v6::config(&ck, &names)?;
+        let weights = v6::load(&ck, &names, &cfg)?;
+        Ok(Model {
+            path: path.to_path_buf(),
+            cfg,
+            layout: names.layout,
+            weights,
+            backend: Box::new(Cpu),
+        })
+    }
+
+    /// A fresh zero state.
+    pub fn new_state(&self) -> State {
+        State::zeros(&self.cfg)
+    }
+
+    /// Feed `tokens` from `state` (advanced in place) and return the logits `want`s:
+    /// nothing, `[V]` after the last token, or `[T, V]` after every token.
+    /// Every projection runs over all the tokens at once (sequence mode).
+    pub fn forward(&self, tokens: &[u32], state: &mut State, want: Logits) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::Invalid("no tokens to feed".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is out of range for a model with vocab {}",
+                self.cfg.vocab
+            )));
+        }
+        if !state.fits(&self.cfg) {
+            return Err(Error::StateMismatch(
+                "the state's shape does not fit this model".into(),
+            ));
+        }
+        Ok(self
+            .weights
+            .forward(self.backend.as_ref(), &self.cfg, tokens, state, want))
+    }
+
+    /// Feed `tokens` in chunks of `chunk` (bounding the activations' memory), returning the
+    /// logits after the last token.
+    pub fn feed(&self, tokens: &[u32], state: &mut State, chunk: usize) -> Result<Vec<f32>> {
+        let chunk = chunk.max(1);
+        let mut logits = Vec::new();
+        let n = tokens.len().div_ceil(chunk);
+        for (i, part) in tokens.chunks(chunk).enumerate() {
+            let want = if i + 1 == n { Logits::Last } else { Logits::None };
+            logits = self.forward(part, state, want)?;
+        }
+        Ok(logits)
+    }
+}

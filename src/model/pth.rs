@@ -1,0 +1,403 @@
+//! PyTorch `.pth` files without Python.
+//!
+//! `torch.save` writes an uncompressed zip (zip64 past 4 GiB) holding `ARCHIVE/data.pkl`, a
+//! pickle of the state dict, and `ARCHIVE/data/KEY`, one raw little-endian storage per
+//! tensor, aligned to 64 bytes. The pickle uses a small subset of protocol 2: dicts, tuples,
+//! strings, ints, `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` and
+//! persistent ids `('storage', torch.BFloat16Storage, KEY, 'cpu', numel)`. We run that subset
+//! on a tiny stack machine and map each tensor to its byte range in the file.
+
+use super::checkpoint::RawTensor;
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// One zip member: where its (stored, uncompressed) bytes start and how many.
+struct Member {
+    offset: usize,
+    size: usize,
+}
+
+fn le16(b: &[u8], at: usize) -> Option<u64> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?) as u64)
+}
+fn le32(b: &[u8], at: usize) -> Option<u64> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as u64)
+}
+fn le64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The members of a stored (uncompressed) zip, by name.
+fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
+    let bad = |m: &str| Error::format(path, format!("not a valid .pth zip: {m}"));
+    // End of central directory: the last `PK\x05\x06` within the final 64 KiB + 22 bytes.
+    let lo = b.len().saturating_sub(65_557);
+    let eocd = (lo..b.len().saturating_sub(21))
+        .rev()
+        .find(|&i| b[i..].starts_with(b"PK\x05\x06"))
+        .ok_or_else(|| bad("no end of central directory (truncated?)"))?;
+    let mut count = le16(b, eocd + 10).unwrap();
+    let mut cd = le32(b, eocd + 16).unwrap();
+    if count == 0xFFFF || cd == 0xFFFF_FFFF {
+        // zip64: locator just before the EOCD points to the zip64 EOCD record.
+        let loc = eocd.checked_sub(20).ok_or_else(|| bad("zip64 locator missing"))?;
+        if !b[loc..].starts_with(b"PK\x06\x07") {
+            return Err(bad("zip64 locator missing"));
+        }
+        let rec = le64(b, loc + 8).unwrap() as usize;
+        if !b.get(rec..).is_some_and(|r| r.starts_with(b"PK\x06\x06")) {
+            return Err(bad("zip64 end record missing"));
+        }
+        count = le64(b, rec + 32).ok_or_else(|| bad("zip64 end record truncated"))?;
+        cd = le64(b, rec + 48).ok_or_else(|| bad("zip64 end record truncated"))?;
+    }
+    let mut members = HashMap::new();
+    let mut p = cd as usize;
+    for _ in 0..count {
+        let hdr = b.get(p..p + 46).ok_or_else(|| bad("central directory truncated"))?;
+        if !hdr.starts_with(b"PK\x01\x02") {
+            return Err(bad("central directory entry corrupt"));
+        }
+        let method = le16(b, p + 10).unwrap();
+        let mut size = le32(b, p + 24).unwrap();
+        let name_len = le16(b, p + 28).unwrap() as usize;
+        let extra_len = le16(b, p + 30).unwrap() as usize;
+        let comment_len = le16(b, p + 32).unwrap() as usize;
+        let mut local = le32(b, p + 42).unwrap();
+        let name = b
+            .get(p + 46..p + 46 + name_len)
+            .ok_or_else(|| bad("central directory truncated"))?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        // zip64 extra field (id 1): the 0xFFFFFFFF fields, in order usize, csize, offset.
+        let mut e = p + 46 + name_len;
+        let extra_end = e + extra_len;
+        while e + 4 <= extra_end {
+            let id = le16(b, e).unwrap_or(0);
+            let len = le16(b, e + 2).unwrap_or(0) as usize;
+            if id == 1 {
+                let mut q = e + 4;
+                if size == 0xFFFF_FFFF {
+                    size = le64(b, q).ok_or_else(|| bad("zip64 field truncated"))?;
+                    q += 8;
+                }
+                if le32(b, p + 20) == Some(0xFFFF_FFFF) {
+                    q += 8;
+                }
+                if local == 0xFFFF_FFFF {
+                    local = le64(b, q).ok_or_else(|| bad("zip64 field truncated"))?;
+                }
+            }
+            e += 4 + len;
+        }
+        if method != 0 {
+            return Err(bad(&format!("member {name} is compressed")));
+        }
+        let l = local as usize;
+        if !b.get(l..).is_some_and(|r| r.starts_with(b"PK\x03\x04")) {
+            return Err(bad(&format!("member {name}: local header missing (truncated?)")));
+        }
+        let lname = le16(b, l + 26).unwrap() as usize;
+        let lextra = le16(b, l + 28).unwrap() as usize;
+        members.insert(
+            name,
+            Member {
+                offset: l + 30 + lname + lextra,
+                size: size as usize,
+            },
+        );
+        p += 46 + name_len + extra_len + comment_len;
+    }
+    Ok(members)
+}
+
+/// Values of the pickle subset a state dict uses.
+#[derive(Debug, Clone)]
+enum Val {
+    None,
+
+    Int(i64),
+    Str(String),
+    Tuple(Vec<Val>),
+    Dict(Vec<(Val, Val)>),
+    Global(String),
+    /// `('storage', dtype, key, device, numel)` after BINPERSID.
+    Storage { dtype: String, key: String },
+    Tensor(Box<PickledTensor>),
+    /// An object we do not interpret (OrderedDict(), metadata): kept as a placeholder.
+    Other,
+    Mark,
+}
+
+#[derive(Debug, Clone)]
+struct PickledTensor {
+    dtype: String,
+    key: String,
+    offset: usize,
+    shape: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+fn storage_dtype(global: &str) -> String {
+    match global {
+        "torch FloatStorage" => "F32",
+        "torch HalfStorage" => "F16",
+        "torch BFloat16Storage" => "BF16",
+        "torch DoubleStorage" => "F64",
+        "torch LongStorage" => "I64",
+        "torch IntStorage" => "I32",
+        other => other,
+    }
+    .to_string()
+}
+
+/// Run the pickle and return the top-level dict.
+fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
+    let bad = |m: String| Error::format(path, format!("unsupported .pth pickle: {m}"));
+    let mut stack: Vec<Val> = Vec::new();
+    let mut memo: HashMap<u64, Val> = HashMap::new();
+    let mut i = 0usize;
+    let take = |i: &mut usize, n: usize| -> Result<&[u8]> {
+        let s = p
+            .get(*i..*i + n)
+            .ok_or_else(|| Error::format(path, "truncated .pth pickle"))?;
+        *i += n;
+        Ok(s)
+    };
+    let pop_mark = |stack: &mut Vec<Val>| -> Result<Vec<Val>> {
+        let m = stack
+            .iter()
+            .rposition(|v| matches!(v, Val::Mark))
+            .ok_or_else(|| Error::format(path, "pickle: MARK missing"))?;
+        let items = stack.split_off(m + 1);
+        stack.pop();
+        Ok(items)
+    };
+    loop {
+        let op = take(&mut i, 1)?[0];
+        match op {
+            0x80 => {
+                take(&mut i, 1)?;
+            } // PROTO
+            b'}' => stack.push(Val::Dict(Vec::new())),
+            b')' => stack.push(Val::Tuple(Vec::new())),
+            b'N' => stack.push(Val::None),
+            0x88 | 0x89 => stack.push(Val::Other),
+            b'(' => stack.push(Val::Mark),
+            b'q' => {
+                let k = take(&mut i, 1)?[0] as u64;
+                memo.insert(k, stack.last().cloned().unwrap_or(Val::None));
+            }
+            b'r' => {
+                let k = u32::from_le_bytes(take(&mut i, 4)?.try_into().unwrap()) as u64;
+                memo.insert(k, stack.last().cloned().unwrap_or(Val::None));
+            }
+            b'h' => {
+                let k = take(&mut i, 1)?[0] as u64;
+                stack.push(memo.get(&k).cloned().ok_or_else(|| bad(format!("memo {k}")))?);
+            }
+            b'j' => {
+                let k = u32::from_le_bytes(take(&mut i, 4)?.try_into().unwrap()) as u64;
+                stack.push(memo.get(&k).cloned().ok_or_else(|| bad(format!("memo {k}")))?);
+            }
+            b'K' => stack.push(Val::Int(take(&mut i, 1)?[0] as i64)),
+            b'M' => stack.push(Val::Int(
+                u16::from_le_bytes(take(&mut i, 2)?.try_into().unwrap()) as i64,
+            )),
+            b'J' => stack.push(Val::Int(
+                i32::from_le_bytes(take(&mut i, 4)?.try_into().unwrap()) as i64,
+            )),
+            0x8a => {
+                // LONG1: little-endian two's complement of n bytes
+                let n = take(&mut i, 1)?[0] as usize;
+                let bytes = take(&mut i, n)?;
+                let mut v: i64 = 0;
+                for (k, &byte) in bytes.iter().enumerate().take(8) {
+                    v |= (byte as i64) << (8 * k);
+                }
+                if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n);
+                }
+                stack.push(Val::Int(v));
+            }
+            b'X' => {
+                let n = u32::from_le_bytes(take(&mut i, 4)?.try_into().unwrap()) as usize;
+                let s = take(&mut i, n)?;
+                stack.push(Val::Str(String::from_utf8_lossy(s).into_owned()));
+            }
+            0x8c => {
+                // SHORT_BINUNICODE
+                let n = take(&mut i, 1)?[0] as usize;
+                let s = take(&mut i, n)?;
+                stack.push(Val::Str(String::from_utf8_lossy(s).into_owned()));
+            }
+            b'c' => {
+                let end1 = p[i..].iter().position(|&c| c == b'\n').map(|e| i + e);
+                let end1 = end1.ok_or_else(|| bad("GLOBAL".into()))?;
+                let end2 = p[end1 + 1..].iter().position(|&c| c == b'\n');
+                let end2 = end1 + 1 + end2.ok_or_else(|| bad("GLOBAL".into()))?;
+                let g = format!(
+                    "{} {}",
+                    String::from_utf8_lossy(&p[i..end1]),
+                    String::from_utf8_lossy(&p[end1 + 1..end2])
+                );
+                i = end2 + 1;
+                stack.push(Val::Global(g));
+            }
+            b't' => {
+                let items = pop_mark(&mut stack)?;
+                stack.push(Val::Tuple(items));
+            }
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                if stack.len() < n {
+                    return Err(bad("stack underflow".into()));
+                }
+                let items = stack.split_off(stack.len() - n);
+                stack.push(Val::Tuple(items));
+            }
+            b'Q' => {
+                // BINPERSID: ('storage', Global(dtype), key, device, numel)
+                let pid = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
+                let Val::Tuple(t) = pid else {
+                    return Err(bad("persistent id is not a tuple".into()));
+                };
+                match (t.get(1), t.get(2)) {
+                    (Some(Val::Global(g)), Some(Val::Str(key))) => stack.push(Val::Storage {
+                        dtype: storage_dtype(g),
+                        key: key.clone(),
+                    }),
+                    _ => return Err(bad("persistent id is not a storage".into())),
+                }
+            }
+            b'R' => {
+                let args = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
+                let func = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
+                let v = match (&func, args) {
+                    (Val::Global(g), Val::Tuple(a)) if g == "torch._utils _rebuild_tensor_v2" => {
+                        rebuild_tensor(&a).ok_or_else(|| bad("malformed tensor".into()))?
+                    }
+                    _ => Val::Other,
+                };
+                stack.push(v);
+            }
+            b's' => {
+                let v = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
+                let k = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
+                if let Some(Val::Dict(d)) = stack.last_mut() {
+                    d.push((k, v));
+                }
+            }
+            b'u' => {
+                let items = pop_mark(&mut stack)?;
+                if let Some(Val::Dict(d)) = stack.last_mut() {
+                    let mut it = items.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        d.push((k, v));
+                    }
+                }
+            }
+            b'.' => break,
+            other => return Err(bad(format!("opcode 0x{other:02x} at byte {}", i - 1))),
+        }
+    }
+    match stack.pop() {
+        Some(Val::Dict(d)) => Ok(d),
+        _ => Err(bad("the pickle is not a dict of tensors".into())),
+    }
+}
+
+fn rebuild_tensor(a: &[Val]) -> Option<Val> {
+    let ints = |v: &Val| -> Option<Vec<usize>> {
+        match v {
+            Val::Tuple(t) => t
+                .iter()
+                .map(|x| match x {
+                    Val::Int(i) if *i >= 0 => Some(*i as usize),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    };
+    let (Val::Storage { dtype, key }, Val::Int(off)) = (a.first()?, a.get(1)?) else {
+        return None;
+    };
+    Some(Val::Tensor(Box::new(PickledTensor {
+        dtype: dtype.clone(),
+        key: key.clone(),
+        offset: usize::try_from(*off).ok()?,
+        shape: ints(a.get(2)?)?,
+        stride: ints(a.get(3)?)?,
+    })))
+}
+
+fn elem_size(dtype: &str) -> usize {
+    match dtype {
+        "F16" | "BF16" => 2,
+        "F64" | "I64" => 8,
+        _ => 4,
+    }
+}
+
+/// The tensors of a `.pth` state dict as byte ranges of `b` (the whole mapped file).
+pub fn read_tensors(path: &Path, b: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
+    let members = zip_members(path, b)?;
+    let (pkl_name, pkl) = members
+        .iter()
+        .find(|(n, _)| n.ends_with("/data.pkl") || n.as_str() == "data.pkl")
+        .ok_or_else(|| Error::format(path, "not a PyTorch checkpoint: no data.pkl in the zip"))?;
+    let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
+    let pkl_bytes = b
+        .get(pkl.offset..pkl.offset + pkl.size)
+        .ok_or_else(|| Error::format(path, "truncated: data.pkl lies past the end"))?;
+    let dict = unpickle(path, pkl_bytes)?;
+    let mut out = BTreeMap::new();
+    for (k, v) in dict {
+        let (Val::Str(name), Val::Tensor(t)) = (k, v) else {
+            continue;
+        };
+        // Only contiguous row-major tensors map without a copy; torch.save of a state dict
+        // writes them that way.
+        let mut expect = 1usize;
+        for (d, s) in t.shape.iter().zip(&t.stride).rev() {
+            if *d > 1 && *s != expect {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "tensor `{name}` is not contiguous (shape {:?}, stride {:?})",
+                        t.shape, t.stride
+                    ),
+                ));
+            }
+            expect *= d;
+        }
+        let storage = members
+            .get(&format!("{prefix}data/{}", t.key))
+            .ok_or_else(|| {
+                Error::format(path, format!("tensor `{name}`: storage {} missing", t.key))
+            })?;
+        let es = elem_size(&t.dtype);
+        let numel: usize = t.shape.iter().product();
+        let start = t.offset * es;
+        if start + numel * es > storage.size {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}` lies outside its storage"),
+            ));
+        }
+        out.insert(
+            name,
+            RawTensor {
+                dtype: t.dtype.clone(),
+                shape: t.shape.clone(),
+                offset: storage.offset + start,
+                len: numel * es,
+            },
+        );
+    }
+    if out.is_empty() {
+        return Err(Error::format(path, "the .pth file holds no tensors"));
+    }
+    Ok(out)
+}

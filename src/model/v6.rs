@@ -1,0 +1,381 @@
+//! RWKV-6 ("Finch", x060): weights built from a checkpoint by name, and the forward pass.
+//!
+//! One code path serves one token and a whole sequence: every projection runs over the `T`
+//! rows at once as a matrix-matrix product, and only the wkv recurrence steps through `t`.
+//! The math is `shared/docs/RWKV6.md`; notation `D` width, `H` heads, `S` head size,
+//! `F` FFN width, `V` vocab, `M` mix-LoRA width, `K` decay-LoRA width, `T` tokens.
+
+use super::checkpoint::Checkpoint;
+use super::names::Names;
+use super::Config;
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::state::{LayerState, State};
+use crate::tensor::Matrix;
+
+const LN_EPS: f32 = 1e-5;
+const GN_EPS: f32 = 64e-5;
+
+/// Time mix (attention) weights of one layer.
+pub struct Att {
+    /// `[D]` each: token-shift mix coefficients.
+    pub maa_x: Vec<f32>,
+    /// `[5, D]`: the w, k, v, r, g mix coefficients, in that order.
+    pub maa: [Vec<f32>; 5],
+    /// `[5M, D]`: mix LoRA down, Linear orientation.
+    pub maa_w1: Matrix,
+    /// 5 x `[D, M]`: mix LoRA up for w, k, v, r, g.
+    pub maa_w2: [Matrix; 5],
+    /// `[D]`
+    pub decay: Vec<f32>,
+    /// `[K, D]`: decay LoRA down.
+    pub decay_w1: Matrix,
+    /// `[D, K]`: decay LoRA up.
+    pub decay_w2: Matrix,
+    /// `[H, S]`: the bonus `u` of the current token.
+    pub faaaa: Vec<f32>,
+    /// `[D, D]` each.
+    pub receptance: Matrix,
+    pub key: Matrix,
+    pub value: Matrix,
+    pub gate: Matrix,
+    pub output: Matrix,
+    /// `[D]`: GroupNorm affine part.
+    pub ln_x_w: Vec<f32>,
+    pub ln_x_b: Vec<f32>,
+}
+
+/// Channel mix (FFN) weights of one layer.
+pub struct Ffn {
+    /// `[D]`
+    pub maa_k: Vec<f32>,
+    pub maa_r: Vec<f32>,
+    /// `[F, D]`
+    pub key: Matrix,
+    /// `[D, D]`
+    pub receptance: Matrix,
+    /// `[D, F]`
+    pub value: Matrix,
+}
+
+pub struct Layer {
+    /// `[D]` each.
+    pub ln1_w: Vec<f32>,
+    pub ln1_b: Vec<f32>,
+    pub ln2_w: Vec<f32>,
+    pub ln2_b: Vec<f32>,
+    pub att: Att,
+    pub ffn: Ffn,
+}
+
+pub struct Weights {
+    /// `[V, D]`, stored; ln0 is applied in f32 when a row is looked up.
+    pub emb: Matrix,
+    /// `[D]`
+    pub ln0_w: Vec<f32>,
+    pub ln0_b: Vec<f32>,
+    pub layers: Vec<Layer>,
+    /// `[D]`
+    pub ln_out_w: Vec<f32>,
+    pub ln_out_b: Vec<f32>,
+    /// `[V, D]`
+    pub head: Matrix,
+}
+
+/// Which logits a forward call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None: only the state advances (prompt prefixes).
+    None,
+    /// `[V]` after the last token.
+    Last,
+    /// `[T, V]` after every token (scoring).
+    All,
+}
+
+/// Read the hyper-parameters from the tensor shapes.
+pub fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
+    let shape = |canon: &str| -> Result<Vec<usize>> {
+        Ok(ck.get(names.stored(canon))?.shape.clone())
+    };
+    let emb = shape("emb.weight")?;
+    let faaaa = shape("blocks.0.att.time_faaaa")?;
+    let ffn_key = shape("blocks.0.ffn.key.weight")?;
+    let decay_w1 = shape("blocks.0.att.time_decay_w1")?;
+    let maa_w2 = shape("blocks.0.att.time_maa_w2")?;
+    let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
+        path: ck.path.clone(),
+        name: names.stored(name).to_string(),
+        expected,
+        found: found.to_vec(),
+    };
+    if emb.len() != 2 {
+        return Err(bad("emb.weight", &emb, vec![0, 0]));
+    }
+    let (vocab, d) = (emb[0], emb[1]);
+    if faaaa.len() != 2 || faaaa[0] * faaaa[1] != d {
+        return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
+    }
+    let out_in = names.layout.lora_is_out_in();
+    // decay_w1 is [D, K] (BlinkDL/HF) or [K, D] (Ai00); maa_w2 is [5, M, D] or [5, D, M].
+    let k = if out_in { decay_w1[0] } else { decay_w1[decay_w1.len() - 1] };
+    let m = if maa_w2.len() == 3 {
+        if out_in {
+            maa_w2[2]
+        } else {
+            maa_w2[1]
+        }
+    } else {
+        return Err(bad("blocks.0.att.time_maa_w2", &maa_w2, vec![5, 32, d]));
+    };
+    Ok(Config {
+        n_layer: names.n_layers(),
+        n_embd: d,
+        n_head: faaaa[0],
+        head_size: faaaa[1],
+        ffn: ffn_key[0],
+        vocab,
+        maa_lora: m,
+        decay_lora: k,
+    })
+}
+
+/// Build the weights of every layer, checking every shape against `cfg`.
+pub fn load(ck: &Checkpoint, names: &Names, cfg: &Config) -> Result<Weights> {
+    let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
+    let (m, k) = (cfg.maa_lora, cfg.decay_lora);
+    let out_in = names.layout.lora_is_out_in();
+    let mat = |canon: &str, shape: &[usize]| ck.matrix(names.stored(canon), shape);
+    let vec = |canon: &str, n: usize| ck.vector(names.stored(canon), &[n]);
+    // A LoRA matrix used as `x @ W` with W `[inp, out]`, returned as Linear `[out, inp]`.
+    let lora = |canon: &str, inp: usize, out: usize| -> Result<Matrix> {
+        if out_in {
+            mat(canon, &[out, inp])
+        } else {
+            Ok(mat(canon, &[inp, out])?.transposed())
+        }
+    };
+    let mut layers = Vec::with_capacity(cfg.n_layer);
+    for i in 0..cfg.n_layer {
+        let p = |s: &str| format!("blocks.{i}.{s}");
+        let w2_name = p("att.time_maa_w2");
+        let w2_all = if out_in {
+            mat(&w2_name, &[5, d, m])?
+        } else {
+            mat(&w2_name, &[5, m, d])?
+        };
+        let w2_rows = w2_all.rows / 5;
+        let w2 = |j: usize| {
+            let slice = w2_all.row_block(j * w2_rows, w2_rows);
+            if out_in {
+                slice
+            } else {
+                slice.transposed()
+            }
+        };
+        let att = Att {
+            maa_x: vec(&p("att.time_maa_x"), d)?,
+            maa: [
+                vec(&p("att.time_maa_w"), d)?,
+                vec(&p("att.time_maa_k"), d)?,
+                vec(&p("att.time_maa_v"), d)?,
+                vec(&p("att.time_maa_r"), d)?,
+                vec(&p("att.time_maa_g"), d)?,
+            ],
+            maa_w1: lora(&p("att.time_maa_w1"), d, 5 * m)?,
+            maa_w2: [w2(0), w2(1), w2(2), w2(3), w2(4)],
+            decay: vec(&p("att.time_decay"), d)?,
+            decay_w1: lora(&p("att.time_decay_w1"), d, k)?,
+            decay_w2: lora(&p("att.time_decay_w2"), k, d)?,
+            faaaa: ck.vector(
+                names.stored(&p("att.time_faaaa")),
+                &[cfg.n_head, cfg.head_size],
+            )?,
+            receptance: mat(&p("att.receptance.weight"), &[d, d])?,
+            key: mat(&p("att.key.weight"), &[d, d])?,
+            value: mat(&p("att.value.weight"), &[d, d])?,
+            gate: mat(&p("att.gate.weight"), &[d, d])?,
+            output: mat(&p("att.output.weight"), &[d, d])?,
+            ln_x_w: vec(&p("att.ln_x.weight"), d)?,
+            ln_x_b: vec(&p("att.ln_x.bias"), d)?,
+        };
+        let ffn = Ffn {
+            maa_k: vec(&p("ffn.time_maa_k"), d)?,
+            maa_r: vec(&p("ffn.time_maa_r"), d)?,
+            key: mat(&p("ffn.key.weight"), &[f, d])?,
+            receptance: mat(&p("ffn.receptance.weight"), &[d, d])?,
+            value: mat(&p("ffn.value.weight"), &[d, f])?,
+        };
+        layers.push(Layer {
+            ln1_w: vec(&p("ln1.weight"), d)?,
+            ln1_b: vec(&p("ln1.bias"), d)?,
+            ln2_w: vec(&p("ln2.weight"), d)?,
+            ln2_b: vec(&p("ln2.bias"), d)?,
+            att,
+            ffn,
+        });
+    }
+    Ok(Weights {
+        emb: mat("emb.weight", &[v, d])?,
+        ln0_w: vec("blocks.0.ln0.weight", d)?,
+        ln0_b: vec("blocks.0.ln0.bias", d)?,
+        layers,
+        ln_out_w: vec("ln_out.weight", d)?,
+        ln_out_b: vec("ln_out.bias", d)?,
+        head: mat("head.weight", &[v, d])?,
+    })
+}
+
+/// `sx[t] = prev(t) - xx[t]` where `prev(0)` is the shift state and `prev(t) = xx[t-1]`;
+/// the shift state becomes the last row. `xx`, `sx` are `[T, D]`.
+fn token_shift(xx: &[f32], shift: &mut [f32], sx: &mut [f32]) {
+    let d = shift.len();
+    for (t, (row, out)) in xx.chunks(d).zip(sx.chunks_mut(d)).enumerate() {
+        let prev = if t == 0 { &*shift } else { &xx[(t - 1) * d..t * d] };
+        for ((o, p), x) in out.iter_mut().zip(prev).zip(row) {
+            *o = p - x;
+        }
+    }
+    shift.copy_from_slice(&xx[xx.len() - d..]);
+}
+
+/// `out[t] = xx[t] + sx[t] * (maa + delta[t])` over `[T, D]`; `delta` may be empty (zero).
+fn mix(xx: &[f32], sx: &[f32], maa: &[f32], delta: &[f32], out: &mut [f32]) {
+    let d = maa.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        let extra = if delta.is_empty() { 0.0 } else { delta[i] };
+        *o = xx[i] + sx[i] * (maa[i % d] + extra);
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl Weights {
+    /// Embedding rows of `tokens` with ln0 applied: `[T, D]`.
+    fn embed(&self, be: &dyn Backend, tokens: &[u32]) -> Vec<f32> {
+        let d = self.emb.cols;
+        let mut x = vec![0.0; tokens.len() * d];
+        for (row, &tok) in x.chunks_mut(d).zip(tokens) {
+            self.emb.row_f32(tok as usize, row);
+        }
+        be.layer_norm(&mut x, &self.ln0_w, &self.ln0_b, LN_EPS);
+        x
+    }
+
+    /// Feed `tokens` (all `< V`, at least one) from `state`, advancing it.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        cfg: &Config,
+        tokens: &[u32],
+        state: &mut State,
+        want: Logits,
+    ) -> Vec<f32> {
+        let t = tokens.len();
+        let d = cfg.n_embd;
+        let mut x = self.embed(be, tokens);
+        for (layer, st) in self.layers.iter().zip(state.layers.iter_mut()) {
+            time_mix(be, cfg, layer, &mut x, st);
+            channel_mix(be, cfg, layer, &mut x, st);
+        }
+        let rows = match want {
+            Logits::None => return Vec::new(),
+            Logits::Last => &mut x[(t - 1) * d..],
+            Logits::All => &mut x[..],
+        };
+        be.layer_norm(rows, &self.ln_out_w, &self.ln_out_b, LN_EPS);
+        let n = rows.len() / d;
+        let mut logits = vec![0.0; n * cfg.vocab];
+        be.matmul(&self.head, rows, n, &mut logits);
+        logits
+    }
+}
+
+/// `x [T, D] += Wo (GroupNorm(wkv(r, k, v, w)) * g)`.
+fn time_mix(be: &dyn Backend, cfg: &Config, l: &Layer, x: &mut [f32], st: &mut LayerState) {
+    let a = &l.att;
+    let d = cfg.n_embd;
+    let t = x.len() / d;
+    let m = cfg.maa_lora;
+    let mut xx = x.to_vec();
+    be.layer_norm(&mut xx, &l.ln1_w, &l.ln1_b, LN_EPS);
+    let mut sx = vec![0.0; t * d];
+    token_shift(&xx, &mut st.att_shift, &mut sx);
+
+    // Data-dependent mix: m = tanh(xxx @ maa_w1), delta_j = m_j @ maa_w2[j].
+    let mut xxx = vec![0.0; t * d];
+    mix(&xx, &sx, &a.maa_x, &[], &mut xxx);
+    let mut lo = vec![0.0; t * 5 * m];
+    be.matmul(&a.maa_w1, &xxx, t, &mut lo);
+    lo.iter_mut().for_each(|v| *v = v.tanh());
+    let mut part = vec![0.0; t * m];
+    let mut delta = vec![0.0; t * d];
+    let mut mixed: Vec<Vec<f32>> = Vec::with_capacity(5);
+    for j in 0..5 {
+        for (ti, p) in part.chunks_mut(m).enumerate() {
+            p.copy_from_slice(&lo[ti * 5 * m + j * m..ti * 5 * m + (j + 1) * m]);
+        }
+        be.matmul(&a.maa_w2[j], &part, t, &mut delta);
+        let mut out = vec![0.0; t * d];
+        mix(&xx, &sx, &a.maa[j], &delta, &mut out);
+        mixed.push(out);
+    }
+    let [xw, xk, xv, xr, xg] = <[Vec<f32>; 5]>::try_from(mixed).unwrap();
+
+    let proj = |w: &Matrix, inp: &[f32]| {
+        let mut y = vec![0.0; t * w.rows];
+        be.matmul(w, inp, t, &mut y);
+        y
+    };
+    let r = proj(&a.receptance, &xr);
+    let k = proj(&a.key, &xk);
+    let v = proj(&a.value, &xv);
+    let mut g = proj(&a.gate, &xg);
+    g.iter_mut().for_each(|v| *v = silu(*v));
+
+    // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2))
+    let mut dl = proj(&a.decay_w1, &xw);
+    dl.iter_mut().for_each(|v| *v = v.tanh());
+    let mut w = proj(&a.decay_w2, &dl);
+    for (i, v) in w.iter_mut().enumerate() {
+        *v = (-(a.decay[i % d] + *v).exp()).exp();
+    }
+
+    let mut out = vec![0.0; t * d];
+    be.wkv(cfg.n_head, &r, &k, &v, &w, &a.faaaa, &mut st.wkv, &mut out);
+    be.group_norm(&mut out, cfg.n_head, &a.ln_x_w, &a.ln_x_b, GN_EPS);
+    out.iter_mut().zip(&g).for_each(|(o, g)| *o *= g);
+    let y = proj(&a.output, &out);
+    x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+}
+
+/// `x [T, D] += sigmoid(Wr xr) * (Wv relu(Wk xk)^2)`.
+fn channel_mix(be: &dyn Backend, cfg: &Config, l: &Layer, x: &mut [f32], st: &mut LayerState) {
+    let f = &l.ffn;
+    let d = cfg.n_embd;
+    let t = x.len() / d;
+    let mut xx = x.to_vec();
+    be.layer_norm(&mut xx, &l.ln2_w, &l.ln2_b, LN_EPS);
+    let mut sx = vec![0.0; t * d];
+    token_shift(&xx, &mut st.ffn_shift, &mut sx);
+    let mut xk = vec![0.0; t * d];
+    let mut xr = vec![0.0; t * d];
+    mix(&xx, &sx, &f.maa_k, &[], &mut xk);
+    mix(&xx, &sx, &f.maa_r, &[], &mut xr);
+    let mut kk = vec![0.0; t * cfg.ffn];
+    be.matmul(&f.key, &xk, t, &mut kk);
+    kk.iter_mut().for_each(|v| *v = v.max(0.0) * v.max(0.0));
+    let mut vv = vec![0.0; t * d];
+    be.matmul(&f.value, &kk, t, &mut vv);
+    let mut rr = vec![0.0; t * d];
+    be.matmul(&f.receptance, &xr, t, &mut rr);
+    for ((x, r), v) in x.iter_mut().zip(&rr).zip(&vv) {
+        *x += sigmoid(*r) * v;
+    }
+}

@@ -1,0 +1,225 @@
+//! Weight storage. Matrices stay in the memory-mapped checkpoint in their stored dtype
+//! (f32, f16 or bf16) and are converted to f32 only inside the kernels, a row at a time, so
+//! a bf16 model is resident at about its file size. Small vectors (norms, mixes, decays) are
+//! converted to f32 once at load.
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use std::sync::Arc;
+
+/// Element type of a stored tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+/// A typed, read-only buffer: either a window into a shared memory map (zero copy) or owned.
+pub enum Buf<T: 'static> {
+    Mapped {
+        map: Arc<Mmap>,
+        /// Byte offset of element 0 in `map`; aligned for `T`.
+        offset: usize,
+        len: usize,
+    },
+    Owned(Vec<T>),
+}
+
+impl<T: Copy + 'static> Buf<T> {
+    /// A window of `len` elements at byte `offset` of `map`, or an owned copy when the offset
+    /// is not aligned for `T` (safetensors does not promise alignment).
+    pub fn from_map(map: &Arc<Mmap>, offset: usize, len: usize) -> Self {
+        let bytes = &map[offset..offset + len * std::mem::size_of::<T>()];
+        if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+            Buf::Mapped {
+                map: Arc::clone(map),
+                offset,
+                len,
+            }
+        } else {
+            let mut v = Vec::<T>::with_capacity(len);
+            // SAFETY: `v` has capacity for `len` elements; the bytes are plain little-endian
+            // numbers of T's size, and every bit pattern of f32/u16 is a valid value.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    v.as_mut_ptr() as *mut u8,
+                    bytes.len(),
+                );
+                v.set_len(len);
+            }
+            Buf::Owned(v)
+        }
+    }
+}
+
+impl<T: 'static> std::ops::Deref for Buf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Buf::Mapped { map, offset, len } => {
+                // SAFETY: checked in `from_map`: in bounds and aligned; the map is read-only
+                // and lives as long as `self` through the Arc. T is f32, f16 or bf16, for
+                // which any bit pattern is valid.
+                unsafe { std::slice::from_raw_parts(map.as_ptr().add(*offset) as *const T, *len) }
+            }
+            Buf::Owned(v) => v,
+        }
+    }
+}
+
+/// The elements of a matrix in their stored type.
+pub enum Data {
+    F32(Buf<f32>),
+    F16(Buf<f16>),
+    BF16(Buf<bf16>),
+}
+
+/// A weight matrix `[rows, cols]` in `Linear` orientation: `y = W x` means
+/// `y[r] = sum_c W[r, c] x[c]`.
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Data,
+}
+
+impl Matrix {
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            Data::F32(_) => DType::F32,
+            Data::F16(_) => DType::F16,
+            Data::BF16(_) => DType::BF16,
+        }
+    }
+
+    /// Bytes the elements take.
+    pub fn byte_len(&self) -> usize {
+        self.rows * self.cols * self.dtype().size()
+    }
+
+    /// Row `r` converted to f32 into `out` (`[cols]`).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let c = self.cols;
+        let range = r * c..(r + 1) * c;
+        match &self.data {
+            Data::F32(b) => out.copy_from_slice(&b[range]),
+            Data::F16(b) => f16_to_f32(&b[range], out),
+            Data::BF16(b) => bf16_to_f32(&b[range], out),
+        }
+    }
+
+    /// The whole matrix as f32, `[rows * cols]`. For tests and small matrices only.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (r, row) in out.chunks_mut(self.cols.max(1)).enumerate() {
+            self.row_f32(r, row);
+        }
+        out
+    }
+
+    /// An owned f32 matrix (tests, synthetic weights).
+    pub fn from_f32(rows: usize, cols: usize, v: Vec<f32>) -> Self {
+        assert_eq!(v.len(), rows * cols);
+        Matrix {
+            rows,
+            cols,
+            data: Data::F32(Buf::Owned(v)),
+        }
+    }
+
+    /// Rows `r0 .. r0 + n` as an owned matrix in the same dtype (slices of the small
+    /// `[5, M, D]` LoRA tensor).
+    pub fn row_block(&self, r0: usize, n: usize) -> Matrix {
+        let range = r0 * self.cols..(r0 + n) * self.cols;
+        let data = match &self.data {
+            Data::F32(b) => Data::F32(Buf::Owned(b[range].to_vec())),
+            Data::F16(b) => Data::F16(Buf::Owned(b[range].to_vec())),
+            Data::BF16(b) => Data::BF16(Buf::Owned(b[range].to_vec())),
+        };
+        Matrix {
+            rows: n,
+            cols: self.cols,
+            data,
+        }
+    }
+
+    /// The transpose, in the same dtype, owned. Used once at load for the small LoRA
+    /// matrices that checkpoints store as `[in, out]`.
+    pub fn transposed(&self) -> Matrix {
+        fn tr<T: Copy>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(src.len());
+            for c in 0..cols {
+                out.extend((0..rows).map(|r| src[r * cols + c]));
+            }
+            out
+        }
+        let (r, c) = (self.rows, self.cols);
+        let data = match &self.data {
+            Data::F32(b) => Data::F32(Buf::Owned(tr(b, r, c))),
+            Data::F16(b) => Data::F16(Buf::Owned(tr(b, r, c))),
+            Data::BF16(b) => Data::BF16(Buf::Owned(tr(b, r, c))),
+        };
+        Matrix {
+            rows: c,
+            cols: r,
+            data,
+        }
+    }
+}
+
+/// f16 -> f32 for a slice (`half` uses F16C where the CPU has it).
+pub fn f16_to_f32(src: &[f16], out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(out);
+}
+
+/// bf16 -> f32 for a slice: the bf16 bits are the high half of the f32.
+pub fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
+    for (o, s) in out.iter_mut().zip(src) {
+        *o = f32::from_bits((s.to_bits() as u32) << 16);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_keeps_dtype_and_values() {
+        let v: Vec<bf16> = (0..6).map(|i| bf16::from_f32(i as f32)).collect();
+        let m = Matrix {
+            rows: 2,
+            cols: 3,
+            data: Data::BF16(Buf::Owned(v)),
+        };
+        let t = m.transposed();
+        assert_eq!((t.rows, t.cols, t.dtype()), (3, 2, DType::BF16));
+        assert_eq!(t.to_f32(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+
+    #[test]
+    fn bf16_conversion_is_exact() {
+        let src = [bf16::from_f32(1.5), bf16::from_f32(-0.0078125), bf16::MAX];
+        let mut out = [0.0; 3];
+        bf16_to_f32(&src, &mut out);
+        assert_eq!(out, [1.5, -0.0078125, bf16::MAX.to_f32()]);
+    }
+}

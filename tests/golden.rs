@@ -1,0 +1,98 @@
+//! The forward pass against the official implementation's outputs in `../shared/golden`:
+//! logits after every token (one at a time), sequence-mode logits and the final state, for
+//! every fixture model and every file form of the same weights.
+
+mod common;
+use common::*;
+use rwkv::{Logits, Model};
+
+/// Feed the golden tokens one at a time and in one sequence call; compare everything.
+fn check(model_file: &str, golden_stem: &str) {
+    let g = golden(golden_stem);
+    let m = Model::load(&model_path(model_file)).unwrap();
+    let mut st = m.new_state();
+    for (t, (&tok, want)) in g.tokens.iter().zip(&g.logits).enumerate() {
+        let got = m.forward(&[tok], &mut st, Logits::Last).unwrap();
+        assert_logits_close(&format!("{model_file} token {t}"), &got, want);
+    }
+    assert_state_close(&format!("{model_file} one-token"), &st, &g);
+
+    let mut st = m.new_state();
+    let seq = m.forward(&g.tokens, &mut st, Logits::Last).unwrap();
+    assert_logits_close(&format!("{model_file} sequence"), &seq, &g.seq_logits);
+    assert_state_close(&format!("{model_file} sequence"), &st, &g);
+
+    // All logits of one sequence call equal the one-at-a-time rows.
+    let mut st = m.new_state();
+    let all = m.forward(&g.tokens, &mut st, Logits::All).unwrap();
+    for (t, want) in g.logits.iter().enumerate() {
+        let row = &all[t * m.cfg.vocab..(t + 1) * m.cfg.vocab];
+        assert_logits_close(&format!("{model_file} all-logits row {t}"), row, want);
+    }
+}
+
+#[test]
+fn tiny_trained_fp32() {
+    check("tiny-rwkv6-1m.safetensors", "tiny-rwkv6-1m");
+}
+
+#[test]
+fn shakespeare_bf16_safetensors() {
+    check("shakespeare-rwkv6.safetensors", "shakespeare-rwkv6");
+}
+
+#[test]
+fn shakespeare_bf16_pth() {
+    check("shakespeare-rwkv6.pth", "shakespeare-rwkv6");
+}
+
+#[test]
+fn random_bf16_safetensors() {
+    check("rand-rwkv6-d256-bf16.safetensors", "rand-rwkv6-d256-bf16");
+}
+
+#[test]
+fn random_bf16_pth() {
+    check("rand-rwkv6-d256-bf16.pth", "rand-rwkv6-d256-bf16");
+}
+
+#[test]
+fn random_fp16_safetensors() {
+    check("rand-rwkv6-d256-fp16.safetensors", "rand-rwkv6-d256-fp16");
+}
+
+#[test]
+fn random_fp16_hugging_face_names() {
+    check("rand-rwkv6-d256-fp16.hf.safetensors", "rand-rwkv6-d256-fp16");
+}
+
+#[test]
+fn random_fp16_ai00_layout() {
+    check("rand-rwkv6-d256-fp16.ai00.st", "rand-rwkv6-d256-fp16");
+}
+
+#[test]
+fn world_vocab_random_bf16() {
+    check(
+        "rand-rwkv6-world-d64-bf16.safetensors",
+        "rand-rwkv6-world-d64-bf16",
+    );
+}
+
+/// Feeding in chunks of 1, 7 and 64 tokens gives the logits and state of one call.
+#[test]
+fn chunked_feeding_equals_one_call() {
+    let g = golden("shakespeare-rwkv6");
+    let m = Model::load(&model_path("shakespeare-rwkv6.safetensors")).unwrap();
+    let tokens: Vec<u32> = g.tokens.iter().cycle().take(150).copied().collect();
+    let mut st = m.new_state();
+    let whole = m.forward(&tokens, &mut st, Logits::Last).unwrap();
+    for chunk in [1, 7, 64] {
+        let mut st2 = m.new_state();
+        let got = m.feed(&tokens, &mut st2, chunk).unwrap();
+        assert_logits_close(&format!("chunk {chunk}"), &got, &whole);
+        for (a, b) in st.layers.iter().zip(&st2.layers) {
+            assert_logits_close(&format!("chunk {chunk} wkv"), &a.wkv, &b.wkv);
+        }
+    }
+}
