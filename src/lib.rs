@@ -9,6 +9,7 @@ pub mod error;
 pub mod model;
 pub mod state;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use model::{Config, Logits, Model};

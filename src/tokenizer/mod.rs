@@ -1,0 +1,202 @@
+//! Tokenizers: World (RWKV's own, embedded), byte-level (vocab 256) and Hugging Face
+//! `tokenizer.json`. All encode bytes and decode to bytes: a token may end in the middle of
+//! a UTF-8 character, so text is streamed as bytes (see [`Utf8Stream`]).
+
+pub mod world;
+
+use crate::error::{Error, Result};
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+pub use world::World;
+
+/// The embedded World vocabulary, parsed once per process on first use.
+pub fn world() -> Arc<World> {
+    static W: OnceLock<Arc<World>> = OnceLock::new();
+    W.get_or_init(|| Arc::new(World::embedded())).clone()
+}
+
+pub enum Tokenizer {
+    World(Arc<World>),
+    /// Token = byte, vocab 256.
+    Bytes,
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
+impl Tokenizer {
+    /// `world`, `bytes`, or the path of a `tokenizer.json`.
+    pub fn from_spec(spec: &str) -> Result<Tokenizer> {
+        match spec {
+            "world" => Ok(Tokenizer::World(world())),
+            "bytes" => Ok(Tokenizer::Bytes),
+            path => Tokenizer::from_file(Path::new(path)),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Tokenizer> {
+        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let t = tokenizers::Tokenizer::from_bytes(&text).map_err(|e| {
+            Error::format(path, format!("not a Hugging Face tokenizer.json: {e}"))
+        })?;
+        Ok(Tokenizer::Hf(Box::new(t)))
+    }
+
+    /// The tokenizer a model of vocab `v` is trained with: World for 65536, bytes for 256.
+    pub fn for_vocab(v: usize) -> Result<Tokenizer> {
+        match v {
+            65536 => Ok(Tokenizer::World(world())),
+            256 => Ok(Tokenizer::Bytes),
+            _ => Err(Error::Tokenizer(format!(
+                "no default tokenizer for a vocab of {v}: pass --tokenizer world|bytes|FILE"
+            ))),
+        }
+    }
+
+    /// `--tokenizer` if given, else the default for the model's vocab.
+    pub fn choose(spec: Option<&str>, vocab: usize) -> Result<Tokenizer> {
+        match spec {
+            Some(s) => Tokenizer::from_spec(s),
+            None => Tokenizer::for_vocab(vocab),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tokenizer::World(_) => "world",
+            Tokenizer::Bytes => "bytes",
+            Tokenizer::Hf(_) => "tokenizer.json",
+        }
+    }
+
+    /// Token ids of `text`. Bytes that are not UTF-8 encode as bytes (World, bytes); the
+    /// Hugging Face tokenizers take text, so there invalid sequences become U+FFFD.
+    pub fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
+        match self {
+            Tokenizer::World(w) => {
+                let mut out = Vec::with_capacity(text.len() / 3 + 1);
+                w.encode_into(text, &mut out);
+                Ok(out)
+            }
+            Tokenizer::Bytes => Ok(text.iter().map(|&b| b as u32).collect()),
+            Tokenizer::Hf(t) => {
+                let s = String::from_utf8_lossy(text);
+                let enc = t
+                    .encode(s.as_ref(), false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                Ok(enc.get_ids().to_vec())
+            }
+        }
+    }
+
+    /// The bytes of one token; an error for an id the tokenizer cannot spell.
+    pub fn token_bytes(&self, id: u32) -> Result<Cow<'_, [u8]>> {
+        let none = || {
+            Error::Tokenizer(format!(
+                "token id {id} has no text in the {} tokenizer",
+                self.name()
+            ))
+        };
+        match self {
+            Tokenizer::World(w) => w.token_bytes(id).map(Cow::Borrowed).ok_or_else(none),
+            Tokenizer::Bytes => u8::try_from(id)
+                .map(|b| Cow::Owned(vec![b]))
+                .map_err(|_| none()),
+            Tokenizer::Hf(t) => {
+                if t.id_to_token(id).is_none() {
+                    return Err(none());
+                }
+                let s = t
+                    .decode(&[id], false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                Ok(Cow::Owned(s.into_bytes()))
+            }
+        }
+    }
+
+    /// Concatenated bytes of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<Vec<u8>> {
+        if let Tokenizer::Hf(t) = self {
+            let s = t
+                .decode(ids, false)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            return Ok(s.into_bytes());
+        }
+        let mut out = Vec::new();
+        for &id in ids {
+            out.extend_from_slice(&self.token_bytes(id)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Splits a byte stream at UTF-8 character boundaries: bytes of an unfinished character are
+/// held back until the character completes. Invalid sequences pass through unchanged (the
+/// model's output is bytes; we never drop or alter them).
+#[derive(Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Append `bytes`; return what can be written now without splitting a character.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(bytes);
+        let cut = complete_prefix(&self.pending);
+        let rest = self.pending.split_off(cut);
+        std::mem::replace(&mut self.pending, rest)
+    }
+
+    /// Whatever is held back (at the end of the stream).
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Length of the longest prefix of `b` that does not end inside a (possibly valid) UTF-8
+/// character.
+pub fn complete_prefix(b: &[u8]) -> usize {
+    // Look back at most 3 bytes for the start of a multi-byte character.
+    let n = b.len();
+    for back in 1..=n.min(3) {
+        let c = b[n - back];
+        if c & 0xC0 == 0x80 {
+            continue; // continuation byte: keep looking for the lead
+        }
+        let need = match c {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => 1,
+        };
+        return if need > back { n - back } else { n };
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_stream_holds_back_partial_characters() {
+        let mut s = Utf8Stream::default();
+        let e = "é".as_bytes();
+        assert_eq!(s.push(b"a"), b"a");
+        assert_eq!(s.push(&e[..1]), b"");
+        assert_eq!(s.push(&e[1..]), e);
+        let zh = "是".as_bytes();
+        assert_eq!(s.push(&zh[..2]), b"");
+        assert_eq!(s.push(&zh[2..]), zh);
+        // invalid bytes are not held forever
+        assert_eq!(s.push(&[0xFF, b'x']), vec![0xFF, b'x']);
+        assert_eq!(s.push(&[0xE6]), b"");
+        assert_eq!(s.finish(), vec![0xE6]);
+    }
+
+    #[test]
+    fn bytes_tokenizer_refuses_ids_above_255() {
+        let t = Tokenizer::Bytes;
+        assert_eq!(t.encode(b"hi").unwrap(), vec![104, 105]);
+        assert!(t.token_bytes(300).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! The World tokenizer against `../shared/golden/world-tokenizer.jsonl`: exactly the
+//! official ids for every case, and decoding gives the bytes back.
+
+mod common;
+use rwkv::tokenizer::Tokenizer;
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn world_matches_every_golden_case() {
+    let t = Tokenizer::from_spec("world").unwrap();
+    let text = std::fs::read_to_string(common::shared().join("golden/world-tokenizer.jsonl")).unwrap();
+    let mut cases = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let case: serde_json::Value = serde_json::from_str(line).unwrap();
+        let bytes = unhex(case["hex"].as_str().unwrap());
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(t.encode(&bytes).unwrap(), want, "case {line}");
+        assert_eq!(t.decode(&want).unwrap(), bytes, "decode of {line}");
+        cases += 1;
+    }
+    assert!(cases >= 10, "only {cases} cases read");
+}
+
+#[test]
+fn invalid_utf8_is_tokenized_as_bytes() {
+    let t = Tokenizer::from_spec("world").unwrap();
+    let input = [b'a', 0xFF, 0xFE, b'b', 0xE6];
+    let ids = t.encode(&input).unwrap();
+    assert_eq!(t.decode(&ids).unwrap(), input);
+}
+
+#[test]
+fn default_tokenizer_follows_the_vocab() {
+    assert_eq!(Tokenizer::for_vocab(65536).unwrap().name(), "world");
+    assert_eq!(Tokenizer::for_vocab(256).unwrap().name(), "bytes");
+    let e = Tokenizer::for_vocab(1024).err().unwrap().to_string();
+    assert!(e.contains("--tokenizer"), "{e}");
+}
+
+#[test]
+fn world_model_golden_prompt_encodes_to_its_tokens() {
+    let g = common::golden("rand-rwkv6-world-d64-bf16");
+    let t = Tokenizer::from_spec("world").unwrap();
+    let prompt = "User: RWKV-6 是一种 RNN 语言模型。Tell me more!\n\nAssistant:";
+    assert_eq!(t.encode(prompt.as_bytes()).unwrap(), g.tokens);
+}
