@@ -8,6 +8,7 @@ pub mod backend;
 pub mod error;
 pub mod model;
 pub mod state;
+pub mod state_file;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -96,3 +96,40 @@ fn chunked_feeding_equals_one_call() {
         }
     }
 }
+
+/// The golden run that starts from the state-tuning state, imported from both file forms.
+#[test]
+fn from_imported_tuning_state() {
+    let g = golden("rand-rwkv6-d256-fp16.state");
+    let m = Model::load(&model_path("rand-rwkv6-d256-fp16.safetensors")).unwrap();
+    for file in [
+        "rand-rwkv6-d256-fp16.state.pth",
+        "rand-rwkv6-d256-fp16.state.ai00.st",
+    ] {
+        let start = rwkv::state_file::import_tuning(&model_path(file), &m.cfg).unwrap();
+        let mut st = start.clone();
+        for (t, (&tok, want)) in g.tokens.iter().zip(&g.logits).enumerate() {
+            let got = m.forward(&[tok], &mut st, Logits::Last).unwrap();
+            assert_logits_close(&format!("{file} token {t}"), &got, want);
+        }
+        assert_state_close(file, &st, &g);
+        let mut st = start;
+        let seq = m.forward(&g.tokens, &mut st, Logits::Last).unwrap();
+        assert_logits_close(&format!("{file} sequence"), &seq, &g.seq_logits);
+    }
+}
+
+/// The same weights in every layout share a fingerprint; other weights do not.
+#[test]
+fn fingerprint_follows_the_weights_not_the_file() {
+    let fp = |f: &str| Model::load(&model_path(f)).unwrap().fingerprint().to_string();
+    let a = fp("rand-rwkv6-d256-fp16.safetensors");
+    assert_eq!(a.len(), 16);
+    assert_eq!(fp("rand-rwkv6-d256-fp16.hf.safetensors"), a);
+    assert_eq!(fp("rand-rwkv6-d256-fp16.ai00.st"), a);
+    assert_eq!(
+        fp("rand-rwkv6-d256-bf16.pth"),
+        fp("rand-rwkv6-d256-bf16.safetensors")
+    );
+    assert_ne!(fp("shakespeare-rwkv6.safetensors"), a);
+}

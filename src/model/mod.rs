@@ -61,6 +61,8 @@ pub struct Model {
     pub cfg: Config,
     pub layout: Layout,
     pub weights: v6::Weights,
+    /// Identifies the weights, not the file: see [`Model::fingerprint`].
+    fingerprint: String,
     backend: Box<dyn Backend>,
 }
 
@@ -72,13 +74,23 @@ impl Model {
         names::check_version(&ck, &names)?;
         let cfg = v6::config(&ck, &names)?;
         let weights = v6::load(&ck, &names, &cfg)?;
+        let fingerprint = fingerprint(&cfg, &weights);
         Ok(Model {
             path: path.to_path_buf(),
             cfg,
             layout: names.layout,
             weights,
+            fingerprint,
             backend: Box::new(Cpu),
         })
+    }
+
+    /// 16 hex digits identifying the weights: a hash of the shape and of the per-channel
+    /// vectors (norms, decays, bonuses, mixes), which every file layout stores alike and
+    /// quantization never touches. The same weights in BlinkDL, Hugging Face or Ai00 files
+    /// share it.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// A fresh zero state.
@@ -121,4 +133,28 @@ impl Model {
         }
         Ok(logits)
     }
+}
+
+/// FNV-1a over the shape and the exact f32 bits of the per-channel vectors.
+fn fingerprint(cfg: &Config, w: &v6::Weights) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for n in [cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size, cfg.ffn, cfg.vocab] {
+        eat(&(n as u64).to_le_bytes());
+    }
+    let mut vectors: Vec<&[f32]> = vec![&w.ln0_w, &w.ln0_b, &w.ln_out_w, &w.ln_out_b];
+    for l in &w.layers {
+        vectors.extend([&l.ln1_w[..], &l.ln2_w, &l.att.decay, &l.att.faaaa, &l.att.maa_x]);
+        vectors.extend([&l.att.ln_x_w[..], &l.ffn.maa_k, &l.ffn.maa_r]);
+    }
+    for v in vectors {
+        for x in v {
+            eat(&x.to_bits().to_le_bytes());
+        }
+    }
+    format!("{h:016x}")
 }
