@@ -6,7 +6,9 @@
 
 pub mod backend;
 pub mod error;
+pub mod cli;
 pub mod model;
+pub mod sample;
 pub mod state;
 pub mod state_file;
 pub mod tensor;

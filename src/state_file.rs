@@ -248,3 +248,101 @@ pub fn import_tuning(path: &Path, cfg: &Config) -> Result<State> {
     }
     Ok(state)
 }
+
+/// A state to start from, as read by [`load_for`].
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub state: State,
+    /// Logits after the last token the state was fed, when the file carries them.
+    pub logits: Option<Vec<f32>>,
+    pub tokens: u64,
+}
+
+/// Read `path` (`-` for stdin) as a state for `model`: an rwkv-tools state file, or an
+/// official state-tuning file (`.pth`, Ai00 `.st`). A state of another shape is refused; one
+/// made with other weights (another fingerprint) is refused unless `force`.
+pub fn load_for(path: &Path, model: &crate::Model, force: bool) -> Result<Start> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .map_err(|e| Error::io("<stdin>", e))?;
+        Some(b)
+    } else {
+        None
+    };
+    let shown = if bytes.is_some() { Path::new("<stdin>") } else { path };
+    let ours = match &bytes {
+        Some(b) => is_state_file(b),
+        None => {
+            let mut head = vec![0u8; 64 * 1024];
+            let n = std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                .map_err(|e| Error::io(path, e))?;
+            head.truncate(n);
+            is_state_file(&head)
+        }
+    };
+    if !ours {
+        if bytes.is_some() {
+            return Err(Error::format(shown, "not an rwkv-tools state file"));
+        }
+        let state = import_tuning(path, &model.cfg)?;
+        return Ok(Start {
+            state,
+            logits: None,
+            tokens: 0,
+        });
+    }
+    let sf = match bytes {
+        Some(b) => StateFile::from_bytes(shown, &b)?,
+        None => StateFile::load(path)?,
+    };
+    let c = &sf.cfg;
+    if !sf.shape_fits(&model.cfg) {
+        let m = &model.cfg;
+        return Err(Error::StateMismatch(format!(
+            "{}: state of another model shape ({} layers, width {}, {} heads of {}, vocab {}) \
+             than {} ({} layers, width {}, {} heads of {}, vocab {})",
+            shown.display(),
+            c.n_layer,
+            c.n_embd,
+            c.n_head,
+            c.head_size,
+            c.vocab,
+            model.path.display(),
+            m.n_layer,
+            m.n_embd,
+            m.n_head,
+            m.head_size,
+            m.vocab
+        )));
+    }
+    if !force && !sf.fingerprint.is_empty() && sf.fingerprint != model.fingerprint() {
+        return Err(Error::StateMismatch(format!(
+            "{}: state made with other weights (model fingerprint {}) than {} ({}); \
+             --force uses it anyway",
+            shown.display(),
+            sf.fingerprint,
+            model.path.display(),
+            model.fingerprint()
+        )));
+    }
+    Ok(Start {
+        state: sf.state,
+        logits: sf.logits,
+        tokens: sf.tokens,
+    })
+}
+
+/// Whether `head` (the start of a file) is a safetensors header naming our format.
+fn is_state_file(head: &[u8]) -> bool {
+    let Some(n) = head.get(..8) else { return false };
+    let n = u64::from_le_bytes(n.try_into().unwrap()) as usize;
+    match head.get(8..8usize.saturating_add(n).min(head.len())) {
+        Some(h) => {
+            let needle = format!("\"format\":\"{FORMAT}\"");
+            h.windows(needle.len()).any(|w| w == needle.as_bytes())
+        }
+        None => false,
+    }
+}

@@ -170,8 +170,13 @@ fn read_safetensors(path: &Path, map: &Mmap) -> Result<Table> {
             "truncated: the safetensors header is longer than the file",
         ));
     }
-    let (_, meta) = safetensors::SafeTensors::read_metadata(map)
-        .map_err(|e| Error::format(path, format!("bad safetensors file: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(map).map_err(|e| match e {
+        safetensors::SafeTensorError::MetadataIncompleteBuffer => Error::format(
+            path,
+            "truncated: the tensor data ends before the header says it does",
+        ),
+        e => Error::format(path, format!("bad safetensors header: {e}")),
+    })?;
     let base = 8 + n as usize;
     let mut tensors = BTreeMap::new();
     for (name, info) in meta.tensors() {

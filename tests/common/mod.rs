@@ -92,3 +92,79 @@ pub fn assert_state_close(what: &str, got: &State, g: &Golden) {
         }
     }
 }
+
+/// What a run of one of the binaries gave.
+pub struct Run {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stdout as JSON lines.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+}
+
+/// Run binary `bin` (`rwkv-gen`, ...) with `args`, `stdin` on its standard input.
+pub fn run(bin: &str, args: &[&str], stdin: &[u8]) -> Run {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let exe = match bin {
+        "rwkv-gen" => env!("CARGO_BIN_EXE_rwkv-gen"),
+        "rwkv-score" => env!("CARGO_BIN_EXE_rwkv-score"),
+        "rwkv-state" => env!("CARGO_BIN_EXE_rwkv-state"),
+        other => panic!("no binary {other}"),
+    };
+    let mut child = Command::new(exe)
+        .args(args)
+        .env_remove("RWKV_MODEL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A path string for a fixture model.
+pub fn model_arg(name: &str) -> String {
+    model_path(name).to_string_lossy().into_owned()
+}
+
+/// Assert a failed run: `code`, and one stderr line containing every `needles`.
+pub fn assert_fails(r: &Run, code: i32, needles: &[&str]) {
+    assert_eq!(r.code, code, "stderr: {}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "not one line: {:?}", r.stderr);
+    for n in needles {
+        assert!(r.stderr.contains(n), "{:?} lacks {n:?}", r.stderr);
+    }
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+/// A fresh temporary folder under target/.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,184 @@
+//! What the three binaries share: flag groups, the exit-code convention, the stdout writer
+//! (flushed per token on a terminal, block-buffered in a pipe, a closed pipe is a quiet
+//! exit) and Ctrl-C handling. The binaries own stderr; nothing here prints.
+
+pub mod gen;
+
+pub mod signal;
+
+
+use crate::error::Error;
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+/// Exit codes, documented in every `--help`.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// A runtime error: unreadable file, bad model, bad input data.
+    pub const RUNTIME: i32 = 1;
+    /// A usage error: unknown flag, invalid flag value.
+    pub const USAGE: i32 = 2;
+    /// Interrupted by Ctrl-C (SIGINT).
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// The `--help` footer every binary shows.
+pub const EXIT_CODES_HELP: &str = "Exit status: 0 success (also when stdout is closed early, \
+as by `| head`), 1 runtime error (unreadable or invalid file or input), 2 usage error, \
+130 interrupted by Ctrl-C.";
+
+/// Flags every model-running binary takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model file: .safetensors, Ai00 .st or PyTorch .pth (BlinkDL, Hugging Face or Ai00 names)
+    #[arg(short = 'm', long, env = "RWKV_MODEL", value_name = "PATH")]
+    pub model: Option<PathBuf>,
+
+    /// Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536
+    /// vocab, bytes for 256]
+    #[arg(long, value_name = "world|bytes|FILE")]
+    pub tokenizer: Option<String>,
+
+    /// Worker threads [default: all cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+impl ModelArgs {
+    /// Size the thread pool, load the model and pick its tokenizer.
+    pub fn load(&self) -> Result<(Model, Tokenizer), CliError> {
+        self.init_threads();
+        let path = self.model.as_ref().ok_or_else(|| {
+            CliError::usage("no model: pass -m PATH or set RWKV_MODEL".to_string())
+        })?;
+        let model = Model::load(path)?;
+        let tok = Tokenizer::choose(self.tokenizer.as_deref(), model.cfg.vocab)?;
+        Ok((model, tok))
+    }
+
+    pub fn init_threads(&self) {
+        if let Some(n) = self.threads {
+            // Fails only if the pool was built already, in which case it stays as it is.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n as usize)
+                .build_global();
+        }
+    }
+}
+
+/// An error on its way to `main`: the one line to print and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    /// Empty for a quiet exit (closed stdout).
+    pub msg: String,
+}
+
+impl CliError {
+    pub fn usage(msg: String) -> Self {
+        CliError {
+            code: exit::USAGE,
+            msg,
+        }
+    }
+
+    pub fn runtime(msg: String) -> Self {
+        CliError {
+            code: exit::RUNTIME,
+            msg,
+        }
+    }
+
+    pub fn interrupted() -> Self {
+        CliError {
+            code: exit::INTERRUPTED,
+            msg: String::new(),
+        }
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError::runtime(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    /// Writing to stdout: a closed pipe ends the program quietly with status 0.
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            CliError {
+                code: exit::OK,
+                msg: String::new(),
+            }
+        } else {
+            CliError::runtime(format!("writing output: {e}"))
+        }
+    }
+}
+
+/// Parse flags, mapping clap's errors to one line and exit code 2 (help and version print
+/// as usual and exit 0). Returns the message to print on error.
+pub fn parse_args<P: clap::Parser>() -> Result<P, (i32, String)> {
+    match P::try_parse() {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            match e.kind() {
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => {
+                    Err((exit::OK, e.render().to_string()))
+                }
+                _ => {
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or("invalid arguments");
+                    let first = first.trim_start_matches("error: ");
+                    Err((exit::USAGE, format!("{first} (see --help)")))
+                }
+            }
+        }
+    }
+}
+
+/// stdout, flushed after every record when it is a terminal (or when asked), buffered
+/// otherwise.
+pub struct Output {
+    inner: std::io::BufWriter<std::io::Stdout>,
+    flush_each: bool,
+}
+
+impl Output {
+    pub fn stdout(force_flush: bool) -> Output {
+        let out = std::io::stdout();
+        let flush_each = force_flush || out.is_terminal();
+        Output {
+            inner: std::io::BufWriter::with_capacity(64 * 1024, out),
+            flush_each,
+        }
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(bytes)
+    }
+
+    /// End of a token or record: flush if interactive.
+    pub fn tick(&mut self) -> std::io::Result<()> {
+        if self.flush_each {
+            self.inner.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Read all of stdin, naming it in the error.
+pub fn read_stdin() -> Result<Vec<u8>, CliError> {
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+        .map_err(|e| CliError::runtime(format!("reading stdin: {e}")))?;
+    Ok(buf)
+}
