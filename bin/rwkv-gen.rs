@@ -1,5 +1,7 @@
 //! rwkv-gen: prompt in, generated text out.
 
+mod common;
+
 use rwkv::cli::gen::{Args, Format};
 use rwkv::cli::{self, signal, CliError, Output};
 use rwkv::sample::{self, Sampler, StopMatcher};
@@ -14,28 +16,7 @@ use std::time::Instant;
 const PROMPT_CHUNK: usize = 256;
 
 fn main() {
-    signal::install();
-    let args = match cli::parse_args::<Args>() {
-        Ok(a) => a,
-        Err((code, msg)) => {
-            if code == cli::exit::OK {
-                print!("{msg}");
-            } else {
-                eprintln!("rwkv-gen: {msg}");
-            }
-            std::process::exit(code);
-        }
-    };
-    let code = match run(&args) {
-        Ok(()) => cli::exit::OK,
-        Err(e) => {
-            if !e.msg.is_empty() {
-                eprintln!("rwkv-gen: {}", e.msg);
-            }
-            e.code
-        }
-    };
-    std::process::exit(code);
+    common::main_with("rwkv-gen", run)
 }
 
 /// How one answer ended.

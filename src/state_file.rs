@@ -161,11 +161,13 @@ impl StateFile {
         })
     }
 
-    /// Whether the file's shape is the model's.
+    /// Whether the file's shape is the model's (a vocab of 0, from an import without a
+    /// model, fits any).
     pub fn shape_fits(&self, cfg: &Config) -> bool {
         let c = &self.cfg;
-        (c.n_layer, c.n_embd, c.n_head, c.head_size, c.vocab)
-            == (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size, cfg.vocab)
+        (c.n_layer, c.n_embd, c.n_head, c.head_size)
+            == (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size)
+            && (c.vocab == 0 || c.vocab == cfg.vocab)
     }
 }
 
@@ -191,6 +193,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// The shape a state-tuning file implies: layers from the `blocks.N.att.time_state`
+/// count, heads and head size from their shape; vocab unknown (0).
+pub fn tuning_config(path: &Path) -> Result<Config> {
+    let ck = Checkpoint::open(path)?;
+    let shape = ck
+        .shape("blocks.0.att.time_state")
+        .ok_or_else(|| {
+            Error::format(path, "not a state-tuning file: no `blocks.0.att.time_state` tensor")
+        })?
+        .to_vec();
+    let [h, s, s2] = shape[..] else {
+        return Err(Error::Shape {
+            path: path.to_path_buf(),
+            name: "blocks.0.att.time_state".into(),
+            expected: vec![0, 64, 64],
+            found: shape,
+        });
+    };
+    if s != s2 {
+        return Err(Error::Shape {
+            path: path.to_path_buf(),
+            name: "blocks.0.att.time_state".into(),
+            expected: vec![h, s, s],
+            found: shape,
+        });
+    }
+    let n_layer = ck.tensors.keys().filter(|k| k.ends_with(".att.time_state")).count();
+    Ok(Config {
+        n_layer,
+        n_embd: h * s,
+        n_head: h,
+        head_size: s,
+        ffn: 0,
+        vocab: 0,
+        maa_lora: 0,
+        decay_lora: 0,
+    })
 }
 
 /// An official state-tuning file: `blocks.N.att.time_state` [H, S, S] for every layer, in a

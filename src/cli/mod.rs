@@ -5,6 +5,7 @@
 pub mod gen;
 
 pub mod signal;
+pub mod state;
 
 
 use crate::error::Error;
@@ -49,13 +50,23 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Size the thread pool, load the model and pick its tokenizer.
     pub fn load(&self) -> Result<(Model, Tokenizer), CliError> {
+        let model = self.load_model()?;
+        let tok = self.tokenizer(model.cfg.vocab)?;
+        Ok((model, tok))
+    }
+
+    /// Size the thread pool and load the model.
+    pub fn load_model(&self) -> Result<Model, CliError> {
         self.init_threads();
         let path = self.model.as_ref().ok_or_else(|| {
             CliError::usage("no model: pass -m PATH or set RWKV_MODEL".to_string())
         })?;
-        let model = Model::load(path)?;
-        let tok = Tokenizer::choose(self.tokenizer.as_deref(), model.cfg.vocab)?;
-        Ok((model, tok))
+        Ok(Model::load(path)?)
+    }
+
+    /// `--tokenizer`, or the default for a model of vocab `vocab`.
+    pub fn tokenizer(&self, vocab: usize) -> Result<Tokenizer, CliError> {
+        Ok(Tokenizer::choose(self.tokenizer.as_deref(), vocab)?)
     }
 
     pub fn init_threads(&self) {

@@ -1,0 +1,227 @@
+//! State files: round trips, state-tuning import, refusals, atomic writes.
+
+mod common;
+use common::*;
+use rwkv::state_file::StateFile;
+use rwkv::{Logits, Model};
+use std::path::Path;
+
+const SHAKESPEARE: &str = "shakespeare-rwkv6.safetensors";
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn assert_states_equal(a: &rwkv::State, b: &rwkv::State, tol: f32) {
+    for (x, y) in a.layers.iter().zip(&b.layers) {
+        assert!(max_diff(&x.att_shift, &y.att_shift) <= tol);
+        assert!(max_diff(&x.wkv, &y.wkv) <= tol);
+        assert!(max_diff(&x.ffn_shift, &y.ffn_shift) <= tol);
+    }
+}
+
+#[test]
+fn save_load_continue_equals_uninterrupted() {
+    let m = Model::load(&model_path(SHAKESPEARE)).unwrap();
+    let a: Vec<u32> = b"ROMEO:\nWhat light".iter().map(|&b| b as u32).collect();
+    let b: Vec<u32> = b" through yonder window".iter().map(|&b| b as u32).collect();
+    let mut whole = m.new_state();
+    let live_a = m.forward(&a, &mut whole, Logits::Last).unwrap();
+    let mut st = whole.clone();
+    let logits_ab = m.forward(&b, &mut whole, Logits::Last).unwrap();
+
+    let dir = temp_dir("state-roundtrip");
+    let path = dir.join("a.state");
+    let sf = StateFile {
+        state: st.clone(),
+        logits: Some(live_a.clone()),
+        cfg: m.cfg,
+        fingerprint: m.fingerprint().into(),
+        tokens: a.len() as u64,
+        tokenizer: "bytes".into(),
+    };
+    sf.save(&path).unwrap();
+    let back = StateFile::load(&path).unwrap();
+    assert!(back.state == sf.state, "the state survives the file exactly");
+    assert!(back.logits.as_deref() == Some(&live_a[..]), "the saved logits are the live ones");
+    assert_eq!((back.tokens, back.fingerprint.as_str(), back.tokenizer.as_str()), (17, m.fingerprint(), "bytes"));
+    assert!(back.shape_fits(&m.cfg));
+    st = back.state;
+    let got = m.forward(&b, &mut st, Logits::Last).unwrap();
+    assert!(max_diff(&got, &logits_ab) <= 1e-6);
+    assert_states_equal(&st, &whole, 1e-6);
+}
+
+#[test]
+fn cli_feed_in_two_steps_equals_one() {
+    let m = model_arg(SHAKESPEARE);
+    let dir = temp_dir("state-cli-feed");
+    let (one, a, ab) = (dir.join("one.state"), dir.join("a.state"), dir.join("ab.state"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let r = run("rwkv-state", &["feed", "-m", &m, "-o", &s(&one)], b"ROMEO:\nWhat light");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // stdout when it is not a terminal, and --state - piping
+    let r = run("rwkv-state", &["feed", "-m", &m], b"ROMEO:\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::write(&a, &r.stdout).unwrap();
+    let r = run("rwkv-state", &["feed", "-m", &m, "--state", "-", "-p", "What light", "-o", &s(&ab)], &r.stdout);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (x, y) = (StateFile::load(&one).unwrap(), StateFile::load(&ab).unwrap());
+    assert_eq!(y.tokens, 17);
+    assert!(max_diff(x.logits.as_ref().unwrap(), y.logits.as_ref().unwrap()) <= 1e-6);
+    assert_states_equal(&x.state, &y.state, 1e-6);
+    // diff says so too
+    let r = run("rwkv-state", &["diff", &s(&one), &s(&ab), "--json"], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = r.json();
+    assert_eq!(rows.len(), 6 * 3 + 1);
+    assert!(rows.iter().all(|r| r["max_abs_diff"].as_f64().unwrap() <= 1e-6));
+    let r = run("rwkv-state", &["diff", &s(&a), &s(&ab)], b"");
+    assert!(r.text().lines().skip(1).any(|l| !l.contains("0.0000e0")), "{}", r.text());
+    // info
+    let r = run("rwkv-state", &["info", &s(&ab), "--json"], b"");
+    let info = &r.json()[0];
+    assert_eq!(info["tokens"], 17);
+    assert_eq!(info["n_layer"], 6);
+    assert_eq!(info["vocab"], 256);
+    assert_eq!(info["tokenizer"], "bytes");
+    assert_eq!(info["has_logits"], true);
+    assert_eq!(info["layers"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn gen_continues_from_a_state_and_saves_in_place() {
+    let m = model_arg(SHAKESPEARE);
+    let dir = temp_dir("state-gen");
+    let st = dir.join("s.state");
+    let s = st.to_str().unwrap();
+    let greedy = ["-t", "0", "--presence-penalty", "0", "--frequency-penalty", "0", "--ignore-eos"];
+    let r = run("rwkv-state", &["feed", "-m", &m, "-o", s], b"ROMEO:\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut args = vec!["-m", m.as_str(), "--state", s, "-p", "What light", "-n", "14"];
+    args.extend_from_slice(&greedy);
+    let r = run("rwkv-gen", &args, b"");
+    assert_eq!(r.text(), " is the matter");
+    // --save-state onto the --state file itself; an empty prompt samples from the saved
+    // logits, so the two halves continue exactly.
+    args.extend_from_slice(&["--save-state", s]);
+    args[7] = "6";
+    let r = run("rwkv-gen", &args, b"");
+    assert_eq!((r.code, r.text().as_str()), (0, " is th"), "{}", r.stderr);
+    let mut args2 = vec!["-m", m.as_str(), "--state", s, "-p", "", "-n", "8"];
+    args2.extend_from_slice(&greedy);
+    let r = run("rwkv-gen", &args2, b"");
+    assert_eq!(r.text(), "e matter");
+    assert_eq!(StateFile::load(&st).unwrap().tokens, 7 + 10 + 6);
+}
+
+#[test]
+fn imported_tuning_states_reproduce_the_golden() {
+    let g = golden("rand-rwkv6-d256-fp16.state");
+    let m = model_arg("rand-rwkv6-d256-fp16.safetensors");
+    let dir = temp_dir("state-import");
+    let ids: Vec<String> = g.tokens.iter().map(|t| t.to_string()).collect();
+    let ids = ids.join(" ");
+    for file in ["rand-rwkv6-d256-fp16.state.pth", "rand-rwkv6-d256-fp16.state.ai00.st"] {
+        let out = dir.join(format!("{file}.state"));
+        let o = out.to_str().unwrap();
+        let r = run("rwkv-state", &["import", &model_arg(file), "-m", &m, "-o", o], b"");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let fed = dir.join(format!("{file}.fed"));
+        let f = fed.to_str().unwrap();
+        let r = run("rwkv-state", &["feed", "-m", &m, "--tokenizer", "bytes", "--ids", "--state", o, "-o", f], ids.as_bytes());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let sf = StateFile::load(&fed).unwrap();
+        assert_logits_close(file, sf.logits.as_ref().unwrap(), &g.seq_logits);
+        assert_state_close(file, &sf.state, &g);
+        // rwkv-gen takes the tuning file directly.
+        let r = run("rwkv-gen", &["-m", &m, "--tokenizer", "bytes", "--state", &model_arg(file), "-p", "hi", "-n", "0", "--format", "jsonl"], b"");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.json()[0]["prompt_tokens"], 2);
+    }
+}
+
+#[test]
+fn refusals() {
+    let dir = temp_dir("state-refusals");
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let fp16 = model_arg("rand-rwkv6-d256-fp16.safetensors");
+    let bf16 = model_arg("rand-rwkv6-d256-bf16.safetensors");
+    let r = run("rwkv-state", &["feed", "-m", &fp16, "--ids", "-o", &p("fp16.state")], b"1 2 3");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Same shape, other weights: refused, then accepted with --force.
+    let r = run("rwkv-state", &["feed", "-m", &bf16, "--ids", "--state", &p("fp16.state"), "-o", &p("x.state")], b"4");
+    assert_fails(&r, 1, &["fp16.state", "other weights", "--force"]);
+    let r = run("rwkv-state", &["feed", "-m", &bf16, "--ids", "--state", &p("fp16.state"), "--force", "-o", &p("x.state")], b"4");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Another shape: refused even with --force, naming both.
+    let sh = model_arg(SHAKESPEARE);
+    let r = run("rwkv-gen", &["-m", &sh, "--state", &p("fp16.state"), "--force", "-p", "x"], b"");
+    assert_fails(&r, 1, &["fp16.state", "another model shape", "shakespeare-rwkv6.safetensors"]);
+    // Truncated and corrupt files.
+    let full = std::fs::read(p("fp16.state")).unwrap();
+    std::fs::write(p("cut.state"), &full[..full.len() - 100]).unwrap();
+    let r = run("rwkv-gen", &["-m", &fp16, "--tokenizer", "bytes", "--state", &p("cut.state"), "-p", "x"], b"");
+    assert_fails(&r, 1, &["cut.state"]);
+    std::fs::write(p("junk.state"), b"\x10\0\0\0\0\0\0\0{not json at all}").unwrap();
+    let r = run("rwkv-state", &["info", &p("junk.state")], b"");
+    assert_fails(&r, 1, &["junk.state"]);
+    // Missing and misshapen tensors.
+    let sf = StateFile::load(Path::new(&p("fp16.state"))).unwrap();
+    let mut bad = sf.clone();
+    bad.state.layers.pop();
+    std::fs::write(p("missing.state"), bad.to_bytes()).unwrap();
+    let r = run("rwkv-state", &["info", &p("missing.state")], b"");
+    assert_fails(&r, 1, &["missing.state", "missing tensor `2.att_shift`"]);
+    // 1.wkv stored as [4, 64, 32]: rewrite that one tensor's shape in the header.
+    let good = sf.to_bytes();
+    let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&good[8..8 + n]).unwrap();
+    let key = "\"1.wkv\":{\"dtype\":\"F32\",\"shape\":[4,64,64]";
+    assert!(header.contains(key), "{header}");
+    let header = header.replace(key, "\"1.wkv\":{\"dtype\":\"F32\",\"shape\":[4,64,32]");
+    let mut misshapen = good[..8].to_vec();
+    misshapen.extend_from_slice(header.as_bytes());
+    misshapen.extend_from_slice(&good[8 + n..]);
+    std::fs::write(p("misshapen.state"), misshapen).unwrap();
+    let r = run("rwkv-state", &["info", &p("misshapen.state")], b"");
+    assert_fails(&r, 1, &["misshapen.state"]);
+    // A state for a terminal is refused, bad ids are named.
+    let r = run("rwkv-state", &["feed", "-m", &fp16, "--ids", "-o", &p("y.state")], b"1 two 3");
+    assert_fails(&r, 1, &["item 2", "two"]);
+    let r = run("rwkv-state", &["feed", "-m", &fp16, "--ids", "-o", &p("y.state")], b"1 5000");
+    assert_fails(&r, 1, &["5000", "vocab 1024"]);
+    assert!(!Path::new(&p("y.state")).exists(), "no output after an error");
+    let r = run("rwkv-state", &["feed", "-m", &fp16, "--state", "-", "-o", &p("y.state")], b"");
+    assert_fails(&r, 2, &["-p or -f"]);
+}
+
+#[test]
+fn an_interrupted_write_leaves_the_old_file() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let dir = temp_dir("state-kill");
+    let target = dir.join("s.state");
+    let m = model_arg(SHAKESPEARE);
+    let r = run("rwkv-state", &["feed", "-m", &m, "-o", target.to_str().unwrap()], b"old");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let old = std::fs::read(&target).unwrap();
+    let text = "To be, or not to be, that is the question. ".repeat(400);
+    let input = dir.join("long.txt");
+    std::fs::write(&input, &text).unwrap();
+    for delay_ms in [5u64, 40, 120, 300] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rwkv-state"))
+            .args(["feed", "-m", &m, "-f", input.to_str().unwrap(), "-o", target.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let now = std::fs::read(&target).unwrap();
+        let sf = StateFile::load(&target).expect("the state file is whole after a kill");
+        assert!(now == old || sf.tokens == text.len() as u64);
+    }
+}
