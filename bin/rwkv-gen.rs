@@ -65,7 +65,9 @@ fn run(args: &Args) -> Result<(), CliError> {
         ));
     }
     if args.top_logprobs > 0 && args.format != Format::Jsonl {
-        return Err(CliError::usage("--top-logprobs needs --format jsonl".into()));
+        return Err(CliError::usage(
+            "--top-logprobs needs --format jsonl".into(),
+        ));
     }
     let t0 = Instant::now();
     let (model, tok) = args.model.load()?;
@@ -162,8 +164,9 @@ fn run(args: &Args) -> Result<(), CliError> {
     } else {
         let prompt = match (&args.prompt, &args.prompt_file) {
             (Some(p), _) => p.as_bytes().to_vec(),
-            (None, Some(f)) => std::fs::read(f)
-                .map_err(|e| CliError::runtime(format!("{}: {e}", f.display())))?,
+            (None, Some(f)) => {
+                std::fs::read(f).map_err(|e| CliError::runtime(format!("{}: {e}", f.display())))?
+            }
             (None, None) => cli::read_stdin()?,
         };
         let mut cur = initial;

@@ -59,7 +59,10 @@ fn parse_ids(input: &[u8]) -> Result<Vec<u32>, CliError> {
         .enumerate()
         .map(|(i, s)| {
             s.parse::<u32>().map_err(|_| {
-                CliError::runtime(format!("--ids input: item {} (`{s}`) is not a token id", i + 1))
+                CliError::runtime(format!(
+                    "--ids input: item {} (`{s}`) is not a token id",
+                    i + 1
+                ))
             })
         })
         .collect()
@@ -142,7 +145,10 @@ fn read_any(path: &Path) -> Result<(StateFile, bool), CliError> {
 }
 
 fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn info(a: &Info) -> Result<(), CliError> {
@@ -183,7 +189,13 @@ fn info(a: &Info) -> Result<(), CliError> {
         });
         out.write(format!("{rec}\n").as_bytes())?;
     } else {
-        let unknown = |s: &str| if s.is_empty() { "unknown".to_string() } else { s.to_string() };
+        let unknown = |s: &str| {
+            if s.is_empty() {
+                "unknown".to_string()
+            } else {
+                s.to_string()
+            }
+        };
         let mut s = String::new();
         s += &format!("file         {}\n", a.file.display());
         s += &format!("format       {kind} ({})\n", state_file::ARCH);
@@ -193,12 +205,19 @@ fn info(a: &Info) -> Result<(), CliError> {
             c.n_embd,
             c.n_head,
             c.head_size,
-            if c.vocab == 0 { "unknown".into() } else { c.vocab.to_string() }
+            if c.vocab == 0 {
+                "unknown".into()
+            } else {
+                c.vocab.to_string()
+            }
         );
         s += &format!("model        {}\n", unknown(&sf.fingerprint));
         s += &format!("tokens fed   {}\n", sf.tokens);
         s += &format!("tokenizer    {}\n", unknown(&sf.tokenizer));
-        s += &format!("logits       {}\n", if sf.logits.is_some() { "yes" } else { "no" });
+        s += &format!(
+            "logits       {}\n",
+            if sf.logits.is_some() { "yes" } else { "no" }
+        );
         s += "layer   |att_shift|       |wkv|   |ffn_shift|\n";
         for (l, n) in norms.iter().enumerate() {
             s += &format!("{l:>5} {:>11.4} {:>11.4} {:>11.4}\n", n[0], n[1], n[2]);
@@ -236,14 +255,23 @@ fn delta(a: &[f32], b: &[f32]) -> (f64, f64) {
         max = max.max(d);
         sum += d;
     }
-    (max, if a.is_empty() { 0.0 } else { sum / a.len() as f64 })
+    (
+        max,
+        if a.is_empty() {
+            0.0
+        } else {
+            sum / a.len() as f64
+        },
+    )
 }
 
 fn diff(a: &Diff) -> Result<(), CliError> {
     let (x, _) = read_any(&a.a)?;
     let (y, _) = read_any(&a.b)?;
     let (cx, cy) = (&x.cfg, &y.cfg);
-    if (cx.n_layer, cx.n_embd, cx.n_head, cx.head_size) != (cy.n_layer, cy.n_embd, cy.n_head, cy.head_size) {
+    if (cx.n_layer, cx.n_embd, cx.n_head, cx.head_size)
+        != (cy.n_layer, cy.n_embd, cy.n_head, cy.head_size)
+    {
         return Err(CliError::runtime(format!(
             "{} and {} have different shapes ({} layers of width {} vs {} of {})",
             a.a.display(),
@@ -272,7 +300,10 @@ fn diff(a: &Diff) -> Result<(), CliError> {
     }
     for (name, (max, mean)) in rows {
         if a.json {
-            s += &format!("{}\n", json!({"tensor": name, "max_abs_diff": max, "mean_abs_diff": mean}));
+            s += &format!(
+                "{}\n",
+                json!({"tensor": name, "max_abs_diff": max, "mean_abs_diff": mean})
+            );
         } else {
             s += &format!("{name:<14} {max:>12.4e} {mean:>12.4e}\n");
         }

@@ -86,7 +86,11 @@ fn tensors(a: &Args, ffn: usize) -> Vec<Tensor> {
     let h = d / a.head_size;
     let mut out = Vec::new();
     let mut push = |name: String, shape: Vec<usize>, init: Init, i: usize| {
-        let r01 = if l > 1 { i as f32 / (l - 1) as f32 } else { 0.0 };
+        let r01 = if l > 1 {
+            i as f32 / (l - 1) as f32
+        } else {
+            0.0
+        };
         let r10 = 1.0 - i as f32 / l as f32;
         out.push(Tensor {
             name,
@@ -122,29 +126,71 @@ fn tensors(a: &Args, ffn: usize) -> Vec<Tensor> {
             push(p(&format!("{n}.weight")), vec![d], Init::Near(1.0), i);
             push(p(&format!("{n}.bias")), vec![d], Init::Near(0.0), i);
         }
-        for (n, f) in [("x", maa as fn(_, _, _, _) -> _), ("w", maa), ("k", maa), ("v", maa_v), ("r", maa_rg), ("g", maa_rg)] {
-            push(p(&format!("att.time_maa_{n}")), vec![1, 1, d], Init::Channel(f), i);
+        for (n, f) in [
+            ("x", maa as fn(_, _, _, _) -> _),
+            ("w", maa),
+            ("k", maa),
+            ("v", maa_v),
+            ("r", maa_rg),
+            ("g", maa_rg),
+        ] {
+            push(
+                p(&format!("att.time_maa_{n}")),
+                vec![1, 1, d],
+                Init::Channel(f),
+                i,
+            );
         }
         push(p("att.time_maa_w1"), vec![d, 5 * m], Init::Uniform(0.01), i);
         push(p("att.time_maa_w2"), vec![5, m, d], Init::Uniform(0.01), i);
         push(p("att.time_decay"), vec![1, 1, d], Init::Channel(decay), i);
         push(p("att.time_decay_w1"), vec![d, k], Init::Uniform(0.01), i);
         push(p("att.time_decay_w2"), vec![k, d], Init::Uniform(0.01), i);
-        push(p("att.time_faaaa"), vec![h, a.head_size], Init::Channel(faaaa), i);
+        push(
+            p("att.time_faaaa"),
+            vec![h, a.head_size],
+            Init::Channel(faaaa),
+            i,
+        );
         for n in ["receptance", "key", "value", "gate", "output"] {
-            push(p(&format!("att.{n}.weight")), vec![d, d], Init::Linear { fan_in: d }, i);
+            push(
+                p(&format!("att.{n}.weight")),
+                vec![d, d],
+                Init::Linear { fan_in: d },
+                i,
+            );
         }
         push(p("att.ln_x.weight"), vec![d], Init::Near(1.0), i);
         push(p("att.ln_x.bias"), vec![d], Init::Near(0.0), i);
         push(p("ffn.time_maa_k"), vec![1, 1, d], Init::Channel(maa), i);
         push(p("ffn.time_maa_r"), vec![1, 1, d], Init::Channel(maa), i);
-        push(p("ffn.key.weight"), vec![ffn, d], Init::Linear { fan_in: d }, i);
-        push(p("ffn.receptance.weight"), vec![d, d], Init::Linear { fan_in: d }, i);
-        push(p("ffn.value.weight"), vec![d, ffn], Init::Linear { fan_in: ffn }, i);
+        push(
+            p("ffn.key.weight"),
+            vec![ffn, d],
+            Init::Linear { fan_in: d },
+            i,
+        );
+        push(
+            p("ffn.receptance.weight"),
+            vec![d, d],
+            Init::Linear { fan_in: d },
+            i,
+        );
+        push(
+            p("ffn.value.weight"),
+            vec![d, ffn],
+            Init::Linear { fan_in: ffn },
+            i,
+        );
     }
     push("ln_out.weight".into(), vec![d], Init::Near(1.0), l);
     push("ln_out.bias".into(), vec![d], Init::Near(0.0), l);
-    push("head.weight".into(), vec![v, d], Init::Linear { fan_in: d }, l);
+    push(
+        "head.weight".into(),
+        vec![v, d],
+        Init::Linear { fan_in: d },
+        l,
+    );
     out
 }
 
@@ -192,14 +238,25 @@ fn main() -> std::io::Result<()> {
                         Init::Linear { fan_in } => u * (3.0 / fan_in as f32).sqrt(),
                         Init::Uniform(s) => u * s,
                         Init::Near(c) => c + 0.05 * u,
-                        Init::Channel(f) => f(i % (t.shape.iter().product::<usize>()), t.shape.iter().product(), t.r01, t.r10),
+                        Init::Channel(f) => f(
+                            i % (t.shape.iter().product::<usize>()),
+                            t.shape.iter().product(),
+                            t.r01,
+                            t.r10,
+                        ),
                     }
                 })
                 .collect();
             let bytes: Vec<u8> = match a.dtype {
                 DType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                DType::F16 => vals.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
-                DType::Bf16 => vals.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+                DType::F16 => vals
+                    .iter()
+                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                DType::Bf16 => vals
+                    .iter()
+                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
             };
             w.write_all(&bytes)?;
         }

@@ -5,10 +5,11 @@
 //! carries everything the model remembers. Nothing in the library prints or exits.
 
 pub mod backend;
-pub mod error;
 pub mod cli;
+pub mod error;
 pub mod model;
 pub mod sample;
+pub mod score;
 pub mod state;
 pub mod state_file;
 pub mod tensor;

@@ -154,7 +154,11 @@ impl Sampler {
         self.order.clear();
         self.order.extend(0..probs.len() as u32);
         let k = self.cfg.top_k;
-        let keep = if k > 0 && k < probs.len() { k } else { probs.len() };
+        let keep = if k > 0 && k < probs.len() {
+            k
+        } else {
+            probs.len()
+        };
         let by_prob = |a: &u32, b: &u32| {
             probs[*b as usize]
                 .total_cmp(&probs[*a as usize])
@@ -190,11 +194,15 @@ impl Sampler {
             if p < cutoff || p <= 0.0 {
                 continue;
             }
-            let w = if inv_t == 1.0 { p as f64 } else { (p as f64).powf(inv_t) };
+            let w = if inv_t == 1.0 {
+                p as f64
+            } else {
+                (p as f64).powf(inv_t)
+            };
             total += w;
             weights.push((t, w));
         }
-        if weights.is_empty() || !(total > 0.0) {
+        if weights.is_empty() || !total.is_finite() || total <= 0.0 {
             return self.order.first().copied().unwrap_or(0);
         }
         let mut x = self.rng.next_f64() * total;
@@ -247,7 +255,11 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f64)> {
     if k == 0 {
         return Vec::new();
     }
-    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let cmp = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
     ids.select_nth_unstable_by(k - 1, cmp);
     ids.truncate(k);
     ids.sort_unstable_by(cmp);
@@ -334,10 +346,34 @@ mod tests {
     #[test]
     fn stop_string_across_pieces_is_cut_and_held_back() {
         let mut m = StopMatcher::new(vec![b"\n\nUser".to_vec()]);
-        assert_eq!(m.push(b"Hello"), StopStep { emit: b"Hello".to_vec(), stopped: false });
-        assert_eq!(m.push(b" world\n"), StopStep { emit: b" world".to_vec(), stopped: false });
-        assert_eq!(m.push(b"\nUs"), StopStep { emit: vec![], stopped: false });
-        assert_eq!(m.push(b"er: hi"), StopStep { emit: vec![], stopped: true });
+        assert_eq!(
+            m.push(b"Hello"),
+            StopStep {
+                emit: b"Hello".to_vec(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push(b" world\n"),
+            StopStep {
+                emit: b" world".to_vec(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push(b"\nUs"),
+            StopStep {
+                emit: vec![],
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push(b"er: hi"),
+            StopStep {
+                emit: vec![],
+                stopped: true
+            }
+        );
     }
 
     #[test]
@@ -382,8 +418,20 @@ mod tests {
     fn top_k_one_and_tiny_top_p_are_greedy() {
         let logits = [0.1f32, 2.0, 1.9, -1.0, 0.5];
         for cfg in [
-            SamplerConfig { top_k: 1, top_p: 1.0, presence_penalty: 0.0, frequency_penalty: 0.0, ..Default::default() },
-            SamplerConfig { top_k: 0, top_p: 0.01, presence_penalty: 0.0, frequency_penalty: 0.0, ..Default::default() },
+            SamplerConfig {
+                top_k: 1,
+                top_p: 1.0,
+                presence_penalty: 0.0,
+                frequency_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplerConfig {
+                top_k: 0,
+                top_p: 0.01,
+                presence_penalty: 0.0,
+                frequency_penalty: 0.0,
+                ..Default::default()
+            },
         ] {
             let mut s = Sampler::new(cfg, 5, 42);
             for _ in 0..20 {
@@ -394,16 +442,26 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_distribution_and_the_seed() {
-        let cfg = SamplerConfig { top_k: 0, top_p: 1.0, presence_penalty: 0.0, frequency_penalty: 0.0, ..Default::default() };
+        let cfg = SamplerConfig {
+            top_k: 0,
+            top_p: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            ..Default::default()
+        };
         let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
         let mut s = Sampler::new(cfg.clone(), 2, 7);
         let n = 20_000;
-        let ones = (0..n).filter(|_| s.sample(&mut logits.clone()) == 1).count();
+        let ones = (0..n)
+            .filter(|_| s.sample(&mut logits.clone()) == 1)
+            .count();
         let frac = ones as f64 / n as f64;
         assert!((frac - 0.75).abs() < 0.02, "{frac}");
         let draw = |seed| {
             let mut s = Sampler::new(cfg.clone(), 2, seed);
-            (0..64).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| s.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));

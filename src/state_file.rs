@@ -45,9 +45,17 @@ impl StateFile {
         let (h, s) = (c.n_head, c.head_size);
         let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (l, ls) in self.state.layers.iter().enumerate() {
-            bufs.push((format!("{l}.att_shift"), vec![c.n_embd], f32_bytes(&ls.att_shift)));
+            bufs.push((
+                format!("{l}.att_shift"),
+                vec![c.n_embd],
+                f32_bytes(&ls.att_shift),
+            ));
             bufs.push((format!("{l}.wkv"), vec![h, s, s], f32_bytes(&ls.wkv)));
-            bufs.push((format!("{l}.ffn_shift"), vec![c.n_embd], f32_bytes(&ls.ffn_shift)));
+            bufs.push((
+                format!("{l}.ffn_shift"),
+                vec![c.n_embd],
+                f32_bytes(&ls.ffn_shift),
+            ));
         }
         if let Some(lg) = &self.logits {
             bufs.push(("logits".into(), vec![lg.len()], f32_bytes(lg)));
@@ -119,12 +127,10 @@ impl StateFile {
             decay_lora: 0,
         };
         let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = st
-                .tensor(name)
-                .map_err(|_| Error::MissingTensor {
-                    path: path.to_path_buf(),
-                    name: name.to_string(),
-                })?;
+            let t = st.tensor(name).map_err(|_| Error::MissingTensor {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+            })?;
             if t.dtype() != Dtype::F32 || t.shape() != shape {
                 return Err(Error::Shape {
                     path: path.to_path_buf(),
@@ -202,7 +208,10 @@ pub fn tuning_config(path: &Path) -> Result<Config> {
     let shape = ck
         .shape("blocks.0.att.time_state")
         .ok_or_else(|| {
-            Error::format(path, "not a state-tuning file: no `blocks.0.att.time_state` tensor")
+            Error::format(
+                path,
+                "not a state-tuning file: no `blocks.0.att.time_state` tensor",
+            )
         })?
         .to_vec();
     let [h, s, s2] = shape[..] else {
@@ -221,7 +230,11 @@ pub fn tuning_config(path: &Path) -> Result<Config> {
             found: shape,
         });
     }
-    let n_layer = ck.tensors.keys().filter(|k| k.ends_with(".att.time_state")).count();
+    let n_layer = ck
+        .tensors
+        .keys()
+        .filter(|k| k.ends_with(".att.time_state"))
+        .count();
     Ok(Config {
         n_layer,
         n_embd: h * s,
@@ -311,7 +324,11 @@ pub fn load_for(path: &Path, model: &crate::Model, force: bool) -> Result<Start>
     } else {
         None
     };
-    let shown = if bytes.is_some() { Path::new("<stdin>") } else { path };
+    let shown = if bytes.is_some() {
+        Path::new("<stdin>")
+    } else {
+        path
+    };
     let ours = match &bytes {
         Some(b) => is_state_file(b),
         None => {

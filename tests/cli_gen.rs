@@ -12,7 +12,14 @@ const GREEDY: &str = " is the matter?\n\nELBOW:\nI will not be a soldier ";
 
 /// Plain argmax: temperature 0 and no repetition penalties (the official pipeline applies
 /// penalties before the argmax too).
-const GREEDY_ARGS: [&str; 6] = ["-t", "0", "--presence-penalty", "0", "--frequency-penalty", "0"];
+const GREEDY_ARGS: [&str; 6] = [
+    "-t",
+    "0",
+    "--presence-penalty",
+    "0",
+    "--frequency-penalty",
+    "0",
+];
 
 fn gen(args: &[&str], stdin: &[u8]) -> Run {
     let m = model_arg(SHAKESPEARE);
@@ -32,7 +39,10 @@ fn greedy_output_is_exact() {
     assert!(r.stderr.is_empty());
     // The golden logits pick the first byte.
     let g = golden("shakespeare-rwkv6");
-    assert_eq!(rwkv::sample::argmax(&g.seq_logits), GREEDY.as_bytes()[0] as u32);
+    assert_eq!(
+        rwkv::sample::argmax(&g.seq_logits),
+        GREEDY.as_bytes()[0] as u32
+    );
     // Prompt from stdin and from a file give the same.
     let r2 = gen(&["-t", "0", "-n", "48", "--ignore-eos"], PROMPT.as_bytes());
     assert_eq!(r2.text(), GREEDY);
@@ -55,7 +65,11 @@ fn tiny_model_greedy_and_end_of_text() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, b"\0e\0n\0 \0t\0h");
     // Without --ignore-eos, token 0 ends the answer at once.
-    let r = run("rwkv-gen", &["-m", &m, "-t", "0", "-n", "10", "--format", "jsonl"], &prompt);
+    let r = run(
+        "rwkv-gen",
+        &["-m", &m, "-t", "0", "-n", "10", "--format", "jsonl"],
+        &prompt,
+    );
     let recs = r.json();
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["finish_reason"], "eos");
@@ -64,8 +78,14 @@ fn tiny_model_greedy_and_end_of_text() {
 
 #[test]
 fn seed_repeats_on_any_thread_count() {
-    let a = gen(&["-p", PROMPT, "-n", "60", "--seed", "7", "--threads", "1"], b"");
-    let b = gen(&["-p", PROMPT, "-n", "60", "--seed", "7", "--threads", "2"], b"");
+    let a = gen(
+        &["-p", PROMPT, "-n", "60", "--seed", "7", "--threads", "1"],
+        b"",
+    );
+    let b = gen(
+        &["-p", PROMPT, "-n", "60", "--seed", "7", "--threads", "2"],
+        b"",
+    );
     let c = gen(&["-p", PROMPT, "-n", "60", "--seed", "8"], b"");
     assert_eq!(a.code, 0, "{}", a.stderr);
     assert_eq!(a.stdout.len(), 60);
@@ -76,11 +96,27 @@ fn seed_repeats_on_any_thread_count() {
 #[test]
 fn stop_string_spanning_tokens_is_cut() {
     // Every byte is a token here, so "matter?" spans seven tokens.
-    let r = gen(&["-p", PROMPT, "-t", "0", "-n", "48", "--stop", "matter?", "--ignore-eos"], b"");
+    let r = gen(
+        &[
+            "-p",
+            PROMPT,
+            "-t",
+            "0",
+            "-n",
+            "48",
+            "--stop",
+            "matter?",
+            "--ignore-eos",
+        ],
+        b"",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.text(), " is the ");
     let r = gen(
-        &["-p", PROMPT, "-t", "0", "-n", "48", "--stop", "ELBOW", "--stop", "the", "--format", "jsonl"],
+        &[
+            "-p", PROMPT, "-t", "0", "-n", "48", "--stop", "ELBOW", "--stop", "the", "--format",
+            "jsonl",
+        ],
         b"",
     );
     let recs = r.json();
@@ -88,7 +124,10 @@ fn stop_string_spanning_tokens_is_cut() {
     assert_eq!(last["finish_reason"], "stop");
     assert_eq!(last["text"], " is ");
     // A stop string that never completes is printed in full at the end.
-    let r = gen(&["-p", PROMPT, "-t", "0", "-n", "9", "--stop", "matter!"], b"");
+    let r = gen(
+        &["-p", PROMPT, "-t", "0", "-n", "9", "--stop", "matter!"],
+        b"",
+    );
     assert_eq!(r.text(), &GREEDY[..9]);
 }
 
@@ -98,8 +137,15 @@ fn lines_answers_each_line_in_order() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let one = |p: &str| gen(&["-p", p, "-t", "0", "-n", "12"], b"").text();
     assert_eq!(r.text(), format!("{}\n{}\n", one("ROMEO:"), one("JULIET:")));
-    let r = gen(&["--lines", "-t", "0", "-n", "5", "--format", "jsonl"], b"a\nb\nc\n");
-    let finals: Vec<_> = r.json().into_iter().filter(|v| v.get("finish_reason").is_some()).collect();
+    let r = gen(
+        &["--lines", "-t", "0", "-n", "5", "--format", "jsonl"],
+        b"a\nb\nc\n",
+    );
+    let finals: Vec<_> = r
+        .json()
+        .into_iter()
+        .filter(|v| v.get("finish_reason").is_some())
+        .collect();
     assert_eq!(finals.len(), 3);
     assert_eq!(finals[2]["line"], 3);
 }
@@ -109,7 +155,15 @@ fn lines_answers_before_stdin_closes() {
     use std::io::{BufReader, Write};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_rwkv-gen"))
-        .args(["-m", &model_arg(SHAKESPEARE), "--lines", "-t", "0", "-n", "5"])
+        .args([
+            "-m",
+            &model_arg(SHAKESPEARE),
+            "--lines",
+            "-t",
+            "0",
+            "-n",
+            "5",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -129,7 +183,21 @@ fn lines_answers_before_stdin_closes() {
 
 #[test]
 fn jsonl_logprobs_are_log_softmax_of_the_logits() {
-    let r = gen(&["-p", PROMPT, "-t", "0", "-n", "3", "--format", "jsonl", "--top-logprobs", "3"], b"");
+    let r = gen(
+        &[
+            "-p",
+            PROMPT,
+            "-t",
+            "0",
+            "-n",
+            "3",
+            "--format",
+            "jsonl",
+            "--top-logprobs",
+            "3",
+        ],
+        b"",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let recs = r.json();
     assert_eq!(recs.len(), 4);
@@ -176,9 +244,23 @@ fn chat_carries_the_conversation() {
 fn closed_stdout_exits_quietly() {
     use std::io::Read;
     use std::process::{Command, Stdio};
-    for n in ["20000", "3"] {
+    // jsonl is flushed per token, so the long run meets the closed pipe mid-generation;
+    // the short one only at its final flush.
+    for (n, format) in [("100000", "jsonl"), ("3", "text")] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rwkv-gen"))
-            .args(["-m", &model_arg(SHAKESPEARE), "-p", PROMPT, "-n", n, "--ignore-eos", "--seed", "1"])
+            .args([
+                "-m",
+                &model_arg(SHAKESPEARE),
+                "-p",
+                PROMPT,
+                "-n",
+                n,
+                "--format",
+                format,
+                "--ignore-eos",
+                "--seed",
+                "1",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -189,7 +271,12 @@ fn closed_stdout_exits_quietly() {
         drop(out); // like `| head -c 1`
         let status = child.wait().unwrap();
         let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         assert_eq!(status.code(), Some(0), "stderr: {err}");
         assert!(err.is_empty(), "{err}");
     }
@@ -197,7 +284,11 @@ fn closed_stdout_exits_quietly() {
 
 #[test]
 fn errors_are_one_line_with_the_documented_code() {
-    let r = run("rwkv-gen", &["-m", "/nonexistent/model.pth", "-p", "x"], b"");
+    let r = run(
+        "rwkv-gen",
+        &["-m", "/nonexistent/model.pth", "-p", "x"],
+        b"",
+    );
     assert_fails(&r, 1, &["/nonexistent/model.pth", "No such file"]);
     let r = gen(&["-p", "x", "--temperature", "hot"], b"");
     assert_fails(&r, 2, &["--temperature", "hot"]);
@@ -220,12 +311,32 @@ fn errors_are_one_line_with_the_documented_code() {
     // Sampled ids above 255 have no byte form: said, not a crash.
     let r = run(
         "rwkv-gen",
-        &["-m", &model_arg("rand-rwkv6-d256-bf16.safetensors"), "--tokenizer", "bytes", "-p", "hi", "-n", "50", "--seed", "3"],
+        &[
+            "-m",
+            &model_arg("rand-rwkv6-d256-bf16.safetensors"),
+            "--tokenizer",
+            "bytes",
+            "-p",
+            "hi",
+            "-n",
+            "50",
+            "--seed",
+            "3",
+        ],
         b"",
     );
     assert_fails(&r, 1, &["token id", "bytes tokenizer"]);
     // A vocab without a default tokenizer asks for one.
-    let r = run("rwkv-gen", &["-m", &model_arg("rand-rwkv6-d256-bf16.safetensors"), "-p", "hi"], b"");
+    let r = run(
+        "rwkv-gen",
+        &[
+            "-m",
+            &model_arg("rand-rwkv6-d256-bf16.safetensors"),
+            "-p",
+            "hi",
+        ],
+        b"",
+    );
     assert_fails(&r, 1, &["--tokenizer"]);
 }
 
@@ -233,7 +344,18 @@ fn errors_are_one_line_with_the_documented_code() {
 fn world_model_generates_text_from_text() {
     let r = run(
         "rwkv-gen",
-        &["-m", &model_arg("rand-rwkv6-world-d64-bf16.safetensors"), "-p", "User: hi\n\nAssistant:", "-n", "5", "--seed", "1", "--format", "jsonl"],
+        &[
+            "-m",
+            &model_arg("rand-rwkv6-world-d64-bf16.safetensors"),
+            "-p",
+            "User: hi\n\nAssistant:",
+            "-n",
+            "5",
+            "--seed",
+            "1",
+            "--format",
+            "jsonl",
+        ],
         b"",
     );
     assert_eq!(r.code, 0, "{}", r.stderr);

@@ -10,7 +10,10 @@ const SHAKESPEARE: &str = "shakespeare-rwkv6.safetensors";
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn assert_states_equal(a: &rwkv::State, b: &rwkv::State, tol: f32) {
@@ -25,7 +28,10 @@ fn assert_states_equal(a: &rwkv::State, b: &rwkv::State, tol: f32) {
 fn save_load_continue_equals_uninterrupted() {
     let m = Model::load(&model_path(SHAKESPEARE)).unwrap();
     let a: Vec<u32> = b"ROMEO:\nWhat light".iter().map(|&b| b as u32).collect();
-    let b: Vec<u32> = b" through yonder window".iter().map(|&b| b as u32).collect();
+    let b: Vec<u32> = b" through yonder window"
+        .iter()
+        .map(|&b| b as u32)
+        .collect();
     let mut whole = m.new_state();
     let live_a = m.forward(&a, &mut whole, Logits::Last).unwrap();
     let mut st = whole.clone();
@@ -43,9 +49,22 @@ fn save_load_continue_equals_uninterrupted() {
     };
     sf.save(&path).unwrap();
     let back = StateFile::load(&path).unwrap();
-    assert!(back.state == sf.state, "the state survives the file exactly");
-    assert!(back.logits.as_deref() == Some(&live_a[..]), "the saved logits are the live ones");
-    assert_eq!((back.tokens, back.fingerprint.as_str(), back.tokenizer.as_str()), (17, m.fingerprint(), "bytes"));
+    assert!(
+        back.state == sf.state,
+        "the state survives the file exactly"
+    );
+    assert!(
+        back.logits.as_deref() == Some(&live_a[..]),
+        "the saved logits are the live ones"
+    );
+    assert_eq!(
+        (
+            back.tokens,
+            back.fingerprint.as_str(),
+            back.tokenizer.as_str()
+        ),
+        (17, m.fingerprint(), "bytes")
+    );
     assert!(back.shape_fits(&m.cfg));
     st = back.state;
     let got = m.forward(&b, &mut st, Logits::Last).unwrap();
@@ -57,17 +76,42 @@ fn save_load_continue_equals_uninterrupted() {
 fn cli_feed_in_two_steps_equals_one() {
     let m = model_arg(SHAKESPEARE);
     let dir = temp_dir("state-cli-feed");
-    let (one, a, ab) = (dir.join("one.state"), dir.join("a.state"), dir.join("ab.state"));
+    let (one, a, ab) = (
+        dir.join("one.state"),
+        dir.join("a.state"),
+        dir.join("ab.state"),
+    );
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let r = run("rwkv-state", &["feed", "-m", &m, "-o", &s(&one)], b"ROMEO:\nWhat light");
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &m, "-o", &s(&one)],
+        b"ROMEO:\nWhat light",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     // stdout when it is not a terminal, and --state - piping
     let r = run("rwkv-state", &["feed", "-m", &m], b"ROMEO:\n");
     assert_eq!(r.code, 0, "{}", r.stderr);
     std::fs::write(&a, &r.stdout).unwrap();
-    let r = run("rwkv-state", &["feed", "-m", &m, "--state", "-", "-p", "What light", "-o", &s(&ab)], &r.stdout);
+    let r = run(
+        "rwkv-state",
+        &[
+            "feed",
+            "-m",
+            &m,
+            "--state",
+            "-",
+            "-p",
+            "What light",
+            "-o",
+            &s(&ab),
+        ],
+        &r.stdout,
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let (x, y) = (StateFile::load(&one).unwrap(), StateFile::load(&ab).unwrap());
+    let (x, y) = (
+        StateFile::load(&one).unwrap(),
+        StateFile::load(&ab).unwrap(),
+    );
     assert_eq!(y.tokens, 17);
     assert!(max_diff(x.logits.as_ref().unwrap(), y.logits.as_ref().unwrap()) <= 1e-6);
     assert_states_equal(&x.state, &y.state, 1e-6);
@@ -76,9 +120,15 @@ fn cli_feed_in_two_steps_equals_one() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let rows = r.json();
     assert_eq!(rows.len(), 6 * 3 + 1);
-    assert!(rows.iter().all(|r| r["max_abs_diff"].as_f64().unwrap() <= 1e-6));
+    assert!(rows
+        .iter()
+        .all(|r| r["max_abs_diff"].as_f64().unwrap() <= 1e-6));
     let r = run("rwkv-state", &["diff", &s(&a), &s(&ab)], b"");
-    assert!(r.text().lines().skip(1).any(|l| !l.contains("0.0000e0")), "{}", r.text());
+    assert!(
+        r.text().lines().skip(1).any(|l| !l.contains("0.0000e0")),
+        "{}",
+        r.text()
+    );
     // info
     let r = run("rwkv-state", &["info", &s(&ab), "--json"], b"");
     let info = &r.json()[0];
@@ -96,10 +146,27 @@ fn gen_continues_from_a_state_and_saves_in_place() {
     let dir = temp_dir("state-gen");
     let st = dir.join("s.state");
     let s = st.to_str().unwrap();
-    let greedy = ["-t", "0", "--presence-penalty", "0", "--frequency-penalty", "0", "--ignore-eos"];
+    let greedy = [
+        "-t",
+        "0",
+        "--presence-penalty",
+        "0",
+        "--frequency-penalty",
+        "0",
+        "--ignore-eos",
+    ];
     let r = run("rwkv-state", &["feed", "-m", &m, "-o", s], b"ROMEO:\n");
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let mut args = vec!["-m", m.as_str(), "--state", s, "-p", "What light", "-n", "14"];
+    let mut args = vec![
+        "-m",
+        m.as_str(),
+        "--state",
+        s,
+        "-p",
+        "What light",
+        "-n",
+        "14",
+    ];
     args.extend_from_slice(&greedy);
     let r = run("rwkv-gen", &args, b"");
     assert_eq!(r.text(), " is the matter");
@@ -123,20 +190,59 @@ fn imported_tuning_states_reproduce_the_golden() {
     let dir = temp_dir("state-import");
     let ids: Vec<String> = g.tokens.iter().map(|t| t.to_string()).collect();
     let ids = ids.join(" ");
-    for file in ["rand-rwkv6-d256-fp16.state.pth", "rand-rwkv6-d256-fp16.state.ai00.st"] {
+    for file in [
+        "rand-rwkv6-d256-fp16.state.pth",
+        "rand-rwkv6-d256-fp16.state.ai00.st",
+    ] {
         let out = dir.join(format!("{file}.state"));
         let o = out.to_str().unwrap();
-        let r = run("rwkv-state", &["import", &model_arg(file), "-m", &m, "-o", o], b"");
+        let r = run(
+            "rwkv-state",
+            &["import", &model_arg(file), "-m", &m, "-o", o],
+            b"",
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
         let fed = dir.join(format!("{file}.fed"));
         let f = fed.to_str().unwrap();
-        let r = run("rwkv-state", &["feed", "-m", &m, "--tokenizer", "bytes", "--ids", "--state", o, "-o", f], ids.as_bytes());
+        let r = run(
+            "rwkv-state",
+            &[
+                "feed",
+                "-m",
+                &m,
+                "--tokenizer",
+                "bytes",
+                "--ids",
+                "--state",
+                o,
+                "-o",
+                f,
+            ],
+            ids.as_bytes(),
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
         let sf = StateFile::load(&fed).unwrap();
         assert_logits_close(file, sf.logits.as_ref().unwrap(), &g.seq_logits);
         assert_state_close(file, &sf.state, &g);
         // rwkv-gen takes the tuning file directly.
-        let r = run("rwkv-gen", &["-m", &m, "--tokenizer", "bytes", "--state", &model_arg(file), "-p", "hi", "-n", "0", "--format", "jsonl"], b"");
+        let r = run(
+            "rwkv-gen",
+            &[
+                "-m",
+                &m,
+                "--tokenizer",
+                "bytes",
+                "--state",
+                &model_arg(file),
+                "-p",
+                "hi",
+                "-n",
+                "0",
+                "--format",
+                "jsonl",
+            ],
+            b"",
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(r.json()[0]["prompt_tokens"], 2);
     }
@@ -148,21 +254,77 @@ fn refusals() {
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let fp16 = model_arg("rand-rwkv6-d256-fp16.safetensors");
     let bf16 = model_arg("rand-rwkv6-d256-bf16.safetensors");
-    let r = run("rwkv-state", &["feed", "-m", &fp16, "--ids", "-o", &p("fp16.state")], b"1 2 3");
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &fp16, "--ids", "-o", &p("fp16.state")],
+        b"1 2 3",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     // Same shape, other weights: refused, then accepted with --force.
-    let r = run("rwkv-state", &["feed", "-m", &bf16, "--ids", "--state", &p("fp16.state"), "-o", &p("x.state")], b"4");
+    let r = run(
+        "rwkv-state",
+        &[
+            "feed",
+            "-m",
+            &bf16,
+            "--ids",
+            "--state",
+            &p("fp16.state"),
+            "-o",
+            &p("x.state"),
+        ],
+        b"4",
+    );
     assert_fails(&r, 1, &["fp16.state", "other weights", "--force"]);
-    let r = run("rwkv-state", &["feed", "-m", &bf16, "--ids", "--state", &p("fp16.state"), "--force", "-o", &p("x.state")], b"4");
+    let r = run(
+        "rwkv-state",
+        &[
+            "feed",
+            "-m",
+            &bf16,
+            "--ids",
+            "--state",
+            &p("fp16.state"),
+            "--force",
+            "-o",
+            &p("x.state"),
+        ],
+        b"4",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     // Another shape: refused even with --force, naming both.
     let sh = model_arg(SHAKESPEARE);
-    let r = run("rwkv-gen", &["-m", &sh, "--state", &p("fp16.state"), "--force", "-p", "x"], b"");
-    assert_fails(&r, 1, &["fp16.state", "another model shape", "shakespeare-rwkv6.safetensors"]);
+    let r = run(
+        "rwkv-gen",
+        &["-m", &sh, "--state", &p("fp16.state"), "--force", "-p", "x"],
+        b"",
+    );
+    assert_fails(
+        &r,
+        1,
+        &[
+            "fp16.state",
+            "another model shape",
+            "shakespeare-rwkv6.safetensors",
+        ],
+    );
     // Truncated and corrupt files.
     let full = std::fs::read(p("fp16.state")).unwrap();
     std::fs::write(p("cut.state"), &full[..full.len() - 100]).unwrap();
-    let r = run("rwkv-gen", &["-m", &fp16, "--tokenizer", "bytes", "--state", &p("cut.state"), "-p", "x"], b"");
+    let r = run(
+        "rwkv-gen",
+        &[
+            "-m",
+            &fp16,
+            "--tokenizer",
+            "bytes",
+            "--state",
+            &p("cut.state"),
+            "-p",
+            "x",
+        ],
+        b"",
+    );
     assert_fails(&r, 1, &["cut.state"]);
     std::fs::write(p("junk.state"), b"\x10\0\0\0\0\0\0\0{not json at all}").unwrap();
     let r = run("rwkv-state", &["info", &p("junk.state")], b"");
@@ -188,12 +350,27 @@ fn refusals() {
     let r = run("rwkv-state", &["info", &p("misshapen.state")], b"");
     assert_fails(&r, 1, &["misshapen.state"]);
     // A state for a terminal is refused, bad ids are named.
-    let r = run("rwkv-state", &["feed", "-m", &fp16, "--ids", "-o", &p("y.state")], b"1 two 3");
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &fp16, "--ids", "-o", &p("y.state")],
+        b"1 two 3",
+    );
     assert_fails(&r, 1, &["item 2", "two"]);
-    let r = run("rwkv-state", &["feed", "-m", &fp16, "--ids", "-o", &p("y.state")], b"1 5000");
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &fp16, "--ids", "-o", &p("y.state")],
+        b"1 5000",
+    );
     assert_fails(&r, 1, &["5000", "vocab 1024"]);
-    assert!(!Path::new(&p("y.state")).exists(), "no output after an error");
-    let r = run("rwkv-state", &["feed", "-m", &fp16, "--state", "-", "-o", &p("y.state")], b"");
+    assert!(
+        !Path::new(&p("y.state")).exists(),
+        "no output after an error"
+    );
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &fp16, "--state", "-", "-o", &p("y.state")],
+        b"",
+    );
     assert_fails(&r, 2, &["-p or -f"]);
 }
 
@@ -204,7 +381,11 @@ fn an_interrupted_write_leaves_the_old_file() {
     let dir = temp_dir("state-kill");
     let target = dir.join("s.state");
     let m = model_arg(SHAKESPEARE);
-    let r = run("rwkv-state", &["feed", "-m", &m, "-o", target.to_str().unwrap()], b"old");
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &m, "-o", target.to_str().unwrap()],
+        b"old",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let old = std::fs::read(&target).unwrap();
     let text = "To be, or not to be, that is the question. ".repeat(400);
@@ -212,7 +393,15 @@ fn an_interrupted_write_leaves_the_old_file() {
     std::fs::write(&input, &text).unwrap();
     for delay_ms in [5u64, 40, 120, 300] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rwkv-state"))
-            .args(["feed", "-m", &m, "-f", input.to_str().unwrap(), "-o", target.to_str().unwrap()])
+            .args([
+                "feed",
+                "-m",
+                &m,
+                "-f",
+                input.to_str().unwrap(),
+                "-o",
+                target.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -63,7 +63,10 @@ fn random_fp16_safetensors() {
 
 #[test]
 fn random_fp16_hugging_face_names() {
-    check("rand-rwkv6-d256-fp16.hf.safetensors", "rand-rwkv6-d256-fp16");
+    check(
+        "rand-rwkv6-d256-fp16.hf.safetensors",
+        "rand-rwkv6-d256-fp16",
+    );
 }
 
 #[test]
@@ -122,7 +125,12 @@ fn from_imported_tuning_state() {
 /// The same weights in every layout share a fingerprint; other weights do not.
 #[test]
 fn fingerprint_follows_the_weights_not_the_file() {
-    let fp = |f: &str| Model::load(&model_path(f)).unwrap().fingerprint().to_string();
+    let fp = |f: &str| {
+        Model::load(&model_path(f))
+            .unwrap()
+            .fingerprint()
+            .to_string()
+    };
     let a = fp("rand-rwkv6-d256-fp16.safetensors");
     assert_eq!(a.len(), 16);
     assert_eq!(fp("rand-rwkv6-d256-fp16.hf.safetensors"), a);

@@ -14,7 +14,8 @@ fn unhex(s: &str) -> Vec<u8> {
 #[test]
 fn world_matches_every_golden_case() {
     let t = Tokenizer::from_spec("world").unwrap();
-    let text = std::fs::read_to_string(common::shared().join("golden/world-tokenizer.jsonl")).unwrap();
+    let text =
+        std::fs::read_to_string(common::shared().join("golden/world-tokenizer.jsonl")).unwrap();
     let mut cases = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -54,4 +55,23 @@ fn world_model_golden_prompt_encodes_to_its_tokens() {
     let t = Tokenizer::from_spec("world").unwrap();
     let prompt = "User: RWKV-6 是一种 RNN 语言模型。Tell me more!\n\nAssistant:";
     assert_eq!(t.encode(prompt.as_bytes()).unwrap(), g.tokens);
+}
+
+/// Encoding a text in blocks through `encode_prefix` gives the ids of one call.
+#[test]
+fn prefix_encoding_in_blocks_equals_one_call() {
+    let t = Tokenizer::from_spec("world").unwrap();
+    let text = "User: RWKV-6 是一种 RNN 语言模型。Tell me more!\n\nAssistant: ".repeat(50);
+    let want = t.encode(text.as_bytes()).unwrap();
+    for block in [1usize, 7, 100, 1000] {
+        let (mut ids, mut buf) = (Vec::new(), Vec::new());
+        for piece in text.as_bytes().chunks(block) {
+            buf.extend_from_slice(piece);
+            let (got, used) = t.encode_prefix(&buf, false).unwrap();
+            ids.extend(got);
+            buf.drain(..used);
+        }
+        ids.extend(t.encode_prefix(&buf, true).unwrap().0);
+        assert_eq!(ids, want, "block {block}");
+    }
 }

@@ -3,10 +3,10 @@
 //! exit) and Ctrl-C handling. The binaries own stderr; nothing here prints.
 
 pub mod gen;
+pub mod score;
 
 pub mod signal;
 pub mod state;
-
 
 use crate::error::Error;
 use crate::model::Model;

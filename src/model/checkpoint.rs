@@ -105,7 +105,10 @@ impl Checkpoint {
         self.check_shape(name, t, shape)?;
         let (rows, cols) = match *shape {
             [r, c] => (r, c),
-            _ => (shape[..shape.len() - 1].iter().product(), shape[shape.len() - 1]),
+            _ => (
+                shape[..shape.len() - 1].iter().product(),
+                shape[shape.len() - 1],
+            ),
         };
         let n = rows * cols;
         let data = match self.dtype_of(name, t)? {

@@ -128,7 +128,11 @@ impl Model {
         let mut logits = Vec::new();
         let n = tokens.len().div_ceil(chunk);
         for (i, part) in tokens.chunks(chunk).enumerate() {
-            let want = if i + 1 == n { Logits::Last } else { Logits::None };
+            let want = if i + 1 == n {
+                Logits::Last
+            } else {
+                Logits::None
+            };
             logits = self.forward(part, state, want)?;
         }
         Ok(logits)
@@ -143,12 +147,25 @@ fn fingerprint(cfg: &Config, w: &v6::Weights) -> String {
             h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
-    for n in [cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size, cfg.ffn, cfg.vocab] {
+    for n in [
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.n_head,
+        cfg.head_size,
+        cfg.ffn,
+        cfg.vocab,
+    ] {
         eat(&(n as u64).to_le_bytes());
     }
     let mut vectors: Vec<&[f32]> = vec![&w.ln0_w, &w.ln0_b, &w.ln_out_w, &w.ln_out_b];
     for l in &w.layers {
-        vectors.extend([&l.ln1_w[..], &l.ln2_w, &l.att.decay, &l.att.faaaa, &l.att.maa_x]);
+        vectors.extend([
+            &l.ln1_w[..],
+            &l.ln2_w,
+            &l.att.decay,
+            &l.att.faaaa,
+            &l.att.maa_x,
+        ]);
         vectors.extend([&l.att.ln_x_w[..], &l.ffn.maa_k, &l.ffn.maa_r]);
     }
     for v in vectors {

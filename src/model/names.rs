@@ -68,7 +68,13 @@ impl Names {
     pub fn n_layers(&self) -> usize {
         self.map
             .keys()
-            .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+            .filter_map(|k| {
+                k.strip_prefix("blocks.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
             .map(|n| n + 1)
             .max()
             .unwrap_or(0)
@@ -152,7 +158,10 @@ mod tests {
     fn hugging_face_names_map_to_blinkdl() {
         let h = Layout::HuggingFace;
         assert_eq!(canonical(h, "rwkv.embeddings.weight"), "emb.weight");
-        assert_eq!(canonical(h, "rwkv.blocks.0.pre_ln.bias"), "blocks.0.ln0.bias");
+        assert_eq!(
+            canonical(h, "rwkv.blocks.0.pre_ln.bias"),
+            "blocks.0.ln0.bias"
+        );
         assert_eq!(
             canonical(h, "rwkv.blocks.3.attention.time_maa_w1"),
             "blocks.3.att.time_maa_w1"
@@ -168,9 +177,18 @@ mod tests {
     #[test]
     fn ai00_names_map_to_blinkdl() {
         let a = Layout::Ai00;
-        assert_eq!(canonical(a, "blocks.0.att.time_first"), "blocks.0.att.time_faaaa");
-        assert_eq!(canonical(a, "blocks.0.ffn.time_mix_k"), "blocks.0.ffn.time_maa_k");
-        assert_eq!(canonical(a, "blocks.0.att.time_mix_w2"), "blocks.0.att.time_maa_w2");
+        assert_eq!(
+            canonical(a, "blocks.0.att.time_first"),
+            "blocks.0.att.time_faaaa"
+        );
+        assert_eq!(
+            canonical(a, "blocks.0.ffn.time_mix_k"),
+            "blocks.0.ffn.time_maa_k"
+        );
+        assert_eq!(
+            canonical(a, "blocks.0.att.time_mix_w2"),
+            "blocks.0.att.time_maa_w2"
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
     let mut cd = le32(b, eocd + 16).unwrap();
     if count == 0xFFFF || cd == 0xFFFF_FFFF {
         // zip64: locator just before the EOCD points to the zip64 EOCD record.
-        let loc = eocd.checked_sub(20).ok_or_else(|| bad("zip64 locator missing"))?;
+        let loc = eocd
+            .checked_sub(20)
+            .ok_or_else(|| bad("zip64 locator missing"))?;
         if !b[loc..].starts_with(b"PK\x06\x07") {
             return Err(bad("zip64 locator missing"));
         }
@@ -55,7 +57,9 @@ fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
     let mut members = HashMap::new();
     let mut p = cd as usize;
     for _ in 0..count {
-        let hdr = b.get(p..p + 46).ok_or_else(|| bad("central directory truncated"))?;
+        let hdr = b
+            .get(p..p + 46)
+            .ok_or_else(|| bad("central directory truncated"))?;
         if !hdr.starts_with(b"PK\x01\x02") {
             return Err(bad("central directory entry corrupt"));
         }
@@ -95,7 +99,9 @@ fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
         }
         let l = local as usize;
         if !b.get(l..).is_some_and(|r| r.starts_with(b"PK\x03\x04")) {
-            return Err(bad(&format!("member {name}: local header missing (truncated?)")));
+            return Err(bad(&format!(
+                "member {name}: local header missing (truncated?)"
+            )));
         }
         let lname = le16(b, l + 26).unwrap() as usize;
         let lextra = le16(b, l + 28).unwrap() as usize;
@@ -122,7 +128,10 @@ enum Val {
     Dict(Vec<(Val, Val)>),
     Global(String),
     /// `('storage', dtype, key, device, numel)` after BINPERSID.
-    Storage { dtype: String, key: String },
+    Storage {
+        dtype: String,
+        key: String,
+    },
     Tensor(Box<PickledTensor>),
     /// An object we do not interpret (OrderedDict(), metadata): kept as a placeholder.
     Other,
@@ -194,11 +203,19 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
             }
             b'h' => {
                 let k = take(&mut i, 1)?[0] as u64;
-                stack.push(memo.get(&k).cloned().ok_or_else(|| bad(format!("memo {k}")))?);
+                stack.push(
+                    memo.get(&k)
+                        .cloned()
+                        .ok_or_else(|| bad(format!("memo {k}")))?,
+                );
             }
             b'j' => {
                 let k = u32::from_le_bytes(take(&mut i, 4)?.try_into().unwrap()) as u64;
-                stack.push(memo.get(&k).cloned().ok_or_else(|| bad(format!("memo {k}")))?);
+                stack.push(
+                    memo.get(&k)
+                        .cloned()
+                        .ok_or_else(|| bad(format!("memo {k}")))?,
+                );
             }
             b'K' => stack.push(Val::Int(take(&mut i, 1)?[0] as i64)),
             b'M' => stack.push(Val::Int(

@@ -95,9 +95,8 @@ pub enum Logits {
 
 /// Read the hyper-parameters from the tensor shapes.
 pub fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
-    let shape = |canon: &str| -> Result<Vec<usize>> {
-        Ok(ck.get(names.stored(canon))?.shape.clone())
-    };
+    let shape =
+        |canon: &str| -> Result<Vec<usize>> { Ok(ck.get(names.stored(canon))?.shape.clone()) };
     let emb = shape("emb.weight")?;
     let faaaa = shape("blocks.0.att.time_faaaa")?;
     let ffn_key = shape("blocks.0.ffn.key.weight")?;
@@ -118,7 +117,11 @@ pub fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
     }
     let out_in = names.layout.lora_is_out_in();
     // decay_w1 is [D, K] (BlinkDL/HF) or [K, D] (Ai00); maa_w2 is [5, M, D] or [5, D, M].
-    let k = if out_in { decay_w1[0] } else { decay_w1[decay_w1.len() - 1] };
+    let k = if out_in {
+        decay_w1[0]
+    } else {
+        decay_w1[decay_w1.len() - 1]
+    };
     let m = if maa_w2.len() == 3 {
         if out_in {
             maa_w2[2]
@@ -231,7 +234,11 @@ pub fn load(ck: &Checkpoint, names: &Names, cfg: &Config) -> Result<Weights> {
 fn token_shift(xx: &[f32], shift: &mut [f32], sx: &mut [f32]) {
     let d = shift.len();
     for (t, (row, out)) in xx.chunks(d).zip(sx.chunks_mut(d)).enumerate() {
-        let prev = if t == 0 { &*shift } else { &xx[(t - 1) * d..t * d] };
+        let prev = if t == 0 {
+            &*shift
+        } else {
+            &xx[(t - 1) * d..t * d]
+        };
         for ((o, p), x) in out.iter_mut().zip(prev).zip(row) {
             *o = p - x;
         }

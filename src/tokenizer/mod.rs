@@ -35,9 +35,8 @@ impl Tokenizer {
 
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
         let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let t = tokenizers::Tokenizer::from_bytes(&text).map_err(|e| {
-            Error::format(path, format!("not a Hugging Face tokenizer.json: {e}"))
-        })?;
+        let t = tokenizers::Tokenizer::from_bytes(&text)
+            .map_err(|e| Error::format(path, format!("not a Hugging Face tokenizer.json: {e}")))?;
         Ok(Tokenizer::Hf(Box::new(t)))
     }
 
@@ -84,6 +83,37 @@ impl Tokenizer {
                     .encode(s.as_ref(), false)
                     .map_err(|e| Error::Tokenizer(e.to_string()))?;
                 Ok(enc.get_ids().to_vec())
+            }
+        }
+    }
+
+    /// Encode a prefix of `buf` that more input cannot change. Returns the ids and the
+    /// bytes consumed; the rest is to be passed again with more data. With `at_end` all of
+    /// `buf` is encoded. (Greedy longest match looks at most one longest token ahead, so the
+    /// tokens starting before `len - max_token_len` are final. A tokenizer.json has no such
+    /// bound: it encodes only at the end.)
+    pub fn encode_prefix(&self, buf: &[u8], at_end: bool) -> Result<(Vec<u32>, usize)> {
+        if at_end {
+            return Ok((self.encode(buf)?, buf.len()));
+        }
+        match self {
+            Tokenizer::Bytes => Ok((self.encode(buf)?, buf.len())),
+            Tokenizer::Hf(_) => Ok((Vec::new(), 0)),
+            Tokenizer::World(w) => {
+                let safe = buf.len().saturating_sub(w.max_token_len());
+                let mut ids = Vec::new();
+                w.encode_into(buf, &mut ids);
+                // Keep the tokens that start before `safe`.
+                let (mut pos, mut keep) = (0usize, 0usize);
+                for &id in &ids {
+                    if pos >= safe {
+                        break;
+                    }
+                    pos += w.token_bytes(id).map_or(1, <[u8]>::len);
+                    keep += 1;
+                }
+                ids.truncate(keep);
+                Ok((ids, pos))
             }
         }
     }

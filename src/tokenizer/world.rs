@@ -143,6 +143,11 @@ impl World {
         self.tokens.get(id as usize).map(Vec::as_slice)
     }
 
+    /// Longest token, in bytes: how far greedy matching can look ahead.
+    pub fn max_token_len(&self) -> usize {
+        self.tokens.iter().map(Vec::len).max().unwrap_or(1)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }
@@ -224,8 +229,8 @@ mod tests {
     #[test]
     fn longest_match_prefers_the_longer_token() {
         let mut toks = vec![Vec::new(); 260];
-        for b in 0..256 {
-            toks[b] = vec![b as u8];
+        for (b, t) in toks.iter_mut().enumerate().take(256) {
+            *t = vec![b as u8];
         }
         toks[256] = b"ab".to_vec();
         toks[257] = b"abcd".to_vec();

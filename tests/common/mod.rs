@@ -32,7 +32,9 @@ fn f32s(b: &[u8]) -> Vec<f32> {
 }
 
 pub fn golden(stem: &str) -> Golden {
-    let p = shared().join("golden").join(format!("{stem}.golden.safetensors"));
+    let p = shared()
+        .join("golden")
+        .join(format!("{stem}.golden.safetensors"));
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let tokens: Vec<u32> = st
@@ -163,7 +165,8 @@ pub fn assert_fails(r: &Run, code: i32, needles: &[&str]) {
 
 /// A fresh temporary folder under target/.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let d =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -24,6 +24,17 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// Write `v` at element `i`.
+    ///
+    /// # Safety
+    /// `i` is in bounds and no other thread writes element `i`.
+    #[inline]
+    unsafe fn write(self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
 /// `a . b` over `[n]`, eight lanes with a scalar tail.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -157,7 +168,7 @@ fn wkv_head(
         }
         for (j, a) in acc.iter().enumerate() {
             // SAFETY: this head alone writes channels c0..c0+s of every row.
-            unsafe { *out.0.add(row + j) = *a };
+            unsafe { out.write(row + j, *a) };
         }
     }
 }
@@ -170,7 +181,6 @@ impl Backend for Cpu {
         let yp = SharedMut(y.as_mut_ptr());
         let tasks = out.div_ceil(ROWS_PER_TASK);
         (0..tasks).into_par_iter().for_each(|task| {
-            let yp = yp;
             let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(out);
             let mut buf = match w.data {
                 Data::F32(_) => Vec::new(),
@@ -187,7 +197,7 @@ impl Backend for Cpu {
                 for ti in 0..t {
                     let v = dot(row, &x[ti * inp..(ti + 1) * inp]);
                     // SAFETY: element (ti, o) is written by the task owning row o only.
-                    unsafe { *yp.0.add(ti * out + o) = v };
+                    unsafe { yp.write(ti * out + o, v) };
                 }
             }
         });

@@ -1,0 +1,21 @@
+complete -c rwkv-score -s m -l model -d 'Model file: .safetensors, Ai00 .st or PyTorch .pth (BlinkDL, Hugging Face or Ai00 names)' -r -F
+complete -c rwkv-score -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
+complete -c rwkv-score -l threads -d 'Worker threads [default: all cores]' -r
+complete -c rwkv-score -l top-logprobs -d 'With --per-token: the K most likely alternatives at each position' -r
+complete -c rwkv-score -l state -d 'Start every document from this state file or state-tuning file' -r -F
+complete -c rwkv-score -l color -d 'Colors for --view [auto: when stdout is a terminal and NO_COLOR is unset]' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c rwkv-score -l chunk -d 'Tokens per sequence call [default: about 64 MiB of logits, at most 512]' -r
+complete -c rwkv-score -l lines -d 'Every input line is a document'
+complete -c rwkv-score -l jsonl -d 'Every input line is a JSON object with `text`, `ids`, `context` + `continuation` or `context` + `choices`'
+complete -c rwkv-score -l per-token -d 'Add every token with its text and log-probability'
+complete -c rwkv-score -l no-bos -d 'Do not feed token 0 first: the first token is context only'
+complete -c rwkv-score -l force -d 'Use --state even when it was made with other weights of the same shape'
+complete -c rwkv-score -l summary -d 'Add a final object with the totals over all documents'
+complete -c rwkv-score -l view -d 'Show the text for a person, each token shaded by its surprisal'
+complete -c rwkv-score -l tokenize -d 'No model: print each document\'s token ids and counts'
+complete -c rwkv-score -l merge -d 'No model: read rwkv-score output (stdin or files) and print the totals, as one run over all of it would'
+complete -c rwkv-score -s q -l quiet -d 'No progress bar (it shows only when stderr is a terminal)'
+complete -c rwkv-score -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c rwkv-score -s V -l version -d 'Print version'

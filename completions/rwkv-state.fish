@@ -1,0 +1,55 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_rwkv_state_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_rwkv_state_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_rwkv_state_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_rwkv_state_using_subcommand
+    set -l cmd (__fish_rwkv_state_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s h -l help -d 'Print help'
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s V -l version -d 'Print version'
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "feed" -d 'Feed text (stdin, -p or -f) or token ids to a model and write the state'
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "info" -d 'Show a state file: shape, model fingerprint, tokens fed, per-layer norms'
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "import" -d 'Convert a state-tuning file (RWKV-PEFT .pth, Ai00 .st) into a state file'
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "diff" -d 'Per-tensor max and mean absolute difference of two state files'
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s m -l model -d 'Model file: .safetensors, Ai00 .st or PyTorch .pth (BlinkDL, Hugging Face or Ai00 names)' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l threads -d 'Worker threads [default: all cores]' -r
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l state -d 'Start from this state (`-` reads it from stdin; then the text comes from -p or -f)' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s p -l text -d 'Text to feed (instead of stdin)' -r
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s f -l file -d 'Feed this file\'s contents (instead of stdin)' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s o -l output -d 'Output file; `-` is stdout, the default when stdout is not a terminal' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l force -d 'Use --state even when it was made with other weights of the same shape'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l ids -d 'The input is token ids (separated by spaces, commas or newlines), not text'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s h -l help -d 'Print help'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -l json -d 'One JSON object instead of text'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -s h -l help -d 'Print help'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s m -l model -d 'Check the state against this model and record its fingerprint' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s o -l output -d 'Output file; `-` is stdout' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s h -l help -d 'Print help'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand diff" -l json -d 'JSON lines instead of a table'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand diff" -s h -l help -d 'Print help'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "feed" -d 'Feed text (stdin, -p or -f) or token ids to a model and write the state'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "info" -d 'Show a state file: shape, model fingerprint, tokens fed, per-layer norms'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "import" -d 'Convert a state-tuning file (RWKV-PEFT .pth, Ai00 .st) into a state file'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "diff" -d 'Per-tensor max and mean absolute difference of two state files'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,108 @@
+//! `rwkv-score` flags.
+
+use super::ModelArgs;
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Score text with an RWKV-6 model: log-likelihood, perplexity, bits per byte, per-token
+/// log-probabilities, continuations and multiple-choice ranking. One JSON object per
+/// document on stdout, in input order.
+///
+/// Every token of a document is predicted from the state after token 0 (the document
+/// separator World models are trained with); --no-bos makes the first token context only.
+/// With --state, documents start from that state, token 0 still first unless --no-bos, and
+/// with --no-bos a state that carries logits scores the first token from them. A `context`
+/// follows token 0 the same way, and its own tokens are not scored.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rwkv-score",
+    version,
+    after_help = concat!(
+        "Output fields: source, tokens, bytes, nll (nats), ppl (exp of nll per token), \
+bits_per_byte; continuations: logprob, greedy; choices: choices[], best, best_per_byte.\n\n",
+        "--jsonl input, one object per line:\n",
+        "  {\"text\": \"...\"}  {\"ids\": [1, 2]}  {\"context\": \"...\", \"continuation\": \"...\"}\n",
+        "  {\"context\": \"...\", \"choices\": [\"...\", \"...\"]}\n\n",
+        "Examples:\n",
+        "  rwkv-score -m model.pth --summary book1.txt book2.txt\n",
+        "  rwkv-score -m model.pth --jsonl < lambada.jsonl\n",
+        "  rwkv-score -m model.pth --view < essay.txt\n",
+        "  cat part.*.jsonl | rwkv-score --merge\n\n",
+        "Exit status: 0 success (also when stdout is closed early, as by `| head`), 1 runtime \
+error (unreadable or invalid file or input; the other files are still scored), 2 usage \
+error, 130 interrupted by Ctrl-C."
+    )
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Documents, one per file; none or `-` reads stdin
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Every input line is a document
+    #[arg(long, conflicts_with = "jsonl")]
+    pub lines: bool,
+
+    /// Every input line is a JSON object with `text`, `ids`, `context` + `continuation` or
+    /// `context` + `choices`
+    #[arg(long)]
+    pub jsonl: bool,
+
+    /// Add every token with its text and log-probability
+    #[arg(long)]
+    pub per_token: bool,
+
+    /// With --per-token: the K most likely alternatives at each position
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub top_logprobs: usize,
+
+    /// Do not feed token 0 first: the first token is context only
+    #[arg(long)]
+    pub no_bos: bool,
+
+    /// Start every document from this state file or state-tuning file
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+
+    /// Use --state even when it was made with other weights of the same shape
+    #[arg(long)]
+    pub force: bool,
+
+    /// Add a final object with the totals over all documents
+    #[arg(long)]
+    pub summary: bool,
+
+    /// Show the text for a person, each token shaded by its surprisal
+    #[arg(long, conflicts_with_all = ["jsonl", "tokenize", "merge"])]
+    pub view: bool,
+
+    /// Colors for --view [auto: when stdout is a terminal and NO_COLOR is unset]
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+
+    /// No model: print each document's token ids and counts
+    #[arg(long)]
+    pub tokenize: bool,
+
+    /// No model: read rwkv-score output (stdin or files) and print the totals, as one run
+    /// over all of it would
+    #[arg(long, conflicts_with_all = ["tokenize", "lines", "jsonl"])]
+    pub merge: bool,
+
+    /// Tokens per sequence call [default: about 64 MiB of logits, at most 512]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk: Option<u32>,
+
+    /// No progress bar (it shows only when stderr is a terminal)
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
