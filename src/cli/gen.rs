@@ -24,8 +24,7 @@ pub enum Format {
         "  echo 'ROMEO:' | rwkv-gen -m models/shakespeare-rwkv6.safetensors -n 200\n",
         "  rwkv-gen -m model.pth --lines --temperature 0 < questions.txt\n",
         "  rwkv-gen -m model.pth --state sys.state --save-state sys.state -p 'Next question'\n\n",
-        "Exit status: 0 success (also when stdout is closed early, as by `| head`), 1 runtime \
-error (unreadable or invalid file or input), 2 usage error, 130 interrupted by Ctrl-C."
+        super::exit_status_help!()
     )
 )]
 pub struct Args {

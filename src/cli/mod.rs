@@ -25,10 +25,14 @@ pub mod exit {
     pub const INTERRUPTED: i32 = 130;
 }
 
-/// The `--help` footer every binary shows.
-pub const EXIT_CODES_HELP: &str = "Exit status: 0 success (also when stdout is closed early, \
-as by `| head`), 1 runtime error (unreadable or invalid file or input), 2 usage error, \
-130 interrupted by Ctrl-C.";
+/// The exit-status paragraph every `--help` ends with (a macro, for `concat!`).
+macro_rules! exit_status_help {
+    () => {
+        "Exit status: 0 success (also when stdout is closed early, as by `| head`), 1 runtime \
+error (unreadable or invalid file or input), 2 usage error, 130 interrupted by Ctrl-C."
+    };
+}
+pub(crate) use exit_status_help;
 
 /// Flags every model-running binary takes.
 #[derive(Debug, Clone, clap::Args)]

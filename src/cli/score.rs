@@ -35,9 +35,9 @@ bits_per_byte; continuations: logprob, greedy; choices: choices[], best, best_pe
         "  rwkv-score -m model.pth --jsonl < lambada.jsonl\n",
         "  rwkv-score -m model.pth --view < essay.txt\n",
         "  cat part.*.jsonl | rwkv-score --merge\n\n",
-        "Exit status: 0 success (also when stdout is closed early, as by `| head`), 1 runtime \
-error (unreadable or invalid file or input; the other files are still scored), 2 usage \
-error, 130 interrupted by Ctrl-C."
+        "An unreadable file is reported and the other files are still scored.
+",
+        super::exit_status_help!()
     )
 )]
 pub struct Args {

@@ -16,8 +16,7 @@ use std::path::PathBuf;
         "  rwkv-state feed -m model.pth --state sys.state -p 'More context' -o next.state\n",
         "  rwkv-state info sys.state\n",
         "  rwkv-state import rwkv-peft-state.pth -m model.pth -o tuned.state\n\n",
-        "Exit status: 0 success (also when stdout is closed early, as by `| head`), 1 runtime \
-error (unreadable or invalid file or input), 2 usage error, 130 interrupted by Ctrl-C."
+        super::exit_status_help!()
     )
 )]
 pub struct Args {
