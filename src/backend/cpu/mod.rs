@@ -4,9 +4,12 @@
 //! Threads split output rows (matmul) or heads (wkv); every output element is computed by
 //! one thread in a fixed order, so results do not depend on the thread count.
 
+pub mod simd;
+
 use super::Backend;
 use crate::tensor::{Data, Matrix};
 use rayon::prelude::*;
+pub use simd::Isa;
 use wide::f32x8;
 
 /// The CPU backend.
@@ -173,34 +176,162 @@ fn wkv_head(
     }
 }
 
-impl Backend for Cpu {
-    fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
-        let (out, inp) = (w.rows, w.cols);
-        assert_eq!(x.len(), t * inp, "matmul: x is not [t, in]");
-        assert_eq!(y.len(), t * out, "matmul: y is not [t, out]");
-        let yp = SharedMut(y.as_mut_ptr());
-        let tasks = out.div_ceil(ROWS_PER_TASK);
-        (0..tasks).into_par_iter().for_each(|task| {
-            let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(out);
-            let mut buf = match w.data {
-                Data::F32(_) => Vec::new(),
-                _ => vec![0.0f32; inp],
-            };
-            for o in rows {
-                let row: &[f32] = match &w.data {
-                    Data::F32(b) => &b[o * inp..(o + 1) * inp],
-                    _ => {
-                        w.row_f32(o, &mut buf);
-                        &buf
-                    }
-                };
-                for ti in 0..t {
-                    let v = dot(row, &x[ti * inp..(ti + 1) * inp]);
-                    // SAFETY: element (ti, o) is written by the task owning row o only.
-                    unsafe { yp.write(ti * out + o, v) };
+/// `w . x` for f32 vectors on `isa`.
+#[inline]
+fn dot_f32(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` was detected on this CPU (Isa::detect).
+        match isa {
+            Isa::Avx512 => return unsafe { simd::x86::dot_f32_avx512(w, x) },
+            Isa::Avx2 => return unsafe { simd::x86::dot_f32_avx2(w, x) },
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
+    dot(w, x)
+}
+
+/// Stored row `r` of `w` dotted with `x`, converting in registers; `buf [cols]` is scratch
+/// for the portable path.
+#[inline]
+fn dot_row(isa: Isa, w: &Matrix, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+    let range = r * w.cols..(r + 1) * w.cols;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use simd::x86::*;
+        // SAFETY: `isa` was detected on this CPU (Isa::detect).
+        unsafe {
+            match (&w.data, isa) {
+                (Data::F32(b), Isa::Avx512) => return dot_f32_avx512(&b[range], x),
+                (Data::BF16(b), Isa::Avx512) => return dot_bf16_avx512(&b[range], x),
+                (Data::F16(b), Isa::Avx512) => return dot_f16_avx512(&b[range], x),
+                (Data::F32(b), Isa::Avx2) => return dot_f32_avx2(&b[range], x),
+                (Data::BF16(b), Isa::Avx2) => return dot_bf16_avx2(&b[range], x),
+                (Data::F16(b), Isa::Avx2) => return dot_f16_avx2(&b[range], x),
+                _ => {}
+            }
+        }
+    }
+    match &w.data {
+        Data::F32(b) => dot(&b[range], x),
+        _ => {
+            w.row_f32(r, buf);
+            dot(buf, x)
+        }
+    }
+}
+
+/// `out[r][t] = w[r] . x[t]` for four rows and four tokens.
+#[inline]
+fn tile4x4(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 4], out: &mut [[f32; 4]; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` was detected on this CPU (Isa::detect).
+        match isa {
+            Isa::Avx512 => return unsafe { simd::x86::tile4x4_avx512(w, x, out) },
+            Isa::Avx2 => return unsafe { simd::x86::tile4x4_avx2(w, x, out) },
+            Isa::Portable => {}
+        }
+    }
+    for r in 0..4 {
+        for t in 0..4 {
+            out[r][t] = dot(w[r], x[t]);
+        }
+    }
+}
+
+/// Rows `rows` of `y [t, out] = x [t, in] . W^T` on `isa`. One token: each stored row is
+/// dotted directly (bandwidth-bound). Several: four rows are converted to f32 once, then
+/// multiplied with four tokens at a time (arithmetic-bound).
+fn matmul_rows(
+    isa: Isa,
+    w: &Matrix,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    t: usize,
+    y: SharedMut,
+) {
+    let (out, inp) = (w.rows, w.cols);
+    let mut buf = vec![0.0f32; if t < 4 { inp } else { 4 * inp }];
+    if t < 4 {
+        for o in rows {
+            for ti in 0..t {
+                let v = dot_row(isa, w, o, &x[ti * inp..(ti + 1) * inp], &mut buf);
+                // SAFETY: element (ti, o) is written by the task owning row o only.
+                unsafe { y.write(ti * out + o, v) };
+            }
+        }
+        return;
+    }
+    let mut o = rows.start;
+    while o < rows.end {
+        let n = (rows.end - o).min(4);
+        // The rows as f32: the stored slice itself, or converted into `buf`.
+        let mut wr: [&[f32]; 4] = [&[]; 4];
+        if let Data::F32(b) = &w.data {
+            for (k, r) in wr.iter_mut().enumerate() {
+                let row = o + k.min(n - 1);
+                *r = &b[row * inp..(row + 1) * inp];
+            }
+        } else {
+            for k in 0..n {
+                w.row_f32(o + k, &mut buf[k * inp..(k + 1) * inp]);
+            }
+            for (k, r) in wr.iter_mut().enumerate() {
+                let row = k.min(n - 1);
+                *r = &buf[row * inp..(row + 1) * inp];
+            }
+        }
+        let xr = |ti: usize| &x[ti * inp..(ti + 1) * inp];
+        let mut ti = 0;
+        let mut acc = [[0.0f32; 4]; 4];
+        while ti + 4 <= t {
+            tile4x4(
+                isa,
+                wr,
+                [xr(ti), xr(ti + 1), xr(ti + 2), xr(ti + 3)],
+                &mut acc,
+            );
+            for (k, row) in acc.iter().enumerate().take(n) {
+                for (j, v) in row.iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe { y.write((ti + j) * out + o + k, *v) };
                 }
             }
-        });
+            ti += 4;
+        }
+        for tt in ti..t {
+            for (k, wrow) in wr.iter().enumerate().take(n) {
+                let v = dot_f32(isa, wrow, xr(tt));
+                // SAFETY: as above.
+                unsafe { y.write(tt * out + o + k, v) };
+            }
+        }
+        o += n;
+    }
+}
+
+/// [`Backend::matmul`] on a chosen instruction set (tests and benchmarks compare them).
+pub fn matmul_with(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+    let out = w.rows;
+    assert_eq!(x.len(), t * w.cols, "matmul: x is not [t, in]");
+    assert_eq!(y.len(), t * out, "matmul: y is not [t, out]");
+    assert!(
+        Isa::available().contains(&isa),
+        "{isa:?} is not available on this CPU"
+    );
+    let yp = SharedMut(y.as_mut_ptr());
+    let tasks = out.div_ceil(ROWS_PER_TASK);
+    (0..tasks).into_par_iter().for_each(|task| {
+        let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(out);
+        matmul_rows(isa, w, rows, x, t, yp);
+    });
+}
+
+impl Backend for Cpu {
+    fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+        matmul_with(Isa::detect(), w, x, t, y)
     }
 
     fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
@@ -283,12 +414,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matmul_matches_scalar_for_every_dtype() {
-        let (out, inp, t) = (37, 45, 5);
-        let wv = vals(out * inp, 3);
-        let x = vals(t * inp, 4);
-        let mats = [
+    fn mats(out: usize, inp: usize, seed: u32) -> [Matrix; 3] {
+        let wv = vals(out * inp, seed);
+        [
             Matrix::from_f32(out, inp, wv.clone()),
             Matrix {
                 rows: out,
@@ -300,13 +428,44 @@ mod tests {
                 cols: inp,
                 data: Data::BF16(Buf::Owned(wv.iter().map(|&v| bf16::from_f32(v)).collect())),
             },
-        ];
-        for m in &mats {
-            let mut y = vec![0.0; t * out];
-            let mut y0 = vec![0.0; t * out];
-            Cpu.matmul(m, &x, t, &mut y);
-            matmul_scalar(m, &x, t, &mut y0);
-            close(&y, &y0, 1e-5);
+        ]
+    }
+
+    /// Every instruction set the CPU has, every dtype, sizes that are not multiples of the
+    /// vector width, one token (direct dots) and several (4x4 tiles plus remainders).
+    #[test]
+    fn matmul_matches_scalar_for_every_isa_and_dtype() {
+        for (out, inp) in [(37, 45), (5, 16), (9, 257), (64, 33)] {
+            for m in &mats(out, inp, 3) {
+                for t in [1, 3, 4, 5, 11] {
+                    let x = vals(t * inp, 4);
+                    let mut want = vec![0.0; t * out];
+                    matmul_scalar(m, &x, t, &mut want);
+                    for isa in Isa::available() {
+                        let mut y = vec![0.0; t * out];
+                        matmul_with(isa, m, &x, t, &mut y);
+                        close(&y, &want, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A token's result does not depend on how many tokens share the call.
+    #[test]
+    fn matmul_rows_are_independent_of_the_token_count() {
+        let (out, inp) = (13, 70);
+        let x = vals(9 * inp, 5);
+        for m in &mats(out, inp, 6) {
+            for isa in Isa::available() {
+                let mut all = vec![0.0; 9 * out];
+                matmul_with(isa, m, &x, 9, &mut all);
+                for ti in 0..9 {
+                    let mut one = vec![0.0; out];
+                    matmul_with(isa, m, &x[ti * inp..(ti + 1) * inp], 1, &mut one);
+                    assert_eq!(one, all[ti * out..(ti + 1) * out], "{isa:?} token {ti}");
+                }
+            }
         }
     }
 

@@ -1,0 +1,289 @@
+//! x86-64 kernels in `std::arch`, chosen at run time: AVX-512F, or AVX2 + FMA + F16C.
+//! Everything here has a portable twin in `super` (the `wide` kernels) and a scalar twin the
+//! tests compare it with; callers go through [`Isa::detect`] and never reach a kernel the
+//! CPU lacks.
+//!
+//! Kernels:
+//! - `dot_{f32,f16,bf16}`: one stored weight row `[n]` against an f32 vector `[n]`,
+//!   converting the weights in registers (the one-token path, bound by memory bandwidth);
+//! - `tile4x4`: four f32 rows `[4][n]` against four f32 tokens `[4][n]`, sixteen sums, so
+//!   that every load feeds four FMAs (the sequence path, bound by arithmetic).
+//!
+//! Within one instruction set every kernel sums a (row, token) pair in the same order (one
+//! lane-wise accumulator, the same reduction, then the scalar tail), and converting bf16 or
+//! f16 to f32 is exact, so a token's result does not depend on which kernel computed it:
+//! outputs are identical whatever the chunk size or the thread count.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::sync::OnceLock;
+
+/// The instruction set the kernels use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    /// `wide` (SSE2 on x86-64, NEON on aarch64...).
+    Portable,
+}
+
+impl Isa {
+    /// The best the CPU has, detected once; `RWKV_ISA=portable|avx2|avx512` lowers it (for
+    /// benchmarks and tests), never past what the CPU has.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Isa::best();
+            match std::env::var("RWKV_ISA").as_deref() {
+                Ok("portable") => Isa::Portable,
+                Ok("avx2") if best != Isa::Portable => Isa::Avx2,
+                _ => best,
+            }
+        })
+    }
+
+    /// What the CPU supports.
+    pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every instruction set this CPU can run (for tests).
+    pub fn available() -> Vec<Isa> {
+        match Isa::best() {
+            Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2, Isa::Portable],
+            Isa::Avx2 => vec![Isa::Avx2, Isa::Portable],
+            Isa::Portable => vec![Isa::Portable],
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    // ---- AVX-512 ----
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn hsum512(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_f32_avx512(w: &[f32], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(i)), _mm512_loadu_ps(xp.add(i)), acc);
+            i += 16;
+        }
+        let mut s = hsum512(acc);
+        for j in i..n {
+            s += w[j] * x[j];
+        }
+        s
+    }
+
+    /// 16 bf16 at `p` as f32: the bf16 bits are the high half of the f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_bf16x16(p: *const bf16) -> __m512 {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_bf16_avx512(w: &[bf16], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc = _mm512_fmadd_ps(load_bf16x16(wp.add(i)), _mm512_loadu_ps(xp.add(i)), acc);
+            i += 16;
+        }
+        let mut s = hsum512(acc);
+        for j in i..n {
+            s += w[j].to_f32() * x[j];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_f16_avx512(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc = _mm512_fmadd_ps(
+                _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(i) as *const __m256i)),
+                _mm512_loadu_ps(xp.add(i)),
+                acc,
+            );
+            i += 16;
+        }
+        let mut s = hsum512(acc);
+        for j in i..n {
+            s += w[j].to_f32() * x[j];
+        }
+        s
+    }
+
+    /// `out[r][t] = w[r] . x[t]` for four rows and four tokens of length `n`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile4x4_avx512(w: [&[f32]; 4], x: [&[f32]; 4], out: &mut [[f32; 4]; 4]) {
+        let n = w[0].len();
+        let wp = w.map(|r| r.as_ptr());
+        let xp = x.map(|r| r.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            let wv = [
+                _mm512_loadu_ps(wp[0].add(i)),
+                _mm512_loadu_ps(wp[1].add(i)),
+                _mm512_loadu_ps(wp[2].add(i)),
+                _mm512_loadu_ps(wp[3].add(i)),
+            ];
+            for t in 0..4 {
+                let xv = _mm512_loadu_ps(xp[t].add(i));
+                for r in 0..4 {
+                    acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+                }
+            }
+            i += 16;
+        }
+        for r in 0..4 {
+            for t in 0..4 {
+                let mut s = hsum512(acc[r][t]);
+                for j in i..n {
+                    s += w[r][j] * x[t][j];
+                }
+                out[r][t] = s;
+            }
+        }
+    }
+
+    // ---- AVX2 + FMA + F16C ----
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32_avx2(w: &[f32], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc);
+            i += 8;
+        }
+        let mut s = hsum256(acc);
+        for j in i..n {
+            s += w[j] * x[j];
+        }
+        s
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_bf16x8(p: *const bf16) -> __m256 {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16_avx2(w: &[bf16], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            acc = _mm256_fmadd_ps(load_bf16x8(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc);
+            i += 8;
+        }
+        let mut s = hsum256(acc);
+        for j in i..n {
+            s += w[j].to_f32() * x[j];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_avx2(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            acc = _mm256_fmadd_ps(
+                _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i) as *const __m128i)),
+                _mm256_loadu_ps(xp.add(i)),
+                acc,
+            );
+            i += 8;
+        }
+        let mut s = hsum256(acc);
+        for j in i..n {
+            s += w[j].to_f32() * x[j];
+        }
+        s
+    }
+
+    /// As [`tile4x4_avx512`], eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile4x4_avx2(w: [&[f32]; 4], x: [&[f32]; 4], out: &mut [[f32; 4]; 4]) {
+        let n = w[0].len();
+        let wp = w.map(|r| r.as_ptr());
+        let xp = x.map(|r| r.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        while i + 8 <= n {
+            let wv = [
+                _mm256_loadu_ps(wp[0].add(i)),
+                _mm256_loadu_ps(wp[1].add(i)),
+                _mm256_loadu_ps(wp[2].add(i)),
+                _mm256_loadu_ps(wp[3].add(i)),
+            ];
+            for t in 0..4 {
+                let xv = _mm256_loadu_ps(xp[t].add(i));
+                for r in 0..4 {
+                    acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+                }
+            }
+            i += 8;
+        }
+        for r in 0..4 {
+            for t in 0..4 {
+                let mut s = hsum256(acc[r][t]);
+                for j in i..n {
+                    s += w[r][j] * x[t][j];
+                }
+                out[r][t] = s;
+            }
+        }
+    }
+}
