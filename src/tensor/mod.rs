@@ -48,7 +48,7 @@ impl<T: Copy + 'static> Buf<T> {
     /// is not aligned for `T` (safetensors does not promise alignment).
     pub fn from_map(map: &Arc<Mmap>, offset: usize, len: usize) -> Self {
         let bytes = &map[offset..offset + len * std::mem::size_of::<T>()];
-        if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+        if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             Buf::Mapped {
                 map: Arc::clone(map),
                 offset,
