@@ -9,7 +9,8 @@ pub mod signal;
 pub mod state;
 
 use crate::error::Error;
-use crate::model::Model;
+use crate::model::quant_file::quantize_file;
+use crate::model::{LoadOptions, Model, Quant};
 use crate::tokenizer::Tokenizer;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -49,6 +50,38 @@ pub struct ModelArgs {
     /// Worker threads [default: all cores]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+
+    /// Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay
+    /// as stored)
+    #[arg(long, value_enum, value_name = "int8|nf4")]
+    pub quant: Option<QuantArg>,
+
+    /// Quantize only the first N layers
+    #[arg(long, value_name = "N", requires = "quant")]
+    pub quant_layers: Option<usize>,
+
+    /// Write the model quantized to PATH (once), then run from it; later runs load PATH
+    /// directly, without --quant
+    #[arg(long, value_name = "PATH", requires = "quant")]
+    pub save_quantized: Option<PathBuf>,
+}
+
+/// `--quant` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantArg {
+    /// 8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)
+    Int8,
+    /// 4-bit normal float, blocks of 64 with an f32 scale (0.5625 bytes per weight)
+    Nf4,
+}
+
+impl From<QuantArg> for Quant {
+    fn from(q: QuantArg) -> Quant {
+        match q {
+            QuantArg::Int8 => Quant::Int8,
+            QuantArg::Nf4 => Quant::Nf4,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -65,7 +98,16 @@ impl ModelArgs {
         let path = self.model.as_ref().ok_or_else(|| {
             CliError::usage("no model: pass -m PATH or set RWKV_MODEL".to_string())
         })?;
-        Ok(Model::load(path)?)
+        let quant = self.quant.map(Quant::from);
+        if let (Some(dst), Some(q)) = (&self.save_quantized, quant) {
+            quantize_file(path, dst, q, self.quant_layers)?;
+            return Ok(Model::load(dst)?);
+        }
+        let opts = LoadOptions {
+            quant,
+            quant_layers: self.quant_layers,
+        };
+        Ok(Model::load_with(path, opts)?)
     }
 
     /// `--tokenizer`, or the default for a model of vocab `vocab`.

@@ -6,7 +6,7 @@
 
 use super::pth;
 use crate::error::{Error, Result};
-use crate::tensor::{Buf, DType, Data, Matrix};
+use crate::tensor::{quant, Buf, DType, Data, Matrix};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use std::collections::BTreeMap;
@@ -100,7 +100,13 @@ impl Checkpoint {
     }
 
     /// Tensor `name` as a matrix `[rows, cols]` over the map; `shape` must equal the stored one.
+    /// A matrix saved quantized (`name.q8` or `name.nf4` with `name.scales`) loads as such.
     pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<Matrix> {
+        if !self.tensors.contains_key(name) {
+            if let Some(m) = self.quantized_matrix(name, shape)? {
+                return Ok(m);
+            }
+        }
         let t = self.get(name)?;
         self.check_shape(name, t, shape)?;
         let (rows, cols) = match *shape {
@@ -115,8 +121,83 @@ impl Checkpoint {
             DType::F32 => Data::F32(Buf::<f32>::from_map(&self.map, t.offset, n)),
             DType::F16 => Data::F16(Buf::<f16>::from_map(&self.map, t.offset, n)),
             DType::BF16 => Data::BF16(Buf::<bf16>::from_map(&self.map, t.offset, n)),
+            DType::Int8 | DType::Nf4 => unreachable!("dtype_of gives stored float types"),
         };
         Ok(Matrix { rows, cols, data })
+    }
+
+    /// `name` saved quantized by `quant_file`, if it is.
+    fn quantized_matrix(&self, name: &str, shape: &[usize]) -> Result<Option<Matrix>> {
+        let &[rows, cols] = shape else {
+            return Ok(None);
+        };
+        let (qname, qshape, qtype) = if self.tensors.contains_key(&format!("{name}.q8")) {
+            (format!("{name}.q8"), vec![rows, cols], "I8")
+        } else if self.tensors.contains_key(&format!("{name}.nf4")) {
+            (format!("{name}.nf4"), vec![rows, cols / 2], "U8")
+        } else {
+            return Ok(None);
+        };
+        let sname = format!("{name}.scales");
+        let q = self.get(&qname)?;
+        let sc = self.get(&sname)?;
+        let sshape = vec![rows, cols / quant::BLOCK];
+        for (n, t, want, ty, es) in [
+            (&qname, q, &qshape, qtype, 1),
+            (&sname, sc, &sshape, "F32", 4),
+        ] {
+            if t.shape != *want || t.dtype != ty || t.len != t.numel() * es || !quant::fits(cols) {
+                return Err(Error::Shape {
+                    path: self.path.clone(),
+                    name: n.clone(),
+                    expected: want.clone(),
+                    found: t.shape.clone(),
+                });
+            }
+        }
+        let scales = Buf::<f32>::from_map(&self.map, sc.offset, sc.numel());
+        let data = if qtype == "I8" {
+            Data::Q8(quant::Q8 {
+                qs: Buf::<i8>::from_map(&self.map, q.offset, q.numel()),
+                scales,
+            })
+        } else {
+            Data::Nf4(quant::Nf4 {
+                packed: Buf::<u8>::from_map(&self.map, q.offset, q.numel()),
+                scales,
+            })
+        };
+        Ok(Some(Matrix { rows, cols, data }))
+    }
+
+    /// The shape of matrix `name` as the model sees it, stored plain or quantized.
+    pub fn logical_shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(t) = self.tensors.get(name) {
+            return Some(t.shape.clone());
+        }
+        if let Some(t) = self.tensors.get(&format!("{name}.q8")) {
+            return Some(t.shape.clone());
+        }
+        let t = self.tensors.get(&format!("{name}.nf4"))?;
+        Some(vec![t.shape[0], t.shape.get(1)? * 2])
+    }
+
+    /// Let the kernel drop the pages of `name` (after it was quantized into memory): the
+    /// mapping stays valid, the file's pages just stop counting as resident.
+    pub fn release(&self, name: &str) {
+        let Some(t) = self.tensors.get(name) else {
+            return;
+        };
+        let page = 4096;
+        let start = (self.map.as_ptr() as usize + t.offset).div_ceil(page) * page;
+        let end = (self.map.as_ptr() as usize + t.offset + t.len) / page * page;
+        if end > start {
+            // SAFETY: a page-aligned range inside our read-only file mapping; after
+            // MADV_DONTNEED its pages read again from the file, unchanged.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
     }
 
     /// Tensor `name` converted to f32; its element count must equal the product of `shape`

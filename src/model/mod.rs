@@ -7,11 +7,13 @@
 pub mod checkpoint;
 pub mod names;
 pub mod pth;
+pub mod quant_file;
 pub mod v6;
 
 use crate::backend::{cpu::Cpu, Backend};
 use crate::error::{Error, Result};
 use crate::state::State;
+pub use crate::tensor::quant::Quant;
 use checkpoint::Checkpoint;
 use names::{Layout, Names};
 use std::path::{Path, PathBuf};
@@ -66,14 +68,29 @@ pub struct Model {
     backend: Box<dyn Backend>,
 }
 
+/// How to load a model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Quantize the large matrices at load.
+    pub quant: Option<Quant>,
+    /// Quantize only the first N layers (the head too); `None`: all.
+    pub quant_layers: Option<usize>,
+}
+
 impl Model {
-    /// Map and check the checkpoint at `path`.
+    /// Map and check the checkpoint at `path`, weights as stored.
     pub fn load(path: &Path) -> Result<Model> {
+        Model::load_with(path, LoadOptions::default())
+    }
+
+    /// Map and check the checkpoint at `path`, quantizing as `opts` say.
+    pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Model> {
         let ck = Checkpoint::open(path)?;
         let names = Names::new(&ck);
         names::check_version(&ck, &names)?;
         let cfg = v6::config(&ck, &names)?;
-        let weights = v6::load(&ck, &names, &cfg)?;
+        let layers = opts.quant_layers.unwrap_or(cfg.n_layer);
+        let weights = v6::load(&ck, &names, &cfg, opts.quant, layers)?;
         let fingerprint = fingerprint(&cfg, &weights);
         Ok(Model {
             path: path.to_path_buf(),

@@ -57,7 +57,16 @@ impl Names {
     /// The stored name for BlinkDL name `canon` (itself when absent, so that a missing-tensor
     /// error names what the loader looked for).
     pub fn stored<'a>(&'a self, canon: &'a str) -> &'a str {
-        self.map.get(canon).map(String::as_str).unwrap_or(canon)
+        if let Some(s) = self.map.get(canon) {
+            return s;
+        }
+        // A matrix saved quantized: `NAME.q8` / `NAME.nf4` stand for `NAME`.
+        for suffix in [".q8", ".nf4"] {
+            if let Some(s) = self.map.get(&format!("{canon}{suffix}")) {
+                return &s[..s.len() - suffix.len()];
+            }
+        }
+        canon
     }
 
     pub fn contains(&self, canon: &str) -> bool {

@@ -11,7 +11,8 @@ use super::Config;
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::state::{LayerState, State};
-use crate::tensor::Matrix;
+use crate::tensor::quant::{self, Quant};
+use crate::tensor::{DType, Matrix};
 
 const LN_EPS: f32 = 1e-5;
 const GN_EPS: f32 = 64e-5;
@@ -95,8 +96,13 @@ pub enum Logits {
 
 /// Read the hyper-parameters from the tensor shapes.
 pub fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
-    let shape =
-        |canon: &str| -> Result<Vec<usize>> { Ok(ck.get(names.stored(canon))?.shape.clone()) };
+    let shape = |canon: &str| -> Result<Vec<usize>> {
+        let stored = names.stored(canon);
+        match ck.logical_shape(stored) {
+            Some(s) => Ok(s),
+            None => Ok(ck.get(stored)?.shape.clone()),
+        }
+    };
     let emb = shape("emb.weight")?;
     let faaaa = shape("blocks.0.att.time_faaaa")?;
     let ffn_key = shape("blocks.0.ffn.key.weight")?;
@@ -143,12 +149,63 @@ pub fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
     })
 }
 
-/// Build the weights of every layer, checking every shape against `cfg`.
-pub fn load(ck: &Checkpoint, names: &Names, cfg: &Config) -> Result<Weights> {
+/// The matrices `--quant` quantizes: every projection of the first `layers` layers, and
+/// the head. The embedding (read a row at a time), the LoRA matrices and the vectors keep
+/// their stored precision.
+pub fn quantizable(canon: &str, layers: usize) -> bool {
+    if canon == "head.weight" {
+        return true;
+    }
+    let Some(rest) = canon.strip_prefix("blocks.") else {
+        return false;
+    };
+    let Some((n, tail)) = rest.split_once('.') else {
+        return false;
+    };
+    let projection = matches!(
+        tail,
+        "att.receptance.weight"
+            | "att.key.weight"
+            | "att.value.weight"
+            | "att.gate.weight"
+            | "att.output.weight"
+            | "ffn.key.weight"
+            | "ffn.receptance.weight"
+            | "ffn.value.weight"
+    );
+    projection && n.parse::<usize>().is_ok_and(|n| n < layers)
+}
+
+/// Build the weights of every layer, checking every shape against `cfg`; with `quant`,
+/// quantize the [`quantizable`] matrices of the first `quant_layers` layers as they load and
+/// release their mapped pages.
+pub fn load(
+    ck: &Checkpoint,
+    names: &Names,
+    cfg: &Config,
+    quant: Option<Quant>,
+    quant_layers: usize,
+) -> Result<Weights> {
     let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
     let (m, k) = (cfg.maa_lora, cfg.decay_lora);
     let out_in = names.layout.lora_is_out_in();
-    let mat = |canon: &str, shape: &[usize]| ck.matrix(names.stored(canon), shape);
+    let mat = |canon: &str, shape: &[usize]| -> Result<Matrix> {
+        let stored = names.stored(canon);
+        let w = ck.matrix(stored, shape)?;
+        match quant {
+            Some(q)
+                if quantizable(canon, quant_layers)
+                    && quant::fits(w.cols)
+                    && matches!(w.dtype(), DType::F32 | DType::F16 | DType::BF16) =>
+            {
+                let qm = quant::quantize(&w, q);
+                drop(w);
+                ck.release(stored);
+                Ok(qm)
+            }
+            _ => Ok(w),
+        }
+    };
     let vec = |canon: &str, n: usize| ck.vector(names.stored(canon), &[n]);
     // A LoRA matrix used as `x @ W` with W `[inp, out]`, returned as Linear `[out, inp]`.
     let lora = |canon: &str, inp: usize, out: usize| -> Result<Matrix> {

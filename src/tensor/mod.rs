@@ -1,7 +1,9 @@
 //! Weight storage. Matrices stay in the memory-mapped checkpoint in their stored dtype
 //! (f32, f16 or bf16) and are converted to f32 only inside the kernels, a row at a time, so
 //! a bf16 model is resident at about its file size. Small vectors (norms, mixes, decays) are
-//! converted to f32 once at load.
+//! converted to f32 once at load. Large matrices can be quantized at load ([`quant`]).
+
+pub mod quant;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -13,13 +15,19 @@ pub enum DType {
     F32,
     F16,
     BF16,
+    /// int8 blocks ([`quant`]).
+    Int8,
+    /// nf4 blocks ([`quant`]).
+    Nf4,
 }
 
 impl DType {
+    /// Bytes per stored element (per packed byte for nf4).
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::Int8 | DType::Nf4 => 1,
         }
     }
 
@@ -28,6 +36,8 @@ impl DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::Int8 => "int8",
+            DType::Nf4 => "nf4",
         }
     }
 }
@@ -91,6 +101,8 @@ pub enum Data {
     F32(Buf<f32>),
     F16(Buf<f16>),
     BF16(Buf<bf16>),
+    Q8(quant::Q8),
+    Nf4(quant::Nf4),
 }
 
 /// A weight matrix `[rows, cols]` in `Linear` orientation: `y = W x` means
@@ -107,12 +119,19 @@ impl Matrix {
             Data::F32(_) => DType::F32,
             Data::F16(_) => DType::F16,
             Data::BF16(_) => DType::BF16,
+            Data::Q8(_) => DType::Int8,
+            Data::Nf4(_) => DType::Nf4,
         }
     }
 
-    /// Bytes the elements take.
+    /// Bytes the elements (and scales) take.
     pub fn byte_len(&self) -> usize {
-        self.rows * self.cols * self.dtype().size()
+        let n = self.rows * self.cols;
+        match &self.data {
+            Data::Q8(_) => n + n / quant::BLOCK * 4,
+            Data::Nf4(_) => n / 2 + n / quant::BLOCK * 4,
+            _ => n * self.dtype().size(),
+        }
     }
 
     /// Row `r` converted to f32 into `out` (`[cols]`).
@@ -123,6 +142,8 @@ impl Matrix {
             Data::F32(b) => out.copy_from_slice(&b[range]),
             Data::F16(b) => f16_to_f32(&b[range], out),
             Data::BF16(b) => bf16_to_f32(&b[range], out),
+            Data::Q8(q) => quant::dequantize_q8(q, c, r, out),
+            Data::Nf4(q) => quant::dequantize_nf4(q, c, r, out),
         }
     }
 
@@ -153,6 +174,7 @@ impl Matrix {
             Data::F32(b) => Data::F32(Buf::Owned(b[range].to_vec())),
             Data::F16(b) => Data::F16(Buf::Owned(b[range].to_vec())),
             Data::BF16(b) => Data::BF16(Buf::Owned(b[range].to_vec())),
+            Data::Q8(_) | Data::Nf4(_) => unreachable!("LoRA matrices are never quantized"),
         };
         Matrix {
             rows: n,
@@ -176,6 +198,7 @@ impl Matrix {
             Data::F32(b) => Data::F32(Buf::Owned(tr(b, r, c))),
             Data::F16(b) => Data::F16(Buf::Owned(tr(b, r, c))),
             Data::BF16(b) => Data::BF16(Buf::Owned(tr(b, r, c))),
+            Data::Q8(_) | Data::Nf4(_) => unreachable!("LoRA matrices are never quantized"),
         };
         Matrix {
             rows: c,

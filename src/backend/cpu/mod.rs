@@ -206,6 +206,15 @@ fn dot_row(isa: Isa, w: &Matrix, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
                 (Data::F32(b), Isa::Avx512) => return dot_f32_avx512(&b[range], x),
                 (Data::BF16(b), Isa::Avx512) => return dot_bf16_avx512(&b[range], x),
                 (Data::F16(b), Isa::Avx512) => return dot_f16_avx512(&b[range], x),
+                (Data::Q8(q), Isa::Avx512) => {
+                    let nb = w.cols / crate::tensor::quant::BLOCK;
+                    return dot_q8_avx512(&q.qs[range], &q.scales[r * nb..(r + 1) * nb], x);
+                }
+                (Data::Nf4(q), Isa::Avx512) => {
+                    let nb = w.cols / crate::tensor::quant::BLOCK;
+                    let half = r * w.cols / 2..(r + 1) * w.cols / 2;
+                    return dot_nf4_avx512(&q.packed[half], &q.scales[r * nb..(r + 1) * nb], x);
+                }
                 (Data::F32(b), Isa::Avx2) => return dot_f32_avx2(&b[range], x),
                 (Data::BF16(b), Isa::Avx2) => return dot_bf16_avx2(&b[range], x),
                 (Data::F16(b), Isa::Avx2) => return dot_f16_avx2(&b[range], x),
@@ -214,10 +223,12 @@ fn dot_row(isa: Isa, w: &Matrix, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
         }
     }
     match &w.data {
-        Data::F32(b) => dot(&b[range], x),
+        Data::F32(b) => dot_f32(isa, &b[range], x),
         _ => {
+            // Quantized rows (and every row on the portable path): dequantize into L1, then
+            // the same f32 dot as the sequence path's tiles use.
             w.row_f32(r, buf);
-            dot(buf, x)
+            dot_f32(isa, buf, x)
         }
     }
 }
@@ -445,6 +456,35 @@ mod tests {
                         let mut y = vec![0.0; t * out];
                         matmul_with(isa, m, &x, t, &mut y);
                         close(&y, &want, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    /// int8 and nf4 rows on every instruction set, against the scalar product of the
+    /// dequantized matrix.
+    #[test]
+    fn quantized_matmul_matches_scalar_for_every_isa() {
+        use crate::tensor::quant::{quantize, Quant};
+        for (out, inp) in [(7, 128), (5, 64), (33, 192)] {
+            let base = Matrix::from_f32(out, inp, vals(out * inp, 21));
+            for q in [Quant::Int8, Quant::Nf4] {
+                let m = quantize(&base, q);
+                for t in [1, 2, 4, 7] {
+                    let x = vals(t * inp, 22);
+                    let mut want = vec![0.0; t * out];
+                    matmul_scalar(&m, &x, t, &mut want);
+                    for isa in Isa::available() {
+                        let mut y = vec![0.0; t * out];
+                        matmul_with(isa, &m, &x, t, &mut y);
+                        close(&y, &want, 1e-5);
+                        // one token at a time gives the same bits as the batch
+                        for ti in 0..t {
+                            let mut one = vec![0.0; out];
+                            matmul_with(isa, &m, &x[ti * inp..(ti + 1) * inp], 1, &mut one);
+                            assert_eq!(one, y[ti * out..(ti + 1) * out], "{q:?} {isa:?}");
+                        }
                     }
                 }
             }

@@ -144,6 +144,52 @@ pub mod x86 {
         s
     }
 
+    /// An int8 row `qs [n]` with its block scales `[n / 64]` against `x [n]`: each weight is
+    /// `q * s` (the dequantized value, rounded once), so the result equals
+    /// [`dot_f32_avx512`] on the dequantized row.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: &[f32]) -> f32 {
+        let n = qs.len();
+        let (qp, xp) = (qs.as_ptr(), x.as_ptr());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let q = _mm_loadu_si128(qp.add(i) as *const __m128i);
+            let w = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)),
+                _mm512_set1_ps(*scales.get_unchecked(i / 64)),
+            );
+            acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(i)), acc);
+            i += 16;
+        }
+        hsum512(acc)
+    }
+
+    /// An nf4 row `packed [n / 2]` (low nibble first) with block scales `[n / 64]` against
+    /// `x [n]`: each weight is `NF4[i] * s`, as the dequantized row.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_nf4_avx512(packed: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        let n = packed.len() * 2;
+        let (pp, xp) = (packed.as_ptr(), x.as_ptr());
+        let book = _mm512_loadu_ps(crate::tensor::quant::NF4.as_ptr());
+        let low = _mm_set1_epi8(0x0F);
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let b = _mm_loadl_epi64(pp.add(i / 2) as *const __m128i);
+            let lo = _mm_and_si128(b, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+            let idx = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+            let w = _mm512_mul_ps(
+                _mm512_permutexvar_ps(idx, book),
+                _mm512_set1_ps(*scales.get_unchecked(i / 64)),
+            );
+            acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(i)), acc);
+            i += 16;
+        }
+        hsum512(acc)
+    }
+
     /// `out[r][t] = w[r] . x[t]` for four rows and four tokens of length `n`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile4x4_avx512(w: [&[f32]; 4], x: [&[f32]; 4], out: &mut [[f32; 4]; 4]) {

@@ -1,0 +1,160 @@
+//! Save a model quantized, so that a large model is quantized once and later runs map it
+//! instantly. The output is safetensors: every tensor of the source under its stored name
+//! and dtype, except the quantized matrices, each replaced by `NAME.q8` (I8 `[rows, cols]`)
+//! or `NAME.nf4` (U8 `[rows, cols / 2]`, low nibble first) and `NAME.scales` (F32
+//! `[rows, cols / 64]`). The file is written one tensor at a time to a temporary file, then
+//! renamed.
+
+use super::checkpoint::Checkpoint;
+use super::names::{canonical, check_version, Names};
+use super::v6;
+use crate::error::{Error, Result};
+use crate::tensor::quant::{self, Quant};
+use crate::tensor::Data;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// One tensor of the output: its name, dtype, shape, and where its bytes come from.
+struct Entry {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    bytes: usize,
+    /// The source tensor's stored name.
+    source: String,
+    part: Part,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    Raw,
+    Values,
+    Scales,
+}
+
+fn dtype_name(s: &str) -> Option<&'static str> {
+    Some(match s {
+        "F32" => "F32",
+        "F16" => "F16",
+        "BF16" => "BF16",
+        "I8" => "I8",
+        "U8" => "U8",
+        _ => return None,
+    })
+}
+
+/// Quantize the checkpoint `src` into `dst` (the first `layers` layers and the head).
+pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) -> Result<()> {
+    let ck = Checkpoint::open(src)?;
+    let names = Names::new(&ck);
+    check_version(&ck, &names)?;
+    let layers = layers.unwrap_or(usize::MAX);
+    let mut entries = Vec::new();
+    for (stored, t) in &ck.tensors {
+        let dtype = dtype_name(&t.dtype).ok_or_else(|| Error::DType {
+            path: src.to_path_buf(),
+            name: stored.clone(),
+            dtype: t.dtype.clone(),
+        })?;
+        let canon = canonical(names.layout, stored);
+        let float = matches!(dtype, "F32" | "F16" | "BF16");
+        if float && t.shape.len() == 2 && quant::fits(t.shape[1]) && v6::quantizable(&canon, layers)
+        {
+            let (r, c) = (t.shape[0], t.shape[1]);
+            let (suffix, qt, qshape) = match q {
+                Quant::Int8 => ("q8", "I8", vec![r, c]),
+                Quant::Nf4 => ("nf4", "U8", vec![r, c / 2]),
+            };
+            entries.push(Entry {
+                name: format!("{stored}.{suffix}"),
+                dtype: qt,
+                bytes: qshape.iter().product(),
+                shape: qshape,
+                source: stored.clone(),
+                part: Part::Values,
+            });
+            entries.push(Entry {
+                name: format!("{stored}.scales"),
+                dtype: "F32",
+                shape: vec![r, c / quant::BLOCK],
+                bytes: r * c / quant::BLOCK * 4,
+                source: stored.clone(),
+                part: Part::Scales,
+            });
+        } else {
+            entries.push(Entry {
+                name: stored.clone(),
+                dtype,
+                shape: t.shape.clone(),
+                bytes: t.len,
+                source: stored.clone(),
+                part: Part::Raw,
+            });
+        }
+    }
+    let mut header = serde_json::Map::new();
+    let mut meta: serde_json::Map<String, serde_json::Value> = ck
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    meta.insert("rwkv_tools_quant".into(), q.name().into());
+    header.insert("__metadata__".into(), meta.into());
+    let mut off = 0usize;
+    for e in &entries {
+        header.insert(
+            e.name.clone(),
+            serde_json::json!({"dtype": e.dtype, "shape": e.shape, "data_offsets": [off, off + e.bytes]}),
+        );
+        off += e.bytes;
+    }
+    let mut h = serde_json::to_vec(&header).expect("a JSON map serializes");
+    while (8 + h.len()) % 64 != 0 {
+        h.push(b' ');
+    }
+    let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
+    let io = |e| Error::io(dst, e);
+    let result = (|| -> Result<()> {
+        let mut w = BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp).map_err(io)?);
+        w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(&h).map_err(io)?;
+        let mut pending_scales: Option<Vec<u8>> = None;
+        for e in &entries {
+            match e.part {
+                Part::Raw => {
+                    let t = &ck.tensors[&e.source];
+                    w.write_all(&ck.map[t.offset..t.offset + t.len])
+                        .map_err(io)?;
+                }
+                Part::Values => {
+                    let t = &ck.tensors[&e.source];
+                    let m = ck.matrix(&e.source, &t.shape)?;
+                    let qm = quant::quantize(&m, q);
+                    ck.release(&e.source);
+                    let (values, scales): (&[u8], &[f32]) = match &qm.data {
+                        // SAFETY: i8 and u8 have the same size and any bit pattern.
+                        Data::Q8(x) => (
+                            unsafe { &*(&x.qs[..] as *const [i8] as *const [u8]) },
+                            &x.scales,
+                        ),
+                        Data::Nf4(x) => (&x.packed, &x.scales),
+                        _ => unreachable!("quantize gives a quantized matrix"),
+                    };
+                    w.write_all(values).map_err(io)?;
+                    pending_scales = Some(scales.iter().flat_map(|s| s.to_le_bytes()).collect());
+                }
+                Part::Scales => {
+                    let s = pending_scales.take().expect("scales follow their values");
+                    w.write_all(&s).map_err(io)?;
+                }
+            }
+        }
+        let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, dst).map_err(io)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

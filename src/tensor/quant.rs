@@ -1,0 +1,244 @@
+//! Block quantization of weight matrices: int8 and nf4, 64 weights a block, one f32 scale
+//! per block (1.0625 and 0.5625 bytes per weight).
+//!
+//! | type | block | element | dequantized weight |
+//! |---|---|---|---|
+//! | int8 | 64 | i8 `q` | `q * s`, `s = absmax / 127` |
+//! | nf4 | 64 (32 bytes, low nibble first) | 4-bit index `i` | `NF4[i] * s`, `s = absmax` |
+//!
+//! NF4 is the normal-float code book of QLoRA: the 16 quantiles of a standard normal,
+//! scaled to [-1, 1], with an exact 0.
+
+use super::{Buf, Data, Matrix};
+use rayon::prelude::*;
+
+/// Weights per block.
+pub const BLOCK: usize = 64;
+
+/// The normal-float-4 code book.
+pub const NF4: [f32; 16] = [
+    -1.0,
+    -0.696_192_8,
+    -0.525_073_05,
+    -0.394_917_5,
+    -0.284_441_38,
+    -0.184_773_43,
+    -0.091_050_036,
+    0.0,
+    0.079_580_3,
+    0.160_930_2,
+    0.246_112_3,
+    0.337_915_24,
+    0.440_709_83,
+    0.562_617,
+    0.722_956_84,
+    1.0,
+];
+
+/// A quantization format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quant {
+    Int8,
+    Nf4,
+}
+
+impl Quant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::Int8 => "int8",
+            Quant::Nf4 => "nf4",
+        }
+    }
+
+    /// Bytes per weight, scales included.
+    pub fn bytes_per_weight(self) -> f64 {
+        match self {
+            Quant::Int8 => 1.0 + 4.0 / BLOCK as f64,
+            Quant::Nf4 => 0.5 + 4.0 / BLOCK as f64,
+        }
+    }
+}
+
+/// int8 blocks: `qs [rows, cols]`, `scales [rows, cols / 64]`.
+pub struct Q8 {
+    pub qs: Buf<i8>,
+    pub scales: Buf<f32>,
+}
+
+/// nf4 blocks: `packed [rows, cols / 2]` (low nibble first), `scales [rows, cols / 64]`.
+pub struct Nf4 {
+    pub packed: Buf<u8>,
+    pub scales: Buf<f32>,
+}
+
+/// Whether a matrix of this width can be quantized.
+pub fn fits(cols: usize) -> bool {
+    cols > 0 && cols.is_multiple_of(BLOCK)
+}
+
+/// Midpoints between neighbouring codes: the decision boundaries.
+const NF4_MID: [f32; 15] = {
+    let mut m = [0.0; 15];
+    let mut i = 0;
+    while i < 15 {
+        m[i] = (NF4[i] + NF4[i + 1]) * 0.5;
+        i += 1;
+    }
+    m
+};
+
+/// Index of the code nearest `v` (in [-1, 1]): how many boundaries lie below it.
+fn nf4_index(v: f32) -> u8 {
+    NF4_MID.iter().map(|&m| (v > m) as u8).sum()
+}
+
+/// Quantize one row `w [cols]` into `q` and `scales`.
+fn quantize_row_q8(w: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    for ((wb, qb), s) in w
+        .chunks(BLOCK)
+        .zip(q.chunks_mut(BLOCK))
+        .zip(scales.iter_mut())
+    {
+        let amax = wb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        *s = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (o, v) in qb.iter_mut().zip(wb) {
+            *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+}
+
+fn quantize_row_nf4(w: &[f32], packed: &mut [u8], scales: &mut [f32]) {
+    for ((wb, pb), s) in w
+        .chunks(BLOCK)
+        .zip(packed.chunks_mut(BLOCK / 2))
+        .zip(scales.iter_mut())
+    {
+        let amax = wb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        *s = amax;
+        let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
+        for (o, pair) in pb.iter_mut().zip(wb.chunks(2)) {
+            *o = nf4_index(pair[0] * inv) | (nf4_index(pair[1] * inv) << 4);
+        }
+    }
+}
+
+/// Quantize `m` (rows in parallel). `m.cols` must be a multiple of [`BLOCK`].
+pub fn quantize(m: &Matrix, q: Quant) -> Matrix {
+    assert!(
+        fits(m.cols),
+        "quantize: width {} is not a multiple of {BLOCK}",
+        m.cols
+    );
+    let (rows, cols) = (m.rows, m.cols);
+    let nb = cols / BLOCK;
+    let mut scales = vec![0.0f32; rows * nb];
+    let data = match q {
+        Quant::Int8 => {
+            let mut qs = vec![0i8; rows * cols];
+            qs.par_chunks_mut(cols)
+                .zip(scales.par_chunks_mut(nb))
+                .enumerate()
+                .for_each_init(
+                    || vec![0.0f32; cols],
+                    |buf, (r, (qr, sr))| {
+                        m.row_f32(r, buf);
+                        quantize_row_q8(buf, qr, sr);
+                    },
+                );
+            Data::Q8(Q8 {
+                qs: Buf::Owned(qs),
+                scales: Buf::Owned(scales),
+            })
+        }
+        Quant::Nf4 => {
+            let mut packed = vec![0u8; rows * cols / 2];
+            packed
+                .par_chunks_mut(cols / 2)
+                .zip(scales.par_chunks_mut(nb))
+                .enumerate()
+                .for_each_init(
+                    || vec![0.0f32; cols],
+                    |buf, (r, (pr, sr))| {
+                        m.row_f32(r, buf);
+                        quantize_row_nf4(buf, pr, sr);
+                    },
+                );
+            Data::Nf4(Nf4 {
+                packed: Buf::Owned(packed),
+                scales: Buf::Owned(scales),
+            })
+        }
+    };
+    Matrix { rows, cols, data }
+}
+
+/// Row `r` of an int8 matrix, dequantized into `out [cols]`.
+pub fn dequantize_q8(q: &Q8, cols: usize, r: usize, out: &mut [f32]) {
+    let qs = &q.qs[r * cols..(r + 1) * cols];
+    let sc = &q.scales[r * cols / BLOCK..(r + 1) * cols / BLOCK];
+    for ((ob, qb), &s) in out.chunks_mut(BLOCK).zip(qs.chunks(BLOCK)).zip(sc) {
+        for (o, &v) in ob.iter_mut().zip(qb) {
+            *o = v as f32 * s;
+        }
+    }
+}
+
+/// Row `r` of an nf4 matrix, dequantized into `out [cols]`.
+pub fn dequantize_nf4(q: &Nf4, cols: usize, r: usize, out: &mut [f32]) {
+    let pk = &q.packed[r * cols / 2..(r + 1) * cols / 2];
+    let sc = &q.scales[r * cols / BLOCK..(r + 1) * cols / BLOCK];
+    for ((ob, pb), &s) in out.chunks_mut(BLOCK).zip(pk.chunks(BLOCK / 2)).zip(sc) {
+        for (o, &b) in ob.chunks_mut(2).zip(pb) {
+            o[0] = NF4[(b & 15) as usize] * s;
+            o[1] = NF4[(b >> 4) as usize] * s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(rows: usize, cols: usize) -> Matrix {
+        let v = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / cols) as f32))
+            .collect();
+        Matrix::from_f32(rows, cols, v)
+    }
+
+    #[test]
+    fn int8_round_trip_error_is_within_half_a_step() {
+        let m = ramp(3, 128);
+        let q = quantize(&m, Quant::Int8);
+        let (orig, back) = (m.to_f32(), q.to_f32());
+        for (r, (o, b)) in orig.chunks(128).zip(back.chunks(128)).enumerate() {
+            for (blk, (ob, bb)) in o.chunks(BLOCK).zip(b.chunks(BLOCK)).enumerate() {
+                let amax = ob.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                for (x, y) in ob.iter().zip(bb) {
+                    assert!(
+                        (x - y).abs() <= amax / 127.0 * 0.5 + 1e-6,
+                        "row {r} block {blk}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nf4_picks_the_nearest_code() {
+        for (i, &c) in NF4.iter().enumerate() {
+            assert_eq!(nf4_index(c) as usize, i);
+        }
+        assert_eq!(nf4_index(0.03), 7);
+        assert_eq!(nf4_index(0.05), 8);
+        let m = Matrix::from_f32(
+            1,
+            64,
+            (0..64).map(|i| if i == 5 { -2.0 } else { 1.0 }).collect(),
+        );
+        let back = quantize(&m, Quant::Nf4).to_f32();
+        assert_eq!(back[5], -2.0);
+        assert_eq!(back[0], NF4[nf4_index(0.5) as usize] * 2.0);
+    }
+}

@@ -1,0 +1,160 @@
+//! Quantized models (int8, nf4) against the golden files within measured tolerances, and
+//! saved quantized files against load-time quantization.
+
+mod common;
+use common::*;
+use rwkv::model::quant_file::quantize_file;
+use rwkv::model::{LoadOptions, Quant};
+use rwkv::{Logits, Model};
+
+/// Worst |logit - golden| over all positions, relative to each row's largest |logit|.
+fn worst_error(m: &Model, g: &Golden) -> f32 {
+    let mut st = m.new_state();
+    let all = m.forward(&g.tokens, &mut st, Logits::All).unwrap();
+    let v = m.cfg.vocab;
+    g.logits
+        .iter()
+        .enumerate()
+        .map(|(t, want)| {
+            let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let row = &all[t * v..(t + 1) * v];
+            row.iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+                / scale
+        })
+        .fold(0f32, f32::max)
+}
+
+fn load(file: &str, quant: Quant) -> Model {
+    let opts = LoadOptions {
+        quant: Some(quant),
+        quant_layers: None,
+    };
+    Model::load_with(&model_path(file), opts).unwrap()
+}
+
+/// Measured on these fixtures (README table): int8 0.8-3.0 %, nf4 14-44 % of the largest
+/// logit. The bounds leave a margin and still catch a broken kernel or code book.
+#[test]
+fn quantized_logits_stay_within_measured_bounds() {
+    for (file, stem) in [
+        ("shakespeare-rwkv6.safetensors", "shakespeare-rwkv6"),
+        ("rand-rwkv6-d256-bf16.safetensors", "rand-rwkv6-d256-bf16"),
+        (
+            "rand-rwkv6-world-d64-bf16.safetensors",
+            "rand-rwkv6-world-d64-bf16",
+        ),
+    ] {
+        let g = golden(stem);
+        let e8 = worst_error(&load(file, Quant::Int8), &g);
+        let e4 = worst_error(&load(file, Quant::Nf4), &g);
+        assert!(e8 > 0.0 && e8 < 0.04, "{stem} int8: {e8}");
+        assert!(e4 > e8 && e4 < 0.6, "{stem} nf4: {e4}");
+    }
+}
+
+#[test]
+fn quantized_models_are_smaller_and_the_vectors_untouched() {
+    let plain = Model::load(&model_path("shakespeare-rwkv6.safetensors")).unwrap();
+    let q = load("shakespeare-rwkv6.safetensors", Quant::Nf4);
+    assert_eq!(plain.fingerprint(), q.fingerprint());
+    let bytes = |m: &Model| m.weights.layers[0].att.key.byte_len();
+    assert_eq!(bytes(&plain), 256 * 256 * 2);
+    assert_eq!(bytes(&q), 256 * 256 / 2 + 256 * 256 / 64 * 4);
+    assert_eq!(q.weights.head.dtype(), rwkv::tensor::DType::Nf4);
+    assert_eq!(q.weights.emb.dtype(), rwkv::tensor::DType::BF16);
+    let first_only = Model::load_with(
+        &model_path("shakespeare-rwkv6.safetensors"),
+        LoadOptions {
+            quant: Some(Quant::Int8),
+            quant_layers: Some(2),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        first_only.weights.layers[1].ffn.key.dtype(),
+        rwkv::tensor::DType::Int8
+    );
+    assert_eq!(
+        first_only.weights.layers[2].ffn.key.dtype(),
+        rwkv::tensor::DType::BF16
+    );
+}
+
+#[test]
+fn a_saved_quantized_model_loads_to_the_same_logits() {
+    let dir = temp_dir("quant-save");
+    let g = golden("rand-rwkv6-d256-fp16");
+    for file in [
+        "rand-rwkv6-d256-fp16.safetensors",
+        "rand-rwkv6-d256-fp16.ai00.st",
+        "rand-rwkv6-d256-fp16.hf.safetensors",
+    ] {
+        for q in [Quant::Int8, Quant::Nf4] {
+            let dst = dir.join(format!("{file}.{}.st", q.name()));
+            quantize_file(&model_path(file), &dst, q, None).unwrap();
+            let saved = Model::load(&dst).unwrap();
+            let live = load(file, q);
+            assert_eq!(saved.fingerprint(), live.fingerprint());
+            let (mut a, mut b) = (saved.new_state(), live.new_state());
+            let x = saved.forward(&g.tokens, &mut a, Logits::Last).unwrap();
+            let y = live.forward(&g.tokens, &mut b, Logits::Last).unwrap();
+            assert_eq!(x, y, "{file} {q:?}");
+            assert!(
+                std::fs::metadata(&dst).unwrap().len()
+                    < std::fs::metadata(model_path(file)).unwrap().len()
+            );
+        }
+    }
+}
+
+#[test]
+fn cli_quant_flags() {
+    let dir = temp_dir("quant-cli");
+    let dst = dir.join("s.nf4.st");
+    let m = model_arg("shakespeare-rwkv6.safetensors");
+    let r = run(
+        "rwkv-gen",
+        &[
+            "-m",
+            &m,
+            "--quant",
+            "nf4",
+            "--save-quantized",
+            dst.to_str().unwrap(),
+            "-p",
+            "ROMEO:",
+            "-n",
+            "20",
+            "--seed",
+            "1",
+        ],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let again = run(
+        "rwkv-gen",
+        &[
+            "-m",
+            dst.to_str().unwrap(),
+            "-p",
+            "ROMEO:",
+            "-n",
+            "20",
+            "--seed",
+            "1",
+        ],
+        b"",
+    );
+    assert_eq!(r.stdout, again.stdout);
+    let r = run(
+        "rwkv-score",
+        &["-m", &m, "--quant", "int8", "-q"],
+        b"ROMEO:",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run("rwkv-gen", &["-m", &m, "--quant", "int4", "-p", "x"], b"");
+    assert_fails(&r, 2, &["int4"]);
+}
