@@ -215,7 +215,7 @@ fn main() -> std::io::Result<()> {
         off += n;
     }
     let mut h = serde_json::to_vec(&header)?;
-    while (8 + h.len()) % 64 != 0 {
+    while !(8 + h.len()).is_multiple_of(64) {
         h.push(b' ');
     }
     let tmp = a.output.with_extension("partial");

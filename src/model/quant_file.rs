@@ -109,7 +109,7 @@ pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) ->
         off += e.bytes;
     }
     let mut h = serde_json::to_vec(&header).expect("a JSON map serializes");
-    while (8 + h.len()) % 64 != 0 {
+    while !(8 + h.len()).is_multiple_of(64) {
         h.push(b' ');
     }
     let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
