@@ -252,6 +252,26 @@ fn tile4x4(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 4], out: &mut [[f32; 4]; 4]) {
     }
 }
 
+/// Touch the start of row `r` of `w` ahead of use: a stored row of a wide matrix is a
+/// page of the file mapping, and hardware prefetchers stop at page boundaries.
+#[inline]
+fn prefetch_row(w: &Matrix, r: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if r < w.rows {
+        let p = match &w.data {
+            Data::F32(b) => b[r * w.cols..].as_ptr() as *const i8,
+            Data::F16(b) => b[r * w.cols..].as_ptr() as *const i8,
+            Data::BF16(b) => b[r * w.cols..].as_ptr() as *const i8,
+            Data::Q8(q) => q.qs[r * w.cols..].as_ptr(),
+            Data::Nf4(q) => q.packed[r * w.cols / 2..].as_ptr() as *const i8,
+        };
+        // SAFETY: prefetching is a hint; the address is inside the row.
+        unsafe { std::arch::x86_64::_mm_prefetch(p, std::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, r);
+}
+
 /// Rows `rows` of `y [t, out] = x [t, in] . W^T` on `isa`. One token: each stored row is
 /// dotted directly (bandwidth-bound). Several: four rows are converted to f32 once, then
 /// multiplied with four tokens at a time (arithmetic-bound).
@@ -267,6 +287,7 @@ fn matmul_rows(
     let mut buf = vec![0.0f32; if t < 4 { inp } else { 4 * inp }];
     if t < 4 {
         for o in rows {
+            prefetch_row(w, o + 2);
             for ti in 0..t {
                 let v = dot_row(isa, w, o, &x[ti * inp..(ti + 1) * inp], &mut buf);
                 // SAFETY: element (ti, o) is written by the task owning row o only.

@@ -1,0 +1,232 @@
+//! The CPU benchmark: memory bandwidth, then for each weight format (bf16, int8, nf4)
+//! generation and prompt tokens/s, peak resident memory and the fraction of the bandwidth
+//! limit; kernel throughput; tokenizer throughput.
+//!
+//!     cargo run --release --example bench                  # 1.6B shape, 2 threads
+//!     cargo run --release --example bench -- --layers 61 --embd 4096 --formats nf4,int8
+//!
+//! The synthetic model is written with `synth-model` when missing. Each format runs in its
+//! own process, so the peak resident size is that format's alone.
+
+use clap::Parser;
+use rwkv::backend::cpu::{matmul_with, Isa};
+use rwkv::model::{LoadOptions, Quant};
+use rwkv::tensor::quant::quantize;
+use rwkv::tensor::{Buf, Data, Matrix};
+use rwkv::tokenizer::Tokenizer;
+use rwkv::{Logits, Model};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 24)]
+    layers: usize,
+    #[arg(long, default_value_t = 2048)]
+    embd: usize,
+    #[arg(long, default_value_t = 65536)]
+    vocab: usize,
+    /// Model file [default: bench-models/rwkv6-L{layers}-D{embd}-bf16.st, written if missing]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "bf16,int8,nf4")]
+    formats: String,
+    #[arg(long, default_value_t = 512)]
+    prompt: usize,
+    #[arg(long, default_value_t = 64)]
+    gen: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Skip the kernel and tokenizer sections
+    #[arg(long)]
+    model_only: bool,
+    /// Internal: measure one format in this process and print one JSON line
+    #[arg(long, hide = true)]
+    one: Option<String>,
+}
+
+fn quant_of(f: &str) -> Option<Quant> {
+    match f {
+        "int8" => Some(Quant::Int8),
+        "nf4" => Some(Quant::Nf4),
+        _ => None,
+    }
+}
+
+/// Bytes per weight read per token, as the issue counts them.
+fn bytes_per_weight(f: &str) -> f64 {
+    match f {
+        "int8" => 1.0625,
+        "nf4" => 0.5625,
+        _ => 2.0,
+    }
+}
+
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as u64 * 1024
+}
+
+/// Read a buffer much larger than the caches with every thread; best of three, GB/s.
+fn bandwidth(threads: usize) -> f64 {
+    let words = (1usize << 30) / 8; // 1 GiB
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            buf.chunks(words.div_ceil(threads))
+                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect()
+        });
+        std::hint::black_box(sums);
+        best = best.max((words * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+fn one(args: &Args, path: &PathBuf, format: &str) {
+    rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global().unwrap();
+    let t0 = Instant::now();
+    let opts = LoadOptions { quant: quant_of(format), quant_layers: None };
+    let m = Model::load_with(path, opts).unwrap();
+    let load_s = t0.elapsed().as_secs_f64();
+    let v = m.cfg.vocab as u32;
+    let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i * 2654435761u32 >> 7) % v + 1).collect();
+    let mut st = m.new_state();
+    // warm-up: one token pages the weights in
+    let _ = m.forward(&prompt[..1], &mut st, Logits::Last).unwrap();
+    let mut st = m.new_state();
+    let t1 = Instant::now();
+    let mut logits = m.feed(&prompt, &mut st, 512).unwrap();
+    let prompt_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    for _ in 0..args.gen {
+        let tok = rwkv::sample::argmax(&logits);
+        logits = m.forward(&[tok], &mut st, Logits::Last).unwrap();
+    }
+    let gen_s = t2.elapsed().as_secs_f64();
+    let c = m.cfg;
+    let read_weights = c.n_params() - c.vocab * c.n_embd; // the embedding is looked up, not read
+    println!(
+        "{}",
+        serde_json::json!({
+            "format": format, "load_s": load_s,
+            "prompt_tps": args.prompt as f64 / prompt_s, "gen_tps": args.gen as f64 / gen_s,
+            "peak_rss": peak_rss_bytes(), "read_weights": read_weights,
+        })
+    );
+}
+
+fn kernels(threads: usize) {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+    let (rows, cols) = (8192, 2048);
+    let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 2001) as f32 / 1000.0 - 1.0) * 0.05).collect();
+    let bf = Matrix {
+        rows,
+        cols,
+        data: Data::BF16(Buf::Owned(vals.iter().map(|&x| half::bf16::from_f32(x)).collect())),
+    };
+    let f32m = Matrix::from_f32(rows, cols, vals);
+    let mats = [("f32", f32m), ("int8", quantize(&bf, Quant::Int8)), ("nf4", quantize(&bf, Quant::Nf4)), ("bf16", bf)];
+    let isa = Isa::detect();
+    println!("\nkernels ({isa:?}, {threads} threads, W [{rows}, {cols}]):");
+    let x: Vec<f32> = (0..64 * cols).map(|i| (i % 17) as f32 * 0.01).collect();
+    for (name, m) in &mats {
+        let mut y = vec![0.0; rows];
+        let reps = 50;
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            matmul_with(isa, m, &x[..cols], 1, &mut y);
+        }
+        let s = t0.elapsed().as_secs_f64() / reps as f64;
+        let mut y = vec![0.0; 64 * rows];
+        let t1 = Instant::now();
+        matmul_with(isa, m, &x, 64, &mut y);
+        let s64 = t1.elapsed().as_secs_f64();
+        println!(
+            "  {name:>5}  matvec {:6.1} GB/s of weights   matmul (64 tokens) {:6.1} GFLOP/s",
+            m.byte_len() as f64 / s / 1e9,
+            2.0 * (rows * cols * 64) as f64 / s64 / 1e9
+        );
+    }
+}
+
+fn tokenizer_speed() {
+    let t = Tokenizer::from_spec("world").unwrap();
+    let mixed = "The quick brown fox jumps over the lazy dog. RWKV-6 是一种 RNN 语言模型。\n\
+                 fn main() { println!(\"{}\", 1 + 2); }  // code\n\tDas ist ein Test, ça va? 1234567890\n";
+    let text = mixed.repeat(4 << 20 >> 7); // about 4 MB
+    let t0 = Instant::now();
+    let ids = t.encode(text.as_bytes()).unwrap();
+    let s = t0.elapsed().as_secs_f64();
+    println!(
+        "\ntokenizer: World encode {:.1} MB/s ({:.1} MB of mixed text, {} tokens)",
+        text.len() as f64 / s / 1e6,
+        text.len() as f64 / 1e6,
+        ids.len()
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    let path = args.model.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("bench-models/rwkv6-L{}-D{}-bf16.st", args.layers, args.embd))
+    });
+    if let Some(f) = &args.one {
+        return one(&args, &path, f);
+    }
+    if !path.exists() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        eprintln!("writing {} ...", path.display());
+        let ok = Command::new("cargo")
+            .args(["run", "--release", "--example", "synth-model", "--"])
+            .args(["--layers", &args.layers.to_string(), "--embd", &args.embd.to_string()])
+            .args(["--vocab", &args.vocab.to_string(), "--dtype", "bf16", "-o"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "synth-model failed");
+    }
+    let bw = bandwidth(args.threads);
+    println!(
+        "model {} ({} layers, width {}), {} threads, {}-token prompt, {} generated",
+        path.display(), args.layers, args.embd, args.threads, args.prompt, args.gen
+    );
+    println!("memory bandwidth: {bw:.1} GB/s ({} threads reading 1 GiB)\n", args.threads);
+    println!("format   gen tok/s   limit   of limit   prompt tok/s   peak RSS    load");
+    let me = std::env::current_exe().unwrap();
+    for f in args.formats.split(',') {
+        let out = Command::new(&me)
+            .args(["--one", f, "--prompt", &args.prompt.to_string(), "--gen", &args.gen.to_string()])
+            .args(["--threads", &args.threads.to_string(), "--model"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        let Ok(r) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+            println!("{f}: failed: {}", String::from_utf8_lossy(&out.stderr));
+            continue;
+        };
+        let gen = r["gen_tps"].as_f64().unwrap();
+        let limit = bw * 1e9 / (r["read_weights"].as_f64().unwrap() * bytes_per_weight(f));
+        println!(
+            "{f:<6} {gen:>11.2} {limit:>7.2} {:>9.0}% {:>14.1} {:>8.2} GB {:>6.1} s",
+            100.0 * gen / limit,
+            r["prompt_tps"].as_f64().unwrap(),
+            r["peak_rss"].as_f64().unwrap() / 1e9,
+            r["load_s"].as_f64().unwrap()
+        );
+    }
+    if !args.model_only {
+        kernels(args.threads);
+        tokenizer_speed();
+    }
+}
