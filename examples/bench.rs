@@ -92,13 +92,21 @@ fn bandwidth(threads: usize) -> f64 {
 }
 
 fn one(args: &Args, path: &PathBuf, format: &str) {
-    rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global().unwrap();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()
+        .unwrap();
     let t0 = Instant::now();
-    let opts = LoadOptions { quant: quant_of(format), quant_layers: None };
+    let opts = LoadOptions {
+        quant: quant_of(format),
+        quant_layers: None,
+    };
     let m = Model::load_with(path, opts).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     let v = m.cfg.vocab as u32;
-    let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i * 2654435761u32 >> 7) % v + 1).collect();
+    let prompt: Vec<u32> = (0..args.prompt as u32)
+        .map(|i| (i * 2654435761u32 >> 7) % v + 1)
+        .collect();
     let mut st = m.new_state();
     // warm-up: one token pages the weights in
     let _ = m.forward(&prompt[..1], &mut st, Logits::Last).unwrap();
@@ -125,16 +133,28 @@ fn one(args: &Args, path: &PathBuf, format: &str) {
 }
 
 fn kernels(threads: usize) {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok();
     let (rows, cols) = (8192, 2048);
-    let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 2001) as f32 / 1000.0 - 1.0) * 0.05).collect();
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 2001) as f32 / 1000.0 - 1.0) * 0.05)
+        .collect();
     let bf = Matrix {
         rows,
         cols,
-        data: Data::BF16(Buf::Owned(vals.iter().map(|&x| half::bf16::from_f32(x)).collect())),
+        data: Data::BF16(Buf::Owned(
+            vals.iter().map(|&x| half::bf16::from_f32(x)).collect(),
+        )),
     };
     let f32m = Matrix::from_f32(rows, cols, vals);
-    let mats = [("f32", f32m), ("int8", quantize(&bf, Quant::Int8)), ("nf4", quantize(&bf, Quant::Nf4)), ("bf16", bf)];
+    let mats = [
+        ("f32", f32m),
+        ("int8", quantize(&bf, Quant::Int8)),
+        ("nf4", quantize(&bf, Quant::Nf4)),
+        ("bf16", bf),
+    ];
     let isa = Isa::detect();
     println!("\nkernels ({isa:?}, {threads} threads, W [{rows}, {cols}]):");
     let x: Vec<f32> = (0..64 * cols).map(|i| (i % 17) as f32 * 0.01).collect();
@@ -177,7 +197,10 @@ fn tokenizer_speed() {
 fn main() {
     let args = Args::parse();
     let path = args.model.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("bench-models/rwkv6-L{}-D{}-bf16.st", args.layers, args.embd))
+        PathBuf::from(format!(
+            "bench-models/rwkv6-L{}-D{}-bf16.st",
+            args.layers, args.embd
+        ))
     });
     if let Some(f) = &args.one {
         return one(&args, &path, f);
@@ -187,7 +210,12 @@ fn main() {
         eprintln!("writing {} ...", path.display());
         let ok = Command::new("cargo")
             .args(["run", "--release", "--example", "synth-model", "--"])
-            .args(["--layers", &args.layers.to_string(), "--embd", &args.embd.to_string()])
+            .args([
+                "--layers",
+                &args.layers.to_string(),
+                "--embd",
+                &args.embd.to_string(),
+            ])
             .args(["--vocab", &args.vocab.to_string(), "--dtype", "bf16", "-o"])
             .arg(&path)
             .status()
@@ -198,14 +226,29 @@ fn main() {
     let bw = bandwidth(args.threads);
     println!(
         "model {} ({} layers, width {}), {} threads, {}-token prompt, {} generated",
-        path.display(), args.layers, args.embd, args.threads, args.prompt, args.gen
+        path.display(),
+        args.layers,
+        args.embd,
+        args.threads,
+        args.prompt,
+        args.gen
     );
-    println!("memory bandwidth: {bw:.1} GB/s ({} threads reading 1 GiB)\n", args.threads);
+    println!(
+        "memory bandwidth: {bw:.1} GB/s ({} threads reading 1 GiB)\n",
+        args.threads
+    );
     println!("format   gen tok/s   limit   of limit   prompt tok/s   peak RSS    load");
     let me = std::env::current_exe().unwrap();
     for f in args.formats.split(',') {
         let out = Command::new(&me)
-            .args(["--one", f, "--prompt", &args.prompt.to_string(), "--gen", &args.gen.to_string()])
+            .args([
+                "--one",
+                f,
+                "--prompt",
+                &args.prompt.to_string(),
+                "--gen",
+                &args.gen.to_string(),
+            ])
             .args(["--threads", &args.threads.to_string(), "--model"])
             .arg(&path)
             .output()

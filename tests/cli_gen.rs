@@ -362,3 +362,41 @@ fn world_model_generates_text_from_text() {
     let recs = r.json();
     assert_eq!(recs.last().unwrap()["prompt_tokens"], 7);
 }
+
+#[test]
+fn ctrl_c_flushes_and_exits_130() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rwkv-gen"))
+        .args([
+            "-m",
+            &model_arg(SHAKESPEARE),
+            "-p",
+            PROMPT,
+            "-n",
+            "1000000",
+            "--ignore-eos",
+            "--format",
+            "jsonl",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap(); // generation is under way
+                                        // SAFETY: sending SIGINT to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let records: Vec<serde_json::Value> = format!("{first}{rest}")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every record is whole"))
+        .collect();
+    let last = records.last().unwrap();
+    assert_eq!(last["finish_reason"], "interrupted");
+    assert_eq!(last["tokens"].as_u64().unwrap() as usize, records.len() - 1);
+}
