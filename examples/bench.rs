@@ -91,7 +91,7 @@ fn bandwidth(threads: usize) -> f64 {
     best
 }
 
-fn one(args: &Args, path: &PathBuf, format: &str) {
+fn one(args: &Args, path: &std::path::Path, format: &str) {
     rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build_global()
@@ -105,7 +105,7 @@ fn one(args: &Args, path: &PathBuf, format: &str) {
     let load_s = t0.elapsed().as_secs_f64();
     let v = m.cfg.vocab as u32;
     let prompt: Vec<u32> = (0..args.prompt as u32)
-        .map(|i| (i * 2654435761u32 >> 7) % v + 1)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) % v + 1)
         .collect();
     let mut st = m.new_state();
     // warm-up: one token pages the weights in
