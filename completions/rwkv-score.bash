@@ -23,7 +23,7 @@ _rwkv__score() {
 
     case "${cmd}" in
         rwkv__score)
-            opts="-m -q -h -V --model --tokenizer --threads --lines --jsonl --per-token --top-logprobs --no-bos --state --force --summary --view --color --tokenize --merge --chunk --quiet --help --version"
+            opts="-m -q -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --lines --jsonl --per-token --top-logprobs --no-bos --state --force --summary --view --color --tokenize --merge --chunk --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -42,6 +42,18 @@ _rwkv__score() {
                     return 0
                     ;;
                 --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --quant)
+                    COMPREPLY=($(compgen -W "int8 nf4" -- "${cur}"))
+                    return 0
+                    ;;
+                --quant-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --save-quantized)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

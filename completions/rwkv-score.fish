@@ -1,6 +1,10 @@
 complete -c rwkv-score -s m -l model -d 'Model file: .safetensors, Ai00 .st or PyTorch .pth (BlinkDL, Hugging Face or Ai00 names)' -r -F
 complete -c rwkv-score -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
 complete -c rwkv-score -l threads -d 'Worker threads [default: all cores]' -r
+complete -c rwkv-score -l quant -d 'Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay as stored)' -r -f -a "int8\t'8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)'
+nf4\t'4-bit normal float, blocks of 64 with an f32 scale (0.5625 bytes per weight)'"
+complete -c rwkv-score -l quant-layers -d 'Quantize only the first N layers' -r
+complete -c rwkv-score -l save-quantized -d 'Write the model quantized to PATH (once), then run from it; later runs load PATH directly, without --quant' -r -F
 complete -c rwkv-score -l top-logprobs -d 'With --per-token: the K most likely alternatives at each position' -r
 complete -c rwkv-score -l state -d 'Start every document from this state file or state-tuning file' -r -F
 complete -c rwkv-score -l color -d 'Colors for --view [auto: when stdout is a terminal and NO_COLOR is unset]' -r -f -a "auto\t''

@@ -81,7 +81,7 @@ _rwkv__state() {
             return 0
             ;;
         rwkv__subcmd__state__subcmd__feed)
-            opts="-m -p -f -o -h --model --tokenizer --threads --state --force --text --file --ids --output --help"
+            opts="-m -p -f -o -h --model --tokenizer --threads --quant --quant-layers --save-quantized --state --force --text --file --ids --output --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -100,6 +100,18 @@ _rwkv__state() {
                     return 0
                     ;;
                 --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --quant)
+                    COMPREPLY=($(compgen -W "int8 nf4" -- "${cur}"))
+                    return 0
+                    ;;
+                --quant-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --save-quantized)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -34,13 +34,17 @@ complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "help" -d 'Pri
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s m -l model -d 'Model file: .safetensors, Ai00 .st or PyTorch .pth (BlinkDL, Hugging Face or Ai00 names)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l threads -d 'Worker threads [default: all cores]' -r
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant -d 'Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay as stored)' -r -f -a "int8\t'8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)'
+nf4\t'4-bit normal float, blocks of 64 with an f32 scale (0.5625 bytes per weight)'"
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant-layers -d 'Quantize only the first N layers' -r
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l save-quantized -d 'Write the model quantized to PATH (once), then run from it; later runs load PATH directly, without --quant' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l state -d 'Start from this state (`-` reads it from stdin; then the text comes from -p or -f)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s p -l text -d 'Text to feed (instead of stdin)' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s f -l file -d 'Feed this file\'s contents (instead of stdin)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s o -l output -d 'Output file; `-` is stdout, the default when stdout is not a terminal' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l force -d 'Use --state even when it was made with other weights of the same shape'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l ids -d 'The input is token ids (separated by spaces, commas or newlines), not text'
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s h -l help -d 'Print help'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -l json -d 'One JSON object instead of text'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -s h -l help -d 'Print help'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s m -l model -d 'Check the state against this model and record its fingerprint' -r -F

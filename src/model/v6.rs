@@ -212,9 +212,15 @@ pub fn load(
         if out_in {
             mat(canon, &[out, inp])
         } else {
-            Ok(mat(canon, &[inp, out])?.transposed())
+            // An owned copy: the mapped original need not stay resident.
+            let t = mat(canon, &[inp, out])?.transposed();
+            ck.release(names.stored(canon));
+            Ok(t)
         }
     };
+    // The head first: quantizing it holds its mapped pages for a moment, best done while
+    // little else is resident.
+    let head = mat("head.weight", &[v, d])?;
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
         let p = |s: &str| format!("blocks.{i}.{s}");
@@ -243,7 +249,13 @@ pub fn load(
                 vec(&p("att.time_maa_g"), d)?,
             ],
             maa_w1: lora(&p("att.time_maa_w1"), d, 5 * m)?,
-            maa_w2: [w2(0), w2(1), w2(2), w2(3), w2(4)],
+            maa_w2: {
+                let slices = [w2(0), w2(1), w2(2), w2(3), w2(4)];
+                if !out_in {
+                    ck.release(names.stored(&w2_name));
+                }
+                slices
+            },
             decay: vec(&p("att.time_decay"), d)?,
             decay_w1: lora(&p("att.time_decay_w1"), d, k)?,
             decay_w2: lora(&p("att.time_decay_w2"), k, d)?,
@@ -282,7 +294,7 @@ pub fn load(
         layers,
         ln_out_w: vec("ln_out.weight", d)?,
         ln_out_b: vec("ln_out.bias", d)?,
-        head: mat("head.weight", &[v, d])?,
+        head,
     })
 }
 
