@@ -4,7 +4,10 @@
 //! | type | block | element | dequantized weight |
 //! |---|---|---|---|
 //! | int8 | 64 | i8 `q` | `q * s`, `s = absmax / 127` |
-//! | nf4 | 64 (32 bytes, low nibble first) | 4-bit index `i` | `NF4[i] * s`, `s = absmax` |
+//! | nf4 | 64 (32 bytes) | 4-bit index `i` | `NF4[i] * s`, `s = absmax` |
+//!
+//! In an nf4 block, byte `j` holds weight `j` in its low nibble and weight `j + 32` in its
+//! high nibble, so that a kernel unpacks 32 weights with one mask and 32 with one shift.
 //!
 //! NF4 is the normal-float code book of QLoRA: the 16 quantiles of a standard normal,
 //! scaled to [-1, 1], with an exact 0.
@@ -65,7 +68,8 @@ pub struct Q8 {
     pub scales: Buf<f32>,
 }
 
-/// nf4 blocks: `packed [rows, cols / 2]` (low nibble first), `scales [rows, cols / 64]`.
+/// nf4 blocks: `packed [rows, cols / 2]` (byte `j` of a block: weights `j` and `j + 32`),
+/// `scales [rows, cols / 64]`.
 pub struct Nf4 {
     pub packed: Buf<u8>,
     pub scales: Buf<f32>,
@@ -117,8 +121,9 @@ fn quantize_row_nf4(w: &[f32], packed: &mut [u8], scales: &mut [f32]) {
         let amax = wb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         *s = amax;
         let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
-        for (o, pair) in pb.iter_mut().zip(wb.chunks(2)) {
-            *o = nf4_index(pair[0] * inv) | (nf4_index(pair[1] * inv) << 4);
+        let half = BLOCK / 2;
+        for (j, o) in pb.iter_mut().enumerate() {
+            *o = nf4_index(wb[j] * inv) | (nf4_index(wb[j + half] * inv) << 4);
         }
     }
 }
@@ -189,9 +194,10 @@ pub fn dequantize_nf4(q: &Nf4, cols: usize, r: usize, out: &mut [f32]) {
     let pk = &q.packed[r * cols / 2..(r + 1) * cols / 2];
     let sc = &q.scales[r * cols / BLOCK..(r + 1) * cols / BLOCK];
     for ((ob, pb), &s) in out.chunks_mut(BLOCK).zip(pk.chunks(BLOCK / 2)).zip(sc) {
-        for (o, &b) in ob.chunks_mut(2).zip(pb) {
-            o[0] = NF4[(b & 15) as usize] * s;
-            o[1] = NF4[(b >> 4) as usize] * s;
+        let half = BLOCK / 2;
+        for (j, &b) in pb.iter().enumerate() {
+            ob[j] = NF4[(b & 15) as usize] * s;
+            ob[j + half] = NF4[(b >> 4) as usize] * s;
         }
     }
 }
