@@ -414,3 +414,60 @@ fn an_interrupted_write_leaves_the_old_file() {
         assert!(now == old || sf.tokens == text.len() as u64);
     }
 }
+
+/// The same tuning state in a zip whose members carry zip64 records (as files past 4 GiB
+/// do): read like the plain one.
+#[test]
+fn zip64_pth_reads_like_the_plain_one() {
+    let m = Model::load(&model_path("rand-rwkv6-d256-fp16.safetensors")).unwrap();
+    let plain =
+        rwkv::state_file::import_tuning(&model_path("rand-rwkv6-d256-fp16.state.pth"), &m.cfg)
+            .unwrap();
+    let z64 = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/state-zip64.pth"
+    ));
+    let zipped = rwkv::state_file::import_tuning(z64, &m.cfg).unwrap();
+    assert!(zipped == plain);
+}
+
+/// With --no-bos, a state that carries logits scores the first token from them: scoring
+/// "What light" from the state after "ROMEO:\n" equals the tail of scoring the whole text.
+#[test]
+fn score_from_a_state_with_logits() {
+    let m = model_arg(SHAKESPEARE);
+    let dir = temp_dir("state-score");
+    let st = dir.join("romeo.state");
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &m, "-o", st.to_str().unwrap()],
+        b"ROMEO:\n",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tail = run(
+        "rwkv-score",
+        &[
+            "-m",
+            &m,
+            "-q",
+            "--no-bos",
+            "--state",
+            st.to_str().unwrap(),
+            "--per-token",
+        ],
+        b"What light",
+    );
+    let whole = run(
+        "rwkv-score",
+        &["-m", &m, "-q", "--no-bos", "--per-token"],
+        b"ROMEO:\nWhat light",
+    );
+    let (t, w) = (&tail.json()[0], &whole.json()[0]);
+    assert_eq!(t["tokens"], 10);
+    let tp = t["per_token"].as_array().unwrap();
+    let wp = &w["per_token"].as_array().unwrap()[6..];
+    for (a, b) in tp.iter().zip(wp) {
+        assert_eq!(a["token"], b["token"]);
+        assert!((a["logprob"].as_f64().unwrap() - b["logprob"].as_f64().unwrap()).abs() < 1e-4);
+    }
+}
