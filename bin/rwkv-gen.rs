@@ -64,6 +64,14 @@ fn run(args: &Args) -> Result<(), CliError> {
             "--save-state cannot be used with --lines (each line starts afresh)".into(),
         ));
     }
+    let state_on_stdin = args.state.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    if state_on_stdin
+        && (args.lines || args.chat || (args.prompt.is_none() && args.prompt_file.is_none()))
+    {
+        return Err(CliError::usage(
+            "--state - reads the state from stdin: give the prompt with -p or -f".into(),
+        ));
+    }
     if args.top_logprobs > 0 && args.format != Format::Jsonl {
         return Err(CliError::usage(
             "--top-logprobs needs --format jsonl".into(),

@@ -96,6 +96,12 @@ fn run(args: &Args) -> Result<(), CliError> {
     if args.merge {
         return merge(&sources);
     }
+    let state_on_stdin = args.state.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    if state_on_stdin && sources.iter().any(|s| matches!(s, Source::Stdin)) {
+        return Err(CliError::usage(
+            "--state - reads the state from stdin: name the documents as FILE arguments".into(),
+        ));
+    }
     if args.tokenize {
         args.model.init_threads();
         let tok = Tokenizer::from_spec(args.model.tokenizer.as_deref().unwrap_or("world"))?;

@@ -349,7 +349,7 @@ fn refusals() {
     std::fs::write(p("misshapen.state"), misshapen).unwrap();
     let r = run("rwkv-state", &["info", &p("misshapen.state")], b"");
     assert_fails(&r, 1, &["misshapen.state"]);
-    // A state for a terminal is refused, bad ids are named.
+    // Bad ids are named, and nothing is written.
     let r = run(
         "rwkv-state",
         &["feed", "-m", &fp16, "--ids", "-o", &p("y.state")],
@@ -372,6 +372,10 @@ fn refusals() {
         b"",
     );
     assert_fails(&r, 2, &["-p or -f"]);
+    let r = run("rwkv-gen", &["-m", &fp16, "--state", "-"], b"");
+    assert_fails(&r, 2, &["-p or -f"]);
+    let r = run("rwkv-score", &["-m", &fp16, "--state", "-"], b"");
+    assert_fails(&r, 2, &["FILE"]);
 }
 
 #[test]
