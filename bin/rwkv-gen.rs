@@ -92,14 +92,7 @@ fn run(args: &Args) -> Result<(), CliError> {
             t0.elapsed().as_secs_f64() * 1e3
         );
     }
-    let start = match &args.state {
-        Some(p) => state_file::load_for(p, &model, args.force)?,
-        None => state_file::Start {
-            state: model.new_state(),
-            logits: None,
-            tokens: 0,
-        },
-    };
+    let start = state_file::start_for(args.state.as_deref(), &model, args.force)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

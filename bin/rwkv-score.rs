@@ -108,14 +108,7 @@ fn run(args: &Args) -> Result<(), CliError> {
         return tokenize(args, &tok, &sources);
     }
     let (model, tok) = args.model.load()?;
-    let start = match &args.state {
-        Some(p) => state_file::load_for(p, &model, args.force)?,
-        None => Start {
-            state: model.new_state(),
-            logits: None,
-            tokens: 0,
-        },
-    };
+    let start = state_file::start_for(args.state.as_deref(), &model, args.force)?;
     let total_bytes = sources
         .iter()
         .map(|s| match s {

@@ -84,14 +84,7 @@ fn feed(a: &Feed) -> Result<(), CliError> {
         (true, Err(_)) => None,
         (false, Err(e)) => return Err(e),
     };
-    let start = match &a.state {
-        Some(p) => state_file::load_for(p, &model, a.force)?,
-        None => state_file::Start {
-            state: model.new_state(),
-            logits: None,
-            tokens: 0,
-        },
-    };
+    let start = state_file::start_for(a.state.as_deref(), &model, a.force)?;
     let input = match (&a.text, &a.file) {
         (Some(t), _) => t.as_bytes().to_vec(),
         (None, Some(f)) => {

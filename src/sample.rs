@@ -164,12 +164,11 @@ impl Sampler {
                 .total_cmp(&probs[*a as usize])
                 .then(a.cmp(b))
         };
-        // Only the top of the order matters; partial selection keeps it cheap at V = 65536.
+        // Only the top-k matter; partial selection keeps this cheap at V = 65536.
         let top_p = self.cfg.top_p;
-        let window = if top_p >= 1.0 { keep } else { keep.max(1) };
-        if window < self.order.len() {
-            self.order.select_nth_unstable_by(window - 1, by_prob);
-            self.order.truncate(window);
+        if keep < self.order.len() {
+            self.order.select_nth_unstable_by(keep - 1, by_prob);
+            self.order.truncate(keep);
         }
         self.order.sort_unstable_by(by_prob);
         // top-p: the probability where the cumulative sum first reaches top_p is the cutoff.

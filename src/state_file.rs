@@ -312,6 +312,18 @@ pub struct Start {
     pub tokens: u64,
 }
 
+/// The state a run starts from: `path` read by [`load_for`], or the zero state.
+pub fn start_for(path: Option<&Path>, model: &crate::Model, force: bool) -> Result<Start> {
+    match path {
+        Some(p) => load_for(p, model, force),
+        None => Ok(Start {
+            state: model.new_state(),
+            logits: None,
+            tokens: 0,
+        }),
+    }
+}
+
 /// Read `path` (`-` for stdin) as a state for `model`: an rwkv-tools state file, or an
 /// official state-tuning file (`.pth`, Ai00 `.st`). A state of another shape is refused; one
 /// made with other weights (another fingerprint) is refused unless `force`.
