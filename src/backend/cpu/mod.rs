@@ -20,6 +20,10 @@ pub struct Cpu;
 /// enough to balance a 2048-row matrix over many cores.
 const ROWS_PER_TASK: usize = 16;
 
+/// Tokens multiplied against a task's rows at a time: 64 tokens of width 2048 are 512 KiB
+/// of activations, which stay in L2 while every row group passes over them.
+const TOKENS_PER_BLOCK: usize = 64;
+
 /// A pointer that may be shared between threads writing disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -284,8 +288,8 @@ fn matmul_rows(
     y: SharedMut,
 ) {
     let (out, inp) = (w.rows, w.cols);
-    let mut buf = vec![0.0f32; if t < 4 { inp } else { 4 * inp }];
     if t < 4 {
+        let mut buf = vec![0.0f32; inp];
         for o in rows {
             prefetch_row(w, o + 2);
             for ti in 0..t {
@@ -296,51 +300,56 @@ fn matmul_rows(
         }
         return;
     }
-    let mut o = rows.start;
-    while o < rows.end {
-        let n = (rows.end - o).min(4);
-        // The rows as f32: the stored slice itself, or converted into `buf`.
-        let mut wr: [&[f32]; 4] = [&[]; 4];
-        if let Data::F32(b) = &w.data {
-            for (k, r) in wr.iter_mut().enumerate() {
-                let row = o + k.min(n - 1);
-                *r = &b[row * inp..(row + 1) * inp];
+    // All of the task's rows as f32 (the stored rows themselves when f32), then tokens in
+    // blocks that stay in L2 while every row group passes over them.
+    let n_rows = rows.len();
+    let f32_rows: Option<&[f32]> = match &w.data {
+        Data::F32(b) => Some(&b[rows.start * inp..rows.end * inp]),
+        _ => None,
+    };
+    let mut conv = Vec::new();
+    let all_rows: &[f32] = match f32_rows {
+        Some(r) => r,
+        None => {
+            conv.resize(n_rows * inp, 0.0);
+            for (k, row) in conv.chunks_mut(inp).enumerate() {
+                w.row_f32(rows.start + k, row);
             }
-        } else {
-            for k in 0..n {
-                w.row_f32(o + k, &mut buf[k * inp..(k + 1) * inp]);
-            }
-            for (k, r) in wr.iter_mut().enumerate() {
-                let row = k.min(n - 1);
-                *r = &buf[row * inp..(row + 1) * inp];
-            }
+            &conv
         }
-        let xr = |ti: usize| &x[ti * inp..(ti + 1) * inp];
-        let mut ti = 0;
-        let mut acc = [[0.0f32; 4]; 4];
-        while ti + 4 <= t {
-            tile4x4(
-                isa,
-                wr,
-                [xr(ti), xr(ti + 1), xr(ti + 2), xr(ti + 3)],
-                &mut acc,
-            );
-            for (k, row) in acc.iter().enumerate().take(n) {
-                for (j, v) in row.iter().enumerate() {
+    };
+    let row = |k: usize| &all_rows[k * inp..(k + 1) * inp];
+    let xr = |ti: usize| &x[ti * inp..(ti + 1) * inp];
+    let mut acc = [[0.0f32; 4]; 4];
+    for t0 in (0..t).step_by(TOKENS_PER_BLOCK) {
+        let t1 = (t0 + TOKENS_PER_BLOCK).min(t);
+        for g in (0..n_rows).step_by(4) {
+            let n = (n_rows - g).min(4);
+            let wr: [&[f32]; 4] = std::array::from_fn(|k| row(g + k.min(n - 1)));
+            let mut ti = t0;
+            while ti + 4 <= t1 {
+                tile4x4(
+                    isa,
+                    wr,
+                    [xr(ti), xr(ti + 1), xr(ti + 2), xr(ti + 3)],
+                    &mut acc,
+                );
+                for (k, r) in acc.iter().enumerate().take(n) {
+                    for (j, v) in r.iter().enumerate() {
+                        // SAFETY: element (ti + j, row) is written by the task owning the row.
+                        unsafe { y.write((ti + j) * out + rows.start + g + k, *v) };
+                    }
+                }
+                ti += 4;
+            }
+            for tt in ti..t1 {
+                for (k, wrow) in wr.iter().enumerate().take(n) {
+                    let v = dot_f32(isa, wrow, xr(tt));
                     // SAFETY: as above.
-                    unsafe { y.write((ti + j) * out + o + k, *v) };
+                    unsafe { y.write(tt * out + rows.start + g + k, v) };
                 }
             }
-            ti += 4;
         }
-        for tt in ti..t {
-            for (k, wrow) in wr.iter().enumerate().take(n) {
-                let v = dot_f32(isa, wrow, xr(tt));
-                // SAFETY: as above.
-                unsafe { y.write(tt * out + o + k, v) };
-            }
-        }
-        o += n;
     }
 }
 
