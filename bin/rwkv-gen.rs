@@ -6,7 +6,7 @@ use rwkv::cli::gen::{Args, Format};
 use rwkv::cli::{self, signal, CliError, Output};
 use rwkv::sample::{self, Sampler, StopMatcher};
 use rwkv::state_file::{self, StateFile};
-use rwkv::tokenizer::{Tokenizer, Utf8Stream};
+use rwkv::tokenizer::{Detokenizer, Tokenizer, Utf8Stream};
 use rwkv::{Model, State};
 use serde_json::json;
 use std::io::BufRead;
@@ -217,6 +217,7 @@ impl Gen<'_> {
         let t1 = Instant::now();
         let mut stop = StopMatcher::new(self.stops.clone());
         let mut utf8 = Utf8Stream::default();
+        let mut detok = Detokenizer::new(self.tok);
         let mut text = Vec::new();
         let mut generated = 0usize;
         let mut finish = Finish::Length;
@@ -235,7 +236,7 @@ impl Gen<'_> {
                 finish = Finish::Eos;
                 break;
             }
-            let bytes = self.tok.token_bytes(token)?.into_owned();
+            let bytes = detok.push(token)?;
             self.sampler.observe(token, &bytes);
             generated += 1;
             if jsonl {

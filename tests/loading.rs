@@ -190,3 +190,27 @@ fn synth_model_writes_a_working_model() {
     let sd = (logits.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / 512.0).sqrt();
     assert!(sd > 0.05 && sd < 50.0, "logit spread {sd}");
 }
+
+/// A byte-level BPE tokenizer.json splits "é" into two tokens; the stream decoder gives the
+/// character once it is whole, where decoding one id at a time could not.
+#[test]
+fn byte_level_tokens_decode_as_a_stream() {
+    let dir = temp_dir("load-hf-bytelevel");
+    let p = dir.join("tokenizer.json");
+    let bl = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": bl, "post_processor": null, "decoder": bl,
+        "model": {"type": "BPE", "vocab": {"\u{00c3}": 0, "\u{00a9}": 1, "a": 2}, "merges": [],
+                  "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false}
+    });
+    std::fs::write(&p, json.to_string()).unwrap();
+    let t = rwkv::tokenizer::Tokenizer::from_spec(p.to_str().unwrap()).unwrap();
+    let ids = t.encode("aé".as_bytes()).unwrap();
+    assert_eq!(ids, vec![2, 0, 1]);
+    let mut d = rwkv::tokenizer::Detokenizer::new(&t);
+    let out: Vec<Vec<u8>> = ids.iter().map(|&i| d.push(i).unwrap()).collect();
+    assert_eq!(out, vec![b"a".to_vec(), vec![], "é".as_bytes().to_vec()]);
+    assert!(d.push(99).is_err());
+}

@@ -159,6 +159,50 @@ impl Tokenizer {
     }
 }
 
+/// Turns generated ids into output bytes, in order. World and byte tokens are their bytes;
+/// for a tokenizer.json the crate's stream decoder runs, since a byte-level BPE token can
+/// hold part of a character and its decoder works on whole strings.
+pub struct Detokenizer<'a> {
+    tok: &'a Tokenizer,
+    #[allow(clippy::type_complexity)]
+    hf: Option<Box<dyn FnMut(u32) -> Result<Option<String>> + 'a>>,
+}
+
+impl<'a> Detokenizer<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Detokenizer<'a> {
+        let hf = match tok {
+            Tokenizer::Hf(t) => {
+                let mut stream = t.decode_stream(false);
+                let step = move |id: u32| {
+                    stream
+                        .step(id)
+                        .map_err(|e| Error::Tokenizer(format!("token id {id}: {e}")))
+                };
+                Some(Box::new(step) as Box<dyn FnMut(u32) -> Result<Option<String>> + 'a>)
+            }
+            _ => None,
+        };
+        Detokenizer { tok, hf }
+    }
+
+    /// The bytes `id` adds to the output (possibly none yet, for a partial character).
+    pub fn push(&mut self, id: u32) -> Result<Vec<u8>> {
+        match &mut self.hf {
+            Some(step) => {
+                if let Tokenizer::Hf(t) = self.tok {
+                    if t.id_to_token(id).is_none() {
+                        return Err(Error::Tokenizer(format!(
+                            "token id {id} has no text in the tokenizer.json tokenizer"
+                        )));
+                    }
+                }
+                Ok(step(id)?.map(String::into_bytes).unwrap_or_default())
+            }
+            None => Ok(self.tok.token_bytes(id)?.into_owned()),
+        }
+    }
+}
+
 /// Splits a byte stream at UTF-8 character boundaries: bytes of an unfinished character are
 /// held back until the character completes. Invalid sequences pass through unchanged (the
 /// model's output is bytes; we never drop or alter them).
