@@ -102,6 +102,7 @@ fn feed(a: &Feed) -> Result<(), CliError> {
     } else {
         Some(model.feed(&ids, &mut state, CHUNK)?)
     };
+    state.sync();
     let sf = StateFile {
         state,
         logits,
@@ -149,7 +150,7 @@ fn info(a: &Info) -> Result<(), CliError> {
     let c = &sf.cfg;
     let norms: Vec<[f64; 3]> = sf
         .state
-        .layers
+        .layers()
         .iter()
         .map(|l| [norm(&l.att_shift), norm(&l.wkv), norm(&l.ffn_shift)])
         .collect();
@@ -276,7 +277,7 @@ fn diff(a: &Diff) -> Result<(), CliError> {
         )));
     }
     let mut rows: Vec<(String, (f64, f64))> = Vec::new();
-    for (l, (p, q)) in x.state.layers.iter().zip(&y.state.layers).enumerate() {
+    for (l, (p, q)) in x.state.layers().iter().zip(y.state.layers()).enumerate() {
         rows.push((format!("{l}.att_shift"), delta(&p.att_shift, &q.att_shift)));
         rows.push((format!("{l}.wkv"), delta(&p.wkv, &q.wkv)));
         rows.push((format!("{l}.ffn_shift"), delta(&p.ffn_shift, &q.ffn_shift)));

@@ -44,7 +44,7 @@ impl StateFile {
         let c = &self.cfg;
         let (h, s) = (c.n_head, c.head_size);
         let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for (l, ls) in self.state.layers.iter().enumerate() {
+        for (l, ls) in self.state.layers().iter().enumerate() {
             bufs.push((
                 format!("{l}.att_shift"),
                 vec![c.n_embd],
@@ -158,7 +158,7 @@ impl StateFile {
             Err(_) => None,
         };
         Ok(StateFile {
-            state: State { layers },
+            state: State::from_layers(layers),
             logits,
             cfg,
             fingerprint: md.get("model_fingerprint").cloned().unwrap_or_default(),
@@ -273,7 +273,7 @@ pub fn import_tuning(path: &Path, cfg: &Config) -> Result<State> {
             cfg.n_layer
         )));
     }
-    for (l, ls) in state.layers.iter_mut().enumerate() {
+    for (l, ls) in state.layers_mut().iter_mut().enumerate() {
         let name = format!("blocks.{l}.att.time_state");
         let v = ck.vector(&name, &[h, s, s]).and_then(|v| {
             // element counts agree; insist on the shape too

@@ -17,7 +17,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn assert_states_equal(a: &rwkv::State, b: &rwkv::State, tol: f32) {
-    for (x, y) in a.layers.iter().zip(&b.layers) {
+    for (x, y) in a.layers().iter().zip(b.layers()) {
         assert!(max_diff(&x.att_shift, &y.att_shift) <= tol);
         assert!(max_diff(&x.wkv, &y.wkv) <= tol);
         assert!(max_diff(&x.ffn_shift, &y.ffn_shift) <= tol);
@@ -332,7 +332,7 @@ fn refusals() {
     // Missing and misshapen tensors.
     let sf = StateFile::load(Path::new(&p("fp16.state"))).unwrap();
     let mut bad = sf.clone();
-    bad.state.layers.pop();
+    bad.state.layers_mut().pop();
     std::fs::write(p("missing.state"), bad.to_bytes()).unwrap();
     let r = run("rwkv-state", &["info", &p("missing.state")], b"");
     assert_fails(&r, 1, &["missing.state", "missing tensor `2.att_shift`"]);

@@ -94,7 +94,7 @@ fn chunked_feeding_equals_one_call() {
         let mut st2 = m.new_state();
         let got = m.feed(&tokens, &mut st2, chunk).unwrap();
         assert_logits_close(&format!("chunk {chunk}"), &got, &whole);
-        for (a, b) in st.layers.iter().zip(&st2.layers) {
+        for (a, b) in st.layers().iter().zip(st2.layers()) {
             assert_logits_close(&format!("chunk {chunk} wkv"), &a.wkv, &b.wkv);
         }
     }

@@ -356,7 +356,7 @@ impl Weights {
         let t = tokens.len();
         let d = cfg.n_embd;
         let mut x = self.embed(be, tokens);
-        for (layer, st) in self.layers.iter().zip(state.layers.iter_mut()) {
+        for (layer, st) in self.layers.iter().zip(state.layers_mut().iter_mut()) {
             time_mix(be, cfg, layer, &mut x, st);
             channel_mix(be, cfg, layer, &mut x, st);
         }

@@ -83,7 +83,7 @@ pub fn assert_logits_close(what: &str, got: &[f32], want: &[f32]) {
 
 /// Compare a state against the golden `state.L.*` tensors.
 pub fn assert_state_close(what: &str, got: &State, g: &Golden) {
-    for (l, ls) in got.layers.iter().enumerate() {
+    for (l, ls) in got.layers().iter().enumerate() {
         for (name, v) in [
             ("att_shift", &ls.att_shift),
             ("wkv", &ls.wkv),
