@@ -59,6 +59,14 @@ struct Cursor {
 }
 
 fn run(args: &Args) -> Result<(), CliError> {
+    if args.list_devices {
+        let mut out = Output::stdout(false);
+        for line in rwkv::backend::opencl::list_devices()? {
+            out.write(format!("{line}\n").as_bytes())?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
     if args.save_state.is_some() && args.lines {
         return Err(CliError::usage(
             "--save-state cannot be used with --lines (each line starts afresh)".into(),

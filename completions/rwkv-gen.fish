@@ -5,6 +5,7 @@ complete -c rwkv-gen -l quant -d 'Quantize the large matrices at load (the head 
 nf4\t'4-bit normal float, blocks of 64 with an f32 scale (0.5625 bytes per weight)'"
 complete -c rwkv-gen -l quant-layers -d 'Quantize only the first N layers' -r
 complete -c rwkv-gen -l save-quantized -d 'Write the model quantized to PATH (once), then run from it; later runs load PATH directly, without --quant' -r -F
+complete -c rwkv-gen -l device -d 'Where to run: cpu, opencl[:PLATFORM[:DEVICE]] (see rwkv-gen --list-devices), or auto (a GPU when one is found, else the CPU)' -r
 complete -c rwkv-gen -s p -l prompt -d 'Prompt text (instead of stdin)' -r
 complete -c rwkv-gen -s f -l prompt-file -d 'Read the prompt from a file (instead of stdin)' -r -F
 complete -c rwkv-gen -s n -l max-tokens -d 'Most tokens to generate per prompt' -r
@@ -28,5 +29,6 @@ complete -c rwkv-gen -l ignore-eos -d 'Do not stop at token 0 (end of text)'
 complete -c rwkv-gen -l echo -d 'Print the prompt before the answer'
 complete -c rwkv-gen -s v -l verbose -d 'Load time and prompt / generation speed on stderr'
 complete -c rwkv-gen -l force -d 'Use --state even when it was made with other weights of the same shape'
+complete -c rwkv-gen -l list-devices -d 'Print the OpenCL platforms and devices (for --device) and exit'
 complete -c rwkv-gen -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c rwkv-gen -s V -l version -d 'Print version'

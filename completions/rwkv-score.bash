@@ -23,7 +23,7 @@ _rwkv__score() {
 
     case "${cmd}" in
         rwkv__score)
-            opts="-m -q -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --lines --jsonl --per-token --top-logprobs --no-bos --state --force --summary --view --color --tokenize --merge --chunk --quiet --help --version"
+            opts="-m -q -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --device --lines --jsonl --per-token --top-logprobs --no-bos --state --force --summary --view --color --tokenize --merge --chunk --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -54,6 +54,10 @@ _rwkv__score() {
                     return 0
                     ;;
                 --save-quantized)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --device)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

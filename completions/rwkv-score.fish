@@ -5,6 +5,7 @@ complete -c rwkv-score -l quant -d 'Quantize the large matrices at load (the hea
 nf4\t'4-bit normal float, blocks of 64 with an f32 scale (0.5625 bytes per weight)'"
 complete -c rwkv-score -l quant-layers -d 'Quantize only the first N layers' -r
 complete -c rwkv-score -l save-quantized -d 'Write the model quantized to PATH (once), then run from it; later runs load PATH directly, without --quant' -r -F
+complete -c rwkv-score -l device -d 'Where to run: cpu, opencl[:PLATFORM[:DEVICE]] (see rwkv-gen --list-devices), or auto (a GPU when one is found, else the CPU)' -r
 complete -c rwkv-score -l top-logprobs -d 'With --per-token: the K most likely alternatives at each position' -r
 complete -c rwkv-score -l state -d 'Start every document from this state file or state-tuning file' -r -F
 complete -c rwkv-score -l color -d 'Colors for --view [auto: when stdout is a terminal and NO_COLOR is unset]' -r -f -a "auto\t''

@@ -81,7 +81,7 @@ _rwkv__state() {
             return 0
             ;;
         rwkv__subcmd__state__subcmd__feed)
-            opts="-m -p -f -o -h --model --tokenizer --threads --quant --quant-layers --save-quantized --state --force --text --file --ids --output --help"
+            opts="-m -p -f -o -h --model --tokenizer --threads --quant --quant-layers --save-quantized --device --state --force --text --file --ids --output --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -112,6 +112,10 @@ _rwkv__state() {
                     return 0
                     ;;
                 --save-quantized)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --device)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -38,6 +38,7 @@ complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant -d 
 nf4\t'4-bit normal float, blocks of 64 with an f32 scale (0.5625 bytes per weight)'"
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant-layers -d 'Quantize only the first N layers' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l save-quantized -d 'Write the model quantized to PATH (once), then run from it; later runs load PATH directly, without --quant' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l device -d 'Where to run: cpu, opencl[:PLATFORM[:DEVICE]] (see rwkv-gen --list-devices), or auto (a GPU when one is found, else the CPU)' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l state -d 'Start from this state (`-` reads it from stdin; then the text comes from -p or -f)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s p -l text -d 'Text to feed (instead of stdin)' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s f -l file -d 'Feed this file\'s contents (instead of stdin)' -r -F

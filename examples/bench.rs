@@ -38,6 +38,10 @@ struct Args {
     gen: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Where to run the model: cpu, opencl[:P[:D]] or auto (build with --features opencl
+    /// for a GPU: `cargo run --release --features opencl --example bench -- --device opencl`)
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Skip the kernel and tokenizer sections
     #[arg(long)]
     model_only: bool,
@@ -101,7 +105,8 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
         quant: quant_of(format),
         quant_layers: None,
     };
-    let m = Model::load_with(path, opts).unwrap();
+    let mut m = Model::load_with(path, opts).unwrap();
+    m.use_device(args.device.parse().unwrap()).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     let v = m.cfg.vocab as u32;
     let prompt: Vec<u32> = (0..args.prompt as u32)
@@ -237,7 +242,8 @@ fn main() {
         "memory bandwidth: {bw:.1} GB/s ({} threads reading 1 GiB)\n",
         args.threads
     );
-    println!("format   gen tok/s   limit   of limit   prompt tok/s   peak RSS    load");
+    println!("device: {}", args.device);
+    println!("format   gen tok/s   limit   of limit   prompt tok/s   peak RSS    load   achieved");
     let me = std::env::current_exe().unwrap();
     for f in args.formats.split(',') {
         let out = Command::new(&me)
@@ -249,7 +255,13 @@ fn main() {
                 "--gen",
                 &args.gen.to_string(),
             ])
-            .args(["--threads", &args.threads.to_string(), "--model"])
+            .args([
+                "--threads",
+                &args.threads.to_string(),
+                "--device",
+                &args.device,
+                "--model",
+            ])
             .arg(&path)
             .output()
             .unwrap();
@@ -260,8 +272,9 @@ fn main() {
         };
         let gen = r["gen_tps"].as_f64().unwrap();
         let limit = bw * 1e9 / (r["read_weights"].as_f64().unwrap() * bytes_per_weight(f));
+        let achieved = gen * r["read_weights"].as_f64().unwrap() * bytes_per_weight(f) / 1e9;
         println!(
-            "{f:<6} {gen:>11.2} {limit:>7.2} {:>9.0}% {:>14.1} {:>8.2} GB {:>6.1} s",
+            "{f:<6} {gen:>11.2} {limit:>7.2} {:>9.0}% {:>14.1} {:>8.2} GB {:>6.1} s {achieved:>6.1} GB/s",
             100.0 * gen / limit,
             r["prompt_tps"].as_f64().unwrap(),
             r["peak_rss"].as_f64().unwrap() / 1e9,

@@ -52,6 +52,10 @@ pub enum Error {
     #[error("{0}")]
     StateMismatch(String),
 
+    /// A compute device that cannot be used (none found, not built in, kernel failure).
+    #[error("{0}")]
+    Device(String),
+
     /// A value the caller passed that cannot be used (token id out of range, ...).
     #[error("{0}")]
     Invalid(String),

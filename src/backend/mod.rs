@@ -4,6 +4,7 @@
 //! path or another device slots in here without touching the model.
 
 pub mod cpu;
+pub mod opencl;
 
 use crate::tensor::Matrix;
 

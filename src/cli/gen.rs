@@ -122,6 +122,10 @@ pub struct Args {
     /// After generating, write the state (prompt and answer fed) here; may be the --state file
     #[arg(long, value_name = "PATH")]
     pub save_state: Option<PathBuf>,
+
+    /// Print the OpenCL platforms and devices (for --device) and exit
+    #[arg(long)]
+    pub list_devices: bool,
 }
 
 impl Args {

@@ -8,6 +8,7 @@ pub mod score;
 pub mod signal;
 pub mod state;
 
+use crate::backend::opencl::DeviceSpec;
 use crate::error::Error;
 use crate::model::quant_file::quantize_file;
 use crate::model::{LoadOptions, Model, Quant};
@@ -64,6 +65,11 @@ pub struct ModelArgs {
     /// directly, without --quant
     #[arg(long, value_name = "PATH", requires = "quant")]
     pub save_quantized: Option<PathBuf>,
+
+    /// Where to run: cpu, opencl[:PLATFORM[:DEVICE]] (see rwkv-gen --list-devices), or auto
+    /// (a GPU when one is found, else the CPU)
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 /// `--quant` values.
@@ -101,13 +107,17 @@ impl ModelArgs {
         let quant = self.quant.map(Quant::from);
         if let (Some(dst), Some(q)) = (&self.save_quantized, quant) {
             quantize_file(path, dst, q, self.quant_layers)?;
-            return Ok(Model::load(dst)?);
+            let mut model = Model::load(dst)?;
+            model.use_device(self.device)?;
+            return Ok(model);
         }
         let opts = LoadOptions {
             quant,
             quant_layers: self.quant_layers,
         };
-        Ok(Model::load_with(path, opts)?)
+        let mut model = Model::load_with(path, opts)?;
+        model.use_device(self.device)?;
+        Ok(model)
     }
 
     /// `--tokenizer`, or the default for a model of vocab `vocab`.

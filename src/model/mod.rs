@@ -10,6 +10,7 @@ pub mod pth;
 pub mod quant_file;
 pub mod v6;
 
+use crate::backend::opencl::{DeviceSpec, Ocl, OclModel};
 use crate::backend::{cpu::Cpu, Backend};
 use crate::error::{Error, Result};
 use crate::state::State;
@@ -66,6 +67,8 @@ pub struct Model {
     /// Identifies the weights, not the file: see [`Model::fingerprint`].
     fingerprint: String,
     backend: Box<dyn Backend>,
+    /// The weights on an OpenCL device, when the model runs there.
+    device: Option<OclModel>,
 }
 
 /// How to load a model.
@@ -99,7 +102,25 @@ impl Model {
             weights,
             fingerprint,
             backend: Box::new(Cpu),
+            device: None,
         })
+    }
+
+    /// Run on `spec`'s device: upload the weights once (`auto` without a GPU, and `cpu`,
+    /// keep the CPU). Returns the device's name when one is used.
+    pub fn use_device(&mut self, spec: DeviceSpec) -> Result<Option<String>> {
+        self.device = None;
+        match Ocl::open(spec)? {
+            None => Ok(None),
+            Some(ocl) => {
+                #[cfg(feature = "opencl")]
+                let name = Some(ocl.name.clone());
+                #[cfg(not(feature = "opencl"))]
+                let name = None;
+                self.device = Some(OclModel::upload(ocl, &self.weights)?);
+                Ok(name)
+            }
+        }
     }
 
     /// 16 hex digits identifying the weights: a hash of the shape and of the per-channel
@@ -132,6 +153,9 @@ impl Model {
             return Err(Error::StateMismatch(
                 "the state's shape does not fit this model".into(),
             ));
+        }
+        if let Some(dev) = &self.device {
+            return dev.forward(&self.weights, &self.cfg, tokens, state, want);
         }
         Ok(self
             .weights

@@ -14,8 +14,10 @@ use crate::state::{LayerState, State};
 use crate::tensor::quant::{self, Quant};
 use crate::tensor::{DType, Matrix};
 
-const LN_EPS: f32 = 1e-5;
-const GN_EPS: f32 = 64e-5;
+/// LayerNorm epsilon.
+pub const LN_EPS: f32 = 1e-5;
+/// GroupNorm (ln_x) epsilon.
+pub const GN_EPS: f32 = 64e-5;
 
 /// Time mix (attention) weights of one layer.
 pub struct Att {
@@ -334,7 +336,7 @@ fn sigmoid(x: f32) -> f32 {
 
 impl Weights {
     /// Embedding rows of `tokens` with ln0 applied: `[T, D]`.
-    fn embed(&self, be: &dyn Backend, tokens: &[u32]) -> Vec<f32> {
+    pub fn embed(&self, be: &dyn Backend, tokens: &[u32]) -> Vec<f32> {
         let d = self.emb.cols;
         let mut x = vec![0.0; tokens.len() * d];
         for (row, &tok) in x.chunks_mut(d).zip(tokens) {

@@ -1,0 +1,137 @@
+//! OpenCL: device selection, and the forward pass on a device when the cargo feature
+//! `opencl` is on. Without it the same names exist and say so, so callers need no `cfg`.
+
+#[cfg(feature = "opencl")]
+mod imp;
+#[cfg(feature = "opencl")]
+pub use imp::{list_devices, ops, Ocl, OclModel};
+
+/// Where to run: `cpu`, `opencl[:PLATFORM[:DEVICE]]` or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    OpenCl {
+        platform: Option<usize>,
+        device: Option<usize>,
+    },
+    /// A GPU when one is found, else the CPU.
+    Auto,
+}
+
+/// A parsed `--device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub pick: Device,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<DeviceSpec, String> {
+        let num = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("`{v}` is not a platform or device number"))
+        };
+        let pick = match s.split(':').collect::<Vec<_>>()[..] {
+            ["cpu"] => Device::Cpu,
+            ["auto"] => Device::Auto,
+            ["opencl"] => Device::OpenCl {
+                platform: None,
+                device: None,
+            },
+            ["opencl", p] => Device::OpenCl {
+                platform: Some(num(p)?),
+                device: None,
+            },
+            ["opencl", p, d] => Device::OpenCl {
+                platform: Some(num(p)?),
+                device: Some(num(d)?),
+            },
+            _ => {
+                return Err(format!(
+                    "`{s}` is not cpu, auto or opencl[:PLATFORM[:DEVICE]]"
+                ))
+            }
+        };
+        Ok(DeviceSpec { pick })
+    }
+}
+
+#[cfg(not(feature = "opencl"))]
+mod stub {
+    use super::*;
+    use crate::error::{Error, Result};
+
+    fn not_built() -> Error {
+        Error::Device(
+            "this build has no OpenCL support: rebuild with `--features opencl` (README)".into(),
+        )
+    }
+
+    pub fn list_devices() -> Result<Vec<String>> {
+        Err(not_built())
+    }
+
+    /// Never made without the feature.
+    pub enum Ocl {}
+
+    impl Ocl {
+        /// `auto` falls back to the CPU; an explicit `opencl` is an error.
+        pub fn open(spec: DeviceSpec) -> Result<Option<Ocl>> {
+            match spec.pick {
+                Device::Cpu | Device::Auto => Ok(None),
+                Device::OpenCl { .. } => Err(not_built()),
+            }
+        }
+    }
+
+    /// Never made without the feature.
+    pub enum OclModel {}
+
+    impl OclModel {
+        pub fn upload(o: Ocl, _: &crate::model::v6::Weights) -> Result<OclModel> {
+            match o {}
+        }
+
+        pub fn forward(
+            &self,
+            _: &crate::model::v6::Weights,
+            _: &crate::model::Config,
+            _: &[u32],
+            _: &mut crate::State,
+            _: crate::Logits,
+        ) -> Result<Vec<f32>> {
+            match *self {}
+        }
+    }
+}
+#[cfg(not(feature = "opencl"))]
+pub use stub::{list_devices, Ocl, OclModel};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse() {
+        let p = |s: &str| s.parse::<DeviceSpec>().map(|d| d.pick);
+        assert_eq!(p("cpu"), Ok(Device::Cpu));
+        assert_eq!(p("auto"), Ok(Device::Auto));
+        assert_eq!(
+            p("opencl"),
+            Ok(Device::OpenCl {
+                platform: None,
+                device: None
+            })
+        );
+        assert_eq!(
+            p("opencl:1:2"),
+            Ok(Device::OpenCl {
+                platform: Some(1),
+                device: Some(2)
+            })
+        );
+        assert!(p("opencl:x").is_err());
+        assert!(p("gpu").is_err());
+    }
+}
