@@ -400,3 +400,15 @@ fn ctrl_c_flushes_and_exits_130() {
     assert_eq!(last["finish_reason"], "interrupted");
     assert_eq!(last["tokens"].as_u64().unwrap() as usize, records.len() - 1);
 }
+
+/// Without the opencl feature, asking for OpenCL says how to get it; auto runs on the CPU.
+#[cfg(not(feature = "opencl"))]
+#[test]
+fn opencl_without_the_feature_is_explained() {
+    let r = gen(&["-p", "x", "-n", "2", "--device", "opencl"], b"");
+    assert_fails(&r, 1, &["no OpenCL support", "--features opencl"]);
+    let r = gen(&["-p", "x", "-n", "2", "--device", "auto"], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run("rwkv-gen", &["--list-devices"], b"");
+    assert_fails(&r, 1, &["no OpenCL support"]);
+}

@@ -149,6 +149,52 @@ fn norms_wkv_shift_and_activations_match_the_cpu() {
     }
 }
 
+#[test]
+fn the_other_elementwise_kernels_match_the_cpu() {
+    let o = device();
+    let (t, d) = (3, 16);
+    let (a, b, c) = (vals(t * d, 20), vals(t * d, 21), vals(d, 22));
+    let run = |name: &str, n: usize, bufs: &[&[f32]], ints: &[i32]| {
+        ops::elementwise(&o, name, n, bufs, ints).unwrap()
+    };
+    let out = run("act_decay", t * d, &[&a, &c], &[d as i32]);
+    let want: Vec<f32> = a
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (-(c[i % d] + w).exp()).exp())
+        .collect();
+    close("act_decay", &out[0], &want, 1e-5);
+    let out = run("mul_into", t * d, &[&a, &b], &[]);
+    close(
+        "mul_into",
+        &out[0],
+        &a.iter().zip(&b).map(|(x, y)| x * y).collect::<Vec<_>>(),
+        1e-6,
+    );
+    let out = run("add_into", t * d, &[&a, &b], &[]);
+    close(
+        "add_into",
+        &out[0],
+        &a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<_>>(),
+        1e-6,
+    );
+    let x0 = vals(t * d, 23);
+    let out = run("ffn_out", t * d, &[&x0, &a, &b], &[]);
+    let want: Vec<f32> = (0..t * d)
+        .map(|i| x0[i] + b[i] / (1.0 + (-a[i]).exp()))
+        .collect();
+    close("ffn_out", &out[0], &want, 1e-5);
+    let dst = vec![0.0; t * 4];
+    let out = run("take_cols", t * 4, &[&a, &dst], &[d as i32, 5, 4]);
+    let want: Vec<f32> = (0..t)
+        .flat_map(|r| a[r * d + 5..r * d + 9].to_vec())
+        .collect();
+    assert_eq!(out[1], want);
+    let dst = vec![0.0; d];
+    let out = run("copy_range", d, &[&a, &dst], &[d as i32]);
+    assert_eq!(out[1], a[d..2 * d]);
+}
+
 /// Whole models on the device against the golden files, both modes, and the state read
 /// back through the host.
 #[test]
@@ -156,7 +202,14 @@ fn models_match_the_golden_on_the_device() {
     for (file, stem) in [
         ("tiny-rwkv6-1m.safetensors", "tiny-rwkv6-1m"),
         ("shakespeare-rwkv6.safetensors", "shakespeare-rwkv6"),
+        ("shakespeare-rwkv6.pth", "shakespeare-rwkv6"),
+        ("rand-rwkv6-d256-bf16.safetensors", "rand-rwkv6-d256-bf16"),
         ("rand-rwkv6-d256-bf16.pth", "rand-rwkv6-d256-bf16"),
+        ("rand-rwkv6-d256-fp16.safetensors", "rand-rwkv6-d256-fp16"),
+        (
+            "rand-rwkv6-d256-fp16.hf.safetensors",
+            "rand-rwkv6-d256-fp16",
+        ),
         ("rand-rwkv6-d256-fp16.ai00.st", "rand-rwkv6-d256-fp16"),
         (
             "rand-rwkv6-world-d64-bf16.safetensors",
@@ -185,11 +238,17 @@ fn models_match_the_golden_on_the_device() {
         }
         st.sync();
         for (l, ls) in st.layers().iter().enumerate() {
-            close_to(
-                &format!("state {l} wkv"),
-                &ls.wkv,
-                &g.state[&format!("state.{l}.wkv")],
-            );
+            for (name, v) in [
+                ("att_shift", &ls.att_shift),
+                ("wkv", &ls.wkv),
+                ("ffn_shift", &ls.ffn_shift),
+            ] {
+                close_to(
+                    &format!("state {l} {name}"),
+                    v,
+                    &g.state[&format!("state.{l}.{name}")],
+                );
+            }
         }
         let mut st = m.new_state();
         let seq = m.forward(&g.tokens, &mut st, Logits::Last).unwrap();
@@ -240,4 +299,34 @@ fn auto_falls_back_and_bad_devices_are_named() {
     assert_fails(&r, 1, &["no OpenCL platform 7"]);
     let r = run("rwkv-gen", &["-m", &m, "--device", "gpu", "-p", "x"], b"");
     assert_fails(&r, 2, &["gpu"]);
+}
+
+/// The golden run from the state-tuning state, on the device: the imported state is
+/// uploaded, advanced there, and read back.
+#[test]
+fn tuned_state_golden_on_the_device() {
+    let g = golden("rand-rwkv6-d256-fp16.state");
+    let path = model_path("rand-rwkv6-d256-fp16.safetensors");
+    let mut m = Model::load(&path).unwrap();
+    m.use_device("opencl".parse().unwrap()).unwrap();
+    let start =
+        rwkv::state_file::import_tuning(&model_path("rand-rwkv6-d256-fp16.state.pth"), &m.cfg)
+            .unwrap();
+    let mut st = start.clone();
+    let seq = m.forward(&g.tokens, &mut st, Logits::Last).unwrap();
+    let scale = g.seq_logits.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let err = seq
+        .iter()
+        .zip(&g.seq_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err <= 1e-3 * scale.max(1.0), "{err}");
+    // A copy of a device state is current: it equals the CPU's state after the same run.
+    let copy = st.clone();
+    let cpu = Model::load(&path).unwrap();
+    let mut st_cpu = start;
+    cpu.forward(&g.tokens, &mut st_cpu, Logits::None).unwrap();
+    for (a, b) in copy.layers().iter().zip(st_cpu.layers()) {
+        close("copied wkv", &a.wkv, &b.wkv, 1e-3);
+    }
 }

@@ -670,6 +670,25 @@ pub mod ops {
         ))
     }
 
+    /// Run element-wise kernel `name` over `n` items with float arrays `bufs` (uploaded in
+    /// order, then integer arguments `ints`); returns every array as it is afterwards.
+    pub fn elementwise(
+        o: &Ocl,
+        name: &str,
+        n: usize,
+        bufs: &[&[f32]],
+        ints: &[i32],
+    ) -> Result<Vec<Vec<f32>>> {
+        let dev: Vec<Buffer<f32>> = bufs.iter().map(|b| o.buf(b)).collect::<Result<_>>()?;
+        let mut args: Vec<Arg> = dev.iter().map(Arg::F).collect();
+        args.extend(ints.iter().map(|&i| Arg::I(i)));
+        o.elementwise(name, n, &args)?;
+        dev.iter()
+            .zip(bufs)
+            .map(|(d, b)| o.read(d, b.len()))
+            .collect()
+    }
+
     /// One element-wise kernel (`act_tanh`, `act_silu`, `act_relu_sq`) on `x`.
     pub fn activation(o: &Ocl, name: &str, x: &[f32]) -> Result<Vec<f32>> {
         let b = o.buf(x)?;
