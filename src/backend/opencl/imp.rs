@@ -59,6 +59,9 @@ pub struct Ocl {
     pub name: String,
     queue: Queue,
     program: Program,
+    /// Kernel objects made on first use; each launch sets its arguments and enqueues under
+    /// the lock, so threads sharing the device do not mix their arguments.
+    kernels: std::sync::Mutex<std::collections::HashMap<String, Kernel>>,
 }
 
 /// A kernel argument.
@@ -124,6 +127,7 @@ impl Ocl {
             name,
             queue,
             program,
+            kernels: Default::default(),
         })
     }
 
@@ -138,11 +142,11 @@ impl Ocl {
         }
     }
 
-    fn zeros(&self, n: usize) -> Result<Buffer<f32>> {
+    /// A buffer of `n` floats that a kernel will fill completely (not initialised).
+    fn scratch(&self, n: usize) -> Result<Buffer<f32>> {
         Buffer::<f32>::builder()
             .queue(self.queue.clone())
             .len(n.max(1))
-            .fill_val(0.0)
             .build()
             .map_err(cl)
     }
@@ -169,39 +173,55 @@ impl Ocl {
         local: Option<usize>,
         args: &[Arg],
     ) -> Result<()> {
-        let mut k = Kernel::builder();
-        k.program(&self.program)
-            .name(name)
-            .queue(self.queue.clone());
-        if global[1] > 1 {
-            k.global_work_size([global[0], global[1]]);
-            if let Some(l) = local {
-                k.local_work_size([l, 1]);
+        let mut cache = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if !cache.contains_key(name) {
+            let mut k = Kernel::builder();
+            k.program(&self.program)
+                .name(name)
+                .queue(self.queue.clone());
+            for a in args {
+                match a {
+                    Arg::F(b) => k.arg(*b),
+                    Arg::U(b) => k.arg(*b),
+                    Arg::I(i) => k.arg(*i),
+                    Arg::R(f) => k.arg(*f),
+                };
+            }
+            cache.insert(name.to_string(), k.build().map_err(cl)?);
+        }
+        let kernel = &cache[name];
+        for (i, a) in args.iter().enumerate() {
+            match a {
+                Arg::F(b) => kernel.set_arg(i, *b),
+                Arg::U(b) => kernel.set_arg(i, *b),
+                Arg::I(v) => kernel.set_arg(i, *v),
+                Arg::R(v) => kernel.set_arg(i, *v),
+            }
+            .map_err(cl)?;
+        }
+        let cmd = kernel.cmd();
+        let cmd = if global[1] > 1 {
+            let c = cmd.global_work_size([global[0], global[1]]);
+            match local {
+                Some(l) => c.local_work_size([l, 1]),
+                None => c,
             }
         } else {
-            k.global_work_size(global[0]);
-            if let Some(l) = local {
-                k.local_work_size(l);
+            let c = cmd.global_work_size(global[0]);
+            match local {
+                Some(l) => c.local_work_size(l),
+                None => c,
             }
-        }
-        for a in args {
-            match a {
-                Arg::F(b) => k.arg(*b),
-                Arg::U(b) => k.arg(*b),
-                Arg::I(i) => k.arg(*i),
-                Arg::R(f) => k.arg(*f),
-            };
-        }
-        let kernel = k.build().map_err(cl)?;
+        };
         // SAFETY: every buffer argument holds at least the elements the kernel's global size
         // reaches (sized by the callers below from the same shapes).
-        unsafe { kernel.enq().map_err(cl) }
+        unsafe { cmd.enq().map_err(cl) }
     }
 
     // ---- operations on device buffers ----
 
     fn matmul(&self, w: &DevMatrix, x: &Buffer<f32>, t: usize) -> Result<Buffer<f32>> {
-        let y = self.zeros(t * w.rows)?;
+        let y = self.scratch(t * w.rows)?;
         let args = [
             Arg::U(&w.data),
             Arg::F(&w.scales),
@@ -241,7 +261,7 @@ impl Ocl {
     }
 
     fn copy(&self, src: &Buffer<f32>, off: usize, n: usize) -> Result<Buffer<f32>> {
-        let dst = self.zeros(n)?;
+        let dst = self.scratch(n)?;
         self.elementwise(
             "copy_range",
             n,
@@ -258,7 +278,7 @@ impl Ocl {
         t: usize,
         d: usize,
     ) -> Result<Buffer<f32>> {
-        let sx = self.zeros(t * d)?;
+        let sx = self.scratch(t * d)?;
         self.elementwise(
             "shift_diff",
             t * d,
@@ -286,7 +306,7 @@ impl Ocl {
         t: usize,
         d: usize,
     ) -> Result<Buffer<f32>> {
-        let out = self.zeros(t * d)?;
+        let out = self.scratch(t * d)?;
         let (dl, has) = match delta {
             Some(b) => (b, 1),
             None => (sx, 0),
@@ -525,7 +545,7 @@ impl OclModel {
         o.elementwise("act_tanh", t * 5 * m, &[Arg::F(&lo)])?;
         let mut mixed = Vec::with_capacity(5);
         for j in 0..5 {
-            let part = o.zeros(t * m)?;
+            let part = o.scratch(t * m)?;
             let args = [
                 Arg::F(&lo),
                 Arg::F(&part),
@@ -551,7 +571,7 @@ impl OclModel {
             n,
             &[Arg::F(&w), Arg::F(&l.decay), Arg::I(d as i32)],
         )?;
-        let out = o.zeros(n)?;
+        let out = o.scratch(n)?;
         let args = [
             Arg::F(&r),
             Arg::F(&k),
@@ -631,7 +651,7 @@ pub mod ops {
         let d = u.len();
         let t = r.len() / d;
         let st = o.buf(state)?;
-        let out = o.zeros(r.len())?;
+        let out = o.scratch(r.len())?;
         let (rb, kb, vb, wb, ub) = (o.buf(r)?, o.buf(k)?, o.buf(v)?, o.buf(w)?, o.buf(u)?);
         let args = [
             Arg::F(&rb),
