@@ -253,6 +253,14 @@ fn models_match_the_golden_on_the_device() {
         let mut st = m.new_state();
         let seq = m.forward(&g.tokens, &mut st, Logits::Last).unwrap();
         close_to("sequence", &seq, &g.seq_logits);
+        let copy = st.clone(); // read through the host without disturbing the device copy
+        for (l, ls) in copy.layers().iter().enumerate() {
+            close_to(
+                &format!("sequence state {l} wkv"),
+                &ls.wkv,
+                &g.state[&format!("state.{l}.wkv")],
+            );
+        }
     }
 }
 
