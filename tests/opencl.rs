@@ -338,3 +338,60 @@ fn tuned_state_golden_on_the_device() {
         close("copied wkv", &a.wkv, &b.wkv, 1e-3);
     }
 }
+
+/// States fed on the device are written through the host; scores on the device (documents
+/// in parallel on one queue) equal the CPU's.
+#[test]
+fn state_files_and_scores_from_the_device_equal_the_cpus() {
+    let m = model_arg("shakespeare-rwkv6.safetensors");
+    let dir = temp_dir("opencl-tools");
+    let (cpu_st, dev_st) = (dir.join("cpu.state"), dir.join("dev.state"));
+    let text = b"ROMEO:\nWhat light through yonder window breaks?";
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &m, "-o", cpu_st.to_str().unwrap()],
+        text,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(
+        "rwkv-state",
+        &[
+            "feed",
+            "-m",
+            &m,
+            "--device",
+            "opencl",
+            "-o",
+            dev_st.to_str().unwrap(),
+        ],
+        text,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(
+        "rwkv-state",
+        &[
+            "diff",
+            cpu_st.to_str().unwrap(),
+            dev_st.to_str().unwrap(),
+            "--json",
+        ],
+        b"",
+    );
+    for row in r.json() {
+        assert!(row["max_abs_diff"].as_f64().unwrap() < 2e-3, "{row}");
+    }
+    let lines = b"ROMEO:\nJULIET:\nWhat light through yonder window breaks?\nIt is the east.\n";
+    let cpu = run("rwkv-score", &["-m", &m, "-q", "--lines"], lines).json();
+    let dev = run(
+        "rwkv-score",
+        &["-m", &m, "-q", "--lines", "--device", "opencl"],
+        lines,
+    )
+    .json();
+    assert_eq!(cpu.len(), 4);
+    for (a, b) in cpu.iter().zip(&dev) {
+        assert_eq!(a["tokens"], b["tokens"]);
+        let (x, y) = (a["nll"].as_f64().unwrap(), b["nll"].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-3 * x.abs().max(1.0), "{x} vs {y}");
+    }
+}
