@@ -58,13 +58,9 @@ fn quant_of(f: &str) -> Option<Quant> {
     }
 }
 
-/// Bytes per weight read per token, as the issue counts them.
+/// Bytes per weight read per token: 2 for bf16, else the quantized format's.
 fn bytes_per_weight(f: &str) -> f64 {
-    match f {
-        "int8" => 1.0625,
-        "nf4" => 0.5625,
-        _ => 2.0,
-    }
+    quant_of(f).map_or(2.0, Quant::bytes_per_weight)
 }
 
 fn peak_rss_bytes() -> u64 {

@@ -147,10 +147,6 @@ impl World {
     pub fn max_token_len(&self) -> usize {
         self.tokens.iter().map(Vec::len).max().unwrap_or(1)
     }
-
-    pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
-    }
 }
 
 /// Bytes of a Python `str` (`'..'`, `".."`) or `bytes` (`b'..'`) literal. In a `str`,
