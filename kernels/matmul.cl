@@ -51,10 +51,12 @@ void matmul_q8(__global const uchar *w, __global const float *scales,
     MATMUL_BODY((float)wq[row0 + c] * scales[(size_t)r * nb + c / 64])
 }
 
+// The code book, NF4_I8 / 127 in src/tensor/quant.rs.
 __constant float NF4[16] = {
-    -1.0f, -0.6961928f, -0.52507305f, -0.3949175f, -0.28444138f, -0.18477343f,
-    -0.091050036f, 0.0f, 0.0795803f, 0.1609302f, 0.2461123f, 0.33791524f,
-    0.44070983f, 0.562617f, 0.72295684f, 1.0f};
+    -127.0f / 127.0f, -88.0f / 127.0f, -67.0f / 127.0f, -50.0f / 127.0f,
+    -36.0f / 127.0f,  -23.0f / 127.0f, -12.0f / 127.0f, 0.0f,
+    10.0f / 127.0f,   20.0f / 127.0f,  31.0f / 127.0f,  43.0f / 127.0f,
+    56.0f / 127.0f,   71.0f / 127.0f,  92.0f / 127.0f,  127.0f / 127.0f};
 
 inline float nf4_at(const __global uchar *p, const __global float *scales, int r, int cols,
                     int c) {

@@ -4,12 +4,17 @@
 //! Threads split output rows (matmul) or heads (wkv); every output element is computed by
 //! one thread in a fixed order, so results do not depend on the thread count.
 
+pub mod qdot;
 pub mod simd;
 
 use super::Backend;
+use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::{Data, Matrix};
+use qdot::{QActs, QRow};
 use rayon::prelude::*;
 pub use simd::Isa;
+use std::cell::RefCell;
+use std::thread::LocalKey;
 use wide::f32x8;
 
 /// The CPU backend.
@@ -23,6 +28,25 @@ const ROWS_PER_TASK: usize = 16;
 /// Tokens multiplied against a task's rows at a time: 64 tokens of width 2048 are 512 KiB
 /// of activations, which stay in L2 while every row group passes over them.
 const TOKENS_PER_BLOCK: usize = 64;
+
+thread_local! {
+    /// Activations rounded to integers for the quantized matrix being multiplied.
+    static ACTS: RefCell<QActs> = RefCell::default();
+    /// Weight rows converted to f32 (the sequence path, and the portable one-token path).
+    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on this thread's reusable `key`, so that no token allocates; on a fresh value
+/// if `key` is already in use further up this thread's stack.
+fn with_scratch<T: Default + 'static, R>(
+    key: &'static LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut T::default()),
+    })
+}
 
 /// A pointer that may be shared between threads writing disjoint elements.
 #[derive(Clone, Copy)]
@@ -210,15 +234,6 @@ fn dot_row(isa: Isa, w: &Matrix, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
                 (Data::F32(b), Isa::Avx512) => return dot_f32_avx512(&b[range], x),
                 (Data::BF16(b), Isa::Avx512) => return dot_bf16_avx512(&b[range], x),
                 (Data::F16(b), Isa::Avx512) => return dot_f16_avx512(&b[range], x),
-                (Data::Q8(q), Isa::Avx512) => {
-                    let nb = w.cols / crate::tensor::quant::BLOCK;
-                    return dot_q8_avx512(&q.qs[range], &q.scales[r * nb..(r + 1) * nb], x);
-                }
-                (Data::Nf4(q), Isa::Avx512) => {
-                    let nb = w.cols / crate::tensor::quant::BLOCK;
-                    let half = r * w.cols / 2..(r + 1) * w.cols / 2;
-                    return dot_nf4_avx512(&q.packed[half], &q.scales[r * nb..(r + 1) * nb], x);
-                }
                 (Data::F32(b), Isa::Avx2) => return dot_f32_avx2(&b[range], x),
                 (Data::BF16(b), Isa::Avx2) => return dot_bf16_avx2(&b[range], x),
                 (Data::F16(b), Isa::Avx2) => return dot_f16_avx2(&b[range], x),
@@ -229,8 +244,8 @@ fn dot_row(isa: Isa, w: &Matrix, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
     match &w.data {
         Data::F32(b) => dot_f32(isa, &b[range], x),
         _ => {
-            // Quantized rows (and every row on the portable path): dequantize into L1, then
-            // the same f32 dot as the sequence path's tiles use.
+            // The portable path: convert into L1, then the same f32 dot as the sequence
+            // path's tiles use.
             w.row_f32(r, buf);
             dot_f32(isa, buf, x)
         }
@@ -289,17 +304,33 @@ fn matmul_rows(
 ) {
     let (out, inp) = (w.rows, w.cols);
     if t < 4 {
-        let mut buf = vec![0.0f32; inp];
-        for o in rows {
-            prefetch_row(w, o + 2);
-            for ti in 0..t {
-                let v = dot_row(isa, w, o, &x[ti * inp..(ti + 1) * inp], &mut buf);
-                // SAFETY: element (ti, o) is written by the task owning row o only.
-                unsafe { y.write(ti * out + o, v) };
+        with_scratch(&ROWS, |buf| {
+            buf.resize(inp, 0.0);
+            for o in rows {
+                prefetch_row(w, o + 2);
+                for ti in 0..t {
+                    let v = dot_row(isa, w, o, &x[ti * inp..(ti + 1) * inp], buf);
+                    // SAFETY: element (ti, o) is written by the task owning row o only.
+                    unsafe { y.write(ti * out + o, v) };
+                }
             }
-        }
+        });
         return;
     }
+    with_scratch(&ROWS, |conv| matmul_rows_tiled(isa, w, rows, x, t, y, conv));
+}
+
+/// The sequence path of [`matmul_rows`]; `conv` is scratch for rows converted to f32.
+fn matmul_rows_tiled(
+    isa: Isa,
+    w: &Matrix,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    t: usize,
+    y: SharedMut,
+    conv: &mut Vec<f32>,
+) {
+    let (out, inp) = (w.rows, w.cols);
     // All of the task's rows as f32 (the stored rows themselves when f32), then tokens in
     // blocks that stay in L2 while every row group passes over them.
     let n_rows = rows.len();
@@ -307,7 +338,6 @@ fn matmul_rows(
         Data::F32(b) => Some(&b[rows.start * inp..rows.end * inp]),
         _ => None,
     };
-    let mut conv = Vec::new();
     let all_rows: &[f32] = match f32_rows {
         Some(r) => r,
         None => {
@@ -315,7 +345,7 @@ fn matmul_rows(
             for (k, row) in conv.chunks_mut(inp).enumerate() {
                 w.row_f32(rows.start + k, row);
             }
-            &conv
+            conv
         }
     };
     let row = |k: usize| &all_rows[k * inp..(k + 1) * inp];
@@ -353,6 +383,84 @@ fn matmul_rows(
     }
 }
 
+/// Stored row `r` of an int8 or nf4 matrix.
+fn qrow(w: &Matrix, r: usize) -> QRow<'_> {
+    let nb = w.cols / BLOCK;
+    let scales = r * nb..(r + 1) * nb;
+    match &w.data {
+        Data::Q8(q) => QRow::Q8 {
+            qs: &q.qs[r * w.cols..(r + 1) * w.cols],
+            scales: &q.scales[scales],
+        },
+        Data::Nf4(q) => QRow::Nf4 {
+            packed: &q.packed[r * w.cols / 2..(r + 1) * w.cols / 2],
+            scales: &q.scales[scales],
+        },
+        _ => unreachable!("qrow: {:?} is not quantized", w.dtype()),
+    }
+}
+
+/// Rows `rows` of `y [t, out] = x [t, in] . W^T` for an int8 or nf4 `W`, with `x` already
+/// rounded ([`qdot`]): direct dots for up to three tokens, 4x4 tiles beyond.
+fn matmul_rows_quant(
+    isa: Isa,
+    w: &Matrix,
+    rows: std::ops::Range<usize>,
+    x: &QActs,
+    t: usize,
+    y: SharedMut,
+) {
+    let out = w.rows;
+    if t < 4 {
+        for o in rows {
+            prefetch_row(w, o + 2);
+            for ti in 0..t {
+                let v = qdot::dot(isa, qrow(w, o), x.token(ti));
+                // SAFETY: element (ti, o) is written by the task owning row o only.
+                unsafe { y.write(ti * out + o, v) };
+            }
+        }
+        return;
+    }
+    let n_rows = rows.len();
+    let mut acc = [[0.0f32; 4]; 4];
+    for t0 in (0..t).step_by(TOKENS_PER_BLOCK) {
+        let t1 = (t0 + TOKENS_PER_BLOCK).min(t);
+        for g in (0..n_rows).step_by(4) {
+            let n = (n_rows - g).min(4);
+            let wr: [QRow; 4] = std::array::from_fn(|k| qrow(w, rows.start + g + k.min(n - 1)));
+            let mut ti = t0;
+            while ti + 4 <= t1 {
+                qdot::tile4x4(isa, wr, std::array::from_fn(|j| x.token(ti + j)), &mut acc);
+                for (k, r) in acc.iter().enumerate().take(n) {
+                    for (j, v) in r.iter().enumerate() {
+                        // SAFETY: element (ti + j, row) is written by the task owning the row.
+                        unsafe { y.write((ti + j) * out + rows.start + g + k, *v) };
+                    }
+                }
+                ti += 4;
+            }
+            for tt in ti..t1 {
+                for (k, wrow) in wr.iter().enumerate().take(n) {
+                    let v = qdot::dot(isa, *wrow, x.token(tt));
+                    // SAFETY: as above.
+                    unsafe { y.write(tt * out + rows.start + g + k, v) };
+                }
+            }
+        }
+    }
+}
+
+/// The value of one unit of a quantized format's integer codes: int8 weights are `q * s`,
+/// nf4 weights `NF4_I8[i] / 127 * s`.
+fn code_unit(w: &Matrix) -> Option<f32> {
+    match w.data {
+        Data::Q8(_) => Some(1.0),
+        Data::Nf4(_) => Some(1.0 / NF4_I8[15] as f32),
+        _ => None,
+    }
+}
+
 /// [`Backend::matmul`] on a chosen instruction set (tests and benchmarks compare them).
 pub fn matmul_with(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
     let out = w.rows;
@@ -364,10 +472,32 @@ pub fn matmul_with(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
     );
     let yp = SharedMut(y.as_mut_ptr());
     let tasks = out.div_ceil(ROWS_PER_TASK);
-    (0..tasks).into_par_iter().for_each(|task| {
-        let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(out);
-        matmul_rows(isa, w, rows, x, t, yp);
-    });
+    let task_rows = |task: usize| task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(out);
+    match code_unit(w) {
+        Some(unit) => with_scratch(&ACTS, |acts| {
+            acts.quantize(x, w.cols, unit);
+            let acts = &*acts;
+            (0..tasks).into_par_iter().for_each(|task| {
+                matmul_rows_quant(isa, w, task_rows(task), acts, t, yp);
+            });
+        }),
+        None => (0..tasks).into_par_iter().for_each(|task| {
+            matmul_rows(isa, w, task_rows(task), x, t, yp);
+        }),
+    }
+}
+
+/// Scalar twin of [`matmul_with`] for int8 and nf4 matrices: activations rounded as there,
+/// then [`qdot::dot_scalar`].
+pub fn matmul_quant_scalar(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+    let unit = code_unit(w).expect("matmul_quant_scalar: the matrix is not quantized");
+    let mut acts = QActs::default();
+    acts.quantize(x, w.cols, unit);
+    for ti in 0..t {
+        for o in 0..w.rows {
+            y[ti * w.rows + o] = qdot::dot_scalar(qrow(w, o), acts.token(ti));
+        }
+    }
 }
 
 impl Backend for Cpu {
@@ -492,8 +622,7 @@ mod tests {
         }
     }
 
-    /// int8 and nf4 rows on every instruction set, against the scalar product of the
-    /// dequantized matrix.
+    /// int8 and nf4 rows on every instruction set, against the scalar integer path.
     #[test]
     fn quantized_matmul_matches_scalar_for_every_isa() {
         use crate::tensor::quant::{quantize, Quant};
@@ -504,7 +633,7 @@ mod tests {
                 for t in [1, 2, 4, 7] {
                     let x = vals(t * inp, 22);
                     let mut want = vec![0.0; t * out];
-                    matmul_scalar(&m, &x, t, &mut want);
+                    matmul_quant_scalar(&m, &x, t, &mut want);
                     for isa in Isa::available() {
                         let mut y = vec![0.0; t * out];
                         matmul_with(isa, &m, &x, t, &mut y);

@@ -144,58 +144,6 @@ pub mod x86 {
         s
     }
 
-    /// An int8 row `qs [n]` with its block scales `[n / 64]` against `x [n]`: each weight is
-    /// `q * s` (the dequantized value, rounded once), so the result equals
-    /// [`dot_f32_avx512`] on the dequantized row. `n` is a multiple of 64.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: &[f32]) -> f32 {
-        let (qp, xp) = (qs.as_ptr(), x.as_ptr());
-        let mut acc = _mm512_setzero_ps();
-        for (b, &s) in scales.iter().enumerate() {
-            let sv = _mm512_set1_ps(s);
-            let q = _mm512_loadu_si512(qp.add(b * 64) as *const __m512i);
-            let parts = [
-                _mm512_castsi512_si128(q),
-                _mm512_extracti32x4_epi32::<1>(q),
-                _mm512_extracti32x4_epi32::<2>(q),
-                _mm512_extracti32x4_epi32::<3>(q),
-            ];
-            for (k, part) in parts.into_iter().enumerate() {
-                let w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(part)), sv);
-                acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(b * 64 + k * 16)), acc);
-            }
-        }
-        hsum512(acc)
-    }
-
-    /// An nf4 row `packed [n / 2]` with block scales `[n / 64]` against `x [n]`: each weight
-    /// is `NF4[i] * s` (the code book times the scale, one rounding, as the dequantized row).
-    /// `n` is a multiple of 64.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_nf4_avx512(packed: &[u8], scales: &[f32], x: &[f32]) -> f32 {
-        let (pp, xp) = (packed.as_ptr(), x.as_ptr());
-        let book = _mm512_loadu_ps(crate::tensor::quant::NF4.as_ptr());
-        let low = _mm256_set1_epi8(0x0F);
-        let mut acc = _mm512_setzero_ps();
-        for (b, &s) in scales.iter().enumerate() {
-            let book_s = _mm512_mul_ps(book, _mm512_set1_ps(s));
-            let bytes = _mm256_loadu_si256(pp.add(b * 32) as *const __m256i);
-            let lo = _mm256_and_si256(bytes, low); // weights 0..32
-            let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low); // weights 32..64
-            let parts = [
-                _mm256_castsi256_si128(lo),
-                _mm256_extracti128_si256::<1>(lo),
-                _mm256_castsi256_si128(hi),
-                _mm256_extracti128_si256::<1>(hi),
-            ];
-            for (k, part) in parts.into_iter().enumerate() {
-                let w = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(part), book_s);
-                acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(b * 64 + k * 16)), acc);
-            }
-        }
-        hsum512(acc)
-    }
-
     /// `out[r][t] = w[r] . x[t]` for four rows and four tokens of length `n`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile4x4_avx512(w: [&[f32]; 4], x: [&[f32]; 4], out: &mut [[f32; 4]; 4]) {
