@@ -45,6 +45,9 @@ struct Args {
     /// Skip the kernel and tokenizer sections
     #[arg(long)]
     model_only: bool,
+    /// Run only the kernel micro-benchmarks
+    #[arg(long, conflicts_with = "model_only")]
+    kernels_only: bool,
     /// Internal: measure one format in this process and print one JSON line
     #[arg(long, hide = true)]
     one: Option<String>,
@@ -205,6 +208,9 @@ fn main() {
     });
     if let Some(f) = &args.one {
         return one(&args, &path, f);
+    }
+    if args.kernels_only {
+        return kernels(args.threads);
     }
     if !path.exists() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

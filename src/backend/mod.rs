@@ -8,10 +8,26 @@ pub mod opencl;
 
 use crate::tensor::Matrix;
 
+/// One product of [`Backend::matmuls`]: `W [out, in]`, `x [t, in]` -> `y [t, out]`.
+pub struct MatJob<'a> {
+    pub w: &'a Matrix,
+    pub x: &'a [f32],
+    pub y: &'a mut [f32],
+}
+
 /// Operations over row-major f32 activations. `t` is the number of tokens (rows).
 pub trait Backend: Send + Sync {
     /// `W [out, in]`, `x [t, in]` -> `y [t, out]`: `y[t, o] = sum_i W[o, i] x[t, i]`.
     fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]);
+
+    /// Independent products over the same `t` tokens, each exactly as [`Backend::matmul`]
+    /// computes it; a backend may run them together (the CPU backend shares one parallel
+    /// region between them, which matters when a token takes milliseconds).
+    fn matmuls(&self, t: usize, jobs: &mut [MatJob<'_>]) {
+        for j in jobs {
+            self.matmul(j.w, j.x, t, j.y);
+        }
+    }
 
     /// Per row of `x [t, D]`: `(x - mean) / sqrt(var + eps) * weight + bias`, in place.
     fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32);

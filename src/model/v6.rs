@@ -8,7 +8,7 @@
 use super::checkpoint::Checkpoint;
 use super::names::Names;
 use super::Config;
-use crate::backend::Backend;
+use crate::backend::{Backend, MatJob};
 use crate::error::Result;
 use crate::state::{LayerState, State};
 use crate::tensor::quant::{self, Quant};
@@ -355,105 +355,212 @@ impl Weights {
         state: &mut State,
         want: Logits,
     ) -> Vec<f32> {
+        with_scratch(|sc| self.forward_with(be, cfg, tokens, state, want, sc))
+    }
+
+    fn forward_with(
+        &self,
+        be: &dyn Backend,
+        cfg: &Config,
+        tokens: &[u32],
+        state: &mut State,
+        want: Logits,
+        sc: &mut Scratch,
+    ) -> Vec<f32> {
         let t = tokens.len();
         let d = cfg.n_embd;
-        let mut x = self.embed(be, tokens);
+        let mut x = std::mem::take(&mut sc.x);
+        x.resize(t * d, 0.0);
+        for (row, &tok) in x.chunks_mut(d).zip(tokens) {
+            self.emb.row_f32(tok as usize, row);
+        }
+        be.layer_norm(&mut x, &self.ln0_w, &self.ln0_b, LN_EPS);
         for (layer, st) in self.layers.iter().zip(state.layers_mut().iter_mut()) {
-            time_mix(be, cfg, layer, &mut x, st);
-            channel_mix(be, cfg, layer, &mut x, st);
+            time_mix(be, cfg, layer, &mut x, st, sc);
+            channel_mix(be, cfg, layer, &mut x, st, sc);
         }
         let rows = match want {
-            Logits::None => return Vec::new(),
+            Logits::None => &mut x[..0],
             Logits::Last => &mut x[(t - 1) * d..],
             Logits::All => &mut x[..],
         };
-        be.layer_norm(rows, &self.ln_out_w, &self.ln_out_b, LN_EPS);
         let n = rows.len() / d;
         let mut logits = vec![0.0; n * cfg.vocab];
-        be.matmul(&self.head, rows, n, &mut logits);
+        if n > 0 {
+            be.layer_norm(rows, &self.ln_out_w, &self.ln_out_b, LN_EPS);
+            be.matmul(&self.head, rows, n, &mut logits);
+        }
+        sc.x = x;
         logits
     }
 }
 
+/// The activations of a forward pass, sized by the first call on a thread and reused, so
+/// that generating a token allocates nothing but the logits it returns.
+#[derive(Default)]
+struct Scratch {
+    /// The residual stream `[T, D]`.
+    x: Vec<f32>,
+    /// The normed input `[T, D]` and its token shift `[T, D]`.
+    xx: Vec<f32>,
+    sx: Vec<f32>,
+    /// Time mix: the LoRA input `[T, D]` and hidden layer `[T, 5 M]`, split per target
+    /// `[5][T, M]`; the LoRA outputs `[5][T, D]` and the mixed inputs `[5][T, D]` (`w k v r
+    /// g`); `r k v g [4][T, D]`; the decay LoRA `[T, K]` and decay `[T, D]`; the wkv output
+    /// `[T, D]`.
+    xxx: Vec<f32>,
+    lora: Vec<f32>,
+    part: [Vec<f32>; 5],
+    delta: [Vec<f32>; 5],
+    mixed: [Vec<f32>; 5],
+    rkvg: [Vec<f32>; 4],
+    decay_lora: Vec<f32>,
+    decay: Vec<f32>,
+    out: Vec<f32>,
+    /// A projection's output `[T, D]`.
+    y: Vec<f32>,
+    /// Channel mix: the key `[T, F]`.
+    kk: Vec<f32>,
+}
+
+/// `v` as a slice of `n` elements (grown if needed, never shrunk).
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Run `f` on this thread's [`Scratch`] (a fresh one if a forward pass is already running
+/// further up this thread's stack).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut sc) => f(&mut sc),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
 /// `x [T, D] += Wo (GroupNorm(wkv(r, k, v, w)) * g)`.
-fn time_mix(be: &dyn Backend, cfg: &Config, l: &Layer, x: &mut [f32], st: &mut LayerState) {
+fn time_mix(
+    be: &dyn Backend,
+    cfg: &Config,
+    l: &Layer,
+    x: &mut [f32],
+    st: &mut LayerState,
+    sc: &mut Scratch,
+) {
     let a = &l.att;
     let d = cfg.n_embd;
     let t = x.len() / d;
     let m = cfg.maa_lora;
-    let mut xx = x.to_vec();
-    be.layer_norm(&mut xx, &l.ln1_w, &l.ln1_b, LN_EPS);
-    let mut sx = vec![0.0; t * d];
-    token_shift(&xx, &mut st.att_shift, &mut sx);
+    let xx = sized(&mut sc.xx, t * d);
+    xx.copy_from_slice(x);
+    be.layer_norm(xx, &l.ln1_w, &l.ln1_b, LN_EPS);
+    let sx = sized(&mut sc.sx, t * d);
+    token_shift(xx, &mut st.att_shift, sx);
 
     // Data-dependent mix: m = tanh(xxx @ maa_w1), delta_j = m_j @ maa_w2[j].
-    let mut xxx = vec![0.0; t * d];
-    mix(&xx, &sx, &a.maa_x, &[], &mut xxx);
-    let mut lo = vec![0.0; t * 5 * m];
-    be.matmul(&a.maa_w1, &xxx, t, &mut lo);
-    lo.iter_mut().for_each(|v| *v = v.tanh());
-    let mut part = vec![0.0; t * m];
-    let mut delta = vec![0.0; t * d];
-    let mut mixed: Vec<Vec<f32>> = Vec::with_capacity(5);
-    for j in 0..5 {
-        for (ti, p) in part.chunks_mut(m).enumerate() {
-            p.copy_from_slice(&lo[ti * 5 * m + j * m..ti * 5 * m + (j + 1) * m]);
+    let xxx = sized(&mut sc.xxx, t * d);
+    mix(xx, sx, &a.maa_x, &[], xxx);
+    let lora = sized(&mut sc.lora, t * 5 * m);
+    be.matmul(&a.maa_w1, xxx, t, lora);
+    lora.iter_mut().for_each(|v| *v = v.tanh());
+    let part = sc.part.each_mut().map(|p| sized(p, t * m));
+    for (j, p) in part.into_iter().enumerate() {
+        for (ti, row) in p.chunks_mut(m).enumerate() {
+            row.copy_from_slice(&lora[ti * 5 * m + j * m..ti * 5 * m + (j + 1) * m]);
         }
-        be.matmul(&a.maa_w2[j], &part, t, &mut delta);
-        let mut out = vec![0.0; t * d];
-        mix(&xx, &sx, &a.maa[j], &delta, &mut out);
-        mixed.push(out);
     }
-    let [xw, xk, xv, xr, xg] = <[Vec<f32>; 5]>::try_from(mixed).unwrap();
+    let [d0, d1, d2, d3, d4] = sc.delta.each_mut().map(|v| sized(v, t * d));
+    let [p0, p1, p2, p3, p4] = sc.part.each_ref().map(|p| &p[..t * m]);
+    let w2 = &a.maa_w2;
+    be.matmuls(
+        t,
+        &mut [
+            MatJob { w: &w2[0], x: p0, y: d0 },
+            MatJob { w: &w2[1], x: p1, y: d1 },
+            MatJob { w: &w2[2], x: p2, y: d2 },
+            MatJob { w: &w2[3], x: p3, y: d3 },
+            MatJob { w: &w2[4], x: p4, y: d4 },
+        ],
+    );
+    for j in 0..5 {
+        let out = sized(&mut sc.mixed[j], t * d);
+        mix(xx, sx, &a.maa[j], &sc.delta[j][..t * d], out);
+    }
 
-    let proj = |w: &Matrix, inp: &[f32]| {
-        let mut y = vec![0.0; t * w.rows];
-        be.matmul(w, inp, t, &mut y);
-        y
-    };
-    let r = proj(&a.receptance, &xr);
-    let k = proj(&a.key, &xk);
-    let v = proj(&a.value, &xv);
-    let mut g = proj(&a.gate, &xg);
+    // r, k, v, g and the decay LoRA's first factor, in one parallel region.
+    let [xw, xk, xv, xr, xg] = sc.mixed.each_ref().map(|v| &v[..t * d]);
+    let [r, k, v, g] = sc.rkvg.each_mut().map(|y| sized(y, t * d));
+    let dl = sized(&mut sc.decay_lora, t * a.decay_w1.rows);
+    be.matmuls(
+        t,
+        &mut [
+            MatJob { w: &a.receptance, x: xr, y: r },
+            MatJob { w: &a.key, x: xk, y: k },
+            MatJob { w: &a.value, x: xv, y: v },
+            MatJob { w: &a.gate, x: xg, y: g },
+            MatJob { w: &a.decay_w1, x: xw, y: dl },
+        ],
+    );
+    let [r, k, v, g] = sc.rkvg.each_mut().map(|y| &mut y[..t * d]);
     g.iter_mut().for_each(|v| *v = silu(*v));
 
     // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2))
-    let mut dl = proj(&a.decay_w1, &xw);
+    let dl = &mut sc.decay_lora[..t * a.decay_w1.rows];
     dl.iter_mut().for_each(|v| *v = v.tanh());
-    let mut w = proj(&a.decay_w2, &dl);
+    let w = sized(&mut sc.decay, t * d);
+    be.matmul(&a.decay_w2, dl, t, w);
     for (i, v) in w.iter_mut().enumerate() {
         *v = (-(a.decay[i % d] + *v).exp()).exp();
     }
 
-    let mut out = vec![0.0; t * d];
-    be.wkv(cfg.n_head, &r, &k, &v, &w, &a.faaaa, &mut st.wkv, &mut out);
-    be.group_norm(&mut out, cfg.n_head, &a.ln_x_w, &a.ln_x_b, GN_EPS);
-    out.iter_mut().zip(&g).for_each(|(o, g)| *o *= g);
-    let y = proj(&a.output, &out);
-    x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+    let out = sized(&mut sc.out, t * d);
+    be.wkv(cfg.n_head, r, k, v, w, &a.faaaa, &mut st.wkv, out);
+    be.group_norm(out, cfg.n_head, &a.ln_x_w, &a.ln_x_b, GN_EPS);
+    out.iter_mut().zip(g.iter()).for_each(|(o, g)| *o *= g);
+    let y = sized(&mut sc.y, t * d);
+    be.matmul(&a.output, out, t, y);
+    x.iter_mut().zip(y.iter()).for_each(|(x, y)| *x += y);
 }
 
 /// `x [T, D] += sigmoid(Wr xr) * (Wv relu(Wk xk)^2)`.
-fn channel_mix(be: &dyn Backend, cfg: &Config, l: &Layer, x: &mut [f32], st: &mut LayerState) {
+fn channel_mix(
+    be: &dyn Backend,
+    cfg: &Config,
+    l: &Layer,
+    x: &mut [f32],
+    st: &mut LayerState,
+    sc: &mut Scratch,
+) {
     let f = &l.ffn;
     let d = cfg.n_embd;
     let t = x.len() / d;
-    let mut xx = x.to_vec();
-    be.layer_norm(&mut xx, &l.ln2_w, &l.ln2_b, LN_EPS);
-    let mut sx = vec![0.0; t * d];
-    token_shift(&xx, &mut st.ffn_shift, &mut sx);
-    let mut xk = vec![0.0; t * d];
-    let mut xr = vec![0.0; t * d];
-    mix(&xx, &sx, &f.maa_k, &[], &mut xk);
-    mix(&xx, &sx, &f.maa_r, &[], &mut xr);
-    let mut kk = vec![0.0; t * cfg.ffn];
-    be.matmul(&f.key, &xk, t, &mut kk);
+    let xx = sized(&mut sc.xx, t * d);
+    xx.copy_from_slice(x);
+    be.layer_norm(xx, &l.ln2_w, &l.ln2_b, LN_EPS);
+    let sx = sized(&mut sc.sx, t * d);
+    token_shift(xx, &mut st.ffn_shift, sx);
+    let [xk, xr, ..] = &mut sc.mixed;
+    let (xk, xr) = (sized(xk, t * d), sized(xr, t * d));
+    mix(xx, sx, &f.maa_k, &[], xk);
+    mix(xx, sx, &f.maa_r, &[], xr);
+    let kk = sized(&mut sc.kk, t * cfg.ffn);
+    let rr = sized(&mut sc.out, t * d);
+    be.matmuls(
+        t,
+        &mut [
+            MatJob { w: &f.key, x: xk, y: kk },
+            MatJob { w: &f.receptance, x: xr, y: rr },
+        ],
+    );
     kk.iter_mut().for_each(|v| *v = v.max(0.0) * v.max(0.0));
-    let mut vv = vec![0.0; t * d];
-    be.matmul(&f.value, &kk, t, &mut vv);
-    let mut rr = vec![0.0; t * d];
-    be.matmul(&f.receptance, &xr, t, &mut rr);
-    for ((x, r), v) in x.iter_mut().zip(&rr).zip(&vv) {
+    let vv = sized(&mut sc.y, t * d);
+    be.matmul(&f.value, kk, t, vv);
+    for ((x, r), v) in x.iter_mut().zip(rr.iter()).zip(vv.iter()) {
         *x += sigmoid(*r) * v;
     }
 }

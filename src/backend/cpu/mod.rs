@@ -7,7 +7,7 @@
 pub mod qdot;
 pub mod simd;
 
-use super::Backend;
+use super::{Backend, MatJob};
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::{Data, Matrix};
 use qdot::{QActs, QRow};
@@ -21,17 +21,23 @@ use wide::f32x8;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cpu;
 
-/// Rows of `W` one task converts and multiplies; large enough to amortise the task, small
-/// enough to balance a 2048-row matrix over many cores.
-const ROWS_PER_TASK: usize = 16;
+/// Rows of `W` one task converts and multiplies: at least 16, large enough to amortise the
+/// task, small enough to balance a 2048-row matrix over many cores; narrow matrices (the
+/// LoRA factors, 32 or 64 wide) take as many rows as make 8192 weights.
+fn rows_per_task(cols: usize) -> usize {
+    (8192 / cols.max(1)).max(16)
+}
+
+/// The most products one [`Backend::matmuls`] call runs together.
+const MAX_JOBS: usize = 8;
 
 /// Tokens multiplied against a task's rows at a time: 64 tokens of width 2048 are 512 KiB
 /// of activations, which stay in L2 while every row group passes over them.
 const TOKENS_PER_BLOCK: usize = 64;
 
 thread_local! {
-    /// Activations rounded to integers for the quantized matrix being multiplied.
-    static ACTS: RefCell<QActs> = RefCell::default();
+    /// Activations rounded to integers, one set per quantized product of the call.
+    static ACTS: RefCell<Vec<QActs>> = RefCell::default();
     /// Weight rows converted to f32 (the sequence path, and the portable one-token path).
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -463,28 +469,47 @@ fn code_unit(w: &Matrix) -> Option<f32> {
 
 /// [`Backend::matmul`] on a chosen instruction set (tests and benchmarks compare them).
 pub fn matmul_with(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
-    let out = w.rows;
-    assert_eq!(x.len(), t * w.cols, "matmul: x is not [t, in]");
-    assert_eq!(y.len(), t * out, "matmul: y is not [t, out]");
+    matmuls_with(isa, t, &mut [MatJob { w, x, y }]);
+}
+
+/// [`Backend::matmuls`] on a chosen instruction set: the row tasks of every product in one
+/// parallel region.
+pub fn matmuls_with(isa: Isa, t: usize, jobs: &mut [MatJob<'_>]) {
+    assert!(jobs.len() <= MAX_JOBS, "matmuls: more than {MAX_JOBS} products");
     assert!(
         Isa::available().contains(&isa),
         "{isa:?} is not available on this CPU"
     );
-    let yp = SharedMut(y.as_mut_ptr());
-    let tasks = out.div_ceil(ROWS_PER_TASK);
-    let task_rows = |task: usize| task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(out);
-    match code_unit(w) {
-        Some(unit) => with_scratch(&ACTS, |acts| {
-            acts.quantize(x, w.cols, unit);
-            let acts = &*acts;
-            (0..tasks).into_par_iter().for_each(|task| {
-                matmul_rows_quant(isa, w, task_rows(task), acts, t, yp);
-            });
-        }),
-        None => (0..tasks).into_par_iter().for_each(|task| {
-            matmul_rows(isa, w, task_rows(task), x, t, yp);
-        }),
+    let mut first_task = [0usize; MAX_JOBS + 1];
+    let mut ys = [SharedMut(std::ptr::null_mut()); MAX_JOBS];
+    for (i, j) in jobs.iter_mut().enumerate() {
+        assert_eq!(j.x.len(), t * j.w.cols, "matmul: x is not [t, in]");
+        assert_eq!(j.y.len(), t * j.w.rows, "matmul: y is not [t, out]");
+        first_task[i + 1] = first_task[i] + j.w.rows.div_ceil(rows_per_task(j.w.cols));
+        ys[i] = SharedMut(j.y.as_mut_ptr());
     }
+    let jobs = &*jobs;
+    with_scratch(&ACTS, |acts| {
+        if acts.len() < jobs.len() {
+            acts.resize_with(jobs.len(), QActs::default);
+        }
+        for (j, a) in jobs.iter().zip(acts.iter_mut()) {
+            if let Some(unit) = code_unit(j.w) {
+                a.quantize(j.x, j.w.cols, unit);
+            }
+        }
+        let acts = &*acts;
+        (0..first_task[jobs.len()]).into_par_iter().for_each(|task| {
+            let i = first_task[1..=jobs.len()].partition_point(|&f| f <= task);
+            let (w, per) = (jobs[i].w, rows_per_task(jobs[i].w.cols));
+            let r0 = (task - first_task[i]) * per;
+            let rows = r0..(r0 + per).min(w.rows);
+            match code_unit(w) {
+                Some(_) => matmul_rows_quant(isa, w, rows, &acts[i], t, ys[i]),
+                None => matmul_rows(isa, w, rows, jobs[i].x, t, ys[i]),
+            }
+        });
+    });
 }
 
 /// Scalar twin of [`matmul_with`] for int8 and nf4 matrices: activations rounded as there,
@@ -503,6 +528,10 @@ pub fn matmul_quant_scalar(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
 impl Backend for Cpu {
     fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
         matmul_with(Isa::detect(), w, x, t, y)
+    }
+
+    fn matmuls(&self, t: usize, jobs: &mut [MatJob<'_>]) {
+        matmuls_with(Isa::detect(), t, jobs)
     }
 
     fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
