@@ -355,7 +355,10 @@ impl Weights {
         state: &mut State,
         want: Logits,
     ) -> Vec<f32> {
-        with_scratch(|sc| self.forward_with(be, cfg, tokens, state, want, sc))
+        // The calling thread's scratch, used on a pool thread: the products' parallel regions
+        // then split from there, and the calling thread, which would only wait, hands over
+        // once a call instead of once a product.
+        with_scratch(|sc| rayon::scope(|_| self.forward_with(be, cfg, tokens, state, want, sc)))
     }
 
     fn forward_with(
@@ -480,11 +483,31 @@ fn time_mix(
     be.matmuls(
         t,
         &mut [
-            MatJob { w: &w2[0], x: p0, y: d0 },
-            MatJob { w: &w2[1], x: p1, y: d1 },
-            MatJob { w: &w2[2], x: p2, y: d2 },
-            MatJob { w: &w2[3], x: p3, y: d3 },
-            MatJob { w: &w2[4], x: p4, y: d4 },
+            MatJob {
+                w: &w2[0],
+                x: p0,
+                y: d0,
+            },
+            MatJob {
+                w: &w2[1],
+                x: p1,
+                y: d1,
+            },
+            MatJob {
+                w: &w2[2],
+                x: p2,
+                y: d2,
+            },
+            MatJob {
+                w: &w2[3],
+                x: p3,
+                y: d3,
+            },
+            MatJob {
+                w: &w2[4],
+                x: p4,
+                y: d4,
+            },
         ],
     );
     for j in 0..5 {
@@ -499,11 +522,31 @@ fn time_mix(
     be.matmuls(
         t,
         &mut [
-            MatJob { w: &a.receptance, x: xr, y: r },
-            MatJob { w: &a.key, x: xk, y: k },
-            MatJob { w: &a.value, x: xv, y: v },
-            MatJob { w: &a.gate, x: xg, y: g },
-            MatJob { w: &a.decay_w1, x: xw, y: dl },
+            MatJob {
+                w: &a.receptance,
+                x: xr,
+                y: r,
+            },
+            MatJob {
+                w: &a.key,
+                x: xk,
+                y: k,
+            },
+            MatJob {
+                w: &a.value,
+                x: xv,
+                y: v,
+            },
+            MatJob {
+                w: &a.gate,
+                x: xg,
+                y: g,
+            },
+            MatJob {
+                w: &a.decay_w1,
+                x: xw,
+                y: dl,
+            },
         ],
     );
     let [r, k, v, g] = sc.rkvg.each_mut().map(|y| &mut y[..t * d]);
@@ -553,8 +596,16 @@ fn channel_mix(
     be.matmuls(
         t,
         &mut [
-            MatJob { w: &f.key, x: xk, y: kk },
-            MatJob { w: &f.receptance, x: xr, y: rr },
+            MatJob {
+                w: &f.key,
+                x: xk,
+                y: kk,
+            },
+            MatJob {
+                w: &f.receptance,
+                x: xr,
+                y: rr,
+            },
         ],
     );
     kk.iter_mut().for_each(|v| *v = v.max(0.0) * v.max(0.0));

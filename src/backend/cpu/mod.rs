@@ -189,7 +189,28 @@ fn wkv_head(
     out: SharedMut,
 ) {
     let t = r.len() / d;
-    let mut acc = vec![0.0f32; s];
+    with_scratch(&ROWS, |acc| {
+        acc.resize(s, 0.0);
+        wkv_head_steps(d, c0, s, t, r, k, v, w, u, st, &mut acc[..s], out)
+    });
+}
+
+/// The steps of [`wkv_head`], `acc [S]` scratch.
+#[allow(clippy::too_many_arguments)]
+fn wkv_head_steps(
+    d: usize,
+    c0: usize,
+    s: usize,
+    t: usize,
+    r: &[f32],
+    k: &[f32],
+    v: &[f32],
+    w: &[f32],
+    u: &[f32],
+    st: &mut [f32],
+    acc: &mut [f32],
+    out: SharedMut,
+) {
     for ti in 0..t {
         let row = ti * d + c0;
         let vj = &v[row..row + s];
@@ -475,11 +496,11 @@ pub fn matmul_with(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
 /// [`Backend::matmuls`] on a chosen instruction set: the row tasks of every product in one
 /// parallel region.
 pub fn matmuls_with(isa: Isa, t: usize, jobs: &mut [MatJob<'_>]) {
-    assert!(jobs.len() <= MAX_JOBS, "matmuls: more than {MAX_JOBS} products");
     assert!(
-        Isa::available().contains(&isa),
-        "{isa:?} is not available on this CPU"
+        jobs.len() <= MAX_JOBS,
+        "matmuls: more than {MAX_JOBS} products"
     );
+    assert!(isa.runs_here(), "{isa:?} is not available on this CPU");
     let mut first_task = [0usize; MAX_JOBS + 1];
     let mut ys = [SharedMut(std::ptr::null_mut()); MAX_JOBS];
     for (i, j) in jobs.iter_mut().enumerate() {
@@ -499,16 +520,18 @@ pub fn matmuls_with(isa: Isa, t: usize, jobs: &mut [MatJob<'_>]) {
             }
         }
         let acts = &*acts;
-        (0..first_task[jobs.len()]).into_par_iter().for_each(|task| {
-            let i = first_task[1..=jobs.len()].partition_point(|&f| f <= task);
-            let (w, per) = (jobs[i].w, rows_per_task(jobs[i].w.cols));
-            let r0 = (task - first_task[i]) * per;
-            let rows = r0..(r0 + per).min(w.rows);
-            match code_unit(w) {
-                Some(_) => matmul_rows_quant(isa, w, rows, &acts[i], t, ys[i]),
-                None => matmul_rows(isa, w, rows, jobs[i].x, t, ys[i]),
-            }
-        });
+        (0..first_task[jobs.len()])
+            .into_par_iter()
+            .for_each(|task| {
+                let i = first_task[1..=jobs.len()].partition_point(|&f| f <= task);
+                let (w, per) = (jobs[i].w, rows_per_task(jobs[i].w.cols));
+                let r0 = (task - first_task[i]) * per;
+                let rows = r0..(r0 + per).min(w.rows);
+                match code_unit(w) {
+                    Some(_) => matmul_rows_quant(isa, w, rows, &acts[i], t, ys[i]),
+                    None => matmul_rows(isa, w, rows, jobs[i].x, t, ys[i]),
+                }
+            });
     });
 }
 
@@ -674,6 +697,42 @@ mod tests {
                             assert_eq!(one, y[ti * out..(ti + 1) * out], "{q:?} {isa:?}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Products run together give the bits each gives alone, whatever the formats and
+    /// widths mixed (narrow LoRA-like matrices take larger row tasks).
+    #[test]
+    fn batched_products_equal_single_ones() {
+        use crate::tensor::quant::{quantize, Quant};
+        let [f, h, b] = mats(70, 128, 31);
+        let [.., narrow] = mats(300, 32, 32);
+        let ms = [
+            quantize(&f, Quant::Int8),
+            quantize(&b, Quant::Nf4),
+            f,
+            h,
+            b,
+            narrow,
+        ];
+        for t in [1, 5] {
+            let xs: Vec<Vec<f32>> = ms.iter().map(|m| vals(t * m.cols, 33)).collect();
+            for isa in Isa::available() {
+                let mut ys: Vec<Vec<f32>> = ms.iter().map(|m| vec![0.0; t * m.rows]).collect();
+                let mut jobs: Vec<MatJob> = ms
+                    .iter()
+                    .zip(&xs)
+                    .zip(ys.iter_mut())
+                    .map(|((w, x), y)| MatJob { w, x, y })
+                    .collect();
+                matmuls_with(isa, t, &mut jobs);
+                for ((m, x), y) in ms.iter().zip(&xs).zip(&ys) {
+                    let mut one = vec![0.0; t * m.rows];
+                    matmul_with(isa, m, x, t, &mut one);
+                    assert_eq!(&one, y, "{:?} {isa:?} t={t}", m.dtype());
+                    assert!(y.iter().any(|&v| v != 0.0));
                 }
             }
         }

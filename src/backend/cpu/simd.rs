@@ -59,6 +59,14 @@ impl Isa {
         Isa::Portable
     }
 
+    /// Whether this CPU can run `self`.
+    pub fn runs_here(self) -> bool {
+        matches!(
+            (self, Isa::best()),
+            (Isa::Portable, _) | (Isa::Avx2, Isa::Avx2 | Isa::Avx512) | (Isa::Avx512, Isa::Avx512)
+        )
+    }
+
     /// Every instruction set this CPU can run (for tests).
     pub fn available() -> Vec<Isa> {
         match Isa::best() {
