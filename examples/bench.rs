@@ -160,6 +160,13 @@ fn kernels(threads: usize) {
         ("bf16", bf),
     ];
     let isa = Isa::detect();
+    println!("\narithmetic peak of one core (registers only):");
+    for (name, g) in peak_per_core() {
+        match g {
+            Some(g) => println!("  {name:<22} {g:6.1} GFLOP/s"),
+            None => println!("  {name:<22} not on this CPU"),
+        }
+    }
     println!("\nkernels ({isa:?}, {threads} threads, W [{rows}, {cols}]):");
     let x: Vec<f32> = (0..64 * cols).map(|i| (i % 17) as f32 * 0.01).collect();
     for (name, m) in &mats {
@@ -180,6 +187,66 @@ fn kernels(threads: usize) {
             2.0 * (rows * cols * 64) as f64 / s64 / 1e9
         );
     }
+}
+
+/// The arithmetic ceiling of one core: twelve independent chains of one instruction on
+/// registers, in GFLOP/s (a multiply-add is two). `None` where the CPU lacks it.
+#[cfg(target_arch = "x86_64")]
+fn peak_per_core() -> Vec<(&'static str, Option<f64>)> {
+    use std::arch::x86_64::*;
+    const STEPS: usize = 20_000_000;
+    let rate =
+        |t: Instant, flops: f64| (12 * STEPS) as f64 * flops / t.elapsed().as_secs_f64() / 1e9;
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma(steps: usize) -> __m512 {
+        let (x, y) = std::hint::black_box((_mm512_set1_ps(1.0), _mm512_set1_ps(1e-7)));
+        let mut acc: [__m512; 12] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+        for _ in 0..steps {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(x, y, *a);
+            }
+        }
+        acc.iter()
+            .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dpbf16(steps: usize) -> __m512 {
+        let x = std::hint::black_box(_mm512_cvtne2ps_pbh(
+            _mm512_set1_ps(1.0),
+            _mm512_set1_ps(1e-7),
+        ));
+        let mut acc: [__m512; 12] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+        for _ in 0..steps {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, x, x);
+            }
+        }
+        acc.iter()
+            .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a))
+    }
+
+    let mut out = vec![];
+    let t = Instant::now();
+    // SAFETY: each kernel runs only where the CPU reports its instructions.
+    let f = is_x86_feature_detected!("avx512f").then(|| {
+        std::hint::black_box(unsafe { fma(STEPS) });
+        rate(t, 32.0)
+    });
+    out.push(("f32 FMA (AVX-512)", f));
+    let t = Instant::now();
+    let d = is_x86_feature_detected!("avx512bf16").then(|| {
+        std::hint::black_box(unsafe { dpbf16(STEPS) });
+        rate(t, 64.0)
+    });
+    out.push(("bf16 dot (vdpbf16ps)", d));
+    out
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peak_per_core() -> Vec<(&'static str, Option<f64>)> {
+    vec![]
 }
 
 fn tokenizer_speed() {
