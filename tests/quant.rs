@@ -35,7 +35,7 @@ fn load(file: &str, quant: Quant) -> Model {
     Model::load_with(&model_path(file), opts).unwrap()
 }
 
-/// Measured on these fixtures (README table): int8 0.8-3.0 %, nf4 14-44 % of the largest
+/// Measured on these fixtures (README table): int8 0.8-2.4 %, nf4 15-45 % of the largest
 /// logit. The bounds leave a margin and still catch a broken kernel or code book.
 #[test]
 fn quantized_logits_stay_within_measured_bounds() {
@@ -50,8 +50,7 @@ fn quantized_logits_stay_within_measured_bounds() {
         let g = golden(stem);
         let e8 = worst_error(&load(file, Quant::Int8), &g);
         let e4 = worst_error(&load(file, Quant::Nf4), &g);
-        eprintln!("MEASURE {stem} int8 {e8} nf4 {e4}");
-        assert!(e8 > 0.0 && e8 < 0.4, "{stem} int8: {e8}");
+        assert!(e8 > 0.0 && e8 < 0.04, "{stem} int8: {e8}");
         assert!(e4 > e8 && e4 < 0.6, "{stem} nf4: {e4}");
     }
 }
@@ -162,7 +161,7 @@ fn cli_quant_flags() {
 
 /// What quantization costs on the trained model, in bits per byte of held-out text (a
 /// public-domain King James passage, outside its Shakespeare and Milton training set).
-/// Measured: bf16 1.7792, int8 1.7796, nf4 1.8117 (README table).
+/// Measured: bf16 1.7792, int8 1.7796, nf4 1.8086 (README table).
 #[test]
 fn quantization_cost_in_bits_per_byte() {
     let text = std::fs::read(concat!(
@@ -185,7 +184,6 @@ fn quantization_cost_in_bits_per_byte() {
         rwkv::score::bits_per_byte(s.totals.nll, text.len() as u64)
     };
     let (b16, b8, b4) = (bpb(None), bpb(Some(Quant::Int8)), bpb(Some(Quant::Nf4)));
-    eprintln!("MEASURE bpb {b16} {b8} {b4}");
     assert!((b16 - 1.7792).abs() < 2e-3, "bf16 {b16}");
     assert!(b8 >= b16 - 1e-3 && b8 < b16 * 1.005, "int8 {b8} vs {b16}");
     assert!(b4 > b8 && b4 < b16 * 1.05, "nf4 {b4} vs {b16}");

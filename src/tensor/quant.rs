@@ -128,10 +128,11 @@ fn quantize_row_nf4(w: &[f32], packed: &mut [u8], scales: &mut [f32]) {
 }
 
 /// `n` zeros in memory the kernel is asked to back with huge pages (Linux), where it can:
-/// a token streams every quantized weight, and 2 MiB pages spare the page walks of
-/// 4 KiB ones.
+/// a token streams every quantized weight, and 2 MiB pages spare the page walks of 4 KiB
+/// ones. The zeros come from the allocator untouched (a fresh mapping), so the advice holds
+/// when the quantizing threads first write the pages.
 fn huge_zeroed<T: Copy + Default>(n: usize) -> Vec<T> {
-    let mut v = Vec::with_capacity(n);
+    let v = vec![T::default(); n];
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
@@ -139,12 +140,11 @@ fn huge_zeroed<T: Copy + Default>(n: usize) -> Vec<T> {
         let end = start + n * std::mem::size_of::<T>();
         let (a, b) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
         if a < b {
-            // SAFETY: advice on whole pages inside the allocation, which is not yet touched;
-            // failure only means 4 KiB pages.
+            // SAFETY: advice on whole pages inside the allocation; failure only means
+            // 4 KiB pages.
             unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE) };
         }
     }
-    v.resize(n, T::default());
     v
 }
 
