@@ -201,6 +201,21 @@ mod x86 {
         ]
     }
 
+    /// Ask for the weights [`PREFETCH_AHEAD`](super::super::simd::PREFETCH_AHEAD) bytes
+    /// past blocks `b` and `b + 1` (two cache lines of int8, one of nf4).
+    #[inline(always)]
+    fn prefetch_pair(w: QRow, b: usize) {
+        use super::super::simd::prefetch_ahead;
+        match w {
+            QRow::Q8 { qs, .. } => {
+                let p = qs.as_ptr().wrapping_add(b * BLOCK);
+                prefetch_ahead(p);
+                prefetch_ahead(p.wrapping_add(BLOCK));
+            }
+            QRow::Nf4 { packed, .. } => prefetch_ahead(packed.as_ptr().wrapping_add(b * BLOCK / 2)),
+        }
+    }
+
     // ---- AVX-512BW ----
 
     /// Block `b` of `w` as two vectors of 32 words (zeros past the end).
@@ -256,6 +271,7 @@ mod x86 {
         let table = nf4_table();
         let mut acc = _mm512_setzero_ps();
         for b in (0..x.scale.len()).step_by(2) {
+            prefetch_pair(w, b);
             let wv = [words512(w, b, table), words512(w, b + 1, table)];
             acc = pair512(&wv, x, b, pair_scales(w, x, b), acc);
         }
@@ -330,6 +346,7 @@ mod x86 {
         let nb = x.scale.len();
         let mut acc = _mm256_setzero_ps();
         for b in (0..nb).step_by(2) {
+            prefetch_pair(w, b);
             let s = pair_scales(w, x, b);
             let p = _mm256_mul_ps(block256(words256(w, b, table), x, b), _mm256_set1_ps(s[0]));
             let p = if b + 1 < nb {
