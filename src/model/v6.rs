@@ -358,43 +358,35 @@ impl Weights {
         // The calling thread's scratch, used on a pool thread: the products' parallel regions
         // then split from there, and the calling thread, which would only wait, hands over
         // once a call instead of once a product.
-        with_scratch(|sc| rayon::scope(|_| self.forward_with(be, cfg, tokens, state, want, sc)))
-    }
-
-    fn forward_with(
-        &self,
-        be: &dyn Backend,
-        cfg: &Config,
-        tokens: &[u32],
-        state: &mut State,
-        want: Logits,
-        sc: &mut Scratch,
-    ) -> Vec<f32> {
-        let t = tokens.len();
-        let d = cfg.n_embd;
-        let mut x = std::mem::take(&mut sc.x);
-        x.resize(t * d, 0.0);
-        for (row, &tok) in x.chunks_mut(d).zip(tokens) {
-            self.emb.row_f32(tok as usize, row);
-        }
-        be.layer_norm(&mut x, &self.ln0_w, &self.ln0_b, LN_EPS);
-        for (layer, st) in self.layers.iter().zip(state.layers_mut().iter_mut()) {
-            time_mix(be, cfg, layer, &mut x, st, sc);
-            channel_mix(be, cfg, layer, &mut x, st, sc);
-        }
-        let rows = match want {
-            Logits::None => &mut x[..0],
-            Logits::Last => &mut x[(t - 1) * d..],
-            Logits::All => &mut x[..],
-        };
-        let n = rows.len() / d;
-        let mut logits = vec![0.0; n * cfg.vocab];
-        if n > 0 {
-            be.layer_norm(rows, &self.ln_out_w, &self.ln_out_b, LN_EPS);
-            be.matmul(&self.head, rows, n, &mut logits);
-        }
-        sc.x = x;
-        logits
+        with_scratch(|sc| {
+            rayon::scope(|_| {
+                let t = tokens.len();
+                let d = cfg.n_embd;
+                let mut x = std::mem::take(&mut sc.x);
+                x.resize(t * d, 0.0);
+                for (row, &tok) in x.chunks_mut(d).zip(tokens) {
+                    self.emb.row_f32(tok as usize, row);
+                }
+                be.layer_norm(&mut x, &self.ln0_w, &self.ln0_b, LN_EPS);
+                for (layer, st) in self.layers.iter().zip(state.layers_mut().iter_mut()) {
+                    time_mix(be, cfg, layer, &mut x, st, sc);
+                    channel_mix(be, cfg, layer, &mut x, st, sc);
+                }
+                let rows = match want {
+                    Logits::None => &mut x[..0],
+                    Logits::Last => &mut x[(t - 1) * d..],
+                    Logits::All => &mut x[..],
+                };
+                let n = rows.len() / d;
+                let mut logits = vec![0.0; n * cfg.vocab];
+                if n > 0 {
+                    be.layer_norm(rows, &self.ln_out_w, &self.ln_out_b, LN_EPS);
+                    be.matmul(&self.head, rows, n, &mut logits);
+                }
+                sc.x = x;
+                logits
+            })
+        })
     }
 }
 
@@ -477,39 +469,16 @@ fn time_mix(
             row.copy_from_slice(&lora[ti * 5 * m + j * m..ti * 5 * m + (j + 1) * m]);
         }
     }
-    let [d0, d1, d2, d3, d4] = sc.delta.each_mut().map(|v| sized(v, t * d));
-    let [p0, p1, p2, p3, p4] = sc.part.each_ref().map(|p| &p[..t * m]);
-    let w2 = &a.maa_w2;
-    be.matmuls(
-        t,
-        &mut [
-            MatJob {
-                w: &w2[0],
-                x: p0,
-                y: d0,
-            },
-            MatJob {
-                w: &w2[1],
-                x: p1,
-                y: d1,
-            },
-            MatJob {
-                w: &w2[2],
-                x: p2,
-                y: d2,
-            },
-            MatJob {
-                w: &w2[3],
-                x: p3,
-                y: d3,
-            },
-            MatJob {
-                w: &w2[4],
-                x: p4,
-                y: d4,
-            },
-        ],
-    );
+    {
+        let deltas = sc.delta.each_mut().map(|v| sized(v, t * d));
+        let parts = sc.part.each_ref().map(|p| &p[..t * m]);
+        let mut jobs =
+            (a.maa_w2.iter().zip(parts).zip(deltas)).map(|((w, x), y)| MatJob { w, x, y });
+        be.matmuls(
+            t,
+            &mut std::array::from_fn::<_, 5, _>(|_| jobs.next().unwrap()),
+        );
+    }
     for j in 0..5 {
         let out = sized(&mut sc.mixed[j], t * d);
         mix(xx, sx, &a.maa[j], &sc.delta[j][..t * d], out);

@@ -177,7 +177,8 @@ pub fn wkv_scalar(
 }
 
 /// One head of the recurrence over all `t` tokens, vectorised over the value index `j`.
-/// `st [S, S]`, `out` rows of stride `d` starting at this head's channel `c0`.
+/// `st [S, S]`, `acc [S]` scratch, `out` rows of stride `d` starting at this head's
+/// channel `c0`.
 #[allow(clippy::too_many_arguments)]
 fn wkv_head(
     d: usize,
@@ -189,31 +190,10 @@ fn wkv_head(
     w: &[f32],
     u: &[f32],
     st: &mut [f32],
-    out: SharedMut,
-) {
-    let t = r.len() / d;
-    with_scratch(&ROWS, |acc| {
-        acc.resize(s, 0.0);
-        wkv_head_steps(d, c0, s, t, r, k, v, w, u, st, &mut acc[..s], out)
-    });
-}
-
-/// The steps of [`wkv_head`], `acc [S]` scratch.
-#[allow(clippy::too_many_arguments)]
-fn wkv_head_steps(
-    d: usize,
-    c0: usize,
-    s: usize,
-    t: usize,
-    r: &[f32],
-    k: &[f32],
-    v: &[f32],
-    w: &[f32],
-    u: &[f32],
-    st: &mut [f32],
     acc: &mut [f32],
     out: SharedMut,
 ) {
+    let t = r.len() / d;
     for ti in 0..t {
         let row = ti * d + c0;
         let vj = &v[row..row + s];
@@ -347,53 +327,59 @@ fn matmul_rows(
         });
         return;
     }
-    with_scratch(&ROWS, |conv| matmul_rows_tiled(isa, w, rows, x, t, y, conv));
-}
-
-/// The sequence path of [`matmul_rows`]; `conv` is scratch for rows converted to f32.
-fn matmul_rows_tiled(
-    isa: Isa,
-    w: &Matrix,
-    rows: std::ops::Range<usize>,
-    x: &[f32],
-    t: usize,
-    y: SharedMut,
-    conv: &mut Vec<f32>,
-) {
-    let (out, inp) = (w.rows, w.cols);
     // All of the task's rows as f32 (the stored rows themselves when f32), then tokens in
     // blocks that stay in L2 while every row group passes over them.
-    let n_rows = rows.len();
-    let f32_rows: Option<&[f32]> = match &w.data {
-        Data::F32(b) => Some(&b[rows.start * inp..rows.end * inp]),
-        _ => None,
-    };
-    let all_rows: &[f32] = match f32_rows {
-        Some(r) => r,
-        None => {
-            conv.resize(n_rows * inp, 0.0);
-            for (k, row) in conv.chunks_mut(inp).enumerate() {
-                w.row_f32(rows.start + k, row);
+    with_scratch(&ROWS, |conv| {
+        let n_rows = rows.len();
+        let f32_rows: Option<&[f32]> = match &w.data {
+            Data::F32(b) => Some(&b[rows.start * inp..rows.end * inp]),
+            _ => None,
+        };
+        let all_rows: &[f32] = match f32_rows {
+            Some(r) => r,
+            None => {
+                conv.resize(n_rows * inp, 0.0);
+                for (k, row) in conv.chunks_mut(inp).enumerate() {
+                    w.row_f32(rows.start + k, row);
+                }
+                conv
             }
-            conv
-        }
-    };
-    let row = |k: usize| &all_rows[k * inp..(k + 1) * inp];
-    let xr = |ti: usize| &x[ti * inp..(ti + 1) * inp];
+        };
+        let xr = |ti: usize| &x[ti * inp..(ti + 1) * inp];
+        tiled(
+            rows,
+            t,
+            out,
+            y,
+            |k| &all_rows[k * inp..(k + 1) * inp],
+            |wr, ti, acc| tile4x4(isa, wr, std::array::from_fn(|j| xr(ti + j)), acc),
+            |wrow, ti| dot_f32(isa, wrow, xr(ti)),
+        );
+    });
+}
+
+/// The sequence loop of every format: tokens in blocks of [`TOKENS_PER_BLOCK`], the task's
+/// rows four at a time against four tokens at a time (`tile(rows, first token, out)`), the
+/// tokens left over one at a time (`dot(row, token)`); `row(k)` is the task's row `k`.
+fn tiled<R: Copy>(
+    rows: std::ops::Range<usize>,
+    t: usize,
+    out: usize,
+    y: SharedMut,
+    row: impl Fn(usize) -> R,
+    tile: impl Fn([R; 4], usize, &mut [[f32; 4]; 4]),
+    dot: impl Fn(R, usize) -> f32,
+) {
+    let n_rows = rows.len();
     let mut acc = [[0.0f32; 4]; 4];
     for t0 in (0..t).step_by(TOKENS_PER_BLOCK) {
         let t1 = (t0 + TOKENS_PER_BLOCK).min(t);
         for g in (0..n_rows).step_by(4) {
             let n = (n_rows - g).min(4);
-            let wr: [&[f32]; 4] = std::array::from_fn(|k| row(g + k.min(n - 1)));
+            let wr: [R; 4] = std::array::from_fn(|k| row(g + k.min(n - 1)));
             let mut ti = t0;
             while ti + 4 <= t1 {
-                tile4x4(
-                    isa,
-                    wr,
-                    [xr(ti), xr(ti + 1), xr(ti + 2), xr(ti + 3)],
-                    &mut acc,
-                );
+                tile(wr, ti, &mut acc);
                 for (k, r) in acc.iter().enumerate().take(n) {
                     for (j, v) in r.iter().enumerate() {
                         // SAFETY: element (ti + j, row) is written by the task owning the row.
@@ -404,9 +390,8 @@ fn matmul_rows_tiled(
             }
             for tt in ti..t1 {
                 for (k, wrow) in wr.iter().enumerate().take(n) {
-                    let v = dot_f32(isa, wrow, xr(tt));
                     // SAFETY: as above.
-                    unsafe { y.write(tt * out + rows.start + g + k, v) };
+                    unsafe { y.write(tt * out + rows.start + g + k, dot(*wrow, tt)) };
                 }
             }
         }
@@ -452,33 +437,16 @@ fn matmul_rows_quant(
         }
         return;
     }
-    let n_rows = rows.len();
-    let mut acc = [[0.0f32; 4]; 4];
-    for t0 in (0..t).step_by(TOKENS_PER_BLOCK) {
-        let t1 = (t0 + TOKENS_PER_BLOCK).min(t);
-        for g in (0..n_rows).step_by(4) {
-            let n = (n_rows - g).min(4);
-            let wr: [QRow; 4] = std::array::from_fn(|k| qrow(w, rows.start + g + k.min(n - 1)));
-            let mut ti = t0;
-            while ti + 4 <= t1 {
-                qdot::tile4x4(isa, wr, std::array::from_fn(|j| x.token(ti + j)), &mut acc);
-                for (k, r) in acc.iter().enumerate().take(n) {
-                    for (j, v) in r.iter().enumerate() {
-                        // SAFETY: element (ti + j, row) is written by the task owning the row.
-                        unsafe { y.write((ti + j) * out + rows.start + g + k, *v) };
-                    }
-                }
-                ti += 4;
-            }
-            for tt in ti..t1 {
-                for (k, wrow) in wr.iter().enumerate().take(n) {
-                    let v = qdot::dot(isa, *wrow, x.token(tt));
-                    // SAFETY: as above.
-                    unsafe { y.write(tt * out + rows.start + g + k, v) };
-                }
-            }
-        }
-    }
+    let start = rows.start;
+    tiled(
+        rows,
+        t,
+        out,
+        y,
+        |k| qrow(w, start + k),
+        |wr, ti, acc| qdot::tile4x4(isa, wr, std::array::from_fn(|j| x.token(ti + j)), acc),
+        |wrow, ti| qdot::dot(isa, wrow, x.token(ti)),
+    );
 }
 
 /// The value of one unit of a quantized format's integer codes: int8 weights are `q * s`,
@@ -598,10 +566,12 @@ impl Backend for Cpu {
         assert_eq!(state.len(), heads * s * s, "wkv: state is not [H, S, S]");
         assert_eq!(out.len(), r.len(), "wkv: out is not [t, D]");
         let op = SharedMut(out.as_mut_ptr());
-        state
-            .par_chunks_mut(s * s)
-            .enumerate()
-            .for_each(|(h, st)| wkv_head(d, h * s, s, r, k, v, w, u, st, op));
+        state.par_chunks_mut(s * s).enumerate().for_each(|(h, st)| {
+            with_scratch(&ROWS, |acc| {
+                acc.resize(s, 0.0);
+                wkv_head(d, h * s, s, r, k, v, w, u, st, &mut acc[..s], op)
+            })
+        });
     }
 }
 
