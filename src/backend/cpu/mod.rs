@@ -399,7 +399,7 @@ fn tiled<R: Copy>(
 }
 
 /// Stored row `r` of an int8 or nf4 matrix.
-fn qrow(w: &Matrix, r: usize) -> QRow<'_> {
+pub(crate) fn qrow(w: &Matrix, r: usize) -> QRow<'_> {
     let nb = w.cols / BLOCK;
     let scales = r * nb..(r + 1) * nb;
     match &w.data {
@@ -582,7 +582,7 @@ mod tests {
     use half::{bf16, f16};
 
     /// Deterministic values in [-1, 1).
-    fn vals(n: usize, seed: u32) -> Vec<f32> {
+    pub(super) fn vals(n: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
         (0..n)
             .map(|_| {

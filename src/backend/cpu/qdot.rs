@@ -363,36 +363,11 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::qrow as row;
+    use super::super::tests::vals;
     use super::*;
     use crate::tensor::quant::{quantize, Quant};
-    use crate::tensor::{Data, Matrix};
-
-    fn vals(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    fn row(m: &Matrix, r: usize) -> QRow<'_> {
-        let nb = m.cols / BLOCK;
-        match &m.data {
-            Data::Q8(q) => QRow::Q8 {
-                qs: &q.qs[r * m.cols..(r + 1) * m.cols],
-                scales: &q.scales[r * nb..(r + 1) * nb],
-            },
-            Data::Nf4(q) => QRow::Nf4 {
-                packed: &q.packed[r * m.cols / 2..(r + 1) * m.cols / 2],
-                scales: &q.scales[r * nb..(r + 1) * nb],
-            },
-            _ => unreachable!(),
-        }
-    }
+    use crate::tensor::Matrix;
 
     #[test]
     fn activations_round_within_half_a_step() {
