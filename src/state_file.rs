@@ -1,5 +1,5 @@
-//! RNN state files: a safetensors file holding, per layer, `L.att_shift` [D], `L.wkv`
-//! [H, S, S] and `L.ffn_shift` [D] (f32), optionally `logits` [V] (after the last token fed),
+//! RNN state files: a safetensors file holding, per layer, `L.att_shift [D]`, `L.wkv
+//! [H, S, S]` and `L.ffn_shift [D]` (f32), optionally `logits [V]` (after the last token fed),
 //! and metadata naming the format, the architecture, the shape, the model fingerprint, the
 //! tokens fed and the tokenizer. The format is documented in `docs/STATE_FORMAT.md`.
 //!
