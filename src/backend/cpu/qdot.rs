@@ -218,21 +218,44 @@ mod x86 {
 
     // ---- AVX-512BW ----
 
-    /// Block `b` of `w` as two vectors of 32 words (zeros past the end).
+    /// The nf4 code book as 32 words, twice over, for `vpermw`, which reads five bits of an
+    /// index: the fifth, the next nibble's low bit, then picks the same code.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn nf4_words_table() -> __m512i {
+        const WORDS: [i16; 32] = {
+            let mut t = [0; 32];
+            let mut i = 0;
+            while i < 32 {
+                t[i] = NF4_I8[i % 16] as i16;
+                i += 1;
+            }
+            t
+        };
+        _mm512_loadu_si512(WORDS.as_ptr() as *const __m512i)
+    }
+
+    /// Block `b` of `w` as two vectors of 32 words, weights 0..32 and 32..64 (zeros past
+    /// the end). An nf4 block's 32 bytes widen to words, whose low nibble (weight `j`) and,
+    /// shifted, high nibble (weight `j + 32`) index the code book: four instructions.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn words512(w: QRow, b: usize, table: __m256i) -> [__m512i; 2] {
-        let bytes = match w {
+    unsafe fn words512(w: QRow, b: usize, table: __m512i) -> [__m512i; 2] {
+        match w {
             QRow::Q8 { qs, scales } if b < scales.len() => {
                 let p = qs.as_ptr().add(b * BLOCK) as *const __m256i;
-                [_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))]
+                [p, p.add(1)].map(|p| _mm512_cvtepi8_epi16(_mm256_loadu_si256(p)))
             }
             QRow::Nf4 { packed, scales } if b < scales.len() => {
-                nf4_codes(packed.as_ptr().add(b * BLOCK / 2), table)
+                let p = packed.as_ptr().add(b * BLOCK / 2) as *const __m256i;
+                let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(p));
+                [
+                    _mm512_permutexvar_epi16(v, table),
+                    _mm512_permutexvar_epi16(_mm512_srli_epi16::<4>(v), table),
+                ]
             }
-            _ => [_mm256_setzero_si256(); 2],
-        };
-        bytes.map(|v| _mm512_cvtepi8_epi16(v))
+            _ => [_mm512_setzero_si512(); 2],
+        }
     }
 
     /// Block `b` of `x` against its weights `w`: the sixteen integer lanes, as f32.
@@ -268,7 +291,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
     pub unsafe fn dot_avx512(w: QRow, x: QTok) -> f32 {
-        let table = nf4_table();
+        let table = nf4_words_table();
         let mut acc = _mm512_setzero_ps();
         for b in (0..x.scale.len()).step_by(2) {
             prefetch_pair(w, b);
@@ -282,7 +305,7 @@ mod x86 {
     /// each block of a row is widened once and used four times.
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
     pub unsafe fn tile_avx512(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
-        let table = nf4_table();
+        let table = nf4_words_table();
         let mut acc = [[_mm512_setzero_ps(); 4]; 4];
         for b in (0..x[0].scale.len()).step_by(2) {
             let wv: [[[__m512i; 2]; 2]; 4] =
