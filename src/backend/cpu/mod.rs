@@ -10,7 +10,7 @@ pub mod simd;
 use super::{Backend, MatJob};
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::{Data, Matrix};
-use qdot::{QActs, QRow};
+use qdot::{Act, QActs, QRow};
 use rayon::prelude::*;
 pub use simd::Isa;
 use std::cell::RefCell;
@@ -449,12 +449,12 @@ fn matmul_rows_quant(
     );
 }
 
-/// The value of one unit of a quantized format's integer codes: int8 weights are `q * s`,
-/// nf4 weights `NF4_I8[i] / 127 * s`.
-fn code_unit(w: &Matrix) -> Option<f32> {
+/// For a quantized matrix: the value of one unit of its integer codes (int8 weights are
+/// `q * s`, nf4 weights `NF4_I8[i] / 127 * s`), and how its activations are rounded.
+fn code_unit(w: &Matrix) -> Option<(f32, Act)> {
     match w.data {
-        Data::Q8(_) => Some(1.0),
-        Data::Nf4(_) => Some(1.0 / NF4_I8[15] as f32),
+        Data::Q8(_) => Some((1.0, Act::I16)),
+        Data::Nf4(_) => Some((1.0 / NF4_I8[15] as f32, Act::I8)),
         _ => None,
     }
 }
@@ -486,8 +486,8 @@ pub fn matmuls_with(isa: Isa, t: usize, jobs: &mut [MatJob<'_>]) {
             acts.resize_with(jobs.len(), QActs::default);
         }
         for (j, a) in jobs.iter().zip(acts.iter_mut()) {
-            if let Some(unit) = code_unit(j.w) {
-                a.quantize(j.x, j.w.cols, unit);
+            if let Some((unit, act)) = code_unit(j.w) {
+                a.quantize(j.x, j.w.cols, unit, act);
             }
         }
         let acts = &*acts;
@@ -509,9 +509,9 @@ pub fn matmuls_with(isa: Isa, t: usize, jobs: &mut [MatJob<'_>]) {
 /// Scalar twin of [`matmul_with`] for int8 and nf4 matrices: activations rounded as there,
 /// then [`qdot::dot_scalar`].
 pub fn matmul_quant_scalar(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
-    let unit = code_unit(w).expect("matmul_quant_scalar: the matrix is not quantized");
+    let (unit, act) = code_unit(w).expect("matmul_quant_scalar: the matrix is not quantized");
     let mut acts = QActs::default();
-    acts.quantize(x, w.cols, unit);
+    acts.quantize(x, w.cols, unit, act);
     for ti in 0..t {
         for o in 0..w.rows {
             y[ti * w.rows + o] = qdot::dot_scalar(qrow(w, o), acts.token(ti));

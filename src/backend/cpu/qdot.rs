@@ -1,8 +1,8 @@
-//! Quantized weights times activations rounded to int16: the integer dot products behind
-//! int8 and nf4 matrices on the CPU.
+//! Quantized weights times activations rounded to integers: the integer dot products
+//! behind int8 and nf4 matrices on the CPU.
 //!
 //! Before an int8 or nf4 matrix multiplies `x [t, in]`, every token's row is rounded to
-//! int16 in blocks of 64 with one f32 scale ([`QActs`]). The products of a block are then
+//! integers in blocks of 64 with one f32 scale ([`QActs`]). The products of a block are then
 //! an exact integer sum, and a (row, token) pair is
 //!
 //! ```text
@@ -10,27 +10,29 @@
 //! ```
 //!
 //! with `wq` the int8 weight (nf4: its code in [`NF4_I8`]), `ws` the weight block scale and
-//! `xs` the activation block scale (for nf4 divided by 127, the code book's unit). Rounding
-//! to int16 moves an activation by at most 1/65534 of its block's largest, 250 times less
-//! than int8 weights move, so the logits match those of the dequantized weights in f32 to
-//! the digits the tests check; int8 activations (as other engines round them) were measured
-//! to move the logits four times as far as int8 weights do (on `rand-rwkv6-world-d64`).
-//! What the integers buy is that a quantized row is multiplied without converting it to
-//! f32: `vpmaddwd` does 32 products an instruction and sign-extending a byte is one.
+//! `xs` the activation block scale (for nf4 divided by 127, the code book's unit). What the
+//! integers buy is that a quantized row is multiplied without converting it to f32.
 //!
-//! A block is two `vpmaddwd`s; lane `l` of a block's sum holds four products (weights
-//! `2l, 2l+1, 32+2l, 33+2l`), at most `4 * 127 * 32767 < 2^24`, so converting it to f32 is
-//! exact. Blocks are scaled and added in pairs (`acc + (l0 * s0 + l1 * s1)`, which keeps the
-//! chain through the accumulator short) and the lanes reduced at the end. The 4x4 tile does
-//! exactly the same for each of its sixteen pairs, so a token's result does not depend on
-//! how many tokens share the call. Kernels: AVX-512BW (16 lanes), AVX2 (8 lanes), and the
-//! scalar twin [`dot_scalar`] everywhere else.
+//! How finely the activations are rounded depends on the weights ([`Act`]), measured on the
+//! fixtures (README table):
+//! - int8 weights meet **int16** activations (`vpmaddwd`, 32 products an instruction). int8
+//!   activations moved the random World model's logits four times as far as the int8
+//!   weights themselves do; int16 ones (250 times finer) leave the logits where the
+//!   dequantized weights in f32 put them, to the digits the tests check.
+//! - nf4 weights meet **int8** activations (`vpdpbusd`, 64 products an instruction, twice
+//!   the rate). Against nf4's own rounding they cost nothing measurable: bits per byte and
+//!   the logit errors were the same as with int16.
+//!
+//! A block's integer sum lives in vector lanes (at most four products a lane,
+//! `4 * 127 * 32767 < 2^24`, so converting a lane to f32 is exact). Blocks are scaled and
+//! added in pairs (`acc + (l0 * s0 + l1 * s1)`, which keeps the chain through the
+//! accumulator short) and the lanes reduced at the end. The 4x4 tiles do exactly the same
+//! for each of their sixteen pairs, so a token's result does not depend on how many tokens
+//! share the call. Kernels: AVX-512BW (+VNNI for nf4), AVX2, and the scalar twin
+//! [`dot_scalar`] everywhere else.
 
 use super::Isa;
 use crate::tensor::quant::{BLOCK, NF4_I8};
-
-/// The largest activation code.
-const XMAX: f32 = i16::MAX as f32;
 
 /// One stored row of an int8 or nf4 matrix.
 #[derive(Debug, Clone, Copy)]
@@ -62,50 +64,111 @@ impl QRow<'_> {
     }
 }
 
-/// One token's activations rounded to int16: `q [n]`, `scale [n / 64]`.
+/// How activations are rounded for a format's weights (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Act {
+    /// int16 codes, for int8 weights.
+    #[default]
+    I16,
+    /// int8 codes, for nf4 weights.
+    I8,
+}
+
+impl Act {
+    /// The largest code.
+    fn max(self) -> f32 {
+        match self {
+            Act::I16 => i16::MAX as f32,
+            Act::I8 => i8::MAX as f32,
+        }
+    }
+}
+
+/// One token's activations rounded to integers: `scale [n / 64]`, and `q16 [n]` or `q8 [n]`
+/// with `corr [n / 64, 16]` (the other empty).
 #[derive(Debug, Clone, Copy)]
 pub struct QTok<'a> {
-    pub q: &'a [i16],
+    pub q16: &'a [i16],
+    pub q8: &'a [i8],
+    pub corr: &'a [i32],
     pub scale: &'a [f32],
 }
 
-/// Activations `x [t, n]` rounded to int16 in blocks of 64, reused between calls.
+/// Lanes of a block's sum in the AVX-512 int8 kernel: lane `l` sums bytes `4l..4l+4`.
+const LANES: usize = 16;
+
+/// Activations `x [t, n]` rounded to integers in blocks of 64, reused between calls.
 #[derive(Debug, Default)]
 pub struct QActs {
     n: usize,
-    /// `[t, n]`: `round(x / (absmax / 32767))`.
-    q: Vec<i16>,
-    /// `[t, n / 64]`: the block scale `absmax / 32767`, times the weight format's unit.
+    act: Act,
+    /// [`Act::I16`]: `[t, n]`, `round(x / (absmax / 32767))`.
+    q16: Vec<i16>,
+    /// [`Act::I8`]: `[t, n]`, `round(x / (absmax / 127))`.
+    q8: Vec<i8>,
+    /// [`Act::I8`]: `[t, n / 64, 16]`, `-128 *` the sum of lane `l`'s four codes. `vpdpbusd`
+    /// multiplies unsigned bytes by signed ones, so the kernel reads an nf4 code as
+    /// `code + 128`; starting each block's sum here cancels the extra `128 * sum(xq)`.
+    corr: Vec<i32>,
+    /// `[t, n / 64]`: the block scale `absmax / max code`, times the weight format's unit.
     scale: Vec<f32>,
 }
 
 impl QActs {
-    /// Round `x [t, n]` (`n` a multiple of 64); `unit` multiplies every scale (1 for int8
-    /// weights, 1/127 for nf4 codes).
-    pub fn quantize(&mut self, x: &[f32], n: usize, unit: f32) {
+    /// Round `x [t, n]` (`n` a multiple of 64) as `act`; `unit` multiplies every scale (1
+    /// for int8 weights, 1/127 for nf4 codes).
+    pub fn quantize(&mut self, x: &[f32], n: usize, unit: f32, act: Act) {
         debug_assert!(n.is_multiple_of(BLOCK) && x.len().is_multiple_of(n));
-        self.n = n;
-        self.q.resize(x.len(), 0);
-        self.scale.resize(x.len() / BLOCK, 0.0);
-        for ((xb, qb), s) in x
-            .chunks_exact(BLOCK)
-            .zip(self.q.chunks_exact_mut(BLOCK))
-            .zip(self.scale.iter_mut())
-        {
+        let blocks = x.len() / BLOCK;
+        (self.n, self.act) = (n, act);
+        self.scale.resize(blocks, 0.0);
+        let (q16, q8) = match act {
+            Act::I16 => (x.len(), 0),
+            Act::I8 => (0, x.len()),
+        };
+        self.q16.resize(q16, 0);
+        self.q8.resize(q8, 0);
+        self.corr.resize(q8 / BLOCK * LANES, 0);
+        let max = act.max();
+        for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
             let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let inv = if amax > 0.0 { XMAX / amax } else { 0.0 };
-            *s = amax / XMAX * unit;
-            for (o, v) in qb.iter_mut().zip(xb) {
-                *o = (v * inv).round().clamp(-XMAX, XMAX) as i16;
+            let inv = if amax > 0.0 { max / amax } else { 0.0 };
+            self.scale[b] = amax / max * unit;
+            let code = |v: &f32| (v * inv).round().clamp(-max, max);
+            let range = b * BLOCK..(b + 1) * BLOCK;
+            match act {
+                Act::I16 => {
+                    for (o, v) in self.q16[range].iter_mut().zip(xb) {
+                        *o = code(v) as i16;
+                    }
+                }
+                Act::I8 => {
+                    for (o, v) in self.q8[range.clone()].iter_mut().zip(xb) {
+                        *o = code(v) as i8;
+                    }
+                    let lanes = self.q8[range].chunks_exact(4);
+                    for (c, lane) in self.corr[b * LANES..(b + 1) * LANES].iter_mut().zip(lanes) {
+                        *c = -128 * lane.iter().map(|&v| v as i32).sum::<i32>();
+                    }
+                }
             }
         }
     }
 
     /// Token `ti`.
     pub fn token(&self, ti: usize) -> QTok<'_> {
-        let nb = self.n / BLOCK;
+        let (n, nb) = (self.n, self.n / BLOCK);
+        let span = |len: usize, per: usize| {
+            if len == 0 {
+                0..0
+            } else {
+                ti * per..(ti + 1) * per
+            }
+        };
         QTok {
-            q: &self.q[ti * self.n..(ti + 1) * self.n],
+            q16: &self.q16[span(self.q16.len(), n)],
+            q8: &self.q8[span(self.q8.len(), n)],
+            corr: &self.corr[span(self.corr.len(), nb * LANES)],
             scale: &self.scale[ti * nb..(ti + 1) * nb],
         }
     }
@@ -115,23 +178,35 @@ impl QActs {
 pub fn dot_scalar(w: QRow, x: QTok) -> f32 {
     let mut acc = 0.0f32;
     for (b, (&ws, &xs)) in w.scales().iter().zip(x.scale).enumerate() {
-        let s: i32 = (0..BLOCK)
-            .map(|i| w.code(b, i) * x.q[b * BLOCK + i] as i32)
-            .sum();
+        let xq = |i: usize| match w {
+            QRow::Q8 { .. } => x.q16[b * BLOCK + i] as i32,
+            QRow::Nf4 { .. } => x.q8[b * BLOCK + i] as i32,
+        };
+        let s: i32 = (0..BLOCK).map(|i| w.code(b, i) * xq(i)).sum();
         acc += ws * xs * s as f32;
     }
     acc
 }
 
-/// Whether the AVX-512 kernels here can run (they need byte and word instructions).
-fn avx512bw() -> bool {
+/// Whether the AVX-512 kernels here can run: byte and word instructions, and for nf4 VNNI
+/// and byte permutes.
+fn avx512(w: &QRow) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static BW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *BW.get_or_init(|| is_x86_feature_detected!("avx512bw"))
+        use std::sync::OnceLock;
+        static BW: OnceLock<bool> = OnceLock::new();
+        static VNNI: OnceLock<bool> = OnceLock::new();
+        let bw = *BW.get_or_init(|| is_x86_feature_detected!("avx512bw"));
+        let vnni = *VNNI.get_or_init(|| {
+            is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi")
+        });
+        bw && (vnni || matches!(w, QRow::Q8 { .. }))
     }
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    {
+        let _ = w;
+        false
+    }
 }
 
 /// `w . x` on `isa`.
@@ -139,25 +214,43 @@ fn avx512bw() -> bool {
 pub fn dot(isa: Isa, w: QRow, x: QTok) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `isa` was detected on this CPU (Isa::detect), AVX-512BW is checked, and
-        // every AVX-512 CPU has AVX2 and FMA.
-        match isa {
-            Isa::Avx512 if avx512bw() => return unsafe { x86::dot_avx512(w, x) },
-            Isa::Avx512 | Isa::Avx2 => return unsafe { x86::dot_avx2(w, x) },
-            Isa::Portable => {}
+        use x86::*;
+        // SAFETY: `isa` was detected on this CPU (Isa::detect), the AVX-512 extensions are
+        // checked, and every AVX-512 CPU has AVX2 and FMA.
+        unsafe {
+            match (isa, w) {
+                (Isa::Avx512, QRow::Q8 { qs, scales }) if avx512(&w) => {
+                    return dot_q8_avx512(qs, scales, x)
+                }
+                (Isa::Avx512, QRow::Nf4 { packed, scales }) if avx512(&w) => {
+                    return dot_nf4_vnni(packed, scales, x)
+                }
+                (Isa::Avx512 | Isa::Avx2, QRow::Q8 { qs, scales }) => {
+                    return dot_q8_avx2(qs, scales, x)
+                }
+                (Isa::Avx512 | Isa::Avx2, QRow::Nf4 { packed, scales }) => {
+                    return dot_nf4_avx2(packed, scales, x)
+                }
+                (Isa::Portable, _) => {}
+            }
         }
     }
     dot_scalar(w, x)
 }
 
-/// `out[r][t] = w[r] . x[t]` for four rows and four tokens on `isa`, each pair equal to
-/// [`dot`].
+/// `out[r][t] = w[r] . x[t]` for four rows (all of one format) and four tokens on `isa`,
+/// each pair equal to [`dot`].
 #[inline]
 pub fn tile4x4(isa: Isa, w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && avx512bw() {
-        // SAFETY: AVX-512 was detected on this CPU (Isa::detect); AVX-512BW is checked.
-        return unsafe { x86::tile_avx512(w, x, out) };
+    if isa == Isa::Avx512 && avx512(&w[0]) {
+        // SAFETY: AVX-512 was detected on this CPU (Isa::detect); its extensions are checked.
+        return unsafe {
+            match w[0] {
+                QRow::Q8 { .. } => x86::tile_q8_avx512(w, x, out),
+                QRow::Nf4 { .. } => x86::tile_nf4_vnni(w, x, out),
+            }
+        };
     }
     for (r, row) in out.iter_mut().enumerate() {
         for (t, o) in row.iter_mut().enumerate() {
@@ -166,10 +259,9 @@ pub fn tile4x4(isa: Isa, w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
     }
 }
 
-/// The scales of blocks `b` and `b + 1` (0 past the end) of the pair `(w, x)`.
+/// The products of the scales of blocks `b` and `b + 1` (0 past the end).
 #[inline]
-fn pair_scales(w: QRow, x: QTok, b: usize) -> [f32; 2] {
-    let (ws, xs) = (w.scales(), x.scale);
+fn pair_scales(ws: &[f32], xs: &[f32], b: usize) -> [f32; 2] {
     let two = b + 1 < ws.len();
     [ws[b] * xs[b], if two { ws[b + 1] * xs[b + 1] } else { 0.0 }]
 }
@@ -177,17 +269,39 @@ fn pair_scales(w: QRow, x: QTok, b: usize) -> [f32; 2] {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #![allow(clippy::missing_safety_doc)]
-    use super::{pair_scales, QRow, QTok, BLOCK, NF4_I8};
+    use super::super::simd::prefetch_ahead;
+    use super::{pair_scales, QRow, QTok, BLOCK, LANES, NF4_I8};
     use std::arch::x86_64::*;
 
-    /// The nf4 code book in both 128-bit lanes, for `vpshufb`.
+    /// Rows must be all int8 or all nf4.
+    const MIXED: &str = "a tile of rows in two formats";
+
+    /// `acc + (l0 * s0 + l1 * s1)`, or `acc + l0 * s0` without a second block.
     #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn nf4_table() -> __m256i {
-        _mm256_broadcastsi128_si256(_mm_loadu_si128(NF4_I8.as_ptr() as *const __m128i))
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add_pair512(l0: __m512, l1: Option<__m512>, s: [f32; 2], acc: __m512) -> __m512 {
+        let p = _mm512_mul_ps(l0, _mm512_set1_ps(s[0]));
+        let p = match l1 {
+            Some(l1) => _mm512_fmadd_ps(l1, _mm512_set1_ps(s[1]), p),
+            None => p,
+        };
+        _mm512_add_ps(acc, p)
     }
 
-    /// The 64 nf4 codes of the block at `p` (32 bytes) as bytes: weights 0..32, 32..64.
+    /// As [`add_pair512`], eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn add_pair256(l0: __m256, l1: Option<__m256>, s: [f32; 2], acc: __m256) -> __m256 {
+        let p = _mm256_mul_ps(l0, _mm256_set1_ps(s[0]));
+        let p = match l1 {
+            Some(l1) => _mm256_fmadd_ps(l1, _mm256_set1_ps(s[1]), p),
+            None => p,
+        };
+        _mm256_add_ps(acc, p)
+    }
+
+    /// The 64 nf4 codes of the block at `p` (32 bytes), as signed bytes: weights 0..32 and
+    /// 32..64. `table`: [`NF4_I8`] in both 128-bit lanes.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn nf4_codes(p: *const u8, table: __m256i) -> [__m256i; 2] {
@@ -201,68 +315,28 @@ mod x86 {
         ]
     }
 
-    /// Ask for the weights [`PREFETCH_AHEAD`](super::super::simd::PREFETCH_AHEAD) bytes
-    /// past blocks `b` and `b + 1` (two cache lines of int8, one of nf4).
-    #[inline(always)]
-    fn prefetch_pair(w: QRow, b: usize) {
-        use super::super::simd::prefetch_ahead;
-        match w {
-            QRow::Q8 { qs, .. } => {
-                let p = qs.as_ptr().wrapping_add(b * BLOCK);
-                prefetch_ahead(p);
-                prefetch_ahead(p.wrapping_add(BLOCK));
-            }
-            QRow::Nf4 { packed, .. } => prefetch_ahead(packed.as_ptr().wrapping_add(b * BLOCK / 2)),
-        }
-    }
-
-    // ---- AVX-512BW ----
-
-    /// The nf4 code book as 32 words, twice over, for `vpermw`, which reads five bits of an
-    /// index: the fifth, the next nibble's low bit, then picks the same code.
+    /// [`NF4_I8`] in both 128-bit lanes, for `vpshufb`.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn nf4_words_table() -> __m512i {
-        const WORDS: [i16; 32] = {
-            let mut t = [0; 32];
-            let mut i = 0;
-            while i < 32 {
-                t[i] = NF4_I8[i % 16] as i16;
-                i += 1;
-            }
-            t
-        };
-        _mm512_loadu_si512(WORDS.as_ptr() as *const __m512i)
+    #[target_feature(enable = "avx2")]
+    unsafe fn nf4_table() -> __m256i {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(NF4_I8.as_ptr() as *const __m128i))
     }
 
-    /// Block `b` of `w` as two vectors of 32 words, weights 0..32 and 32..64 (zeros past
-    /// the end). An nf4 block's 32 bytes widen to words, whose low nibble (weight `j`) and,
-    /// shifted, high nibble (weight `j + 32`) index the code book: four instructions.
+    // ---- int8 weights, int16 activations ----
+
+    /// Int8 block `b` of `qs` as two vectors of 32 words.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn words512(w: QRow, b: usize, table: __m512i) -> [__m512i; 2] {
-        match w {
-            QRow::Q8 { qs, scales } if b < scales.len() => {
-                let p = qs.as_ptr().add(b * BLOCK) as *const __m256i;
-                [p, p.add(1)].map(|p| _mm512_cvtepi8_epi16(_mm256_loadu_si256(p)))
-            }
-            QRow::Nf4 { packed, scales } if b < scales.len() => {
-                let p = packed.as_ptr().add(b * BLOCK / 2) as *const __m256i;
-                let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(p));
-                [
-                    _mm512_permutexvar_epi16(v, table),
-                    _mm512_permutexvar_epi16(_mm512_srli_epi16::<4>(v), table),
-                ]
-            }
-            _ => [_mm512_setzero_si512(); 2],
-        }
+    unsafe fn q8_words512(qs: &[i8], b: usize) -> [__m512i; 2] {
+        let p = qs.as_ptr().add(b * BLOCK) as *const __m256i;
+        [p, p.add(1)].map(|p| _mm512_cvtepi8_epi16(_mm256_loadu_si256(p)))
     }
 
     /// Block `b` of `x` against its weights `w`: the sixteen integer lanes, as f32.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn block512(w: [__m512i; 2], x: QTok, b: usize) -> __m512 {
-        let p = x.q.as_ptr().add(b * BLOCK) as *const __m512i;
+    unsafe fn q8_block512(w: [__m512i; 2], x: QTok, b: usize) -> __m512 {
+        let p = x.q16.as_ptr().add(b * BLOCK) as *const __m512i;
         let s = _mm512_add_epi32(
             _mm512_madd_epi16(w[0], _mm512_loadu_si512(p)),
             _mm512_madd_epi16(w[1], _mm512_loadu_si512(p.add(1))),
@@ -270,49 +344,54 @@ mod x86 {
         _mm512_cvtepi32_ps(s)
     }
 
-    /// Blocks `b` and `b + 1` (`w` their weights, `s` their scales) added into `acc`.
-    #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn pair512(
-        w: &[[__m512i; 2]; 2],
-        x: QTok,
-        b: usize,
-        s: [f32; 2],
-        acc: __m512,
-    ) -> __m512 {
-        let p = _mm512_mul_ps(block512(w[0], x, b), _mm512_set1_ps(s[0]));
-        let p = if b + 1 < x.scale.len() {
-            _mm512_fmadd_ps(block512(w[1], x, b + 1), _mm512_set1_ps(s[1]), p)
-        } else {
-            p
-        };
-        _mm512_add_ps(acc, p)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    pub unsafe fn dot_avx512(w: QRow, x: QTok) -> f32 {
-        let table = nf4_words_table();
+    pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
+        let nb = scales.len();
         let mut acc = _mm512_setzero_ps();
-        for b in (0..x.scale.len()).step_by(2) {
-            prefetch_pair(w, b);
-            let wv = [words512(w, b, table), words512(w, b + 1, table)];
-            acc = pair512(&wv, x, b, pair_scales(w, x, b), acc);
+        for b in (0..nb).step_by(2) {
+            prefetch_ahead(qs.as_ptr().add(b * BLOCK));
+            prefetch_ahead(qs.as_ptr().add(b * BLOCK + BLOCK));
+            let l0 = q8_block512(q8_words512(qs, b), x, b);
+            let l1 = if b + 1 < nb {
+                Some(q8_block512(q8_words512(qs, b + 1), x, b + 1))
+            } else {
+                None
+            };
+            acc = add_pair512(l0, l1, pair_scales(scales, x.scale, b), acc);
         }
         _mm512_reduce_add_ps(acc)
     }
 
-    /// Four rows against four tokens, each pair summed exactly as [`dot_avx512`] sums it;
-    /// each block of a row is widened once and used four times.
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    pub unsafe fn tile_avx512(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
-        let table = nf4_words_table();
+    /// Four int8 rows against four tokens, each pair summed exactly as [`dot_q8_avx512`]
+    /// sums it; each block of a row is widened once and used four times.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn tile_q8_avx512(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
+        let rows = w.map(|r| match r {
+            QRow::Q8 { qs, scales } => (qs, scales),
+            QRow::Nf4 { .. } => unreachable!("{MIXED}"),
+        });
+        let nb = rows[0].1.len();
         let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        for b in (0..x[0].scale.len()).step_by(2) {
-            let wv: [[[__m512i; 2]; 2]; 4] =
-                std::array::from_fn(|r| [words512(w[r], b, table), words512(w[r], b + 1, table)]);
+        for b in (0..nb).step_by(2) {
+            let two = b + 1 < nb;
+            let words: [[[__m512i; 2]; 2]; 4] = std::array::from_fn(|r| {
+                let next = if two {
+                    q8_words512(rows[r].0, b + 1)
+                } else {
+                    [_mm512_setzero_si512(); 2]
+                };
+                [q8_words512(rows[r].0, b), next]
+            });
             for (t, xt) in x.iter().enumerate() {
                 for r in 0..4 {
-                    acc[r][t] = pair512(&wv[r], *xt, b, pair_scales(w[r], *xt, b), acc[r][t]);
+                    let l0 = q8_block512(words[r][0], *xt, b);
+                    let l1 = if two {
+                        Some(q8_block512(words[r][1], *xt, b + 1))
+                    } else {
+                        None
+                    };
+                    let s = pair_scales(rows[r].1, xt.scale, b);
+                    acc[r][t] = add_pair512(l0, l1, s, acc[r][t]);
                 }
             }
         }
@@ -323,34 +402,16 @@ mod x86 {
         }
     }
 
-    // ---- AVX2 ----
-
-    /// Block `b` of `w` as four vectors of 16 words.
+    /// Int8 block `b` of `qs` against `x`: eight integer lanes, as f32.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn words256(w: QRow, b: usize, table: __m256i) -> [__m256i; 4] {
-        let [a, c] = match w {
-            QRow::Q8 { qs, .. } => {
-                let p = qs.as_ptr().add(b * BLOCK) as *const __m256i;
-                [_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))]
-            }
-            QRow::Nf4 { packed, .. } => nf4_codes(packed.as_ptr().add(b * BLOCK / 2), table),
+    unsafe fn q8_block256(qs: &[i8], x: QTok, b: usize) -> __m256 {
+        let wp = qs.as_ptr().add(b * BLOCK) as *const __m128i;
+        let xp = x.q16.as_ptr().add(b * BLOCK) as *const __m256i;
+        let m = |k: usize| {
+            let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(k)));
+            _mm256_madd_epi16(w, _mm256_loadu_si256(xp.add(k)))
         };
-        let widen = |v: __m128i| _mm256_cvtepi8_epi16(v);
-        [
-            widen(_mm256_castsi256_si128(a)),
-            widen(_mm256_extracti128_si256::<1>(a)),
-            widen(_mm256_castsi256_si128(c)),
-            widen(_mm256_extracti128_si256::<1>(c)),
-        ]
-    }
-
-    /// Block `b` of `x` against its weights `w`: eight integer lanes, as f32.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn block256(w: [__m256i; 4], x: QTok, b: usize) -> __m256 {
-        let p = x.q.as_ptr().add(b * BLOCK) as *const __m256i;
-        let m = |k: usize| _mm256_madd_epi16(w[k], _mm256_loadu_si256(p.add(k)));
         let s = _mm256_add_epi32(_mm256_add_epi32(m(0), m(1)), _mm256_add_epi32(m(2), m(3)));
         _mm256_cvtepi32_ps(s)
     }
@@ -364,21 +425,158 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_avx2(w: QRow, x: QTok) -> f32 {
-        let table = nf4_table();
-        let nb = x.scale.len();
+    pub unsafe fn dot_q8_avx2(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
+        let nb = scales.len();
         let mut acc = _mm256_setzero_ps();
         for b in (0..nb).step_by(2) {
-            prefetch_pair(w, b);
-            let s = pair_scales(w, x, b);
-            let p = _mm256_mul_ps(block256(words256(w, b, table), x, b), _mm256_set1_ps(s[0]));
-            let p = if b + 1 < nb {
-                let l1 = block256(words256(w, b + 1, table), x, b + 1);
-                _mm256_fmadd_ps(l1, _mm256_set1_ps(s[1]), p)
+            prefetch_ahead(qs.as_ptr().add(b * BLOCK));
+            prefetch_ahead(qs.as_ptr().add(b * BLOCK + BLOCK));
+            let l0 = q8_block256(qs, x, b);
+            let l1 = if b + 1 < nb {
+                Some(q8_block256(qs, x, b + 1))
             } else {
-                p
+                None
             };
-            acc = _mm256_add_ps(acc, p);
+            acc = add_pair256(l0, l1, pair_scales(scales, x.scale, b), acc);
+        }
+        hsum256(acc)
+    }
+
+    // ---- nf4 weights, int8 activations ----
+
+    /// [`NF4_I8`] plus 128 (as unsigned bytes, for `vpdpbusd`) four times over, for
+    /// `vpermb`, which reads six bits of an index: the two above a nibble do not matter.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn nf4_table_u8x4() -> __m512i {
+        const TABLE: [u8; 64] = {
+            let mut t = [0; 64];
+            let mut i = 0;
+            while i < 64 {
+                t[i] = (NF4_I8[i % 16] as u8) ^ 0x80;
+                i += 1;
+            }
+            t
+        };
+        _mm512_loadu_si512(TABLE.as_ptr() as *const __m512i)
+    }
+
+    /// The 64 codes of nf4 block `b` of `packed`, each plus 128, in order: the block's 32
+    /// bytes in both halves, the upper half shifted down a nibble, then one lookup.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    unsafe fn nf4_u8(packed: &[u8], b: usize, table: __m512i) -> __m512i {
+        let p = packed.as_ptr().add(b * BLOCK / 2) as *const __m256i;
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(p));
+        let v = _mm512_mask_srli_epi16::<4>(v, 0xFFFF_0000, v);
+        _mm512_permutexvar_epi8(v, table)
+    }
+
+    /// Block `b` of `x` against its weights `wu` (codes plus 128): the sixteen integer
+    /// lanes, as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    unsafe fn nf4_block_vnni(wu: __m512i, x: QTok, b: usize) -> __m512 {
+        let xq = _mm512_loadu_si512(x.q8.as_ptr().add(b * BLOCK) as *const __m512i);
+        let corr = _mm512_loadu_si512(x.corr.as_ptr().add(b * LANES) as *const __m512i);
+        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, wu, xq))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
+        let table = nf4_table_u8x4();
+        let nb = scales.len();
+        let mut acc = _mm512_setzero_ps();
+        for b in (0..nb).step_by(2) {
+            prefetch_ahead(packed.as_ptr().add(b * BLOCK / 2));
+            let l0 = nf4_block_vnni(nf4_u8(packed, b, table), x, b);
+            let l1 = if b + 1 < nb {
+                Some(nf4_block_vnni(nf4_u8(packed, b + 1, table), x, b + 1))
+            } else {
+                None
+            };
+            acc = add_pair512(l0, l1, pair_scales(scales, x.scale, b), acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// Four nf4 rows against four tokens, each pair summed exactly as [`dot_nf4_vnni`] sums
+    /// it; each block of a row is unpacked once and used four times.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    pub unsafe fn tile_nf4_vnni(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
+        let table = nf4_table_u8x4();
+        let rows = w.map(|r| match r {
+            QRow::Nf4 { packed, scales } => (packed, scales),
+            QRow::Q8 { .. } => unreachable!("{MIXED}"),
+        });
+        let nb = rows[0].1.len();
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        for b in (0..nb).step_by(2) {
+            let two = b + 1 < nb;
+            let wu: [[__m512i; 2]; 4] = std::array::from_fn(|r| {
+                let next = if two {
+                    nf4_u8(rows[r].0, b + 1, table)
+                } else {
+                    _mm512_setzero_si512()
+                };
+                [nf4_u8(rows[r].0, b, table), next]
+            });
+            for (t, xt) in x.iter().enumerate() {
+                for r in 0..4 {
+                    let l0 = nf4_block_vnni(wu[r][0], *xt, b);
+                    let l1 = if two {
+                        Some(nf4_block_vnni(wu[r][1], *xt, b + 1))
+                    } else {
+                        None
+                    };
+                    let s = pair_scales(rows[r].1, xt.scale, b);
+                    acc[r][t] = add_pair512(l0, l1, s, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..4 {
+            for t in 0..4 {
+                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+
+    /// `sum(|w| * (x with the sign of w))` over 32 bytes, as eight i32 lanes: pairs of
+    /// products in 16 bits, which cannot overflow since `|w|, |x| <= 127`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn madd_i8(w: __m256i, x: __m256i) -> __m256i {
+        let p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+        _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    }
+
+    /// nf4 block `b` of `packed` against `x`: eight integer lanes, as f32.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nf4_block256(packed: &[u8], x: QTok, b: usize, table: __m256i) -> __m256 {
+        let [w0, w1] = nf4_codes(packed.as_ptr().add(b * BLOCK / 2), table);
+        let xp = x.q8.as_ptr().add(b * BLOCK) as *const __m256i;
+        let s = _mm256_add_epi32(
+            madd_i8(w0, _mm256_loadu_si256(xp)),
+            madd_i8(w1, _mm256_loadu_si256(xp.add(1))),
+        );
+        _mm256_cvtepi32_ps(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_nf4_avx2(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
+        let table = nf4_table();
+        let nb = scales.len();
+        let mut acc = _mm256_setzero_ps();
+        for b in (0..nb).step_by(2) {
+            prefetch_ahead(packed.as_ptr().add(b * BLOCK / 2));
+            let l0 = nf4_block256(packed, x, b, table);
+            let l1 = if b + 1 < nb {
+                Some(nf4_block256(packed, x, b + 1, table))
+            } else {
+                None
+            };
+            acc = add_pair256(l0, l1, pair_scales(scales, x.scale, b), acc);
         }
         hsum256(acc)
     }
@@ -398,28 +596,44 @@ mod tests {
         let mut x = vals(2 * n, 1);
         x[70] = 9.0; // one block with an outlier
         x[128..192].iter_mut().for_each(|v| *v = 0.0); // and one of zeros
-        let mut a = QActs::default();
-        a.quantize(&x, n, 1.0);
-        for ti in 0..2 {
-            let tok = a.token(ti);
-            for (i, &v) in x[ti * n..(ti + 1) * n].iter().enumerate() {
-                let s = tok.scale[i / BLOCK];
-                assert!(
-                    (tok.q[i] as f32 * s - v).abs() <= s * 0.5 + 1e-9,
-                    "{ti} {i}"
-                );
+        for act in [Act::I16, Act::I8] {
+            let mut a = QActs::default();
+            a.quantize(&x, n, 1.0, act);
+            for ti in 0..2 {
+                let tok = a.token(ti);
+                let q = |i: usize| match act {
+                    Act::I16 => tok.q16[i] as i32,
+                    Act::I8 => tok.q8[i] as i32,
+                };
+                for (i, &v) in x[ti * n..(ti + 1) * n].iter().enumerate() {
+                    let s = tok.scale[i / BLOCK];
+                    let err = (q(i) as f32 * s - v).abs();
+                    assert!(err <= s * 0.5 + 1e-9, "{act:?} {ti} {i}");
+                }
+                if act == Act::I8 {
+                    for (l, &c) in tok.corr.iter().enumerate() {
+                        let lane: i32 = (4 * l..4 * l + 4).map(q).sum();
+                        assert_eq!(c, -128 * lane, "lane {l}");
+                    }
+                }
+                assert!((128..192).all(|i| ti == 1 || q(i) == 0));
             }
+            let tok = a.token(0);
+            assert_eq!(tok.scale[1], 9.0 / act.max());
+            assert_eq!(tok.scale[2], 0.0);
         }
-        assert_eq!(a.token(0).q[70], i16::MAX);
-        assert_eq!(a.token(0).scale[1], 9.0 / 32767.0);
-        assert_eq!(a.token(0).scale[2], 0.0);
-        assert!(a.token(0).q[128..192].iter().all(|&v| v == 0));
+        let mut a = QActs::default();
+        a.quantize(&x, n, 1.0, Act::I8);
+        assert_eq!(a.token(0).q8[70], 127);
+        a.quantize(&x, n, 1.0, Act::I16);
+        assert_eq!(a.token(0).q16[70], i16::MAX);
+        assert!(a.token(1).q8.is_empty() && a.token(1).corr.is_empty());
     }
 
-    /// Every kernel against the scalar twin, including the extreme codes (-127 * -32767 in
-    /// every product of a block), and the scalar twin against the product of the
-    /// dequantized weights: apart from f32 rounding, it differs by the activations'
-    /// rounding, at most half a step (`absmax / 32767`) times each `|w|`.
+    /// Every kernel against the scalar twin, including the extreme codes (-127 times the
+    /// largest activation code in every product of a block), and the scalar twin against
+    /// the product of the dequantized weights: apart from f32 rounding, it differs by the
+    /// activations' rounding, at most half a step (`absmax / max code`) times each `|w|`.
     #[test]
     fn kernels_match_the_scalar_twin() {
         for (rows, n) in [(4, 64), (5, 192), (8, 1024)] {
@@ -430,9 +644,12 @@ mod tests {
             xv[..64].iter_mut().for_each(|v| *v = -1.0);
             for q in [Quant::Int8, Quant::Nf4] {
                 let m = quantize(&base, q);
-                let unit = if q == Quant::Nf4 { 1.0 / 127.0 } else { 1.0 };
+                let (unit, act) = match q {
+                    Quant::Int8 => (1.0, Act::I16),
+                    Quant::Nf4 => (1.0 / 127.0, Act::I8),
+                };
                 let mut acts = QActs::default();
-                acts.quantize(&xv, n, unit);
+                acts.quantize(&xv, n, unit, act);
                 let deq = m.to_f32();
                 for isa in Isa::available() {
                     for r in 0..rows {
@@ -451,7 +668,7 @@ mod tests {
                             let mut bound = 0.0;
                             for (wb, xb) in wr.chunks(BLOCK).zip(xr.chunks(BLOCK)) {
                                 let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                                let step = amax as f64 / 32767.0;
+                                let step = (amax / act.max()) as f64;
                                 bound +=
                                     wb.iter().map(|w| w.abs() as f64 * step / 2.0).sum::<f64>();
                             }
