@@ -322,6 +322,159 @@ mod x86 {
         _mm256_broadcastsi128_si256(_mm_loadu_si128(NF4_I8.as_ptr() as *const __m128i))
     }
 
+    // ---- AVX-512: one pair loop, a block kernel per format ----
+
+    /// A row's AVX-512 block kernel: a block is unpacked once ([`Rows512::unpack`]), then
+    /// its integer lanes computed against any token ([`Rows512::lanes`]). The functions
+    /// here are inlined into `#[target_feature]` entry points, which supply the features.
+    trait Rows512: Copy {
+        type W: Copy;
+        /// Ask for the weights ahead of blocks `b` and `b + 1`.
+        fn prefetch(self, b: usize);
+        unsafe fn unpack(self, b: usize) -> Self::W;
+        unsafe fn lanes(w: Self::W, x: QTok, b: usize) -> __m512;
+    }
+
+    /// An int8 row: blocks widen to 2 x 32 words against int16 activations.
+    #[derive(Clone, Copy)]
+    struct Q8Row<'a>(&'a [i8]);
+
+    impl Rows512 for Q8Row<'_> {
+        type W = [__m512i; 2];
+
+        #[inline(always)]
+        fn prefetch(self, b: usize) {
+            prefetch_ahead(self.0.as_ptr().wrapping_add(b * BLOCK));
+            prefetch_ahead(self.0.as_ptr().wrapping_add(b * BLOCK + BLOCK));
+        }
+
+        #[inline(always)]
+        unsafe fn unpack(self, b: usize) -> Self::W {
+            q8_words512(self.0, b)
+        }
+
+        #[inline(always)]
+        unsafe fn lanes(w: Self::W, x: QTok, b: usize) -> __m512 {
+            q8_block512(w, x, b)
+        }
+    }
+
+    /// An nf4 row: blocks unpack to 64 codes plus 128 against int8 activations.
+    #[derive(Clone, Copy)]
+    struct Nf4Row<'a> {
+        packed: &'a [u8],
+        table: __m512i,
+    }
+
+    impl Rows512 for Nf4Row<'_> {
+        type W = __m512i;
+
+        #[inline(always)]
+        fn prefetch(self, b: usize) {
+            prefetch_ahead(self.packed.as_ptr().wrapping_add(b * BLOCK / 2));
+        }
+
+        #[inline(always)]
+        unsafe fn unpack(self, b: usize) -> Self::W {
+            nf4_u8(self.packed, b, self.table)
+        }
+
+        #[inline(always)]
+        unsafe fn lanes(w: Self::W, x: QTok, b: usize) -> __m512 {
+            nf4_block_vnni(w, x, b)
+        }
+    }
+
+    /// `row . x`, blocks scaled and added in pairs.
+    #[inline(always)]
+    unsafe fn dot512<R: Rows512>(row: R, scales: &[f32], x: QTok) -> f32 {
+        let nb = scales.len();
+        let mut acc = _mm512_setzero_ps();
+        for b in (0..nb).step_by(2) {
+            row.prefetch(b);
+            let l0 = R::lanes(row.unpack(b), x, b);
+            let l1 = if b + 1 < nb {
+                Some(R::lanes(row.unpack(b + 1), x, b + 1))
+            } else {
+                None
+            };
+            acc = add_pair512(l0, l1, pair_scales(scales, x.scale, b), acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// Four rows against four tokens, each pair summed exactly as [`dot512`] sums it; each
+    /// block of a row is unpacked once and used four times.
+    #[inline(always)]
+    #[allow(clippy::manual_map)] // `Option::map` takes a closure: see below
+    unsafe fn tile512<R: Rows512>(rows: [(R, &[f32]); 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
+        // No closures here: they would not inherit the entry point's target features.
+        let nb = rows[0].1.len();
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        for b in (0..nb).step_by(2) {
+            let two = b + 1 < nb;
+            let [r0, r1, r2, r3] = rows.map(|(row, _)| row);
+            let w0 = [r0.unpack(b), r1.unpack(b), r2.unpack(b), r3.unpack(b)];
+            let w1 = if two {
+                let next = b + 1;
+                Some([
+                    r0.unpack(next),
+                    r1.unpack(next),
+                    r2.unpack(next),
+                    r3.unpack(next),
+                ])
+            } else {
+                None
+            };
+            for (t, xt) in x.iter().enumerate() {
+                for r in 0..4 {
+                    let l0 = R::lanes(w0[r], *xt, b);
+                    let l1 = match w1 {
+                        Some(w1) => Some(R::lanes(w1[r], *xt, b + 1)),
+                        None => None,
+                    };
+                    let s = pair_scales(rows[r].1, xt.scale, b);
+                    acc[r][t] = add_pair512(l0, l1, s, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..4 {
+            for t in 0..4 {
+                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
+        dot512(Q8Row(qs), scales, x)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn tile_q8_avx512(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
+        let rows = w.map(|r| match r {
+            QRow::Q8 { qs, scales } => (Q8Row(qs), scales),
+            QRow::Nf4 { .. } => unreachable!("{MIXED}"),
+        });
+        tile512(rows, x, out)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
+        let table = nf4_table_u8x4();
+        dot512(Nf4Row { packed, table }, scales, x)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    pub unsafe fn tile_nf4_vnni(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
+        let table = nf4_table_u8x4();
+        let rows = w.map(|r| match r {
+            QRow::Nf4 { packed, scales } => (Nf4Row { packed, table }, scales),
+            QRow::Q8 { .. } => unreachable!("{MIXED}"),
+        });
+        tile512(rows, x, out)
+    }
+
     // ---- int8 weights, int16 activations ----
 
     /// Int8 block `b` of `qs` as two vectors of 32 words.
@@ -342,64 +495,6 @@ mod x86 {
             _mm512_madd_epi16(w[1], _mm512_loadu_si512(p.add(1))),
         );
         _mm512_cvtepi32_ps(s)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
-        let nb = scales.len();
-        let mut acc = _mm512_setzero_ps();
-        for b in (0..nb).step_by(2) {
-            prefetch_ahead(qs.as_ptr().add(b * BLOCK));
-            prefetch_ahead(qs.as_ptr().add(b * BLOCK + BLOCK));
-            let l0 = q8_block512(q8_words512(qs, b), x, b);
-            let l1 = if b + 1 < nb {
-                Some(q8_block512(q8_words512(qs, b + 1), x, b + 1))
-            } else {
-                None
-            };
-            acc = add_pair512(l0, l1, pair_scales(scales, x.scale, b), acc);
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    /// Four int8 rows against four tokens, each pair summed exactly as [`dot_q8_avx512`]
-    /// sums it; each block of a row is widened once and used four times.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn tile_q8_avx512(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
-        let rows = w.map(|r| match r {
-            QRow::Q8 { qs, scales } => (qs, scales),
-            QRow::Nf4 { .. } => unreachable!("{MIXED}"),
-        });
-        let nb = rows[0].1.len();
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        for b in (0..nb).step_by(2) {
-            let two = b + 1 < nb;
-            let words: [[[__m512i; 2]; 2]; 4] = std::array::from_fn(|r| {
-                let next = if two {
-                    q8_words512(rows[r].0, b + 1)
-                } else {
-                    [_mm512_setzero_si512(); 2]
-                };
-                [q8_words512(rows[r].0, b), next]
-            });
-            for (t, xt) in x.iter().enumerate() {
-                for r in 0..4 {
-                    let l0 = q8_block512(words[r][0], *xt, b);
-                    let l1 = if two {
-                        Some(q8_block512(words[r][1], *xt, b + 1))
-                    } else {
-                        None
-                    };
-                    let s = pair_scales(rows[r].1, xt.scale, b);
-                    acc[r][t] = add_pair512(l0, l1, s, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..4 {
-            for t in 0..4 {
-                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
     }
 
     /// Int8 block `b` of `qs` against `x`: eight integer lanes, as f32.
@@ -480,65 +575,6 @@ mod x86 {
         let xq = _mm512_loadu_si512(x.q8.as_ptr().add(b * BLOCK) as *const __m512i);
         let corr = _mm512_loadu_si512(x.corr.as_ptr().add(b * LANES) as *const __m512i);
         _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, wu, xq))
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
-        let table = nf4_table_u8x4();
-        let nb = scales.len();
-        let mut acc = _mm512_setzero_ps();
-        for b in (0..nb).step_by(2) {
-            prefetch_ahead(packed.as_ptr().add(b * BLOCK / 2));
-            let l0 = nf4_block_vnni(nf4_u8(packed, b, table), x, b);
-            let l1 = if b + 1 < nb {
-                Some(nf4_block_vnni(nf4_u8(packed, b + 1, table), x, b + 1))
-            } else {
-                None
-            };
-            acc = add_pair512(l0, l1, pair_scales(scales, x.scale, b), acc);
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    /// Four nf4 rows against four tokens, each pair summed exactly as [`dot_nf4_vnni`] sums
-    /// it; each block of a row is unpacked once and used four times.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    pub unsafe fn tile_nf4_vnni(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
-        let table = nf4_table_u8x4();
-        let rows = w.map(|r| match r {
-            QRow::Nf4 { packed, scales } => (packed, scales),
-            QRow::Q8 { .. } => unreachable!("{MIXED}"),
-        });
-        let nb = rows[0].1.len();
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        for b in (0..nb).step_by(2) {
-            let two = b + 1 < nb;
-            let wu: [[__m512i; 2]; 4] = std::array::from_fn(|r| {
-                let next = if two {
-                    nf4_u8(rows[r].0, b + 1, table)
-                } else {
-                    _mm512_setzero_si512()
-                };
-                [nf4_u8(rows[r].0, b, table), next]
-            });
-            for (t, xt) in x.iter().enumerate() {
-                for r in 0..4 {
-                    let l0 = nf4_block_vnni(wu[r][0], *xt, b);
-                    let l1 = if two {
-                        Some(nf4_block_vnni(wu[r][1], *xt, b + 1))
-                    } else {
-                        None
-                    };
-                    let s = pair_scales(rows[r].1, xt.scale, b);
-                    acc[r][t] = add_pair512(l0, l1, s, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..4 {
-            for t in 0..4 {
-                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
     }
 
     /// `sum(|w| * (x with the sign of w))` over 32 bytes, as eight i32 lanes: pairs of
