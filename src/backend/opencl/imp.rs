@@ -37,8 +37,17 @@ fn cl(e: impl std::fmt::Display) -> Error {
     Error::Device(format!("OpenCL: {}", lines.join(" ")))
 }
 
+/// Held while platforms and devices are listed and opened: PoCL's first device query is not
+/// thread-safe (two threads opening at once crashed inside its device set-up).
+static DISCOVERY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn discovery() -> std::sync::MutexGuard<'static, ()> {
+    DISCOVERY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Every platform and device this machine offers, one line each.
 pub fn list_devices() -> Result<Vec<String>> {
+    let _serial = discovery();
     let mut out = Vec::new();
     for (p, plat) in Platform::list().into_iter().enumerate() {
         let pname = plat.name().map_err(cl)?;
@@ -75,6 +84,7 @@ enum Arg<'a> {
 impl Ocl {
     /// Open the device `spec` names; for `auto`, a GPU if there is one (else `None`).
     pub fn open(spec: DeviceSpec) -> Result<Option<Ocl>> {
+        let _serial = discovery();
         let platforms = Platform::list();
         let pick = |p: usize, d: usize| -> Result<Ocl> {
             let plat = *platforms
