@@ -31,10 +31,22 @@ fn close(what: &str, a: &[f32], b: &[f32], tol: f32) {
 #[test]
 fn matmul_matches_the_cpu_for_every_format() {
     let o = device();
-    let (rows, cols) = (19, 192);
+    // 192 columns take the piece kernels, 37 the any-width ones (float formats only).
+    for (rows, cols) in [(19, 192), (7, 37)] {
+        matmul_matches_the_cpu(&o, rows, cols);
+    }
+}
+
+fn matmul_matches_the_cpu(o: &Ocl, rows: usize, cols: usize) {
     let v = vals(rows * cols, 1);
     let f32m = Matrix::from_f32(rows, cols, v.clone());
-    let mats = [
+    // int8 and nf4 blocks are 64 wide.
+    let mut mats = if cols.is_multiple_of(64) {
+        vec![quantize(&f32m, Quant::Int8), quantize(&f32m, Quant::Nf4)]
+    } else {
+        vec![]
+    };
+    mats.extend([
         Matrix {
             rows,
             cols,
@@ -49,18 +61,17 @@ fn matmul_matches_the_cpu_for_every_format() {
                 v.iter().map(|&x| half::bf16::from_f32(x)).collect(),
             )),
         },
-        quantize(&f32m, Quant::Int8),
-        quantize(&f32m, Quant::Nf4),
         f32m,
-    ];
-    for t in [1, 3] {
+    ]);
+    // Token groups of 4: one partial group, one full, two and a partial.
+    for t in [1, 3, 4, 9] {
         let x = vals(t * cols, 2);
         for m in &mats {
             let mut want = vec![0.0; t * rows];
             matmul_scalar(m, &x, t, &mut want);
             close(
                 &format!("{:?} t={t}", m.dtype()),
-                &ops::matmul(&o, m, &x, t).unwrap(),
+                &ops::matmul(o, m, &x, t).unwrap(),
                 &want,
                 1e-4,
             );

@@ -24,6 +24,8 @@ const SOURCES: [&str; 6] = [
 ];
 /// Work-group size of the matmul and norm kernels (`MM_LS`, `NORM_LS`).
 const LS: usize = 64;
+/// Tokens a matmul work-group multiplies each weight with (`MM_TOK`).
+const MM_TOK: usize = 4;
 
 /// An `ocl` error (a framed, multi-line report) as one line.
 fn cl(e: impl std::fmt::Display) -> Error {
@@ -71,6 +73,36 @@ pub struct Ocl {
     /// Kernel objects made on first use; each launch sets its arguments and enqueues under
     /// the lock, so threads sharing the device do not mix their arguments.
     kernels: std::sync::Mutex<std::collections::HashMap<String, Kernel>>,
+    /// Released scratch buffers by length, for reuse. Releasing a buffer can wait for the
+    /// device to go idle (NVIDIA's does), which made every launch a round trip.
+    pool: Pool,
+}
+
+type Pool = std::sync::Mutex<std::collections::HashMap<usize, Vec<Buffer<f32>>>>;
+
+/// A scratch buffer of the forward pass, handed back to its device's pool when dropped.
+/// The queue runs in order, so a kernel that reuses it runs after those that used it.
+struct Tmp<'a> {
+    buf: Option<Buffer<f32>>,
+    pool: &'a Pool,
+}
+
+impl std::ops::Deref for Tmp<'_> {
+    type Target = Buffer<f32>;
+    fn deref(&self) -> &Buffer<f32> {
+        self.buf
+            .as_ref()
+            .expect("a scratch buffer is present until dropped")
+    }
+}
+
+impl Drop for Tmp<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.entry(b.len()).or_default().push(b);
+        }
+    }
 }
 
 /// A kernel argument.
@@ -138,22 +170,23 @@ impl Ocl {
             queue,
             program,
             kernels: Default::default(),
+            pool: Default::default(),
         })
     }
 
+    /// A device copy of `data`, written by a blocking write: a buffer made with a host
+    /// pointer to copy can keep a host-side copy until its first use (NVIDIA's does), which
+    /// for a whole model would double its resident size.
     fn buf(&self, data: &[f32]) -> Result<Buffer<f32>> {
-        let b = Buffer::<f32>::builder()
-            .queue(self.queue.clone())
-            .len(data.len().max(1));
-        if data.is_empty() {
-            b.build().map_err(cl)
-        } else {
-            b.copy_host_slice(data).build().map_err(cl)
+        let b = self.alloc(data.len())?;
+        if !data.is_empty() {
+            b.write(data).enq().map_err(cl)?;
         }
+        Ok(b)
     }
 
-    /// A buffer of `n` floats that a kernel will fill completely (not initialised).
-    fn scratch(&self, n: usize) -> Result<Buffer<f32>> {
+    /// A new buffer of `n` floats (not initialised).
+    fn alloc(&self, n: usize) -> Result<Buffer<f32>> {
         Buffer::<f32>::builder()
             .queue(self.queue.clone())
             .len(n.max(1))
@@ -161,13 +194,43 @@ impl Ocl {
             .map_err(cl)
     }
 
+    /// A scratch buffer of `n` floats that a kernel will fill completely (not initialised).
+    fn scratch(&self, n: usize) -> Result<Tmp<'_>> {
+        let n = n.max(1);
+        let reused = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.get_mut(&n).and_then(Vec::pop)
+        };
+        let buf = match reused {
+            Some(b) => b,
+            None => self.alloc(n)?,
+        };
+        Ok(Tmp {
+            buf: Some(buf),
+            pool: &self.pool,
+        })
+    }
+
+    /// A scratch copy of `data`.
+    fn scratch_from(&self, data: &[f32]) -> Result<Tmp<'_>> {
+        let b = self.scratch(data.len())?;
+        if !data.is_empty() {
+            b.write(data).enq().map_err(cl)?;
+        }
+        Ok(b)
+    }
+
+    /// A device copy of `data`, written like [`Ocl::buf`].
     fn bytes(&self, data: &[u8]) -> Result<Buffer<u8>> {
-        Buffer::<u8>::builder()
+        let b = Buffer::<u8>::builder()
             .queue(self.queue.clone())
             .len(data.len().max(1))
-            .copy_host_slice(data)
             .build()
-            .map_err(cl)
+            .map_err(cl)?;
+        if !data.is_empty() {
+            b.write(data).enq().map_err(cl)?;
+        }
+        Ok(b)
     }
 
     fn read(&self, b: &Buffer<f32>, n: usize) -> Result<Vec<f32>> {
@@ -230,7 +293,7 @@ impl Ocl {
 
     // ---- operations on device buffers ----
 
-    fn matmul(&self, w: &DevMatrix, x: &Buffer<f32>, t: usize) -> Result<Buffer<f32>> {
+    fn matmul(&self, w: &DevMatrix, x: &Buffer<f32>, t: usize) -> Result<Tmp<'_>> {
         let y = self.scratch(t * w.rows)?;
         let args = [
             Arg::U(&w.data),
@@ -239,8 +302,9 @@ impl Ocl {
             Arg::F(&y),
             Arg::I(w.rows as i32),
             Arg::I(w.cols as i32),
+            Arg::I(t as i32),
         ];
-        self.run(w.kernel, [w.rows * LS, t], Some(LS), &args)?;
+        self.run(w.kernel, [w.rows * LS, t.div_ceil(MM_TOK)], Some(LS), &args)?;
         Ok(y)
     }
 
@@ -270,7 +334,7 @@ impl Ocl {
         self.run(name, [n, 1], None, args)
     }
 
-    fn copy(&self, src: &Buffer<f32>, off: usize, n: usize) -> Result<Buffer<f32>> {
+    fn copy(&self, src: &Buffer<f32>, off: usize, n: usize) -> Result<Tmp<'_>> {
         let dst = self.scratch(n)?;
         self.elementwise(
             "copy_range",
@@ -281,13 +345,7 @@ impl Ocl {
     }
 
     /// `sx = shift(xx) - xx`, and the shift state becomes xx's last row.
-    fn shift(
-        &self,
-        xx: &Buffer<f32>,
-        shift: &Buffer<f32>,
-        t: usize,
-        d: usize,
-    ) -> Result<Buffer<f32>> {
+    fn shift(&self, xx: &Buffer<f32>, shift: &Buffer<f32>, t: usize, d: usize) -> Result<Tmp<'_>> {
         let sx = self.scratch(t * d)?;
         self.elementwise(
             "shift_diff",
@@ -315,7 +373,7 @@ impl Ocl {
         delta: Option<&Buffer<f32>>,
         t: usize,
         d: usize,
-    ) -> Result<Buffer<f32>> {
+    ) -> Result<Tmp<'_>> {
         let out = self.scratch(t * d)?;
         let (dl, has) = match delta {
             Some(b) => (b, 1),
@@ -352,9 +410,14 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
 }
 
 fn upload_matrix(o: &Ocl, m: &Matrix) -> Result<DevMatrix> {
+    let any = !m.cols.is_multiple_of(8);
     let (kernel, data, scales): (&'static str, &[u8], &[f32]) = match &m.data {
+        // The piece kernels read 8 weights at a time; others take any width.
+        Data::F32(b) if any => ("matmul_f32_any", as_bytes(b), &[]),
         Data::F32(b) => ("matmul_f32", as_bytes(b), &[]),
+        Data::F16(b) if any => ("matmul_f16_any", as_bytes(b), &[]),
         Data::F16(b) => ("matmul_f16", as_bytes(b), &[]),
+        Data::BF16(b) if any => ("matmul_bf16_any", as_bytes(b), &[]),
         Data::BF16(b) => ("matmul_bf16", as_bytes(b), &[]),
         Data::Q8(q) => ("matmul_q8", as_bytes(&q.qs), &q.scales),
         Data::Nf4(q) => ("matmul_nf4", as_bytes(&q.packed), &q.scales),
@@ -513,7 +576,7 @@ impl OclModel {
     ) -> Result<Vec<f32>> {
         let o = &self.ocl;
         let (t, d, v) = (tokens.len(), cfg.n_embd, cfg.vocab);
-        let x = o.buf(&w.embed(&Cpu, tokens))?;
+        let x = o.scratch_from(&w.embed(&Cpu, tokens))?;
         {
             let ds = self.device_state(state)?;
             for (l, dl) in self.layers.iter().enumerate() {
