@@ -298,11 +298,12 @@ fn main() {
         assert!(ok, "synth-model failed");
     }
     let bw = bandwidth(args.threads);
+    let cfg = Model::load(&path).unwrap().cfg;
     println!(
         "model {} ({} layers, width {}), {} threads, {}-token prompt, {} generated",
         path.display(),
-        args.layers,
-        args.embd,
+        cfg.n_layer,
+        cfg.n_embd,
         args.threads,
         args.prompt,
         args.gen
@@ -342,9 +343,17 @@ fn main() {
         let gen = r["gen_tps"].as_f64().unwrap();
         let limit = bw * 1e9 / (r["read_weights"].as_f64().unwrap() * bytes_per_weight(f));
         let achieved = gen * r["read_weights"].as_f64().unwrap() * bytes_per_weight(f) / 1e9;
+        // The limit is the host's: on a device it says nothing.
+        let (limit, share) = if args.device == "cpu" {
+            (
+                format!("{limit:.2}"),
+                format!("{:.0}%", 100.0 * gen / limit),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
         println!(
-            "{f:<6} {gen:>11.2} {limit:>7.2} {:>9.0}% {:>14.1} {:>8.2} GB {:>6.1} s {achieved:>6.1} GB/s",
-            100.0 * gen / limit,
+            "{f:<6} {gen:>11.2} {limit:>7} {share:>10} {:>14.1} {:>8.2} GB {:>6.1} s {achieved:>6.1} GB/s",
             r["prompt_tps"].as_f64().unwrap(),
             r["peak_rss"].as_f64().unwrap() / 1e9,
             r["load_s"].as_f64().unwrap()
