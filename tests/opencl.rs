@@ -31,7 +31,7 @@ fn close(what: &str, a: &[f32], b: &[f32], tol: f32) {
 #[test]
 fn matmul_matches_the_cpu_for_every_format() {
     let o = device();
-    // 192 columns take the piece kernels, 37 the any-width ones (float formats only).
+    // 37 columns: a width that is no multiple of the work-group (float formats only).
     for (rows, cols) in [(19, 192), (7, 37)] {
         matmul_matches_the_cpu(&o, rows, cols);
     }
@@ -63,7 +63,7 @@ fn matmul_matches_the_cpu(o: &Ocl, rows: usize, cols: usize) {
         },
         f32m,
     ]);
-    // Token groups of 4: one partial group, one full, two and a partial.
+    // nf4 takes tokens in groups of 4: one partial group, one full, two and a partial.
     for t in [1, 3, 4, 9] {
         let x = vals(t * cols, 2);
         for m in &mats {

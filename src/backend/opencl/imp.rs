@@ -24,7 +24,7 @@ const SOURCES: [&str; 6] = [
 ];
 /// Work-group size of the matmul and norm kernels (`MM_LS`, `NORM_LS`).
 const LS: usize = 64;
-/// Tokens a matmul work-group multiplies each weight with (`MM_TOK`).
+/// Tokens an nf4 matmul work-group multiplies each weight with (`MM_TOK`).
 const MM_TOK: usize = 4;
 
 /// An `ocl` error (a framed, multi-line report) as one line.
@@ -304,7 +304,12 @@ impl Ocl {
             Arg::I(w.cols as i32),
             Arg::I(t as i32),
         ];
-        self.run(w.kernel, [w.rows * LS, t.div_ceil(MM_TOK)], Some(LS), &args)?;
+        // nf4's work-groups take MM_TOK tokens each (and the token count); the others one.
+        if w.kernel == "matmul_nf4" {
+            self.run(w.kernel, [w.rows * LS, t.div_ceil(MM_TOK)], Some(LS), &args)?;
+        } else {
+            self.run(w.kernel, [w.rows * LS, t], Some(LS), &args[..6])?;
+        }
         Ok(y)
     }
 
@@ -410,14 +415,9 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
 }
 
 fn upload_matrix(o: &Ocl, m: &Matrix) -> Result<DevMatrix> {
-    let any = !m.cols.is_multiple_of(8);
     let (kernel, data, scales): (&'static str, &[u8], &[f32]) = match &m.data {
-        // The piece kernels read 8 weights at a time; others take any width.
-        Data::F32(b) if any => ("matmul_f32_any", as_bytes(b), &[]),
         Data::F32(b) => ("matmul_f32", as_bytes(b), &[]),
-        Data::F16(b) if any => ("matmul_f16_any", as_bytes(b), &[]),
         Data::F16(b) => ("matmul_f16", as_bytes(b), &[]),
-        Data::BF16(b) if any => ("matmul_bf16_any", as_bytes(b), &[]),
         Data::BF16(b) => ("matmul_bf16", as_bytes(b), &[]),
         Data::Q8(q) => ("matmul_q8", as_bytes(&q.qs), &q.scales),
         Data::Nf4(q) => ("matmul_nf4", as_bytes(&q.packed), &q.scales),
