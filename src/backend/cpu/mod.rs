@@ -327,6 +327,17 @@ fn matmul_rows(
         });
         return;
     }
+    // AVX-512 tiles widen 16-bit rows in registers: half the bytes through the caches of
+    // a converted copy, and no conversion pass.
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        use simd::x86::{dot_bf16_avx512, dot_f16_avx512};
+        match &w.data {
+            Data::BF16(b) => return tiled_stored(w, b, dot_bf16_avx512, rows, x, t, y),
+            Data::F16(b) => return tiled_stored(w, b, dot_f16_avx512, rows, x, t, y),
+            _ => {}
+        }
+    }
     // All of the task's rows as f32 (the stored rows themselves when f32), then tokens in
     // blocks that stay in L2 while every row group passes over them.
     with_scratch(&ROWS, |conv| {
@@ -356,6 +367,36 @@ fn matmul_rows(
             |wrow, ti| dot_f32(isa, wrow, xr(ti)),
         );
     });
+}
+
+/// Rows `rows` of `y [t, out] = x [t, in] . W^T` from `data`, the stored rows of `w`,
+/// on AVX-512: 4x4 tiles that widen the rows in registers, and `dot` (the
+/// one-token kernel of the same type, which sums a pair the same way) for tokens left over.
+#[cfg(target_arch = "x86_64")]
+fn tiled_stored<W: simd::x86::Wide512>(
+    w: &Matrix,
+    data: &[W],
+    dot: unsafe fn(&[W], &[f32]) -> f32,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    t: usize,
+    y: SharedMut,
+) {
+    let (out, inp) = (w.rows, w.cols);
+    let (start, xr) = (rows.start, |ti: usize| &x[ti * inp..(ti + 1) * inp]);
+    let row = |k: usize| &data[(start + k) * inp..(start + k + 1) * inp];
+    tiled(
+        rows,
+        t,
+        out,
+        y,
+        row,
+        // SAFETY: the caller runs this on AVX-512 only (Isa::Avx512 was detected).
+        |wr, ti, acc| unsafe {
+            simd::x86::tile4x4_avx512(wr, std::array::from_fn(|j| xr(ti + j)), acc)
+        },
+        |wrow, ti| unsafe { dot(wrow, xr(ti)) },
+    );
 }
 
 /// The sequence loop of every format: tokens in blocks of [`TOKENS_PER_BLOCK`], the task's

@@ -174,9 +174,55 @@ pub mod x86 {
         s
     }
 
-    /// `out[r][t] = w[r] . x[t]` for four rows and four tokens of length `n`.
+    /// A stored weight type that the AVX-512 tile widens to f32 in registers, so that the
+    /// sequence path reads 16-bit rows as stored, not converted copies of twice the size.
+    pub trait Wide512: Copy {
+        /// 16 weights at `p` as f32.
+        unsafe fn load16(p: *const Self) -> __m512;
+        fn f32(self) -> f32;
+    }
+
+    impl Wide512 for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        fn f32(self) -> f32 {
+            self
+        }
+    }
+
+    impl Wide512 for bf16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const bf16) -> __m512 {
+            load_bf16x16(p)
+        }
+        #[inline(always)]
+        fn f32(self) -> f32 {
+            self.to_f32()
+        }
+    }
+
+    impl Wide512 for f16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        }
+        #[inline(always)]
+        fn f32(self) -> f32 {
+            self.to_f32()
+        }
+    }
+
+    /// `out[r][t] = w[r] . x[t]` for four rows and four tokens of length `n`: each pair
+    /// summed exactly as the one-token dots of the same row type sum it.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile4x4_avx512(w: [&[f32]; 4], x: [&[f32]; 4], out: &mut [[f32; 4]; 4]) {
+    pub unsafe fn tile4x4_avx512<W: Wide512>(
+        w: [&[W]; 4],
+        x: [&[f32]; 4],
+        out: &mut [[f32; 4]; 4],
+    ) {
         let n = w[0].len();
         let wp = w.map(|r| r.as_ptr());
         let xp = x.map(|r| r.as_ptr());
@@ -184,10 +230,10 @@ pub mod x86 {
         let mut i = 0;
         while i + 16 <= n {
             let wv = [
-                _mm512_loadu_ps(wp[0].add(i)),
-                _mm512_loadu_ps(wp[1].add(i)),
-                _mm512_loadu_ps(wp[2].add(i)),
-                _mm512_loadu_ps(wp[3].add(i)),
+                W::load16(wp[0].add(i)),
+                W::load16(wp[1].add(i)),
+                W::load16(wp[2].add(i)),
+                W::load16(wp[3].add(i)),
             ];
             for t in 0..4 {
                 let xv = _mm512_loadu_ps(xp[t].add(i));
@@ -201,7 +247,7 @@ pub mod x86 {
             for t in 0..4 {
                 let mut s = hsum512(acc[r][t]);
                 for j in i..n {
-                    s += w[r][j] * x[t][j];
+                    s += w[r][j].f32() * x[t][j];
                 }
                 out[r][t] = s;
             }
