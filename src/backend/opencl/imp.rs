@@ -73,7 +73,7 @@ pub struct Ocl {
     /// Kernel objects made on first use; each launch sets its arguments and enqueues under
     /// the lock, so threads sharing the device do not mix their arguments.
     kernels: std::sync::Mutex<std::collections::HashMap<String, Kernel>>,
-    /// Released scratch buffers by length, for reuse. Releasing a buffer can wait for the
+    /// Released scratch buffers by length (a power of two), for reuse. Releasing a buffer can wait for the
     /// device to go idle (NVIDIA's does), which made every launch a round trip.
     pool: Pool,
 }
@@ -194,16 +194,18 @@ impl Ocl {
             .map_err(cl)
     }
 
-    /// A scratch buffer of `n` floats that a kernel will fill completely (not initialised).
+    /// A scratch buffer of at least `n` floats (not initialised). Its length is `n` rounded
+    /// up to a power of two, so that the pool holds a few sizes, whatever the lengths of
+    /// the documents scored (exact lengths would keep buffers for every chunk length seen).
     fn scratch(&self, n: usize) -> Result<Tmp<'_>> {
-        let n = n.max(1);
+        let class = n.max(1).next_power_of_two();
         let reused = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            pool.get_mut(&n).and_then(Vec::pop)
+            pool.get_mut(&class).and_then(Vec::pop)
         };
         let buf = match reused {
             Some(b) => b,
-            None => self.alloc(n)?,
+            None => self.alloc(class)?,
         };
         Ok(Tmp {
             buf: Some(buf),
@@ -787,5 +789,29 @@ pub mod ops {
         let b = o.buf(x)?;
         o.elementwise(name, x.len(), &[Arg::F(&b)])?;
         o.read(&b, x.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scratch buffers of every length from 1 to 900 leave one pooled size per power of
+    /// two, each holding only as many buffers as were alive at once.
+    #[test]
+    fn the_scratch_pool_keeps_a_few_sizes() {
+        let o = Ocl::open("opencl".parse().unwrap())
+            .unwrap()
+            .expect("an OpenCL device (CI installs PoCL)");
+        for n in 1..=300 {
+            let a = o.scratch(n).unwrap();
+            let b = o.scratch(3 * n).unwrap();
+            assert!(a.len() >= n && b.len() >= 3 * n);
+        }
+        let pool = o.pool.lock().unwrap();
+        let mut sizes: Vec<usize> = pool.keys().copied().collect();
+        sizes.sort();
+        assert_eq!(sizes, (0..=10).map(|p| 1 << p).collect::<Vec<_>>());
+        assert!(pool.values().all(|v| v.len() <= 2));
     }
 }
