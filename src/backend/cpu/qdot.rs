@@ -270,7 +270,7 @@ fn pair_scales(ws: &[f32], xs: &[f32], b: usize) -> [f32; 2] {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #![allow(clippy::missing_safety_doc)]
-    use super::super::simd::prefetch_ahead;
+    use super::super::simd::{prefetch_ahead, PREFETCH_AHEAD, PREFETCH_AHEAD_NF4};
     use super::{pair_scales, QRow, QTok, BLOCK, LANES, NF4_I8};
     use std::arch::x86_64::*;
 
@@ -345,8 +345,11 @@ mod x86 {
 
         #[inline(always)]
         fn prefetch(self, b: usize) {
-            prefetch_ahead(self.0.as_ptr().wrapping_add(b * BLOCK));
-            prefetch_ahead(self.0.as_ptr().wrapping_add(b * BLOCK + BLOCK));
+            prefetch_ahead(self.0.as_ptr().wrapping_add(b * BLOCK), PREFETCH_AHEAD);
+            prefetch_ahead(
+                self.0.as_ptr().wrapping_add(b * BLOCK + BLOCK),
+                PREFETCH_AHEAD,
+            );
         }
 
         #[inline(always)]
@@ -372,7 +375,10 @@ mod x86 {
 
         #[inline(always)]
         fn prefetch(self, b: usize) {
-            prefetch_ahead(self.packed.as_ptr().wrapping_add(b * BLOCK / 2));
+            prefetch_ahead(
+                self.packed.as_ptr().wrapping_add(b * BLOCK / 2),
+                PREFETCH_AHEAD_NF4,
+            );
         }
 
         #[inline(always)]
@@ -532,8 +538,8 @@ mod x86 {
         let nb = scales.len();
         let mut acc = _mm256_setzero_ps();
         for b in (0..nb).step_by(2) {
-            prefetch_ahead(qs.as_ptr().add(b * BLOCK));
-            prefetch_ahead(qs.as_ptr().add(b * BLOCK + BLOCK));
+            prefetch_ahead(qs.as_ptr().add(b * BLOCK), PREFETCH_AHEAD);
+            prefetch_ahead(qs.as_ptr().add(b * BLOCK + BLOCK), PREFETCH_AHEAD);
             let l0 = q8_block256(qs, x, b);
             let l1 = if b + 1 < nb {
                 Some(q8_block256(qs, x, b + 1))
@@ -613,7 +619,7 @@ mod x86 {
         let nb = scales.len();
         let mut acc = _mm256_setzero_ps();
         for b in (0..nb).step_by(2) {
-            prefetch_ahead(packed.as_ptr().add(b * BLOCK / 2));
+            prefetch_ahead(packed.as_ptr().add(b * BLOCK / 2), PREFETCH_AHEAD_NF4);
             let l0 = nf4_block256(packed, x, b, table);
             let l1 = if b + 1 < nb {
                 Some(nf4_block256(packed, x, b + 1, table))
