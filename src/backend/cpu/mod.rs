@@ -391,7 +391,8 @@ fn tiled_stored<W: simd::x86::Wide512>(
         out,
         y,
         row,
-        // SAFETY: the caller runs this on AVX-512 only (Isa::Avx512 was detected).
+        // SAFETY (both kernels): the caller runs this on AVX-512 only (Isa::Avx512 was
+        // detected on this CPU).
         |wr, ti, acc| unsafe {
             simd::x86::tile4x4_avx512(wr, std::array::from_fn(|j| xr(ti + j)), acc)
         },

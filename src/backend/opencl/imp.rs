@@ -73,8 +73,9 @@ pub struct Ocl {
     /// Kernel objects made on first use; each launch sets its arguments and enqueues under
     /// the lock, so threads sharing the device do not mix their arguments.
     kernels: std::sync::Mutex<std::collections::HashMap<String, Kernel>>,
-    /// Released scratch buffers by length (a power of two), for reuse. Releasing a buffer can wait for the
-    /// device to go idle (NVIDIA's does), which made every launch a round trip.
+    /// Released scratch buffers by length (a power of two), for reuse. Releasing a buffer
+    /// can wait for the device to go idle (NVIDIA's does), which made every launch a round
+    /// trip.
     pool: Pool,
 }
 
