@@ -8,7 +8,7 @@
 //   through the row one weight at a time (a group's reads are coalesced), then a tree
 //   reduction in local memory. Global size (rows * MM_LS, T), local (MM_LS, 1).
 //   Against 16-byte pieces read for groups of 4 tokens, bf16 prompts ran 1.6-1.7x faster
-//   and int8 prompts 2.1x.
+//   and int8 prompts 2.1-2.2x.
 // - nf4: one work-group per (row, group of up to MM_TOK tokens). Each item decodes 16-byte
 //   pieces (32 weights) and multiplies them with every token of its group. Global size
 //   (rows * MM_LS, ceil(T / MM_TOK)), local (MM_LS, 1). Against one weight at a time,
