@@ -10,7 +10,7 @@
 
 use clap::Parser;
 use rwkv::backend::cpu::{matmul_with, Isa};
-use rwkv::model::{LoadOptions, Quant};
+use rwkv::model::{LoadOptions, Precision, Quant};
 use rwkv::tensor::quant::quantize;
 use rwkv::tensor::{Buf, Data, Matrix};
 use rwkv::tokenizer::Tokenizer;
@@ -114,6 +114,12 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
     let mut st = m.new_state();
     // warm-up: one token pages the weights in
     let _ = m.forward(&prompt[..1], &mut st, Logits::Last).unwrap();
+    m.set_precision(Precision::Bf16);
+    let mut st = m.new_state();
+    let t1 = Instant::now();
+    m.feed(&prompt, &mut st, 512).unwrap();
+    let prompt_bf16_s = t1.elapsed().as_secs_f64();
+    m.set_precision(Precision::F32);
     let mut st = m.new_state();
     let t1 = Instant::now();
     let mut logits = m.feed(&prompt, &mut st, 512).unwrap();
@@ -130,7 +136,8 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
         "{}",
         serde_json::json!({
             "format": format, "load_s": load_s,
-            "prompt_tps": args.prompt as f64 / prompt_s, "gen_tps": args.gen as f64 / gen_s,
+            "prompt_tps": args.prompt as f64 / prompt_s,
+            "prompt_bf16_tps": args.prompt as f64 / prompt_bf16_s, "gen_tps": args.gen as f64 / gen_s,
             "peak_rss": peak_rss_bytes(), "read_weights": read_weights,
         })
     );
@@ -174,17 +181,25 @@ fn kernels(threads: usize) {
         let reps = 50;
         let t0 = Instant::now();
         for _ in 0..reps {
-            matmul_with(isa, m, &x[..cols], 1, &mut y);
+            matmul_with(isa, Precision::F32, m, &x[..cols], 1, &mut y);
         }
         let s = t0.elapsed().as_secs_f64() / reps as f64;
         let mut y = vec![0.0; 64 * rows];
-        let t1 = Instant::now();
-        matmul_with(isa, m, &x, 64, &mut y);
-        let s64 = t1.elapsed().as_secs_f64();
+        let mut gflops = |prec| {
+            let best = (0..3)
+                .map(|_| {
+                    let t1 = Instant::now();
+                    matmul_with(isa, prec, m, &x, 64, &mut y);
+                    t1.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min);
+            2.0 * (rows * cols * 64) as f64 / best / 1e9
+        };
+        let (f, b) = (gflops(Precision::F32), gflops(Precision::Bf16));
         println!(
-            "  {name:>5}  matvec {:6.1} GB/s of weights   matmul (64 tokens) {:6.1} GFLOP/s",
+            "  {name:>5}  matvec {:6.1} GB/s of weights   matmul (64 tokens) {f:6.1} GFLOP/s, \
+             bf16 activations {b:6.1}",
             m.byte_len() as f64 / s / 1e9,
-            2.0 * (rows * cols * 64) as f64 / s64 / 1e9
         );
     }
 }
@@ -313,7 +328,10 @@ fn main() {
         args.threads
     );
     println!("device: {}", args.device);
-    println!("format   gen tok/s   limit   of limit   prompt tok/s   peak RSS    load   achieved");
+    println!(
+        "format   gen tok/s   limit   of limit   prompt tok/s f32  bf16   peak RSS    load   \
+         achieved"
+    );
     let me = std::env::current_exe().unwrap();
     for f in args.formats.split(',') {
         let out = Command::new(&me)
@@ -353,8 +371,10 @@ fn main() {
             ("-".into(), "-".into())
         };
         println!(
-            "{f:<6} {gen:>11.2} {limit:>7} {share:>10} {:>14.1} {:>8.2} GB {:>6.1} s {achieved:>6.1} GB/s",
+            "{f:<6} {gen:>11.2} {limit:>7} {share:>10} {:>18.1} {:>5.1} {:>8.2} GB {:>6.1} s \
+             {achieved:>6.1} GB/s",
             r["prompt_tps"].as_f64().unwrap(),
+            r["prompt_bf16_tps"].as_f64().unwrap(),
             r["peak_rss"].as_f64().unwrap() / 1e9,
             r["load_s"].as_f64().unwrap()
         );

@@ -8,6 +8,21 @@ pub mod opencl;
 
 use crate::tensor::Matrix;
 
+/// How sequence products (four tokens or more: prompts, scoring) round their activations.
+/// One-token products (generation) always keep f32 activations: they are bound by memory,
+/// not arithmetic, so rounding would buy nothing there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 activations: the products of the stored weights, as exact as f32 sums get.
+    #[default]
+    F32,
+    /// Activations rounded to bf16 (and f16, int8 and nf4 weights widened to bf16), then
+    /// multiplied by `vdpbf16ps`, twice the rate of f32 FMAs, on CPUs with AVX-512 BF16;
+    /// [`Precision::F32`] elsewhere and on OpenCL devices. What it costs in quality is
+    /// measured in the README.
+    Bf16,
+}
+
 /// One product of [`Backend::matmuls`]: `W [out, in]`, `x [t, in]` -> `y [t, out]`.
 pub struct MatJob<'a> {
     pub w: &'a Matrix,

@@ -12,6 +12,7 @@ pub mod v6;
 
 use crate::backend::opencl::{DeviceSpec, Ocl, OclModel};
 use crate::backend::{cpu::Cpu, Backend};
+pub use crate::backend::Precision;
 use crate::error::{Error, Result};
 use crate::state::State;
 pub use crate::tensor::quant::Quant;
@@ -101,9 +102,15 @@ impl Model {
             layout: names.layout,
             weights,
             fingerprint,
-            backend: Box::new(Cpu),
+            backend: Box::new(Cpu::default()),
             device: None,
         })
+    }
+
+    /// Round the activations of sequence products (prompts, scoring) as `p` says; the CPU
+    /// only (an OpenCL device always multiplies in f32).
+    pub fn set_precision(&mut self, p: Precision) {
+        self.backend = Box::new(Cpu { precision: p });
     }
 
     /// Run on `spec`'s device: upload the weights once (`auto` without a GPU, and `cpu`,

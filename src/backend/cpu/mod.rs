@@ -7,9 +7,10 @@
 pub mod qdot;
 pub mod simd;
 
-use super::{Backend, MatJob};
+use super::{Backend, MatJob, Precision};
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::{Data, Matrix};
+use half::bf16;
 use qdot::{Act, QActs, QRow};
 use rayon::prelude::*;
 pub use simd::Isa;
@@ -19,7 +20,10 @@ use wide::f32x8;
 
 /// The CPU backend.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Cpu;
+pub struct Cpu {
+    /// How sequence products round their activations.
+    pub precision: Precision,
+}
 
 /// Rows of `W` one task multiplies: at least 16, large enough to amortise the task, small
 /// enough to balance a 2048-row matrix over many cores. One token: as many rows as make
@@ -43,6 +47,10 @@ thread_local! {
     static ACTS: RefCell<Vec<QActs>> = RefCell::default();
     /// Weight rows converted to f32 (the sequence path, and the portable one-token path).
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Activations rounded to bf16, one `[t, in]` per product of the call ([`Precision::Bf16`]).
+    static XBF: RefCell<Vec<Vec<bf16>>> = RefCell::default();
+    /// A task's weight rows widened to bf16 ([`Precision::Bf16`], weights not stored as bf16).
+    static PANEL: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run `f` on this thread's reusable `key`, so that no token allocates; on a fresh value
@@ -440,6 +448,72 @@ fn tiled<R: Copy>(
     }
 }
 
+/// Rows `rows` of `y [t, out] = x [t, in] . W^T` with `x` rounded to bf16 ([`Precision::Bf16`],
+/// AVX-512 BF16 only): bf16 rows as stored, other formats widened to bf16 once per task, then
+/// the same 4x4 tiles as every format, and `vdpbf16ps` dots for the tokens left over.
+#[cfg(target_arch = "x86_64")]
+fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize, y: SharedMut) {
+    let (out, inp, start) = (w.rows, w.cols, rows.start);
+    #[allow(clippy::type_complexity)]
+    fn run<'a>(
+        (rows, out, inp, t): (std::ops::Range<usize>, usize, usize, usize),
+        x: &[bf16],
+        y: SharedMut,
+        row: impl Fn(usize) -> &'a [bf16],
+    ) {
+        use simd::x86::{dot_bh_avx512, tile4x4_bh_avx512};
+        let xr = |ti: usize| &x[ti * inp..(ti + 1) * inp];
+        tiled(
+            rows,
+            t,
+            out,
+            y,
+            row,
+            // SAFETY (both kernels): the caller checked AVX-512 BF16 on this CPU.
+            |wr, ti, acc| unsafe {
+                tile4x4_bh_avx512(wr, std::array::from_fn(|j| xr(ti + j)), acc)
+            },
+            |wrow, ti| unsafe { dot_bh_avx512(wrow, xr(ti)) },
+        )
+    }
+    let shape = (rows.clone(), out, inp, t);
+    if let Data::BF16(b) = &w.data {
+        return run(shape, x, y, |k| &b[(start + k) * inp..(start + k + 1) * inp]);
+    }
+    with_scratch(&ROWS, |f| {
+        with_scratch(&PANEL, |panel| {
+            f.resize(inp, 0.0);
+            panel.resize(rows.len() * inp, bf16::ZERO);
+            for (k, row) in panel.chunks_exact_mut(inp).enumerate() {
+                w.row_f32(start + k, f);
+                // SAFETY: as above.
+                unsafe { simd::x86::round_bf16_avx512(f, row) };
+            }
+            run(shape, x, y, |k| &panel[k * inp..(k + 1) * inp]);
+        })
+    })
+}
+
+/// Whether `prec` makes this product of `t` tokens of `w` run on bf16 activations on `isa`:
+/// a sequence product of 16-bit or quantized weights, on a CPU with AVX-512 BF16.
+fn bf16_product(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static BF16_DOT: OnceLock<bool> = OnceLock::new();
+        prec == Precision::Bf16
+            && t >= 4
+            && isa == Isa::Avx512
+            && !matches!(w.data, Data::F32(_))
+            && *BF16_DOT.get_or_init(simd::x86::has_bf16_dot)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, prec, w, t);
+        false
+    }
+}
+
 /// Stored row `r` of an int8 or nf4 matrix.
 pub(crate) fn qrow(w: &Matrix, r: usize) -> QRow<'_> {
     let nb = w.cols / BLOCK;
@@ -501,14 +575,15 @@ fn code_unit(w: &Matrix) -> Option<(f32, Act)> {
     }
 }
 
-/// [`Backend::matmul`] on a chosen instruction set (tests and benchmarks compare them).
-pub fn matmul_with(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
-    matmuls_with(isa, t, &mut [MatJob { w, x, y }]);
+/// [`Backend::matmul`] on a chosen instruction set and precision (tests and benchmarks
+/// compare them).
+pub fn matmul_with(isa: Isa, prec: Precision, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+    matmuls_with(isa, prec, t, &mut [MatJob { w, x, y }]);
 }
 
-/// [`Backend::matmuls`] on a chosen instruction set: the row tasks of every product in one
-/// parallel region.
-pub fn matmuls_with(isa: Isa, t: usize, jobs: &mut [MatJob<'_>]) {
+/// [`Backend::matmuls`] on a chosen instruction set and precision: the row tasks of every
+/// product in one parallel region.
+pub fn matmuls_with(isa: Isa, prec: Precision, t: usize, jobs: &mut [MatJob<'_>]) {
     assert!(
         jobs.len() <= MAX_JOBS,
         "matmuls: more than {MAX_JOBS} products"
@@ -523,29 +598,56 @@ pub fn matmuls_with(isa: Isa, t: usize, jobs: &mut [MatJob<'_>]) {
         ys[i] = SharedMut(j.y.as_mut_ptr());
     }
     let jobs = &*jobs;
-    with_scratch(&ACTS, |acts| {
-        if acts.len() < jobs.len() {
-            acts.resize_with(jobs.len(), QActs::default);
-        }
-        for (j, a) in jobs.iter().zip(acts.iter_mut()) {
-            if let Some((unit, act)) = code_unit(j.w) {
-                a.quantize(j.x, j.w.cols, unit, act);
-            }
-        }
-        let acts = &*acts;
-        (0..first_task[jobs.len()])
-            .into_par_iter()
-            .for_each(|task| {
-                let i = first_task[1..=jobs.len()].partition_point(|&f| f <= task);
-                let (w, per) = (jobs[i].w, rows_per_task(jobs[i].w.cols, t));
-                let r0 = (task - first_task[i]) * per;
-                let rows = r0..(r0 + per).min(w.rows);
-                match code_unit(w) {
-                    Some(_) => matmul_rows_quant(isa, w, rows, &acts[i], t, ys[i]),
-                    None => matmul_rows(isa, w, rows, jobs[i].x, t, ys[i]),
-                }
-            });
+    let bh: [bool; MAX_JOBS] = std::array::from_fn(|i| {
+        jobs.get(i)
+            .is_some_and(|j| bf16_product(isa, prec, j.w, t))
     });
+    with_scratch(&ACTS, |acts| {
+        with_scratch(&XBF, |xbf| {
+            if acts.len() < jobs.len() {
+                acts.resize_with(jobs.len(), QActs::default);
+            }
+            if xbf.len() < jobs.len() {
+                xbf.resize_with(jobs.len(), Vec::new);
+            }
+            for (i, j) in jobs.iter().enumerate() {
+                if bh[i] {
+                    round_bf16(j.x, j.w.cols, &mut xbf[i]);
+                } else if let Some((unit, act)) = code_unit(j.w) {
+                    acts[i].quantize(j.x, j.w.cols, unit, act);
+                }
+            }
+            let (acts, xbf) = (&*acts, &*xbf);
+            (0..first_task[jobs.len()])
+                .into_par_iter()
+                .for_each(|task| {
+                    let i = first_task[1..=jobs.len()].partition_point(|&f| f <= task);
+                    let (w, per) = (jobs[i].w, rows_per_task(jobs[i].w.cols, t));
+                    let r0 = (task - first_task[i]) * per;
+                    let rows = r0..(r0 + per).min(w.rows);
+                    #[cfg(target_arch = "x86_64")]
+                    if bh[i] {
+                        return matmul_rows_bh(w, rows, &xbf[i], t, ys[i]);
+                    }
+                    match code_unit(w) {
+                        Some(_) => matmul_rows_quant(isa, w, rows, &acts[i], t, ys[i]),
+                        None => matmul_rows(isa, w, rows, jobs[i].x, t, ys[i]),
+                    }
+                });
+        })
+    });
+}
+
+/// `x [t, n]` rounded to bf16 into `out`, tokens in parallel (AVX-512 BF16 only).
+fn round_bf16(x: &[f32], n: usize, out: &mut Vec<bf16>) {
+    out.resize(x.len(), bf16::ZERO);
+    #[cfg(target_arch = "x86_64")]
+    out.par_chunks_mut(n * 16)
+        .zip(x.par_chunks(n * 16))
+        // SAFETY: only called for products that bf16_product admitted.
+        .for_each(|(o, x)| unsafe { simd::x86::round_bf16_avx512(x, o) });
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = n;
 }
 
 /// Scalar twin of [`matmul_with`] for int8 and nf4 matrices: activations rounded as there,
@@ -563,11 +665,11 @@ pub fn matmul_quant_scalar(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
 
 impl Backend for Cpu {
     fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
-        matmul_with(Isa::detect(), w, x, t, y)
+        matmul_with(Isa::detect(), self.precision, w, x, t, y)
     }
 
     fn matmuls(&self, t: usize, jobs: &mut [MatJob<'_>]) {
-        matmuls_with(Isa::detect(), t, jobs)
+        matmuls_with(Isa::detect(), self.precision, t, jobs)
     }
 
     fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
@@ -681,7 +783,7 @@ mod tests {
                     matmul_scalar(m, &x, t, &mut want);
                     for isa in Isa::available() {
                         let mut y = vec![0.0; t * out];
-                        matmul_with(isa, m, &x, t, &mut y);
+                        matmul_with(isa, Precision::F32, m, &x, t, &mut y);
                         close(&y, &want, 1e-5);
                     }
                 }
@@ -703,12 +805,12 @@ mod tests {
                     matmul_quant_scalar(&m, &x, t, &mut want);
                     for isa in Isa::available() {
                         let mut y = vec![0.0; t * out];
-                        matmul_with(isa, &m, &x, t, &mut y);
+                        matmul_with(isa, Precision::F32, &m, &x, t, &mut y);
                         close(&y, &want, 1e-5);
                         // one token at a time gives the same bits as the batch
                         for ti in 0..t {
                             let mut one = vec![0.0; out];
-                            matmul_with(isa, &m, &x[ti * inp..(ti + 1) * inp], 1, &mut one);
+                            matmul_with(isa, Precision::F32, &m, &x[ti * inp..(ti + 1) * inp], 1, &mut one);
                             assert_eq!(one, y[ti * out..(ti + 1) * out], "{q:?} {isa:?}");
                         }
                     }
@@ -742,10 +844,10 @@ mod tests {
                     .zip(ys.iter_mut())
                     .map(|((w, x), y)| MatJob { w, x, y })
                     .collect();
-                matmuls_with(isa, t, &mut jobs);
+                matmuls_with(isa, Precision::F32, t, &mut jobs);
                 for ((m, x), y) in ms.iter().zip(&xs).zip(&ys) {
                     let mut one = vec![0.0; t * m.rows];
-                    matmul_with(isa, m, x, t, &mut one);
+                    matmul_with(isa, Precision::F32, m, x, t, &mut one);
                     assert_eq!(&one, y, "{:?} {isa:?} t={t}", m.dtype());
                     assert!(y.iter().any(|&v| v != 0.0));
                 }
@@ -761,10 +863,10 @@ mod tests {
         for m in &mats(out, inp, 6) {
             for isa in Isa::available() {
                 let mut all = vec![0.0; 9 * out];
-                matmul_with(isa, m, &x, 9, &mut all);
+                matmul_with(isa, Precision::F32, m, &x, 9, &mut all);
                 for ti in 0..9 {
                     let mut one = vec![0.0; out];
-                    matmul_with(isa, m, &x[ti * inp..(ti + 1) * inp], 1, &mut one);
+                    matmul_with(isa, Precision::F32, m, &x[ti * inp..(ti + 1) * inp], 1, &mut one);
                     assert_eq!(one, all[ti * out..(ti + 1) * out], "{isa:?} token {ti}");
                 }
             }
@@ -778,12 +880,12 @@ mod tests {
         let (w, b) = (vals(d, 6), vals(d, 7));
         let mut a = x0.clone();
         let mut s = x0.clone();
-        Cpu.layer_norm(&mut a, &w, &b, 1e-5);
+        Cpu::default().layer_norm(&mut a, &w, &b, 1e-5);
         layer_norm_scalar(&mut s, &w, &b, 1e-5);
         close(&a, &s, 1e-5);
         // group norm with 3 groups == layer norm of each group, then the affine part
         let mut g = x0.clone();
-        Cpu.group_norm(&mut g, 3, &w, &b, 64e-5);
+        Cpu::default().group_norm(&mut g, 3, &w, &b, 64e-5);
         let mut expect = x0.clone();
         let ones = vec![1.0; 8];
         let zeros = vec![0.0; 8];
@@ -808,7 +910,7 @@ mod tests {
         let st0 = vals(h * s * s, 13);
         let (mut st_a, mut st_b) = (st0.clone(), st0);
         let (mut oa, mut ob) = (vec![0.0; t * d], vec![0.0; t * d]);
-        Cpu.wkv(h, &r, &k, &v, &w, &u, &mut st_a, &mut oa);
+        Cpu::default().wkv(h, &r, &k, &v, &w, &u, &mut st_a, &mut oa);
         wkv_scalar(h, &r, &k, &v, &w, &u, &mut st_b, &mut ob);
         close(&oa, &ob, 1e-5);
         close(&st_a, &st_b, 1e-5);

@@ -259,6 +259,100 @@ pub mod x86 {
         }
     }
 
+    // ---- AVX-512 BF16: activations rounded to bf16, `vdpbf16ps` ----
+
+    /// Whether this CPU has `vdpbf16ps` and `vcvtneps2bf16` (AVX-512 BF16).
+    pub fn has_bf16_dot() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// `x [n]` rounded to bf16 (to nearest, ties to even) into `out [n]`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn round_bf16_avx512(x: &[f32], out: &mut [bf16]) {
+        let n = x.len();
+        assert_eq!(out.len(), n, "round_bf16: lengths differ");
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        let mut i = 0;
+        while i + 16 <= n {
+            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(xp.add(i)));
+            _mm256_storeu_si256(op.add(i) as *mut __m256i, std::mem::transmute::<_, __m256i>(h));
+            i += 16;
+        }
+        for j in i..n {
+            out[j] = bf16::from_f32(x[j]);
+        }
+    }
+
+    /// 32 bf16 at `p`, zeros past the first `left` (so that a row's tail multiplies to 0).
+    #[inline(always)]
+    unsafe fn load_bh(p: *const bf16, left: usize) -> __m512bh {
+        let v = if left >= 32 {
+            _mm512_loadu_si512(p as *const __m512i)
+        } else {
+            _mm512_maskz_loadu_epi16((1u32 << left) - 1, p as *const i16)
+        };
+        std::mem::transmute::<__m512i, __m512bh>(v)
+    }
+
+    /// `w . x` over `[n]`, both bf16: 32 products an instruction into sixteen f32 lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn dot_bh_avx512(w: &[bf16], x: &[bf16]) -> f32 {
+        let n = w.len();
+        debug_assert_eq!(x.len(), n);
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            acc = _mm512_dpbf16_ps(acc, load_bh(wp.add(i), 32), load_bh(xp.add(i), 32));
+            i += 32;
+        }
+        if i < n {
+            acc = _mm512_dpbf16_ps(acc, load_bh(wp.add(i), n - i), load_bh(xp.add(i), n - i));
+        }
+        hsum512(acc)
+    }
+
+    /// `out[r][t] = w[r] . x[t]` for four bf16 rows and four bf16 tokens `[n]`, each pair
+    /// summed exactly as [`dot_bh_avx512`] sums it.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn tile4x4_bh_avx512(w: [&[bf16]; 4], x: [&[bf16]; 4], out: &mut [[f32; 4]; 4]) {
+        let n = w[0].len();
+        let wp = w.map(|r| r.as_ptr());
+        let xp = x.map(|r| r.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        #[inline(always)]
+        unsafe fn step(
+            acc: &mut [[__m512; 4]; 4],
+            wp: [*const bf16; 4],
+            xp: [*const bf16; 4],
+            i: usize,
+            left: usize,
+        ) {
+            let wv = wp.map(|p| load_bh(p.add(i), left));
+            for t in 0..4 {
+                let xv = load_bh(xp[t].add(i), left);
+                for r in 0..4 {
+                    acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv[r], xv);
+                }
+            }
+        }
+        let mut i = 0;
+        while i + 32 <= n {
+            step(&mut acc, wp, xp, i, 32);
+            i += 32;
+        }
+        if i < n {
+            step(&mut acc, wp, xp, i, n - i);
+        }
+        for r in 0..4 {
+            for t in 0..4 {
+                out[r][t] = hsum512(acc[r][t]);
+            }
+        }
+    }
+
     // ---- AVX2 + FMA + F16C ----
 
     #[inline]

@@ -579,7 +579,7 @@ impl OclModel {
     ) -> Result<Vec<f32>> {
         let o = &self.ocl;
         let (t, d, v) = (tokens.len(), cfg.n_embd, cfg.vocab);
-        let x = o.scratch_from(&w.embed(&Cpu, tokens))?;
+        let x = o.scratch_from(&w.embed(&Cpu::default(), tokens))?;
         {
             let ds = self.device_state(state)?;
             for (l, dl) in self.layers.iter().enumerate() {
