@@ -7,6 +7,7 @@ use rwkv::cli::{self, signal, CliError, Output};
 use rwkv::sample::{self, Sampler, StopMatcher};
 use rwkv::state_file::{self, StateFile};
 use rwkv::tokenizer::{Detokenizer, Tokenizer, Utf8Stream};
+use rwkv::model::Precision;
 use rwkv::{Model, State};
 use serde_json::json;
 use std::io::BufRead;
@@ -86,7 +87,7 @@ fn run(args: &Args) -> Result<(), CliError> {
         ));
     }
     let t0 = Instant::now();
-    let (model, tok) = args.model.load()?;
+    let (model, tok) = args.model.load(Precision::Bf16)?;
     if args.verbose {
         let c = &model.cfg;
         eprintln!(

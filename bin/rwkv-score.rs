@@ -8,7 +8,7 @@ use rwkv::cli::{CliError, Output};
 use rwkv::score::{self, Stream};
 use rwkv::state_file::{self, Start};
 use rwkv::tokenizer::Tokenizer;
-use rwkv::Model;
+use rwkv::model::{Model, Precision};
 use serde_json::{json, Value};
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
@@ -107,7 +107,8 @@ fn run(args: &Args) -> Result<(), CliError> {
         let tok = Tokenizer::from_spec(args.model.tokenizer.as_deref().unwrap_or("world"))?;
         return tokenize(args, &tok, &sources);
     }
-    let (model, tok) = args.model.load()?;
+    // Scores are measurements: exact, and the same however the text is chunked.
+    let (model, tok) = args.model.load(Precision::F32)?;
     let start = state_file::start_for(args.state.as_deref(), &model, args.force)?;
     let total_bytes = sources
         .iter()

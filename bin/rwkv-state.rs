@@ -5,7 +5,7 @@ mod common;
 use rwkv::cli::state::{Args, Command, Diff, Feed, Import, Info};
 use rwkv::cli::{self, CliError, Output};
 use rwkv::state_file::{self, StateFile};
-use rwkv::Model;
+use rwkv::model::{Model, Precision};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ fn feed(a: &Feed) -> Result<(), CliError> {
     }
     // Check the destination before the work.
     destination(a.output.as_ref())?;
-    let model = a.model.load_model()?;
+    let model = a.model.load_model(Precision::F32)?;
     // Token ids need no tokenizer; text does.
     let tok = match (a.ids, a.model.tokenizer(model.cfg.vocab)) {
         (_, Ok(t)) => Some(t),

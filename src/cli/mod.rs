@@ -11,7 +11,7 @@ pub mod state;
 use crate::backend::opencl::DeviceSpec;
 use crate::error::Error;
 use crate::model::quant_file::quantize_file;
-use crate::model::{LoadOptions, Model, Quant};
+use crate::model::{LoadOptions, Model, Precision, Quant};
 use crate::tokenizer::Tokenizer;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -66,6 +66,14 @@ pub struct ModelArgs {
     #[arg(long, value_name = "PATH", requires = "quant")]
     pub save_quantized: Option<PathBuf>,
 
+    /// Activations of the products over many tokens (prompts, scoring): bf16 multiplies
+    /// twice as fast on CPUs with AVX-512 BF16 (f32 elsewhere and on OpenCL) and makes the
+    /// numbers depend on how text is split into chunks; f32 gives exact products. Generation
+    /// is f32 either way [default: bf16 for rwkv-gen; f32 for rwkv-score and rwkv-state,
+    /// whose numbers and states are kept]
+    #[arg(long, value_enum, value_name = "bf16|f32")]
+    pub precision: Option<PrecisionArg>,
+
     /// Where to run: cpu, opencl[:PLATFORM[:DEVICE]] (see rwkv-gen --list-devices), or auto
     /// (a GPU when one is found, else the CPU)
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
@@ -81,6 +89,24 @@ pub enum QuantArg {
     Nf4,
 }
 
+/// `--precision` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// Activations rounded to bf16, `vdpbf16ps` products
+    Bf16,
+    /// f32 activations
+    F32,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::F32 => Precision::F32,
+        }
+    }
+}
+
 impl From<QuantArg> for Quant {
     fn from(q: QuantArg) -> Quant {
         match q {
@@ -91,15 +117,18 @@ impl From<QuantArg> for Quant {
 }
 
 impl ModelArgs {
-    /// Size the thread pool, load the model and pick its tokenizer.
-    pub fn load(&self) -> Result<(Model, Tokenizer), CliError> {
-        let model = self.load_model()?;
+    /// Size the thread pool, load the model and pick its tokenizer; `precision` unless
+    /// `--precision` says otherwise.
+    pub fn load(&self, precision: Precision) -> Result<(Model, Tokenizer), CliError> {
+        let model = self.load_model(precision)?;
         let tok = self.tokenizer(model.cfg.vocab)?;
         Ok((model, tok))
     }
 
-    /// Size the thread pool and load the model.
-    pub fn load_model(&self) -> Result<Model, CliError> {
+    /// Size the thread pool and load the model; `precision` unless `--precision` says
+    /// otherwise.
+    pub fn load_model(&self, precision: Precision) -> Result<Model, CliError> {
+        let precision = self.precision.map_or(precision, Precision::from);
         self.init_threads();
         let path = self.model.as_ref().ok_or_else(|| {
             CliError::usage("no model: pass -m PATH or set RWKV_MODEL".to_string())
@@ -108,6 +137,7 @@ impl ModelArgs {
         if let (Some(dst), Some(q)) = (&self.save_quantized, quant) {
             quantize_file(path, dst, q, self.quant_layers)?;
             let mut model = Model::load(dst)?;
+            model.set_precision(precision);
             model.use_device(self.device)?;
             return Ok(model);
         }
@@ -116,6 +146,7 @@ impl ModelArgs {
             quant_layers: self.quant_layers,
         };
         let mut model = Model::load_with(path, opts)?;
+        model.set_precision(precision);
         model.use_device(self.device)?;
         Ok(model)
     }

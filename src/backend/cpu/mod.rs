@@ -30,9 +30,15 @@ pub struct Cpu {
 /// 8192 weights (the LoRA factors, 32 or 64 wide, take hundreds). Several: as many as make
 /// 128 Ki weights, 512 KiB once converted to f32, so that each block of tokens brought
 /// into L2 meets more rows (64 rows of width 2048 made prompts 8 % faster than 16).
-fn rows_per_task(cols: usize, t: usize) -> usize {
+fn rows_per_task(cols: usize, t: usize, bf16: bool) -> usize {
     let weights = if t < 4 { 8192 } else { 128 * 1024 };
-    (weights / cols.max(1)).max(16)
+    let rows = (weights / cols.max(1)).max(16);
+    if bf16 {
+        // whole panels
+        rows.next_multiple_of(32)
+    } else {
+        rows
+    }
 }
 
 /// The most products one [`Backend::matmuls`] call runs together.
@@ -49,8 +55,10 @@ thread_local! {
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Activations rounded to bf16, one `[t, in]` per product of the call ([`Precision::Bf16`]).
     static XBF: RefCell<Vec<Vec<bf16>>> = RefCell::default();
-    /// A task's weight rows widened to bf16 ([`Precision::Bf16`], weights not stored as bf16).
-    static PANEL: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
+    /// A panel of weight rows packed for the bf16 kernel ([`Precision::Bf16`]).
+    static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Rows of a panel as bf16, for weights not stored as bf16.
+    static BROWS: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run `f` on this thread's reusable `key`, so that no token allocates; on a fresh value
@@ -449,49 +457,104 @@ fn tiled<R: Copy>(
 }
 
 /// Rows `rows` of `y [t, out] = x [t, in] . W^T` with `x` rounded to bf16 ([`Precision::Bf16`],
-/// AVX-512 BF16 only): bf16 rows as stored, other formats widened to bf16 once per task, then
-/// the same 4x4 tiles as every format, and `vdpbf16ps` dots for the tokens left over.
+/// AVX-512 BF16 only; `x [t, 2 * pairs]`, zero-padded to an even width): the rows 32 at a
+/// time, packed into a panel (bf16 rows as stored; other formats, and odd widths, through
+/// bf16 copies), then multiplied with up to 12 tokens at a time by `vdpbf16ps`.
 #[cfg(target_arch = "x86_64")]
 fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize, y: SharedMut) {
-    let (out, inp, start) = (w.rows, w.cols, rows.start);
-    #[allow(clippy::type_complexity)]
-    fn run<'a>(
-        (rows, out, inp, t): (std::ops::Range<usize>, usize, usize, usize),
-        x: &[bf16],
-        y: SharedMut,
-        row: impl Fn(usize) -> &'a [bf16],
-    ) {
-        use simd::x86::{dot_bh_avx512, tile4x4_bh_avx512};
-        let xr = |ti: usize| &x[ti * inp..(ti + 1) * inp];
-        tiled(
-            rows,
-            t,
-            out,
-            y,
-            row,
-            // SAFETY (both kernels): the caller checked AVX-512 BF16 on this CPU.
-            |wr, ti, acc| unsafe {
-                tile4x4_bh_avx512(wr, std::array::from_fn(|j| xr(ti + j)), acc)
-            },
-            |wrow, ti| unsafe { dot_bh_avx512(wrow, xr(ti)) },
-        )
-    }
-    let shape = (rows.clone(), out, inp, t);
-    if let Data::BF16(b) = &w.data {
-        return run(shape, x, y, |k| &b[(start + k) * inp..(start + k + 1) * inp]);
-    }
-    with_scratch(&ROWS, |f| {
-        with_scratch(&PANEL, |panel| {
-            f.resize(inp, 0.0);
-            panel.resize(rows.len() * inp, bf16::ZERO);
-            for (k, row) in panel.chunks_exact_mut(inp).enumerate() {
-                w.row_f32(start + k, f);
-                // SAFETY: as above.
-                unsafe { simd::x86::round_bf16_avx512(f, row) };
+    use simd::x86::{pack_panel_avx512, PANEL_ROWS, PANEL_TOKENS};
+    let (out, inp) = (w.rows, w.cols);
+    let pairs = inp.div_ceil(2);
+    let xw = 2 * pairs;
+    let (xp, xs_u32) = (x.as_ptr() as *const u32, x_stride(inp) / 2);
+    with_scratch(&PANEL, |panel| {
+        panel.resize(pairs * PANEL_ROWS, 0);
+        for r0 in rows.clone().step_by(PANEL_ROWS) {
+            let n = (rows.end - r0).min(PANEL_ROWS);
+            let (base, stride) = match &w.data {
+                Data::BF16(b) if inp.is_multiple_of(2) => (b[r0 * inp..].as_ptr(), inp),
+                _ => with_scratch(&ROWS, |f| {
+                    with_scratch(&BROWS, |brows| {
+                        f.resize(inp, 0.0);
+                        brows.resize(n * xw, bf16::ZERO);
+                        for (k, row) in brows.chunks_exact_mut(xw).enumerate() {
+                            w.row_f32(r0 + k, f);
+                            // SAFETY: the caller checked AVX-512 BF16 on this CPU.
+                            unsafe { simd::x86::round_bf16_avx512(f, &mut row[..inp]) };
+                            row[inp..].fill(bf16::ZERO);
+                        }
+                        (brows.as_ptr(), xw)
+                    })
+                }),
+            };
+            // SAFETY: as above; the n rows of `stride` from `base` are in bounds (BROWS is
+            // not touched again before the panel is packed).
+            unsafe { pack_panel_avx512(base, stride, n, pairs, panel) };
+            // The next panel's stored rows (most often this thread's next task's), asked for
+            // a piece per call while the tokens keep the core busy: packing from memory
+            // that was not asked for took a fifth of the kernel's time.
+            let (next, len) = stored_span(w, r0 + PANEL_ROWS, r0 + 2 * PANEL_ROWS);
+            let calls = t.div_ceil(PANEL_TOKENS);
+            let per_call = len.div_ceil(64 * calls) * 64;
+            for (c, t0) in (0..t).step_by(PANEL_TOKENS).enumerate() {
+                let nt = (t - t0).min(PANEL_TOKENS);
+                for off in (c * per_call..((c + 1) * per_call).min(len)).step_by(64) {
+                    simd::prefetch_l2(next.wrapping_add(off));
+                }
+                // SAFETY: token t0 + j's activations are `pairs` u32 at `xp`; its outputs for
+                // rows r0..r0 + n are written by this task only.
+                unsafe {
+                    let xs = |j: usize| xp.add((t0 + j) * xs_u32);
+                    let ys = |j: usize| y.0.add((t0 + j) * out + r0);
+                    panel_tokens(nt, panel, pairs, xs, ys, n);
+                }
             }
-            run(shape, x, y, |k| &panel[k * inp..(k + 1) * inp]);
-        })
+        }
     })
+}
+
+/// Where the stored bytes of rows `r0..r1` of `w` start, and how many there are (none
+/// past the last row; scales left out).
+fn stored_span(w: &Matrix, r0: usize, r1: usize) -> (*const u8, usize) {
+    let (r0, r1) = (r0.min(w.rows), r1.min(w.rows));
+    let c = w.cols;
+    match &w.data {
+        Data::F32(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 4),
+        Data::F16(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 2),
+        Data::BF16(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 2),
+        Data::Q8(q) => (q.qs[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c),
+        Data::Nf4(q) => (q.packed[r0 * c / 2..].as_ptr(), (r1 - r0) * c / 2),
+    }
+}
+
+/// [`simd::x86::panel_kernel`] for `nt` (1 to 12) tokens.
+///
+/// # Safety
+/// As the kernel's; AVX-512 BF16 on this CPU.
+#[cfg(target_arch = "x86_64")]
+unsafe fn panel_tokens(
+    nt: usize,
+    panel: &[u32],
+    pairs: usize,
+    xs: impl Fn(usize) -> *const u32,
+    ys: impl Fn(usize) -> *mut f32,
+    n: usize,
+) {
+    macro_rules! k {
+        ($($n:literal)*) => {
+            match nt {
+                $($n => simd::x86::panel_kernel::<$n>(
+                    panel,
+                    pairs,
+                    std::array::from_fn(&xs),
+                    std::array::from_fn(&ys),
+                    n,
+                ),)*
+                _ => unreachable!("panel_tokens: {nt} tokens"),
+            }
+        };
+    }
+    k!(1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
 /// Whether `prec` makes this product of `t` tokens of `w` run on bf16 activations on `isa`:
@@ -589,19 +652,21 @@ pub fn matmuls_with(isa: Isa, prec: Precision, t: usize, jobs: &mut [MatJob<'_>]
         "matmuls: more than {MAX_JOBS} products"
     );
     assert!(isa.runs_here(), "{isa:?} is not available on this CPU");
+    let bh: [bool; MAX_JOBS] = std::array::from_fn(|i| {
+        jobs.get(i)
+            .is_some_and(|j| bf16_product(isa, prec, j.w, t))
+    });
+    let per: [usize; MAX_JOBS] =
+        std::array::from_fn(|i| jobs.get(i).map_or(1, |j| rows_per_task(j.w.cols, t, bh[i])));
     let mut first_task = [0usize; MAX_JOBS + 1];
     let mut ys = [SharedMut(std::ptr::null_mut()); MAX_JOBS];
     for (i, j) in jobs.iter_mut().enumerate() {
         assert_eq!(j.x.len(), t * j.w.cols, "matmul: x is not [t, in]");
         assert_eq!(j.y.len(), t * j.w.rows, "matmul: y is not [t, out]");
-        first_task[i + 1] = first_task[i] + j.w.rows.div_ceil(rows_per_task(j.w.cols, t));
+        first_task[i + 1] = first_task[i] + j.w.rows.div_ceil(per[i]);
         ys[i] = SharedMut(j.y.as_mut_ptr());
     }
     let jobs = &*jobs;
-    let bh: [bool; MAX_JOBS] = std::array::from_fn(|i| {
-        jobs.get(i)
-            .is_some_and(|j| bf16_product(isa, prec, j.w, t))
-    });
     with_scratch(&ACTS, |acts| {
         with_scratch(&XBF, |xbf| {
             if acts.len() < jobs.len() {
@@ -622,9 +687,9 @@ pub fn matmuls_with(isa: Isa, prec: Precision, t: usize, jobs: &mut [MatJob<'_>]
                 .into_par_iter()
                 .for_each(|task| {
                     let i = first_task[1..=jobs.len()].partition_point(|&f| f <= task);
-                    let (w, per) = (jobs[i].w, rows_per_task(jobs[i].w.cols, t));
-                    let r0 = (task - first_task[i]) * per;
-                    let rows = r0..(r0 + per).min(w.rows);
+                    let w = jobs[i].w;
+                    let r0 = (task - first_task[i]) * per[i];
+                    let rows = r0..(r0 + per[i]).min(w.rows);
                     #[cfg(target_arch = "x86_64")]
                     if bh[i] {
                         return matmul_rows_bh(w, rows, &xbf[i], t, ys[i]);
@@ -638,16 +703,34 @@ pub fn matmuls_with(isa: Isa, prec: Precision, t: usize, jobs: &mut [MatJob<'_>]
     });
 }
 
-/// `x [t, n]` rounded to bf16 into `out`, tokens in parallel (AVX-512 BF16 only).
+/// The row stride of activations rounded to bf16 for rows of `n`: even (the bf16 kernel
+/// reads pairs), and off multiples of 2 KiB, where the twelve rows the kernel reads
+/// together would share the eight ways of one L1 set (4 KiB rows, width 2048, ran 3 %
+/// slower over three paired runs).
+fn x_stride(n: usize) -> usize {
+    let w = n.next_multiple_of(2);
+    if (2 * w).is_multiple_of(2048) {
+        w + 32
+    } else {
+        w
+    }
+}
+
+/// `x [t, n]` rounded to bf16 into `out [t, x_stride(n)]`, zeros past `n`; tokens in
+/// parallel (AVX-512 BF16 only).
 fn round_bf16(x: &[f32], n: usize, out: &mut Vec<bf16>) {
-    out.resize(x.len(), bf16::ZERO);
+    let w = x_stride(n);
+    out.resize(x.len() / n * w, bf16::ZERO);
     #[cfg(target_arch = "x86_64")]
-    out.par_chunks_mut(n * 16)
+    out.par_chunks_mut(w * 16)
         .zip(x.par_chunks(n * 16))
-        // SAFETY: only called for products that bf16_product admitted.
-        .for_each(|(o, x)| unsafe { simd::x86::round_bf16_avx512(x, o) });
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = n;
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_exact_mut(w).zip(x.chunks_exact(n)) {
+                // SAFETY: only called for products that bf16_product admitted.
+                unsafe { simd::x86::round_bf16_avx512(x, &mut o[..n]) };
+                o[n..].fill(bf16::ZERO);
+            }
+        });
 }
 
 /// Scalar twin of [`matmul_with`] for int8 and nf4 matrices: activations rounded as there,
