@@ -756,25 +756,25 @@ impl Backend for Cpu {
     }
 
     fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-        for row in x.chunks_mut(weight.len()) {
+        x.par_chunks_mut(weight.len()).for_each(|row| {
             normalize(row, eps);
             for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
                 *v = *v * w + b;
             }
-        }
+        });
     }
 
     fn group_norm(&self, x: &mut [f32], heads: usize, weight: &[f32], bias: &[f32], eps: f32) {
         let d = weight.len();
         let s = d / heads;
-        for row in x.chunks_mut(d) {
+        x.par_chunks_mut(d).for_each(|row| {
             for g in row.chunks_mut(s) {
                 normalize(g, eps);
             }
             for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
                 *v = *v * w + b;
             }
-        }
+        });
     }
 
     fn wkv(
