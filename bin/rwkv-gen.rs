@@ -4,10 +4,10 @@ mod common;
 
 use rwkv::cli::gen::{Args, Format};
 use rwkv::cli::{self, signal, CliError, Output};
+use rwkv::model::Precision;
 use rwkv::sample::{self, Sampler, StopMatcher};
 use rwkv::state_file::{self, StateFile};
 use rwkv::tokenizer::{Detokenizer, Tokenizer, Utf8Stream};
-use rwkv::model::Precision;
 use rwkv::{Model, State};
 use serde_json::json;
 use std::io::BufRead;

@@ -4,8 +4,8 @@ mod common;
 
 use rwkv::cli::state::{Args, Command, Diff, Feed, Import, Info};
 use rwkv::cli::{self, CliError, Output};
-use rwkv::state_file::{self, StateFile};
 use rwkv::model::{Model, Precision};
+use rwkv::state_file::{self, StateFile};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

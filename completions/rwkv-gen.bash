@@ -23,7 +23,7 @@ _rwkv__gen() {
 
     case "${cmd}" in
         rwkv__gen)
-            opts="-m -p -f -n -t -v -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --device --prompt --prompt-file --lines --chat --max-tokens --stop --ignore-eos --temperature --top-p --top-k --presence-penalty --frequency-penalty --penalty-decay --ban-token --seed --format --top-logprobs --echo --verbose --state --force --save-state --list-devices --help --version"
+            opts="-m -p -f -n -t -v -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --precision --device --prompt --prompt-file --lines --chat --max-tokens --stop --ignore-eos --temperature --top-p --top-k --presence-penalty --frequency-penalty --penalty-decay --ban-token --seed --format --top-logprobs --echo --verbose --state --force --save-state --list-devices --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -55,6 +55,10 @@ _rwkv__gen() {
                     ;;
                 --save-quantized)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --precision)
+                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
                     return 0
                     ;;
                 --device)

@@ -23,7 +23,7 @@ _rwkv__score() {
 
     case "${cmd}" in
         rwkv__score)
-            opts="-m -q -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --device --lines --jsonl --per-token --top-logprobs --no-bos --state --force --summary --view --color --tokenize --merge --chunk --quiet --help --version"
+            opts="-m -q -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --precision --device --lines --jsonl --per-token --top-logprobs --no-bos --state --force --summary --view --color --tokenize --merge --chunk --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -55,6 +55,10 @@ _rwkv__score() {
                     ;;
                 --save-quantized)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --precision)
+                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
                     return 0
                     ;;
                 --device)

@@ -81,7 +81,7 @@ _rwkv__state() {
             return 0
             ;;
         rwkv__subcmd__state__subcmd__feed)
-            opts="-m -p -f -o -h --model --tokenizer --threads --quant --quant-layers --save-quantized --device --state --force --text --file --ids --output --help"
+            opts="-m -p -f -o -h --model --tokenizer --threads --quant --quant-layers --save-quantized --precision --device --state --force --text --file --ids --output --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -113,6 +113,10 @@ _rwkv__state() {
                     ;;
                 --save-quantized)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --precision)
+                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
                     return 0
                     ;;
                 --device)

@@ -51,6 +51,12 @@ fn greedy_output_is_exact() {
     std::fs::write(&f, PROMPT).unwrap();
     let r3 = gen(&["-f", f.to_str().unwrap(), "-t", "0", "-n", "48"], b"");
     assert_eq!(r3.text(), GREEDY);
+    // The prompt's products in f32 (the default rounds them to bf16) pick the same bytes.
+    let r4 = gen(
+        &["-p", PROMPT, "-t", "0", "-n", "48", "--precision", "f32"],
+        b"",
+    );
+    assert_eq!(r4.text(), GREEDY);
 }
 
 #[test]
@@ -294,6 +300,8 @@ fn errors_are_one_line_with_the_documented_code() {
     assert_fails(&r, 2, &["--temperature", "hot"]);
     let r = gen(&["-p", "x", "--top-p", "1.5"], b"");
     assert_fails(&r, 2, &["top-p", "1.5"]);
+    let r = gen(&["-p", "x", "--precision", "f16"], b"");
+    assert_fails(&r, 2, &["--precision", "f16"]);
     let r = run("rwkv-gen", &["-p", "x"], b"");
     assert_fails(&r, 2, &["RWKV_MODEL"]);
     // Not a model.

@@ -11,8 +11,8 @@ pub mod quant_file;
 pub mod v6;
 
 use crate::backend::opencl::{DeviceSpec, Ocl, OclModel};
-use crate::backend::{cpu::Cpu, Backend};
 pub use crate::backend::Precision;
+use crate::backend::{cpu::Cpu, Backend};
 use crate::error::{Error, Result};
 use crate::state::State;
 pub use crate::tensor::quant::Quant;

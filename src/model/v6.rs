@@ -561,7 +561,9 @@ fn time_mix(
     });
     let y = sized(&mut sc.y, t * d);
     be.matmul(&a.output, out, t, y);
-    par_pieces(x, |i0, p| p.iter_mut().zip(&y[i0..]).for_each(|(x, y)| *x += y));
+    par_pieces(x, |i0, p| {
+        p.iter_mut().zip(&y[i0..]).for_each(|(x, y)| *x += y)
+    });
 }
 
 /// `x [T, D] += sigmoid(Wr xr) * (Wv relu(Wk xk)^2)`.

@@ -290,7 +290,10 @@ pub mod x86 {
         let mut i = 0;
         while i + 16 <= n {
             let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(xp.add(i)));
-            _mm256_storeu_si256(op.add(i) as *mut __m256i, std::mem::transmute::<_, __m256i>(h));
+            _mm256_storeu_si256(
+                op.add(i) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(h),
+            );
             i += 16;
         }
         for j in i..n {
