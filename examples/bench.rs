@@ -175,7 +175,9 @@ fn kernels(threads: usize) {
         }
     }
     println!("\nkernels ({isa:?}, {threads} threads, W [{rows}, {cols}]):");
-    let x: Vec<f32> = (0..64 * cols).map(|i| (i % 17) as f32 * 0.01).collect();
+    // 256 tokens: the prompt chunk of rwkv-gen and of rwkv-score on a 65536 vocab.
+    const T: usize = 256;
+    let x: Vec<f32> = (0..T * cols).map(|i| (i % 17) as f32 * 0.01).collect();
     for (name, m) in &mats {
         let mut y = vec![0.0; rows];
         let reps = 50;
@@ -184,20 +186,20 @@ fn kernels(threads: usize) {
             matmul_with(isa, Precision::F32, m, &x[..cols], 1, &mut y);
         }
         let s = t0.elapsed().as_secs_f64() / reps as f64;
-        let mut y = vec![0.0; 64 * rows];
+        let mut y = vec![0.0; T * rows];
         let mut gflops = |prec| {
             let best = (0..3)
                 .map(|_| {
                     let t1 = Instant::now();
-                    matmul_with(isa, prec, m, &x, 64, &mut y);
+                    matmul_with(isa, prec, m, &x, T, &mut y);
                     t1.elapsed().as_secs_f64()
                 })
                 .fold(f64::MAX, f64::min);
-            2.0 * (rows * cols * 64) as f64 / best / 1e9
+            2.0 * (rows * cols * T) as f64 / best / 1e9
         };
         let (f, b) = (gflops(Precision::F32), gflops(Precision::Bf16));
         println!(
-            "  {name:>5}  matvec {:6.1} GB/s of weights   matmul (64 tokens) {f:6.1} GFLOP/s, \
+            "  {name:>5}  matvec {:6.1} GB/s of weights   matmul ({T} tokens) {f:6.1} GFLOP/s, \
              bf16 activations {b:6.1}",
             m.byte_len() as f64 / s / 1e9,
         );
