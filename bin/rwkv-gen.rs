@@ -13,8 +13,10 @@ use serde_json::json;
 use std::io::BufRead;
 use std::time::Instant;
 
-/// Prompt tokens fed per sequence call: bounds the activations' memory.
-const PROMPT_CHUNK: usize = 256;
+/// Prompt tokens fed per sequence call: bounds the activations' memory. 512 rather than 256
+/// packs the weights for the bf16 products half as often: a 1042-token prompt of the 1.6B
+/// shape took 8.86 s instead of 9.20 (3 paired runs) for 50 MB more resident memory.
+const PROMPT_CHUNK: usize = 512;
 
 fn main() {
     common::main_with("rwkv-gen", run)
