@@ -330,6 +330,15 @@ fn par_pieces(v: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
         .for_each(|(i, p)| f(i * PIECE, p));
 }
 
+/// `f(first row, rows)` over `v [T, d]` in pieces of whole rows (about [`PIECE`] elements),
+/// in parallel, so that per-channel vectors zip with each row.
+fn par_rows(v: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let rows = (PIECE / d).max(1);
+    v.par_chunks_mut(rows * d)
+        .enumerate()
+        .for_each(|(i, p)| f(i * rows, p));
+}
+
 /// `v = f(v)` elementwise, in parallel pieces.
 fn par_map(v: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
     par_pieces(v, |_, p| p.iter_mut().for_each(|x| *x = f(*x)));
@@ -338,11 +347,16 @@ fn par_map(v: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
 /// `out[t] = xx[t] + sx[t] * (maa + delta[t])` over `[T, D]`; `delta` may be empty (zero).
 fn mix(xx: &[f32], sx: &[f32], maa: &[f32], delta: &[f32], out: &mut [f32]) {
     let d = maa.len();
-    par_pieces(out, |i0, p| {
-        for (k, o) in p.iter_mut().enumerate() {
-            let i = i0 + k;
-            let extra = if delta.is_empty() { 0.0 } else { delta[i] };
-            *o = xx[i] + sx[i] * (maa[i % d] + extra);
+    par_rows(out, d, |r0, p| {
+        for (k, o) in p.chunks_mut(d).enumerate() {
+            let row = (r0 + k) * d..(r0 + k + 1) * d;
+            let xs = o.iter_mut().zip(&xx[row.clone()]).zip(&sx[row.clone()]);
+            if delta.is_empty() {
+                xs.zip(maa).for_each(|(((o, x), s), m)| *o = x + s * m);
+            } else {
+                let xs = xs.zip(maa).zip(&delta[row]);
+                xs.for_each(|((((o, x), s), m), e)| *o = x + s * (m + e));
+            }
         }
     });
 }
@@ -547,9 +561,11 @@ fn time_mix(
     par_map(dl, f32::tanh);
     let w = sized(&mut sc.decay, t * d);
     be.matmul(&a.decay_w2, dl, t, w);
-    par_pieces(w, |i0, p| {
-        for (k, v) in p.iter_mut().enumerate() {
-            *v = (-(a.decay[(i0 + k) % d] + *v).exp()).exp();
+    par_rows(w, d, |_, p| {
+        for row in p.chunks_mut(d) {
+            for (v, decay) in row.iter_mut().zip(&a.decay) {
+                *v = (-(decay + *v).exp()).exp();
+            }
         }
     });
 
