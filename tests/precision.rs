@@ -67,7 +67,10 @@ fn bf16_logits_stay_within_measured_bounds() {
 }
 
 /// On the trained model the rounding costs nothing measurable in bits per byte of held-out
-/// text: measured 1.77909 against 1.77918 in f32 (int8 weights 1.77989, nf4 1.80874).
+/// text: measured 1.77913 against 1.77918 in f32; int8 weights 1.77984 against 1.77956, nf4
+/// 1.80895 against 1.80806. The quantized models' figures move as far when only the order
+/// of a sum changes (summing the wkv bonus apart moved nf4 in f32 from 1.80883 to 1.80806),
+/// so their bound is wider.
 #[test]
 fn bf16_costs_no_bits_per_byte() {
     let text = std::fs::read(concat!(
@@ -84,8 +87,9 @@ fn bf16_costs_no_bits_per_byte() {
     };
     for q in [None, Some(Quant::Int8), Some(Quant::Nf4)] {
         let (exact, b) = (bpb(q, Precision::F32), bpb(q, Precision::Bf16));
+        let bound = if q.is_none() { 2e-4 } else { 2e-3 };
         assert!(
-            (b - exact).abs() < 5e-4,
+            (b - exact).abs() < bound,
             "{q:?}: bf16 {b} against f32 {exact}"
         );
         if bf16_here() {
