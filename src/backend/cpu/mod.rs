@@ -53,7 +53,8 @@ thread_local! {
     static ACTS: RefCell<Vec<QActs>> = RefCell::default();
     /// Weight rows converted to f32 (the sequence path, and the portable one-token path).
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Activations rounded to bf16, one `[t, in]` per product of the call ([`Precision::Bf16`]).
+    /// Activations rounded to bf16, `[t, x_stride(in)]` per product of the call
+    /// ([`Precision::Bf16`]).
     static XBF: RefCell<Vec<Vec<bf16>>> = RefCell::default();
     /// A panel of weight rows packed for the bf16 kernel ([`Precision::Bf16`]).
     static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
@@ -536,8 +537,7 @@ fn tiled<R: Copy>(
 }
 
 /// Rows `rows` of `y [t, out] = x [t, in] . W^T` with `x` rounded to bf16 ([`Precision::Bf16`],
-/// AVX-512 BF16 only; `x [t, 2 * pairs]`, zero-padded to an even width): the rows 32 at a
-/// time, packed into a panel (bf16 rows as stored; other formats, and odd widths, through
+/// AVX-512 BF16 only; `x [t, x_stride(in)]`, zeros past `in`): the rows 32 at a time, packed into a panel (bf16 rows as stored; other formats, and odd widths, through
 /// bf16 copies), then multiplied with up to 12 tokens at a time by `vdpbf16ps`.
 #[cfg(target_arch = "x86_64")]
 fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize, y: SharedMut) {
@@ -570,8 +570,8 @@ fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize
             // not touched again before the panel is packed).
             unsafe { pack_panel_avx512(base, stride, n, pairs, panel) };
             // The next panel's stored rows (most often this thread's next task's), asked for
-            // a piece per call while the tokens keep the core busy: packing from memory
-            // that was not asked for took a fifth of the kernel's time.
+            // a piece per call over the last quarter of the tokens: packing from memory that
+            // was not asked for took a quarter of the kernel's time, a sixth with this.
             let (next, len) = stored_span(w, r0 + PANEL_ROWS, r0 + 2 * PANEL_ROWS);
             let calls = t.div_ceil(PANEL_TOKENS);
             let (first, late) = (calls - calls.div_ceil(4), calls.div_ceil(4));
@@ -583,8 +583,8 @@ fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize
                         simd::prefetch_l2(next.wrapping_add(off));
                     }
                 }
-                // SAFETY: token t0 + j's activations are `pairs` u32 at `xp`; its outputs for
-                // rows r0..r0 + n are written by this task only.
+                // SAFETY: token t0 + j's activations are `pairs` u32 from its row of `x`; its
+                // outputs for rows r0..r0 + n are written by this task only.
                 unsafe {
                     let xs = |j: usize| xp.add((t0 + j) * xs_u32);
                     let ys = |j: usize| y.0.add((t0 + j) * out + r0);
