@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use rwkv::model::{LoadOptions, Precision, Quant};
-use rwkv::{Logits, Model};
+use rwkv::Model;
 
 /// Whether this CPU runs bf16 products (elsewhere `Precision::Bf16` is `F32`).
 fn bf16_here() -> bool {
@@ -23,24 +23,6 @@ fn load(file: &str, quant: Option<Quant>, p: Precision) -> Model {
     let mut m = Model::load_with(&model_path(file), opts).unwrap();
     m.set_precision(p);
     m
-}
-
-/// Worst |logit - golden| over the positions of one sequence call, relative to each row's
-/// largest |logit|.
-fn worst_error(m: &Model, g: &Golden) -> f32 {
-    let mut st = m.new_state();
-    let all = m.forward(&g.tokens, &mut st, Logits::All).unwrap();
-    let v = m.cfg.vocab;
-    g.logits
-        .iter()
-        .enumerate()
-        .map(|(t, want)| {
-            let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
-            let row = &all[t * v..(t + 1) * v];
-            let worst = row.iter().zip(want).map(|(a, b)| (a - b).abs());
-            worst.fold(0f32, f32::max) / scale
-        })
-        .fold(0f32, f32::max)
 }
 
 /// Measured (README): 0.25 %, 0.59 %, 0.89 % and 2.2 % of the largest logit, as far as
@@ -73,18 +55,7 @@ fn bf16_logits_stay_within_measured_bounds() {
 /// so their bound is wider.
 #[test]
 fn bf16_costs_no_bits_per_byte() {
-    let text = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/heldout.txt"
-    ))
-    .unwrap();
-    let ids: Vec<u32> = text.iter().map(|&b| b as u32).collect();
-    let bpb = |q: Option<Quant>, p: Precision| {
-        let m = load("shakespeare-rwkv6.safetensors", q, p);
-        let mut s = rwkv::score::Stream::new(&m, m.new_state(), None, true, 256).unwrap();
-        s.score(&ids).unwrap();
-        rwkv::score::bits_per_byte(s.totals.nll, text.len() as u64)
-    };
+    let bpb = |q, p| heldout_bits_per_byte(&load("shakespeare-rwkv6.safetensors", q, p));
     for q in [None, Some(Quant::Int8), Some(Quant::Nf4)] {
         let (exact, b) = (bpb(q, Precision::F32), bpb(q, Precision::Bf16));
         let bound = if q.is_none() { 2e-4 } else { 2e-3 };

@@ -7,26 +7,6 @@ use rwkv::model::quant_file::quantize_file;
 use rwkv::model::{LoadOptions, Quant};
 use rwkv::{Logits, Model};
 
-/// Worst |logit - golden| over all positions, relative to each row's largest |logit|.
-fn worst_error(m: &Model, g: &Golden) -> f32 {
-    let mut st = m.new_state();
-    let all = m.forward(&g.tokens, &mut st, Logits::All).unwrap();
-    let v = m.cfg.vocab;
-    g.logits
-        .iter()
-        .enumerate()
-        .map(|(t, want)| {
-            let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
-            let row = &all[t * v..(t + 1) * v];
-            row.iter()
-                .zip(want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max)
-                / scale
-        })
-        .fold(0f32, f32::max)
-}
-
 fn load(file: &str, quant: Quant) -> Model {
     let opts = LoadOptions {
         quant: Some(quant),
@@ -164,12 +144,6 @@ fn cli_quant_flags() {
 /// Measured: bf16 1.7792, int8 1.7796, nf4 1.8081 (README table).
 #[test]
 fn quantization_cost_in_bits_per_byte() {
-    let text = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/heldout.txt"
-    ))
-    .unwrap();
-    let ids: Vec<u32> = text.iter().map(|&b| b as u32).collect();
     let bpb = |q: Option<Quant>| {
         let m = Model::load_with(
             &model_path("shakespeare-rwkv6.safetensors"),
@@ -179,9 +153,7 @@ fn quantization_cost_in_bits_per_byte() {
             },
         )
         .unwrap();
-        let mut s = rwkv::score::Stream::new(&m, m.new_state(), None, true, 256).unwrap();
-        s.score(&ids).unwrap();
-        rwkv::score::bits_per_byte(s.totals.nll, text.len() as u64)
+        heldout_bits_per_byte(&m)
     };
     let (b16, b8, b4) = (bpb(None), bpb(Some(Quant::Int8)), bpb(Some(Quant::Nf4)));
     assert!((b16 - 1.7792).abs() < 2e-3, "bf16 {b16}");

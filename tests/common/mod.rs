@@ -184,3 +184,35 @@ pub fn vals(n: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Worst |logit - golden| over the positions of one sequence call from the zero state,
+/// relative to each golden row's largest |logit|.
+pub fn worst_error(m: &rwkv::Model, g: &Golden) -> f32 {
+    let mut st = m.new_state();
+    let all = m.forward(&g.tokens, &mut st, rwkv::Logits::All).unwrap();
+    let v = m.cfg.vocab;
+    g.logits
+        .iter()
+        .enumerate()
+        .map(|(t, want)| {
+            let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let row = &all[t * v..(t + 1) * v];
+            let worst = row.iter().zip(want).map(|(a, b)| (a - b).abs());
+            worst.fold(0f32, f32::max) / scale
+        })
+        .fold(0f32, f32::max)
+}
+
+/// Bits per byte of `tests/data/heldout.txt` (a public-domain King James passage, outside
+/// the Shakespeare model's training set) under `m`, scored in chunks of 256 bytes.
+pub fn heldout_bits_per_byte(m: &rwkv::Model) -> f64 {
+    let text = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/heldout.txt"
+    ))
+    .unwrap();
+    let ids: Vec<u32> = text.iter().map(|&b| b as u32).collect();
+    let mut s = rwkv::score::Stream::new(m, m.new_state(), None, true, 256).unwrap();
+    s.score(&ids).unwrap();
+    rwkv::score::bits_per_byte(s.totals.nll, text.len() as u64)
+}

@@ -193,26 +193,37 @@ pub fn wkv_scalar(
     }
 }
 
-/// One head of the recurrence over all `t` tokens, vectorised over the value index `j`.
-/// `st [S, S]`, `acc [S]` scratch, `out` rows of stride `d` starting at this head's
-/// channel `c0`. The bonus term is summed apart, `out[j] = (sum_i r[i] u[i] k[i]) v[j] +
-/// sum_i r[i] s[i][j]`: five operations an element instead of seven. Plain multiplies and
-/// adds (no fused ones), so every instruction set gives the same bits.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn wkv_head_body(
+/// One head's inputs to the recurrence: `r, k, v, w [t, d]`, `u [d]`, the head's channels
+/// `c0..c0 + s`.
+#[derive(Clone, Copy)]
+struct WkvHead<'a> {
     d: usize,
     c0: usize,
     s: usize,
-    r: &[f32],
-    k: &[f32],
-    v: &[f32],
-    w: &[f32],
-    u: &[f32],
-    st: &mut [f32],
-    acc: &mut [f32],
-    out: SharedMut,
-) {
+    r: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    w: &'a [f32],
+    u: &'a [f32],
+}
+
+/// One head of the recurrence over all `t` tokens, vectorised over the value index `j`.
+/// `st [S, S]`, `acc [S]` scratch, `out` rows of stride `d` from this head's channel `c0`.
+/// The bonus term is summed apart, `out[j] = (sum_i r[i] u[i] k[i]) v[j] + sum_i r[i]
+/// s[i][j]`: five operations an element instead of seven. Plain multiplies and adds (no
+/// fused ones), so every instruction set gives the same bits.
+#[inline(always)]
+fn wkv_head_body(h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
+    let WkvHead {
+        d,
+        c0,
+        s,
+        r,
+        k,
+        v,
+        w,
+        u,
+    } = h;
     let t = r.len() / d;
     for ti in 0..t {
         let row = ti * d + c0;
@@ -240,22 +251,9 @@ fn wkv_head_body(
 /// # Safety
 /// AVX-512F on this CPU.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn wkv_head_avx512(
-    d: usize,
-    c0: usize,
-    s: usize,
-    r: &[f32],
-    k: &[f32],
-    v: &[f32],
-    w: &[f32],
-    u: &[f32],
-    st: &mut [f32],
-    acc: &mut [f32],
-    out: SharedMut,
-) {
-    wkv_head_body(d, c0, s, r, k, v, w, u, st, acc, out)
+unsafe fn wkv_head_avx512(h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
+    wkv_head_body(h, st, acc, out)
 }
 
 /// [`wkv_head_body`] compiled for AVX2.
@@ -263,51 +261,24 @@ unsafe fn wkv_head_avx512(
 /// # Safety
 /// AVX2 on this CPU.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
-unsafe fn wkv_head_avx2(
-    d: usize,
-    c0: usize,
-    s: usize,
-    r: &[f32],
-    k: &[f32],
-    v: &[f32],
-    w: &[f32],
-    u: &[f32],
-    st: &mut [f32],
-    acc: &mut [f32],
-    out: SharedMut,
-) {
-    wkv_head_body(d, c0, s, r, k, v, w, u, st, acc, out)
+unsafe fn wkv_head_avx2(h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
+    wkv_head_body(h, st, acc, out)
 }
 
 /// One head of [`Backend::wkv`] on `isa`.
-#[allow(clippy::too_many_arguments)]
-fn wkv_head(
-    isa: Isa,
-    d: usize,
-    c0: usize,
-    s: usize,
-    r: &[f32],
-    k: &[f32],
-    v: &[f32],
-    w: &[f32],
-    u: &[f32],
-    st: &mut [f32],
-    acc: &mut [f32],
-    out: SharedMut,
-) {
+fn wkv_head(isa: Isa, h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `isa` was detected on this CPU (Isa::detect).
     unsafe {
         match isa {
-            Isa::Avx512 => return wkv_head_avx512(d, c0, s, r, k, v, w, u, st, acc, out),
-            Isa::Avx2 => return wkv_head_avx2(d, c0, s, r, k, v, w, u, st, acc, out),
+            Isa::Avx512 => return wkv_head_avx512(h, st, acc, out),
+            Isa::Avx2 => return wkv_head_avx2(h, st, acc, out),
             Isa::Portable => {}
         }
     }
     let _ = isa;
-    wkv_head_body(d, c0, s, r, k, v, w, u, st, acc, out)
+    wkv_head_body(h, st, acc, out)
 }
 
 /// `w . x` for f32 vectors on `isa`.
@@ -915,7 +886,18 @@ pub fn wkv_with(
     state.par_chunks_mut(s * s).enumerate().for_each(|(h, st)| {
         with_scratch(&ROWS, |acc| {
             acc.resize(s, 0.0);
-            wkv_head(isa, d, h * s, s, r, k, v, w, u, st, &mut acc[..s], op)
+            let c0 = h * s;
+            let head = WkvHead {
+                d,
+                c0,
+                s,
+                r,
+                k,
+                v,
+                w,
+                u,
+            };
+            wkv_head(isa, head, st, &mut acc[..s], op)
         })
     });
 }
