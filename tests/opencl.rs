@@ -276,7 +276,15 @@ fn device_output_equals_cpu_output_through_the_cli() {
         "-n",
         "24",
     ];
-    let mut a = vec!["-m", m.as_str(), "-p", "ROMEO:\nWhat light"];
+    // The device multiplies in f32: so does the CPU here.
+    let mut a = vec![
+        "-m",
+        m.as_str(),
+        "-p",
+        "ROMEO:\nWhat light",
+        "--precision",
+        "f32",
+    ];
     a.extend_from_slice(&greedy);
     let cpu = run("rwkv-gen", &a, b"");
     a.extend_from_slice(&["--device", "opencl"]);
