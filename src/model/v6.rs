@@ -325,6 +325,9 @@ const PIECE: usize = 16 * 1024;
 
 /// `f(first element, piece)` over `v` in pieces of [`PIECE`], in parallel.
 fn par_pieces(v: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if v.len() <= PIECE {
+        return f(0, v);
+    }
     v.par_chunks_mut(PIECE)
         .enumerate()
         .for_each(|(i, p)| f(i * PIECE, p));
@@ -334,6 +337,9 @@ fn par_pieces(v: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
 /// in parallel, so that per-channel vectors zip with each row.
 fn par_rows(v: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     let rows = (PIECE / d).max(1);
+    if v.len() <= rows * d {
+        return f(0, v);
+    }
     v.par_chunks_mut(rows * d)
         .enumerate()
         .for_each(|(i, p)| f(i * rows, p));

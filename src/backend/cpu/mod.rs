@@ -827,25 +827,36 @@ impl Backend for Cpu {
     }
 
     fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-        x.par_chunks_mut(weight.len()).for_each(|row| {
+        let norm = |row: &mut [f32]| {
             normalize(row, eps);
             for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
                 *v = *v * w + b;
             }
-        });
+        };
+        // A token's row on this thread; a prompt's rows in parallel.
+        if x.len() == weight.len() {
+            norm(x)
+        } else {
+            x.par_chunks_mut(weight.len()).for_each(norm)
+        }
     }
 
     fn group_norm(&self, x: &mut [f32], heads: usize, weight: &[f32], bias: &[f32], eps: f32) {
         let d = weight.len();
         let s = d / heads;
-        x.par_chunks_mut(d).for_each(|row| {
+        let norm = |row: &mut [f32]| {
             for g in row.chunks_mut(s) {
                 normalize(g, eps);
             }
             for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
                 *v = *v * w + b;
             }
-        });
+        };
+        if x.len() == d {
+            norm(x)
+        } else {
+            x.par_chunks_mut(d).for_each(norm)
+        }
     }
 
     fn wkv(
