@@ -388,7 +388,8 @@ pub mod x86 {
     /// panel ([`pack_panel_avx512`]): `x[j]` points at token `j`'s bf16 activations as
     /// `pairs` u32 pairs, `y[j]` at its 32 outputs. Each output is one f32 lane summing its
     /// pairs in order, so it does not depend on `N`, on the panel or on the thread. With the
-    /// panel in L1, 97 % of `vdpbf16ps`'s peak.
+    /// panel in L1, 97 % of `vdpbf16ps`'s peak. `ahead`: `(p, lines)`, cache lines from `p`
+    /// to ask for into L2 along the way (the next panel's weights).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn panel_kernel<const N: usize>(
         panel: &[u32],
@@ -396,11 +397,20 @@ pub mod x86 {
         x: [*const u32; N],
         y: [*mut f32; N],
         n: usize,
+        ahead: (*const u8, usize),
     ) {
         assert!(panel.len() >= pairs * 32);
         let p = panel.as_ptr() as *const __m512i;
         let mut acc = [[_mm512_setzero_ps(); N]; 2];
+        // `ahead`: cache lines to ask for, one every `every` pairs, spread over the call.
+        let (pf, lines) = ahead;
+        let every = (pairs / lines.max(1)).max(1);
+        let (mut asked, mut at) = (0, 0);
         for kk in 0..pairs {
+            if kk == at && asked < lines {
+                super::prefetch_l2(pf.wrapping_add(64 * asked));
+                (asked, at) = (asked + 1, at + every);
+            }
             let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(p.add(2 * kk)));
             let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(p.add(2 * kk + 1)));
             for j in 0..N {
