@@ -93,13 +93,18 @@ fn run(args: &Args) -> Result<(), CliError> {
     if args.verbose {
         let c = &model.cfg;
         eprintln!(
-            "rwkv-gen: loaded {} ({} names, {} layers, width {}, vocab {}, tokenizer {}) in {:.0} ms",
+            "rwkv-gen: loaded {} ({} names, {} layers, width {}, vocab {}, tokenizer {}, {} \
+             prompt products) in {:.0} ms",
             model.path.display(),
             model.layout.name(),
             c.n_layer,
             c.n_embd,
             c.vocab,
             tok.name(),
+            match model.sequence_precision() {
+                Precision::Bf16 => "bf16",
+                Precision::F32 => "f32",
+            },
             t0.elapsed().as_secs_f64() * 1e3
         );
     }

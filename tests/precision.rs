@@ -8,11 +8,7 @@ use rwkv::Model;
 
 /// Whether this CPU runs bf16 products (elsewhere `Precision::Bf16` is `F32`).
 fn bf16_here() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return rwkv::backend::cpu::Isa::detect() == rwkv::backend::cpu::Isa::Avx512
-        && rwkv::backend::cpu::simd::x86::has_bf16_dot();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    rwkv::backend::cpu::bf16_products_here()
 }
 
 fn load(file: &str, quant: Option<Quant>, p: Precision) -> Model {
@@ -67,4 +63,48 @@ fn bf16_costs_no_bits_per_byte() {
             assert_ne!(b, exact, "{q:?}: bf16 products did not run");
         }
     }
+}
+
+#[test]
+fn the_model_says_which_precision_its_prompts_run_in() {
+    let mut m = load("shakespeare-rwkv6.safetensors", None, Precision::Bf16);
+    assert_eq!(m.sequence_precision() == Precision::Bf16, bf16_here());
+    m.set_precision(Precision::F32);
+    assert_eq!(m.sequence_precision(), Precision::F32);
+    // rwkv-gen -v says it.
+    let want = if bf16_here() {
+        "bf16 prompt products"
+    } else {
+        "f32 prompt products"
+    };
+    let r = run(
+        "rwkv-gen",
+        &[
+            "-m",
+            &model_arg("shakespeare-rwkv6.safetensors"),
+            "-p",
+            "ROMEO:",
+            "-n",
+            "2",
+            "-v",
+        ],
+        b"",
+    );
+    assert!(r.stderr.contains(want), "{}", r.stderr);
+    let r = run(
+        "rwkv-gen",
+        &[
+            "-m",
+            &model_arg("shakespeare-rwkv6.safetensors"),
+            "-p",
+            "ROMEO:",
+            "-n",
+            "2",
+            "-v",
+            "--precision",
+            "f32",
+        ],
+        b"",
+    );
+    assert!(r.stderr.contains("f32 prompt products"), "{}", r.stderr);
 }

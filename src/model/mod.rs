@@ -68,6 +68,8 @@ pub struct Model {
     /// Identifies the weights, not the file: see [`Model::fingerprint`].
     fingerprint: String,
     backend: Box<dyn Backend>,
+    /// What [`Model::set_precision`] asked for.
+    precision: Precision,
     /// The weights on an OpenCL device, when the model runs there.
     device: Option<OclModel>,
 }
@@ -103,6 +105,7 @@ impl Model {
             weights,
             fingerprint,
             backend: Box::new(Cpu::default()),
+            precision: Precision::F32,
             device: None,
         })
     }
@@ -111,6 +114,20 @@ impl Model {
     /// only (an OpenCL device always multiplies in f32).
     pub fn set_precision(&mut self, p: Precision) {
         self.backend = Box::new(Cpu { precision: p });
+        self.precision = p;
+    }
+
+    /// The precision sequence products run in: [`Precision::Bf16`] only where it was asked
+    /// for and the CPU has it, and never on an OpenCL device.
+    pub fn sequence_precision(&self) -> Precision {
+        match self.precision {
+            Precision::Bf16
+                if self.device.is_none() && crate::backend::cpu::bf16_products_here() =>
+            {
+                Precision::Bf16
+            }
+            _ => Precision::F32,
+        }
     }
 
     /// Run on `spec`'s device: upload the weights once (`auto` without a GPU, and `cpu`,

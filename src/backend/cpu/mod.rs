@@ -610,24 +610,31 @@ unsafe fn panel_tokens(
     k!(1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
-/// Whether `prec` makes this product of `t` tokens of `w` run on bf16 activations on `isa`:
-/// a sequence product of 16-bit or quantized weights, on a CPU with AVX-512 BF16.
-fn bf16_product(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> bool {
+/// Whether this CPU has the bf16 products of [`Precision::Bf16`] (AVX-512 BF16, and the
+/// AVX-512 instruction set in use); without them that precision is [`Precision::F32`].
+pub fn bf16_products_here() -> bool {
+    bf16_dot_on(Isa::detect())
+}
+
+/// Whether `isa` is AVX-512 on a CPU with AVX-512 BF16.
+fn bf16_dot_on(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
         static BF16_DOT: OnceLock<bool> = OnceLock::new();
-        prec == Precision::Bf16
-            && t >= 4
-            && isa == Isa::Avx512
-            && !matches!(w.data, Data::F32(_))
-            && *BF16_DOT.get_or_init(simd::x86::has_bf16_dot)
+        isa == Isa::Avx512 && *BF16_DOT.get_or_init(simd::x86::has_bf16_dot)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (isa, prec, w, t);
+        let _ = isa;
         false
     }
+}
+
+/// Whether `prec` makes this product of `t` tokens of `w` run on bf16 activations on `isa`:
+/// a sequence product of 16-bit or quantized weights, on a CPU with AVX-512 BF16.
+fn bf16_product(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> bool {
+    prec == Precision::Bf16 && t >= 4 && !matches!(w.data, Data::F32(_)) && bf16_dot_on(isa)
 }
 
 /// Stored row `r` of an int8 or nf4 matrix.
@@ -992,7 +999,7 @@ mod tests {
     #[test]
     fn bf16_products_match_their_scalar_twin() {
         use crate::tensor::quant::{quantize, Quant};
-        let bh = cfg!(target_arch = "x86_64") && simd_has_bf16();
+        let bh = bf16_products_here();
         for (out, inp) in [(37, 45), (5, 16), (9, 257), (64, 33), (70, 128), (33, 192)] {
             let [f, h, b] = mats(out, inp, 41);
             let mut ms = vec![h, b];
@@ -1038,13 +1045,6 @@ mod tests {
         matmul_with(Isa::detect(), Precision::Bf16, &m, &x[..5 * 2048], 5, a);
         matmul_with(Isa::detect(), Precision::Bf16, &m, &x[5 * 2048..], 12, b);
         assert_eq!(all, parts);
-    }
-
-    fn simd_has_bf16() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return Isa::detect() == Isa::Avx512 && simd::x86::has_bf16_dot();
-        #[cfg(not(target_arch = "x86_64"))]
-        false
     }
 
     /// int8 and nf4 rows on every instruction set, against the scalar integer path.
