@@ -508,8 +508,9 @@ fn tiled<R: Copy>(
 }
 
 /// Rows `rows` of `y [t, out] = x [t, in] . W^T` with `x` rounded to bf16 ([`Precision::Bf16`],
-/// AVX-512 BF16 only; `x [t, x_stride(in)]`, zeros past `in`): the rows 32 at a time, packed into a panel (bf16 rows as stored; other formats, and odd widths, through
-/// bf16 copies), then multiplied with up to 12 tokens at a time by `vdpbf16ps`.
+/// AVX-512 BF16 only; `x [t, x_stride(in)]`, zeros past `in`): the rows 32 at a time,
+/// packed into a panel (bf16 rows as stored; other formats, and odd widths, through bf16
+/// copies), then multiplied with up to 12 tokens at a time by `vdpbf16ps`.
 #[cfg(target_arch = "x86_64")]
 fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize, y: SharedMut) {
     use simd::x86::{pack_panel_avx512, PANEL_ROWS, PANEL_TOKENS};
