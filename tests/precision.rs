@@ -72,39 +72,19 @@ fn the_model_says_which_precision_its_prompts_run_in() {
     m.set_precision(Precision::F32);
     assert_eq!(m.sequence_precision(), Precision::F32);
     // rwkv-gen -v says it.
+    let verbose = |extra: &[&str]| {
+        let m = model_arg("shakespeare-rwkv6.safetensors");
+        let mut args = vec!["-m", m.as_str(), "-p", "ROMEO:", "-n", "2", "-v"];
+        args.extend_from_slice(extra);
+        run("rwkv-gen", &args, b"").stderr
+    };
     let want = if bf16_here() {
         "bf16 prompt products"
     } else {
         "f32 prompt products"
     };
-    let r = run(
-        "rwkv-gen",
-        &[
-            "-m",
-            &model_arg("shakespeare-rwkv6.safetensors"),
-            "-p",
-            "ROMEO:",
-            "-n",
-            "2",
-            "-v",
-        ],
-        b"",
-    );
-    assert!(r.stderr.contains(want), "{}", r.stderr);
-    let r = run(
-        "rwkv-gen",
-        &[
-            "-m",
-            &model_arg("shakespeare-rwkv6.safetensors"),
-            "-p",
-            "ROMEO:",
-            "-n",
-            "2",
-            "-v",
-            "--precision",
-            "f32",
-        ],
-        b"",
-    );
-    assert!(r.stderr.contains("f32 prompt products"), "{}", r.stderr);
+    let said = verbose(&[]);
+    assert!(said.contains(want), "{said}");
+    let said = verbose(&["--precision", "f32"]);
+    assert!(said.contains("f32 prompt products"), "{said}");
 }

@@ -214,6 +214,17 @@ struct WkvHead<'a> {
 /// fused ones), so every instruction set gives the same bits.
 #[inline(always)]
 fn wkv_head_body(h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
+    // Heads of 64 (every released RWKV-6) with the size a constant and the accumulators a
+    // local array, which the compiler keeps in registers: the recurrence took 3.5 % of a
+    // prompt's CPU time with them in memory, 2.6 % like this.
+    if h.s == 64 {
+        return wkv_head_loop(WkvHead { s: 64, ..h }, st, &mut [0.0; 64], out);
+    }
+    wkv_head_loop(h, st, acc, out)
+}
+
+#[inline(always)]
+fn wkv_head_loop(h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
     let WkvHead {
         d,
         c0,
