@@ -29,16 +29,17 @@ pub struct Cpu {
 /// enough to balance a 2048-row matrix over many cores. One token: as many rows as make
 /// 8192 weights (the LoRA factors, 32 or 64 wide, take hundreds). Several: as many as make
 /// 128 Ki weights, 512 KiB once converted to f32, so that each block of tokens brought
-/// into L2 meets more rows (64 rows of width 2048 made prompts 8 % faster than 16).
+/// into L2 meets more rows (64 rows of width 2048 made prompts 8 % faster than 16). bf16
+/// products (`bf16`): whole panels of the bf16 kernel.
 fn rows_per_task(cols: usize, t: usize, bf16: bool) -> usize {
     let weights = if t < 4 { 8192 } else { 128 * 1024 };
     let rows = (weights / cols.max(1)).max(16);
+    #[cfg(target_arch = "x86_64")]
     if bf16 {
-        // whole panels
-        rows.next_multiple_of(32)
-    } else {
-        rows
+        return rows.next_multiple_of(simd::x86::PANEL_ROWS);
     }
+    let _ = bf16;
+    rows
 }
 
 /// The most products one [`Backend::matmuls`] call runs together.
