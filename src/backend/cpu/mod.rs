@@ -750,7 +750,7 @@ pub fn matmuls_with(isa: Isa, prec: Precision, t: usize, jobs: &mut [MatJob<'_>]
                 if bh[i] {
                     round_bf16(j.x, j.w.cols, &mut xbf[i]);
                 } else if let Some((unit, act)) = code_unit(j.w) {
-                    acts[i].quantize(j.x, j.w.cols, unit, act);
+                    acts[i].quantize(isa, j.x, j.w.cols, unit, act);
                 }
             }
             let (acts, xbf) = (&*acts, &*xbf);
@@ -829,7 +829,7 @@ pub fn matmul_bf16_scalar(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
 pub fn matmul_quant_scalar(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
     let (unit, act) = code_unit(w).expect("matmul_quant_scalar: the matrix is not quantized");
     let mut acts = QActs::default();
-    acts.quantize(x, w.cols, unit, act);
+    acts.quantize(Isa::Portable, x, w.cols, unit, act);
     for ti in 0..t {
         for o in 0..w.rows {
             y[ti * w.rows + o] = qdot::dot_scalar(qrow(w, o), acts.token(ti));
