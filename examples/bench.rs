@@ -9,7 +9,9 @@
 //! own process, so the peak resident size is that format's alone.
 
 use clap::Parser;
+use rayon::prelude::*;
 use rwkv::backend::cpu::{matmul_with, Isa};
+use rwkv::model::v6::Weights;
 use rwkv::model::{LoadOptions, Precision, Quant};
 use rwkv::tensor::quant::quantize;
 use rwkv::tensor::{Buf, Data, Matrix};
@@ -73,25 +75,61 @@ fn peak_rss_bytes() -> u64 {
     ru.ru_maxrss as u64 * 1024
 }
 
-/// Read a buffer much larger than the caches with every thread; best of three, GB/s.
-fn bandwidth(threads: usize) -> f64 {
-    let words = (1usize << 30) / 8; // 1 GiB
-    let buf: Vec<u64> = (0..words as u64).collect();
-    let mut best = 0.0f64;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let sums: Vec<u64> = std::thread::scope(|s| {
-            buf.chunks(words.div_ceil(threads))
-                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .collect()
-        });
-        std::hint::black_box(sums);
-        best = best.max((words * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+/// The bytes of every matrix a token reads (all but the embedding), in pieces of 256 KiB.
+fn weight_bytes<'a>(w: &'a Weights) -> Vec<&'a [u8]> {
+    fn bytes<T>(v: &[T]) -> &[u8] {
+        // SAFETY: any initialised memory can be read as bytes.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
     }
-    best
+    let mut out = Vec::new();
+    let mut add = |m: &'a Matrix| {
+        let parts = match &m.data {
+            Data::F32(b) => [bytes(b), &[]],
+            Data::F16(b) => [bytes(b), &[]],
+            Data::BF16(b) => [bytes(b), &[]],
+            Data::Q8(q) => [bytes(&q.qs), bytes(&q.scales)],
+            Data::Nf4(q) => [bytes(&q.packed), bytes(&q.scales)],
+        };
+        out.extend(parts.into_iter().flat_map(|p| p.chunks(256 * 1024)));
+    };
+    for l in &w.layers {
+        let (a, f) = (&l.att, &l.ffn);
+        [&a.maa_w1, &a.decay_w1, &a.decay_w2]
+            .into_iter()
+            .chain(&a.maa_w2)
+            .for_each(&mut add);
+        [&a.receptance, &a.key, &a.value, &a.gate, &a.output]
+            .into_iter()
+            .for_each(&mut add);
+        [&f.key, &f.receptance, &f.value]
+            .into_iter()
+            .for_each(&mut add);
+    }
+    add(&w.head);
+    out
+}
+
+/// Read every piece once on the pool's threads; seconds.
+fn read_all(pieces: &[&[u8]]) -> f64 {
+    let t0 = Instant::now();
+    let sum: u64 = pieces
+        .par_iter()
+        .map(|p| {
+            // SAFETY: any bytes are valid u64s; the unaligned ends are counted apart.
+            let (head, words, tail) = unsafe { p.align_to::<u64>() };
+            let s = words.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+            s.wrapping_add((head.len() + tail.len()) as u64)
+        })
+        .reduce(|| 0, u64::wrapping_add);
+    std::hint::black_box(sum);
+    t0.elapsed().as_secs_f64()
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (v[(n - 1) / 2] + v[n / 2]) / 2.0
 }
 
 fn one(args: &Args, path: &std::path::Path, format: &str) {
@@ -127,12 +165,30 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
     let t1 = Instant::now();
     let mut logits = m.feed(&prompt, &mut st, 512).unwrap();
     let prompt_s = t1.elapsed().as_secs_f64();
-    let t2 = Instant::now();
-    for _ in 0..args.gen {
-        let tok = rwkv::sample::argmax(&logits);
-        logits = m.forward(&[tok], &mut st, Logits::Last).unwrap();
+    // Generation in rounds, each followed by reads of every weight a token reads (on the
+    // CPU), so that each round's speed meets the bandwidth of the same moment.
+    let pieces = weight_bytes(&m.weights);
+    let on_cpu = args.device == "cpu";
+    let rounds = args.gen.clamp(1, 8);
+    let (mut gen_s, mut measured) = (0.0, Vec::new());
+    for r in 0..rounds {
+        let n = args.gen * (r + 1) / rounds - args.gen * r / rounds;
+        let t2 = Instant::now();
+        for _ in 0..n {
+            let tok = rwkv::sample::argmax(&logits);
+            logits = m.forward(&[tok], &mut st, Logits::Last).unwrap();
+        }
+        let s = t2.elapsed().as_secs_f64();
+        gen_s += s;
+        if on_cpu {
+            let read_s = (0..2).map(|_| read_all(&pieces)).fold(f64::MAX, f64::min);
+            let bytes: usize = pieces.iter().map(|p| p.len()).sum();
+            measured.push(serde_json::json!({
+                "tps": n as f64 / s, "bw": bytes as f64 / read_s / 1e9,
+            }));
+        }
     }
-    let gen_s = t2.elapsed().as_secs_f64();
+    let peak_rss = peak_rss_bytes();
     let c = m.cfg;
     let read_weights = c.n_params() - c.vocab * c.n_embd; // the embedding is looked up, not read
     println!(
@@ -141,7 +197,7 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
             "format": format, "load_s": load_s,
             "prompt_tps": args.prompt as f64 / prompt_s,
             "prompt_bf16_tps": prompt_bf16_tps, "gen_tps": args.gen as f64 / gen_s,
-            "peak_rss": peak_rss_bytes(), "read_weights": read_weights,
+            "peak_rss": peak_rss, "read_weights": read_weights, "rounds": measured,
         })
     );
 }
@@ -317,7 +373,6 @@ fn main() {
             .success();
         assert!(ok, "synth-model failed");
     }
-    let bw = bandwidth(args.threads);
     let cfg = Model::load(&path).unwrap().cfg;
     println!(
         "model {} ({} layers, width {}), {} threads, {}-token prompt, {} generated",
@@ -329,13 +384,16 @@ fn main() {
         args.gen
     );
     println!(
-        "memory bandwidth: {bw:.1} GB/s ({} threads reading 1 GiB)\n",
+        "generation runs in 8 rounds, each followed by {} threads reading every weight a token \
+         reads (best of two); a round's share of the limit is its speed over what that \
+         bandwidth allows at the format's bytes per weight, and the table gives the medians \
+         (the bandwidth of a shared host moves by a third within minutes)\n",
         args.threads
     );
     println!("device: {}", args.device);
     println!(
-        "format   gen tok/s   limit   of limit   prompt tok/s f32  bf16   peak RSS    load   \
-         achieved"
+        "format   gen tok/s   bandwidth   limit   of limit   prompt tok/s f32  bf16   \
+         peak RSS    load   achieved"
     );
     let me = std::env::current_exe().unwrap();
     for f in args.formats.split(',') {
@@ -364,20 +422,27 @@ fn main() {
             continue;
         };
         let gen = r["gen_tps"].as_f64().unwrap();
-        let limit = bw * 1e9 / (r["read_weights"].as_f64().unwrap() * bytes_per_weight(f));
-        let achieved = gen * r["read_weights"].as_f64().unwrap() * bytes_per_weight(f) / 1e9;
+        let bytes = r["read_weights"].as_f64().unwrap() * bytes_per_weight(f);
+        let achieved = gen * bytes / 1e9;
+        let rounds = r["rounds"].as_array().unwrap();
+        let field = |k: &'static str| rounds.iter().map(move |x| x[k].as_f64().unwrap());
         // The limit is the host's: on a device it says nothing.
-        let (limit, share) = if args.device == "cpu" {
-            (
-                format!("{limit:.2}"),
-                format!("{:.0}%", 100.0 * gen / limit),
-            )
+        let (bw, limit, share) = if rounds.is_empty() {
+            ("-".into(), "-".into(), "-".into())
         } else {
-            ("-".into(), "-".into())
+            let bw = median(field("bw").collect());
+            let shares = field("tps")
+                .zip(field("bw"))
+                .map(|(g, b)| g * bytes / 1e9 / b);
+            (
+                format!("{bw:.1} GB/s"),
+                format!("{:.2}", bw * 1e9 / bytes),
+                format!("{:.0}%", 100.0 * median(shares.collect())),
+            )
         };
         println!(
-            "{f:<6} {gen:>11.2} {limit:>7} {share:>10} {:>18.1} {:>5} {:>8.2} GB {:>6.1} s \
-             {achieved:>6.1} GB/s",
+            "{f:<6} {gen:>11.2} {bw:>11} {limit:>7} {share:>10} {:>18.1} {:>5} {:>8.2} GB \
+             {:>6.1} s {achieved:>6.1} GB/s",
             r["prompt_tps"].as_f64().unwrap(),
             r["prompt_bf16_tps"]
                 .as_f64()
