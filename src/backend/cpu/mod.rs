@@ -541,9 +541,28 @@ fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize
                         f.resize(inp, 0.0);
                         brows.resize(n * xw, bf16::ZERO);
                         for (k, row) in brows.chunks_exact_mut(xw).enumerate() {
-                            w.row_f32(r0 + k, f);
+                            let r = r0 + k;
+                            let (cols, nb) = (inp, inp / BLOCK);
+                            let scales = r * nb..(r + 1) * nb;
                             // SAFETY: the caller checked AVX-512 BF16 on this CPU.
-                            unsafe { simd::x86::round_bf16_avx512(f, &mut row[..inp]) };
+                            unsafe {
+                                match &w.data {
+                                    Data::Q8(q) => simd::x86::q8_row_bf16(
+                                        &q.qs[r * cols..(r + 1) * cols],
+                                        &q.scales[scales],
+                                        &mut row[..inp],
+                                    ),
+                                    Data::Nf4(q) => simd::x86::nf4_row_bf16(
+                                        &q.packed[r * cols / 2..(r + 1) * cols / 2],
+                                        &q.scales[scales],
+                                        &mut row[..inp],
+                                    ),
+                                    _ => {
+                                        w.row_f32(r, f);
+                                        simd::x86::round_bf16_avx512(f, &mut row[..inp]);
+                                    }
+                                }
+                            }
                             row[inp..].fill(bf16::ZERO);
                         }
                         (brows.as_ptr(), xw)
@@ -1042,6 +1061,48 @@ mod tests {
             matmul_with(Isa::detect(), Precision::Bf16, &f, &x, 5, &mut a);
             matmul_with(Isa::detect(), Precision::F32, &f, &x, 5, &mut b);
             assert_eq!(a, b);
+        }
+    }
+
+    /// The one-pass int8 and nf4 rows in bf16 are the dequantized rows rounded, bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn quantized_rows_widen_to_bf16_exactly() {
+        use crate::tensor::quant::{quantize, Quant};
+        if !bf16_products_here() {
+            return;
+        }
+        let (rows, cols) = (3, 5 * BLOCK);
+        let mut v = vals(rows * cols, 61);
+        v[..BLOCK].fill(0.0); // a block of zeros
+        let base = Matrix::from_f32(rows, cols, v);
+        for q in [Quant::Int8, Quant::Nf4] {
+            let m = quantize(&base, q);
+            let (mut f, mut got) = (vec![0.0; cols], vec![bf16::ZERO; cols]);
+            for r in 0..rows {
+                let sc = &(match &m.data {
+                    Data::Q8(q) => &q.scales,
+                    Data::Nf4(q) => &q.scales,
+                    _ => unreachable!(),
+                })[r * cols / BLOCK..(r + 1) * cols / BLOCK];
+                // SAFETY: AVX-512 BF16 is on this CPU (checked above).
+                unsafe {
+                    match &m.data {
+                        Data::Q8(q) => {
+                            simd::x86::q8_row_bf16(&q.qs[r * cols..][..cols], sc, &mut got)
+                        }
+                        Data::Nf4(q) => simd::x86::nf4_row_bf16(
+                            &q.packed[r * cols / 2..][..cols / 2],
+                            sc,
+                            &mut got,
+                        ),
+                        _ => unreachable!(),
+                    }
+                }
+                m.row_f32(r, &mut f);
+                let want: Vec<bf16> = f.iter().map(|&v| bf16::from_f32(v)).collect();
+                assert_eq!(got, want, "{q:?} row {r}");
+            }
         }
     }
 

@@ -120,6 +120,7 @@ impl Isa {
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
+    use crate::tensor::quant::{BLOCK, NF4};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
@@ -302,6 +303,56 @@ pub mod x86 {
         }
         for j in i..n {
             out[j] = bf16::from_f32(x[j]);
+        }
+    }
+
+    /// Sixteen f32 rounded to bf16 (to nearest, ties to even) and stored at `o`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn store_bf16x16(o: *mut bf16, v: __m512) {
+        let h = _mm512_cvtneps_pbh(v);
+        _mm256_storeu_si256(
+            o as *mut __m256i,
+            std::mem::transmute::<__m256bh, __m256i>(h),
+        );
+    }
+
+    /// An int8 row (`qs [n]`, `scales [n / 64]`) dequantized and rounded to bf16 into
+    /// `out [n]`: the bits [`crate::tensor::quant::dequantize_q8`] then
+    /// [`round_bf16_avx512`] give, in one pass.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn q8_row_bf16(qs: &[i8], scales: &[f32], out: &mut [bf16]) {
+        assert!(qs.len() == out.len() && qs.len() == scales.len() * BLOCK);
+        for (b, &s) in scales.iter().enumerate() {
+            let s = _mm512_set1_ps(s);
+            for k in 0..BLOCK / 16 {
+                let i = b * BLOCK + 16 * k;
+                let q = _mm_loadu_si128(qs.as_ptr().add(i) as *const __m128i);
+                let v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), s);
+                store_bf16x16(out.as_mut_ptr().add(i), v);
+            }
+        }
+    }
+
+    /// An nf4 row (`packed [n / 2]`, `scales [n / 64]`) dequantized and rounded to bf16
+    /// into `out [n]`, as [`q8_row_bf16`]: codes looked up in the code book by `vpermps`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn nf4_row_bf16(packed: &[u8], scales: &[f32], out: &mut [bf16]) {
+        assert!(2 * packed.len() == out.len() && out.len() == scales.len() * BLOCK);
+        let book = _mm512_loadu_ps(NF4.as_ptr());
+        for (b, &s) in scales.iter().enumerate() {
+            let s = _mm512_set1_ps(s);
+            // byte j of a block holds weights j (low nibble) and j + 32 (high)
+            for k in 0..2 {
+                let p = packed.as_ptr().add(b * BLOCK / 2 + 16 * k) as *const __m128i;
+                let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(p));
+                // `vpermps` reads the low four bits of an index
+                let lo = _mm512_permutexvar_ps(bytes, book);
+                let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(bytes), book);
+                let o = out.as_mut_ptr().add(b * BLOCK + 16 * k);
+                store_bf16x16(o, _mm512_mul_ps(lo, s));
+                store_bf16x16(o.add(BLOCK / 2), _mm512_mul_ps(hi, s));
+            }
         }
     }
 
