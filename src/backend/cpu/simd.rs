@@ -126,9 +126,71 @@ pub mod x86 {
 
     // ---- AVX-512 ----
 
+    /// `v`'s lanes summed as a tree, by halves: lane `i` plus lane `i + 8`, then `i + 4`,
+    /// `i + 2` and `i + 1`. Every AVX-512 f32 product reduces its sums so, and
+    /// [`hsum512x16`] reduces sixteen at once in the same order.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn hsum512(v: __m512) -> f32 {
-        _mm512_reduce_add_ps(v)
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let a = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+        let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+        _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)))
+    }
+
+    /// Lane `r` of the result is `hsum512(v[r])`, bit for bit: the same tree for sixteen
+    /// vectors at once, each level adding halves of two vectors' lanes side by side (45
+    /// instructions where sixteen reductions take about 140).
+    #[inline(always)]
+    unsafe fn hsum512x16(v: [__m512; 16]) -> __m512 {
+        // i + 8: rows (2k, 2k+1) -> [2k: 8 sums, 2k+1: 8 sums]
+        let w: [__m512; 8] = std::array::from_fn(|k| {
+            let (a, b) = (v[2 * k], v[2 * k + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+            let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+            _mm512_add_ps(lo, hi)
+        });
+        // i + 4: rows 4k..4k+4, four sums each, a 128-bit lane a row
+        let u: [__m512; 4] = std::array::from_fn(|k| {
+            let (a, b) = (w[2 * k], w[2 * k + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
+            _mm512_add_ps(lo, hi)
+        });
+        // i + 2: lane j of s[k] holds rows 8k + j and 8k + 4 + j, two sums each
+        let s: [__m512; 2] = std::array::from_fn(|k| {
+            let (a, b) = (u[2 * k], u[2 * k + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0x44>(a, b),
+                _mm512_shuffle_ps::<0xEE>(a, b),
+            )
+        });
+        // i + 1: lane 4j + m holds row 4m + j; put row r in lane r
+        let f = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(s[0], s[1]),
+            _mm512_shuffle_ps::<0xDD>(s[0], s[1]),
+        );
+        let idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+        _mm512_permutexvar_ps(idx, f)
+    }
+
+    /// Sixteen rows of `n` weights (`n` a multiple of 16; row `r` at `w[r * n..]`) against
+    /// `x [n]`: `out[r]` is the one-token dot of the row type (`dot_*_avx512`), bit for bit.
+    /// For narrow matrices (the LoRA factors, 32 or 64 wide), whose rows are a cache line
+    /// or two: reducing sixteen sums at once halves a row's instructions.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows16_avx512<W: Wide512>(w: &[W], x: &[f32], out: &mut [f32]) {
+        let n = x.len();
+        assert!(n.is_multiple_of(16) && w.len() == 16 * n && out.len() == 16);
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for i in (0..n).step_by(16) {
+            let xv = _mm512_loadu_ps(x.as_ptr().add(i));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(W::load16(w.as_ptr().add(r * n + i)), xv, *acc);
+            }
+        }
+        _mm512_storeu_ps(out.as_mut_ptr(), hsum512x16(acc));
     }
 
     #[target_feature(enable = "avx512f")]
