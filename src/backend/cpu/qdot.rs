@@ -166,13 +166,8 @@ impl QActs {
         let c = q8 / PAIR * LANES;
         let one = |x: &[f32], out: TokenCodes| {
             #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512
-                && avx512(&QRow::Q8 {
-                    qs: &[],
-                    scales: &[],
-                })
-            {
-                // SAFETY: AVX-512BW was detected on this CPU (Isa::detect, `avx512`).
+            if isa == Isa::Avx512 && matches!(avx512_features(), (true, true, _)) {
+                // SAFETY: AVX-512 BW and VNNI were detected on this CPU.
                 return unsafe { x86::quantize_token_avx512(x, act, unit, out) };
             }
             let _ = isa;
@@ -322,22 +317,26 @@ pub fn dot_scalar(w: QRow, x: QTok) -> f32 {
 /// Whether the AVX-512 kernels here can run: byte and word instructions, and for nf4 VNNI
 /// and byte permutes.
 fn avx512(w: &QRow) -> bool {
+    let (bw, vnni, vbmi) = avx512_features();
+    bw && (matches!(w, QRow::Q8 { .. }) || (vnni && vbmi))
+}
+
+/// Whether this CPU has AVX-512 BW, VNNI and VBMI.
+fn avx512_features() -> (bool, bool, bool) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
-        static BW: OnceLock<bool> = OnceLock::new();
-        static VNNI: OnceLock<bool> = OnceLock::new();
-        let bw = *BW.get_or_init(|| is_x86_feature_detected!("avx512bw"));
-        let vnni = *VNNI.get_or_init(|| {
-            is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi")
-        });
-        bw && (vnni || matches!(w, QRow::Q8 { .. }))
+        static HAS: OnceLock<(bool, bool, bool)> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            (
+                is_x86_feature_detected!("avx512bw"),
+                is_x86_feature_detected!("avx512vnni"),
+                is_x86_feature_detected!("avx512vbmi"),
+            )
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = w;
-        false
-    }
+    (false, false, false)
 }
 
 /// `w . x` on `isa`.
