@@ -1,6 +1,7 @@
-//! The CPU benchmark: memory bandwidth, then for each weight format (bf16, int8, nf4)
-//! generation and prompt tokens/s, peak resident memory and the fraction of the bandwidth
-//! limit; kernel throughput; tokenizer throughput.
+//! The CPU benchmark: for each weight format (bf16, int8, nf4) generation and prompt
+//! tokens/s, peak resident memory and the fraction of the bandwidth limit (the bandwidth
+//! read between rounds of generation, from the model's own weights); kernel throughput;
+//! tokenizer throughput.
 //!
 //!     cargo run --release --example bench                  # 1.6B shape, 2 threads
 //!     cargo run --release --example bench -- --layers 61 --embd 4096 --formats nf4,int8
@@ -125,6 +126,11 @@ fn read_all(pieces: &[&[u8]]) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
+/// Rounds of generation, each followed by a bandwidth reading.
+fn rounds(gen: usize) -> usize {
+    gen.clamp(1, 8)
+}
+
 /// The middle value (the mean of the two middle ones for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -169,7 +175,7 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
     // CPU), so that each round's speed meets the bandwidth of the same moment.
     let pieces = weight_bytes(&m.weights);
     let on_cpu = args.device == "cpu";
-    let rounds = args.gen.clamp(1, 8);
+    let rounds = rounds(args.gen);
     let (mut gen_s, mut measured) = (0.0, Vec::new());
     for r in 0..rounds {
         let n = args.gen * (r + 1) / rounds - args.gen * r / rounds;
@@ -384,10 +390,11 @@ fn main() {
         args.gen
     );
     println!(
-        "generation runs in 8 rounds, each followed by {} threads reading every weight a token \
-         reads (best of two); a round's share of the limit is its speed over what that \
+        "generation runs in {} rounds, each followed by {} threads reading every weight a \
+         token reads (best of two); a round's share of the limit is its speed over what that \
          bandwidth allows at the format's bytes per weight, and the table gives the medians \
          (the bandwidth of a shared host moves by a third within minutes)\n",
+        rounds(args.gen),
         args.threads
     );
     println!("device: {}", args.device);
