@@ -591,28 +591,8 @@ fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize
                         f.resize(inp, 0.0);
                         brows.resize(n * xw, bf16::ZERO);
                         for (k, row) in brows.chunks_exact_mut(xw).enumerate() {
-                            let r = r0 + k;
-                            let (cols, nb) = (inp, inp / BLOCK);
-                            let scales = r * nb..(r + 1) * nb;
                             // SAFETY: the caller checked AVX-512 BF16 on this CPU.
-                            unsafe {
-                                match &w.data {
-                                    Data::Q8(q) => simd::x86::q8_row_bf16(
-                                        &q.qs[r * cols..(r + 1) * cols],
-                                        &q.scales[scales],
-                                        &mut row[..inp],
-                                    ),
-                                    Data::Nf4(q) => simd::x86::nf4_row_bf16(
-                                        &q.packed[r * cols / 2..(r + 1) * cols / 2],
-                                        &q.scales[scales],
-                                        &mut row[..inp],
-                                    ),
-                                    _ => {
-                                        w.row_f32(r, f);
-                                        simd::x86::round_bf16_avx512(f, &mut row[..inp]);
-                                    }
-                                }
-                            }
+                            unsafe { row_bf16(w, r0 + k, f, &mut row[..inp]) };
                             row[inp..].fill(bf16::ZERO);
                         }
                         (brows.as_ptr(), xw)
@@ -644,6 +624,26 @@ fn matmul_rows_bh(w: &Matrix, rows: std::ops::Range<usize>, x: &[bf16], t: usize
             }
         }
     })
+}
+
+/// Row `r` of `w` rounded to bf16 into `out [cols]`: int8 and nf4 rows in one pass, others
+/// through `f [cols]` in f32.
+///
+/// # Safety
+/// The CPU has AVX-512 BF16.
+#[cfg(target_arch = "x86_64")]
+unsafe fn row_bf16(w: &Matrix, r: usize, f: &mut [f32], out: &mut [bf16]) {
+    use simd::x86::{nf4_row_bf16, q8_row_bf16, round_bf16_avx512};
+    match &w.data {
+        Data::Q8(_) | Data::Nf4(_) => match qrow(w, r) {
+            QRow::Q8 { qs, scales } => q8_row_bf16(qs, scales, out),
+            QRow::Nf4 { packed, scales } => nf4_row_bf16(packed, scales, out),
+        },
+        _ => {
+            w.row_f32(r, f);
+            round_bf16_avx512(f, out);
+        }
+    }
 }
 
 /// Where the stored bytes of rows `r0..r1` of `w` start, and how many there are (none
@@ -1130,25 +1130,8 @@ mod tests {
             let m = quantize(&base, q);
             let (mut f, mut got) = (vec![0.0; cols], vec![bf16::ZERO; cols]);
             for r in 0..rows {
-                let sc = &(match &m.data {
-                    Data::Q8(q) => &q.scales,
-                    Data::Nf4(q) => &q.scales,
-                    _ => unreachable!(),
-                })[r * cols / BLOCK..(r + 1) * cols / BLOCK];
                 // SAFETY: AVX-512 BF16 is on this CPU (checked above).
-                unsafe {
-                    match &m.data {
-                        Data::Q8(q) => {
-                            simd::x86::q8_row_bf16(&q.qs[r * cols..][..cols], sc, &mut got)
-                        }
-                        Data::Nf4(q) => simd::x86::nf4_row_bf16(
-                            &q.packed[r * cols / 2..][..cols / 2],
-                            sc,
-                            &mut got,
-                        ),
-                        _ => unreachable!(),
-                    }
-                }
+                unsafe { row_bf16(&m, r, &mut f, &mut got) };
                 m.row_f32(r, &mut f);
                 let want: Vec<bf16> = f.iter().map(|&v| bf16::from_f32(v)).collect();
                 assert_eq!(got, want, "{q:?} row {r}");
