@@ -1084,7 +1084,8 @@ mod tests {
     /// vector width, one token (direct dots) and several (4x4 tiles plus remainders).
     #[test]
     fn matmul_matches_scalar_for_every_isa_and_dtype() {
-        for (out, inp) in [(37, 45), (5, 16), (9, 257), (64, 33)] {
+        // (37, 32) and (40, 64): narrow, sixteen rows at a time and the rest one by one
+        for (out, inp) in [(37, 45), (5, 16), (9, 257), (64, 33), (37, 32), (40, 64)] {
             for m in &mats(out, inp, 3) {
                 for t in [1, 3, 4, 5, 11] {
                     let x = vals(t * inp, 4);
