@@ -399,7 +399,7 @@ fn pair_scales(ws: &[f32], xs: &[f32], b: usize) -> [f32; 2] {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #![allow(clippy::missing_safety_doc)]
-    use super::super::simd::{prefetch_ahead, prefetch_l2, PREFETCH_AHEAD, PREFETCH_AHEAD_NF4};
+    use super::super::simd::{prefetch_ahead, PREFETCH_AHEAD};
     use super::{
         block_scale, pair_scales, q8_index, Act, QRow, QTok, TokenCodes, BLOCK, LANES, NF4_I8, PAIR,
     };
@@ -618,7 +618,7 @@ mod x86 {
         table: __m512i,
         acc: &mut __m512,
     ) {
-        prefetch_l2(packed.as_ptr().wrapping_add(p * BLOCK + PREFETCH_AHEAD_NF4));
+        prefetch_ahead(packed.as_ptr().wrapping_add(p * BLOCK), PREFETCH_AHEAD);
         let l = nf4_pair_lanes(nf4_pair::<HALF>(packed, p, table), x, p);
         *acc = _mm512_fmadd_ps(l, nf4_pair_scales::<HALF>(ws, x.scale, p), *acc);
     }
@@ -799,11 +799,7 @@ mod x86 {
         let nb = scales.len();
         let mut acc = _mm256_setzero_ps();
         for b in (0..nb).step_by(2) {
-            prefetch_l2(
-                packed
-                    .as_ptr()
-                    .wrapping_add(b * BLOCK / 2 + PREFETCH_AHEAD_NF4),
-            );
+            prefetch_ahead(packed.as_ptr().wrapping_add(b * BLOCK / 2), PREFETCH_AHEAD);
             let l0 = nf4_block256(packed, x, b, table);
             let l1 = if b + 1 < nb {
                 Some(nf4_block256(packed, x, b + 1, table))

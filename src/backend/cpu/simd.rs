@@ -18,32 +18,25 @@
 
 use std::sync::OnceLock;
 
-/// How far ahead of its reads a one-token kernel asks for weights, in bytes: half a row of
-/// a 2048-wide bf16 matrix. Measured on the 1.6B shape: nf4 generation 12 % faster than
-/// with no prefetch, bf16 and int8 within the noise (2 %); at 4096 bf16 looked slower
-/// (3 paired runs).
-pub const PREFETCH_AHEAD: usize = 2048;
+/// How far ahead of its reads a one-token kernel asks for weights, in bytes
+/// ([`prefetch_ahead`]).
+///
+/// The lines go into L2 only (`prefetcht1`). That leaves L1's few miss buffers to the
+/// kernel's own loads. Measured in paired runs on the 1.6B shape, against `prefetcht0`
+/// 2 KiB ahead (the share of the bandwidth limit in the same rounds):
+/// - bf16: 87-88 % -> 92-95 %;
+/// - int8: 87 % -> 90-91 %;
+/// - nf4: 12 % faster generation. One core streams 22-23 GB/s of nf4 products instead of
+///   17-19.
+///
+/// 8 KiB ahead was the same for bf16 and slower for int8 (83-86 %).
+pub const PREFETCH_AHEAD: usize = 4096;
 
-/// The same for nf4 rows, whose bytes hold four times the weights of bf16's: 4 KiB ahead
-/// ran 4-5 % faster than 2 KiB (10 paired runs), 8 KiB slower again. Their lines are asked
-/// into L2 only ([`prefetch_l2`]), which leaves L1's few miss buffers to the kernel's own
-/// loads: a stream of nf4 products ran at 22-23 GB/s on one core instead of 17-19, and nf4
-/// generation 12 % faster (1.6B shape, 2 paired runs of 64 tokens). int8 and bf16 rows
-/// showed no difference through the noise, and keep `prefetcht0`.
-pub const PREFETCH_AHEAD_NF4: usize = 4096;
-
-/// Ask for the cache line `ahead` bytes past `p`. Only a hint: the address may lie past
-/// the end of the weights.
+/// Ask for the cache line `ahead` bytes past `p` into L2. Only a hint: the address may lie
+/// past the end of the weights.
 #[inline(always)]
 pub fn prefetch_ahead<T>(p: *const T, ahead: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching never faults, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(ahead));
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, ahead);
+    prefetch_l2((p as *const i8).wrapping_add(ahead));
 }
 
 /// Ask for the cache line at `p` into L2. Only a hint: `p` may be any address.
