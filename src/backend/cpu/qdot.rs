@@ -36,7 +36,7 @@
 //!   second's in lanes 8..16, so one conversion and one multiply-add by the two scales
 //!   (`acc + l * [s0; 8] ++ [s1; 8]`) finish the pair. Nine vector instructions for 128
 //!   weights, where a block at a time took about fifteen: from L3 the product of a
-//!   2048-wide matrix and one token went from 31-34 to 43-47 GB/s (2 threads).
+//!   2048-wide matrix and one token went from 31-34 to 40-53 GB/s (2 threads).
 //!
 //! The 4x4 tiles do exactly the same for each of their sixteen pairs, so a token's result
 //! does not depend on how many tokens share the call. Kernels: AVX-512BW (with VNNI and
