@@ -309,6 +309,24 @@ fn peak_per_core() -> Vec<(&'static str, Option<f64>)> {
             .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a))
     }
 
+    /// `vpdpbusd` (`WORDS` false: 64 byte products) or `vpdpwssd` (32 word products).
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn dp_int<const WORDS: bool>(steps: usize) -> __m512i {
+        let x = std::hint::black_box(_mm512_set1_epi32(0x0101_0101));
+        let mut acc: [__m512i; 12] = std::array::from_fn(|i| _mm512_set1_epi32(i as i32));
+        for _ in 0..steps {
+            for a in acc.iter_mut() {
+                *a = if WORDS {
+                    _mm512_dpwssd_epi32(*a, x, x)
+                } else {
+                    _mm512_dpbusd_epi32(*a, x, x)
+                };
+            }
+        }
+        acc.iter()
+            .fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a))
+    }
+
     let mut out = vec![];
     let t = Instant::now();
     // SAFETY: each kernel runs only where the CPU reports its instructions.
@@ -323,6 +341,19 @@ fn peak_per_core() -> Vec<(&'static str, Option<f64>)> {
         rate(t, 64.0)
     });
     out.push(("bf16 dot (vdpbf16ps)", d));
+    let vnni = is_x86_feature_detected!("avx512vnni");
+    let t = Instant::now();
+    let w = vnni.then(|| {
+        std::hint::black_box(unsafe { dp_int::<true>(STEPS) });
+        rate(t, 64.0)
+    });
+    out.push(("int16 dot (vpdpwssd)", w));
+    let t = Instant::now();
+    let b = vnni.then(|| {
+        std::hint::black_box(unsafe { dp_int::<false>(STEPS) });
+        rate(t, 128.0)
+    });
+    out.push(("int8 dot (vpdpbusd)", b));
     out
 }
 

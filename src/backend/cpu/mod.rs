@@ -11,7 +11,7 @@ use super::{Backend, MatJob, Precision};
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::{Data, Matrix};
 use half::bf16;
-use qdot::{Act, QActs, QRow};
+use qdot::{Act, Panel, QActs, QRow, QTok};
 use rayon::prelude::*;
 pub use simd::Isa;
 use std::cell::RefCell;
@@ -29,17 +29,11 @@ pub struct Cpu {
 /// enough to balance a 2048-row matrix over many cores. One token: as many rows as make
 /// 8192 weights (the LoRA factors, 32 or 64 wide, take hundreds). Several: as many as make
 /// 128 Ki weights, 512 KiB once converted to f32, so that each block of tokens brought
-/// into L2 meets more rows (64 rows of width 2048 made prompts 8 % faster than 16). bf16
-/// products (`bf16`): whole panels of the bf16 kernel.
-fn rows_per_task(cols: usize, t: usize, bf16: bool) -> usize {
+/// into L2 meets more rows (64 rows of width 2048 made prompts 8 % faster than 16). Panel
+/// kernels: whole panels of `panel` rows.
+fn rows_per_task(cols: usize, t: usize, panel: usize) -> usize {
     let weights = if t < 4 { 8192 } else { 128 * 1024 };
-    let rows = (weights / cols.max(1)).max(16);
-    #[cfg(target_arch = "x86_64")]
-    if bf16 {
-        return rows.next_multiple_of(simd::x86::PANEL_ROWS);
-    }
-    let _ = bf16;
-    rows
+    (weights / cols.max(1)).max(16).next_multiple_of(panel)
 }
 
 /// The most products one [`Backend::matmuls`] call runs together.
@@ -59,6 +53,8 @@ thread_local! {
     static XBF: RefCell<Vec<Vec<bf16>>> = RefCell::default();
     /// A panel of weight rows packed for the bf16 kernel ([`Precision::Bf16`]).
     static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Sixteen rows of an int8 or nf4 matrix packed for the sequence kernel.
+    static QPANEL: RefCell<Panel> = RefCell::default();
     /// Rows of a panel as bf16, for weights not stored as bf16.
     static BROWS: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
 }
@@ -745,6 +741,21 @@ fn bf16_product(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> bool {
     prec == Precision::Bf16 && t >= 4 && !matches!(w.data, Data::F32(_)) && bf16_dot_on(isa)
 }
 
+/// The rows a sequence kernel packs together for this product (1 where none does):
+/// bf16 panels (`bh`), or the int8 and nf4 panels of [`Panel`].
+fn panel_rows(isa: Isa, w: &Matrix, t: usize, bh: bool) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if bh {
+        return simd::x86::PANEL_ROWS;
+    }
+    let _ = bh;
+    if t >= 4 && code_unit(w).is_some() && Panel::runs(isa) {
+        qdot::PANEL_ROWS
+    } else {
+        1
+    }
+}
+
 /// Stored row `r` of an int8 or nf4 matrix.
 pub(crate) fn qrow(w: &Matrix, r: usize) -> QRow<'_> {
     let nb = w.cols / BLOCK;
@@ -763,7 +774,9 @@ pub(crate) fn qrow(w: &Matrix, r: usize) -> QRow<'_> {
 }
 
 /// Rows `rows` of `y [t, out] = x [t, in] . W^T` for an int8 or nf4 `W`, with `x` already
-/// rounded ([`qdot`]): direct dots for up to three tokens, 4x4 tiles beyond.
+/// rounded ([`qdot`]): sixteen rows at a time against up to twelve tokens at a time
+/// ([`Panel`]) for four tokens or more where the CPU has the panel kernel, direct dots
+/// otherwise. Both give the same sums.
 fn matmul_rows_quant(
     isa: Isa,
     w: &Matrix,
@@ -772,8 +785,9 @@ fn matmul_rows_quant(
     t: usize,
     y: SharedMut,
 ) {
+    use qdot::{PANEL_ROWS, PANEL_TOKENS};
     let out = w.rows;
-    if t < 4 {
+    if t < 4 || !Panel::runs(isa) {
         for o in rows {
             prefetch_row(w, o + 2);
             for ti in 0..t {
@@ -784,16 +798,27 @@ fn matmul_rows_quant(
         }
         return;
     }
-    let start = rows.start;
-    tiled(
-        rows,
-        t,
-        out,
-        y,
-        |k| qrow(w, start + k),
-        |wr, ti, acc| qdot::tile4x4(isa, wr, std::array::from_fn(|j| x.token(ti + j)), acc),
-        |wrow, ti| qdot::dot(isa, wrow, x.token(ti)),
-    );
+    with_scratch(&QPANEL, |panel| {
+        let mut sums = [[0.0f32; PANEL_ROWS]; PANEL_TOKENS];
+        for r0 in rows.clone().step_by(PANEL_ROWS) {
+            let n = (rows.end - r0).min(PANEL_ROWS);
+            let stored: [QRow; PANEL_ROWS] = std::array::from_fn(|k| qrow(w, r0 + k.min(n - 1)));
+            panel.pack(isa, &stored[..n]);
+            for t0 in (0..t).step_by(PANEL_TOKENS) {
+                let nt = (t - t0).min(PANEL_TOKENS);
+                let tokens: [QTok; PANEL_TOKENS] =
+                    std::array::from_fn(|j| x.token(t0 + j.min(nt - 1)));
+                panel.multiply(&tokens[..nt], &mut sums);
+                for (j, s) in sums[..nt].iter().enumerate() {
+                    for (k, &v) in s[..n].iter().enumerate() {
+                        // SAFETY: element (t0 + j, r0 + k) is written by the task owning
+                        // row r0 + k only.
+                        unsafe { y.write((t0 + j) * out + r0 + k, v) };
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// For a quantized matrix: the value of one unit of its integer codes (int8 weights are
@@ -822,8 +847,11 @@ pub fn matmuls_with(isa: Isa, prec: Precision, t: usize, jobs: &mut [MatJob<'_>]
     assert!(isa.runs_here(), "{isa:?} is not available on this CPU");
     let bh: [bool; MAX_JOBS] =
         std::array::from_fn(|i| jobs.get(i).is_some_and(|j| bf16_product(isa, prec, j.w, t)));
-    let per: [usize; MAX_JOBS] =
-        std::array::from_fn(|i| jobs.get(i).map_or(1, |j| rows_per_task(j.w.cols, t, bh[i])));
+    let per: [usize; MAX_JOBS] = std::array::from_fn(|i| {
+        jobs.get(i).map_or(1, |j| {
+            rows_per_task(j.w.cols, t, panel_rows(isa, j.w, t, bh[i]))
+        })
+    });
     let mut first_task = [0usize; MAX_JOBS + 1];
     let mut ys = [SharedMut(std::ptr::null_mut()); MAX_JOBS];
     for (i, j) in jobs.iter_mut().enumerate() {

@@ -101,19 +101,25 @@ impl Act {
 }
 
 /// One token's activations rounded to integers: `scale [n / 64]`, and `q16 [n]` or, in
-/// pair order ([`q8_index`]), `q8 [pairs, 128]` with `corr [pairs, 16]` (the other empty;
-/// `pairs` is `ceil(n / 128)`).
+/// pair order ([`q8_index`]), `q8 [pairs, 128]` with `corr [pairs, 16]` and `block_corr
+/// [n / 64]` (the others empty; `pairs` is `ceil(n / 128)`).
 #[derive(Debug, Clone, Copy)]
 pub struct QTok<'a> {
     pub q16: &'a [i16],
     pub q8: &'a [i8],
     pub corr: &'a [i32],
+    pub block_corr: &'a [i32],
     pub scale: &'a [f32],
 }
 
 /// Lanes of the AVX-512 kernels' integer sums: lane `l` sums bytes (nf4) or words (int8)
 /// `4l..4l + 4` of each vector it meets.
 const LANES: usize = 16;
+
+/// Classes of blocks summed apart: block `b` goes to class `b % 16` ([`dot_scalar`]), so
+/// that one token's kernel adds sixteen blocks' sums at once and the sixteen-row kernel
+/// keeps one sum per class and token.
+const CLASSES: usize = 16;
 
 /// Int8 activations of a pair of blocks.
 const PAIR: usize = 2 * BLOCK;
@@ -142,6 +148,9 @@ pub struct QActs {
     /// multiplies unsigned bytes by signed ones, so the kernel reads an nf4 code as
     /// `code + 128`; starting each pair's sum here cancels the extra `128 * sum(xq)`.
     corr: Vec<i32>,
+    /// [`Act::I8`]: `[t, n / 64]`, `-128 *` the sum of a block's codes (the sixteen-row
+    /// kernel starts a block's sums there).
+    block_corr: Vec<i32>,
     /// `[t, n / 64]`: the block scale `absmax / max code`, times the weight format's unit.
     scale: Vec<f32>,
 }
@@ -164,14 +173,18 @@ impl QActs {
         self.q8.resize(t * q8, 0);
         self.corr.resize(t * q8 / PAIR * LANES, 0);
         let c = q8 / PAIR * LANES;
-        let one = |x: &[f32], out: TokenCodes| {
+        let bc = if act == Act::I8 { nb } else { 0 };
+        self.block_corr.resize(t * bc, 0);
+        let one = |x: &[f32], mut out: TokenCodes| {
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 && matches!(avx512_features(), (true, true, _)) {
                 // SAFETY: AVX-512 BW and VNNI were detected on this CPU.
-                return unsafe { x86::quantize_token_avx512(x, act, unit, out) };
+                unsafe { x86::quantize_token_avx512(x, act, unit, out.reborrow()) };
+                return block_corrections(out);
             }
             let _ = isa;
-            quantize_token(x, act, unit, out)
+            quantize_token(x, act, unit, out.reborrow());
+            block_corrections(out)
         };
         if t * n < PARALLEL_FROM {
             for ti in 0..t {
@@ -180,6 +193,7 @@ impl QActs {
                     q16: &mut self.q16[ti * q16..(ti + 1) * q16],
                     q8: &mut self.q8[ti * q8..(ti + 1) * q8],
                     corr: &mut self.corr[ti * c..(ti + 1) * c],
+                    block_corr: &mut self.block_corr[ti * bc..(ti + 1) * bc],
                 };
                 one(&x[ti * n..(ti + 1) * n], out);
             }
@@ -190,7 +204,7 @@ impl QActs {
             Act::I16 => tokens
                 .zip(self.q16.par_chunks_mut(n))
                 .for_each(|((x, scale), q16)| {
-                    let (q8, corr) = (&mut [][..], &mut [][..]);
+                    let (q8, corr, block_corr) = (&mut [][..], &mut [][..], &mut [][..]);
                     one(
                         x,
                         TokenCodes {
@@ -198,12 +212,14 @@ impl QActs {
                             q16,
                             q8,
                             corr,
+                            block_corr,
                         },
                     )
                 }),
             Act::I8 => (tokens.zip(self.q8.par_chunks_mut(q8)))
                 .zip(self.corr.par_chunks_mut(c))
-                .for_each(|(((x, scale), q8), corr)| {
+                .zip(self.block_corr.par_chunks_mut(nb))
+                .for_each(|((((x, scale), q8), corr), block_corr)| {
                     one(
                         x,
                         TokenCodes {
@@ -211,6 +227,7 @@ impl QActs {
                             q16: &mut [],
                             q8,
                             corr,
+                            block_corr,
                         },
                     )
                 }),
@@ -232,6 +249,7 @@ impl QActs {
             q16: &self.q16[span(self.q16.len(), n)],
             q8: &self.q8[span(self.q8.len(), pairs * PAIR)],
             corr: &self.corr[span(self.corr.len(), pairs * LANES)],
+            block_corr: &self.block_corr[span(self.block_corr.len(), nb)],
             scale: &self.scale[ti * nb..(ti + 1) * nb],
         }
     }
@@ -241,12 +259,34 @@ impl QActs {
 const PARALLEL_FROM: usize = 64 * 1024;
 
 /// One token's share of [`QActs`]: `scale [nb]`, and `q16 [n]` or `q8 [pairs, 128]` with
-/// `corr [pairs, 16]` (the other empty).
+/// `corr [pairs, 16]` and `block_corr [nb]` (the others empty).
 struct TokenCodes<'a> {
     scale: &'a mut [f32],
     q16: &'a mut [i16],
     q8: &'a mut [i8],
     corr: &'a mut [i32],
+    block_corr: &'a mut [i32],
+}
+
+impl TokenCodes<'_> {
+    fn reborrow(&mut self) -> TokenCodes<'_> {
+        TokenCodes {
+            scale: self.scale,
+            q16: self.q16,
+            q8: self.q8,
+            corr: self.corr,
+            block_corr: self.block_corr,
+        }
+    }
+}
+
+/// `block_corr` from `corr`: block `2p`'s correction is the sum of lanes 0..8 of pair `p`,
+/// block `2p + 1`'s that of lanes 8..16.
+fn block_corrections(out: TokenCodes) {
+    for (b, c) in out.block_corr.iter_mut().enumerate() {
+        let lanes = (b / 2) * LANES + (b % 2) * LANES / 2;
+        *c = out.corr[lanes..lanes + LANES / 2].iter().sum();
+    }
 }
 
 /// One block's scale and the factor that turns its values into codes.
@@ -300,18 +340,31 @@ fn quantize_token(x: &[f32], act: Act, unit: f32, out: TokenCodes) {
     }
 }
 
-/// Scalar twin of every kernel here: exact integer block sums, then f32.
+/// Sixteen f32 sums reduced as a tree, by halves: lane `i` plus lane `i + 8`, then `i + 4`,
+/// `i + 2` and `i + 1`, the order of the AVX-512 reduction.
+fn tree16(mut v: [f32; CLASSES]) -> f32 {
+    for h in [8, 4, 2, 1] {
+        for i in 0..h {
+            v[i] += v[i + h];
+        }
+    }
+    v[0]
+}
+
+/// Scalar twin of every kernel here, and the order they all sum in: block `b`'s exact
+/// integer sum `s`, as f32, times `ws[b] * xs[b]` is added to class `b % 16`, then the
+/// classes are reduced by [`tree16`].
 pub fn dot_scalar(w: QRow, x: QTok) -> f32 {
-    let mut acc = 0.0f32;
+    let mut class = [0.0f32; CLASSES];
     for (b, (&ws, &xs)) in w.scales().iter().zip(x.scale).enumerate() {
         let xq = |i: usize| match w {
             QRow::Q8 { .. } => x.q16[b * BLOCK + i] as i32,
             QRow::Nf4 { .. } => x.q8[q8_index(b, i)] as i32,
         };
         let s: i32 = (0..BLOCK).map(|i| w.code(b, i) * xq(i)).sum();
-        acc += ws * xs * s as f32;
+        class[b % CLASSES] += s as f32 * (ws * xs);
     }
-    acc
+    tree16(class)
 }
 
 /// Whether the AVX-512 kernels here can run: byte and word instructions, and for nf4 VNNI
@@ -368,69 +421,122 @@ pub fn dot(isa: Isa, w: QRow, x: QTok) -> f32 {
     dot_scalar(w, x)
 }
 
-/// `out[r][t] = w[r] . x[t]` for four rows (all of one format) and four tokens on `isa`,
-/// each pair equal to [`dot`].
-#[inline]
-pub fn tile4x4(isa: Isa, w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && avx512(&w[0]) {
-        // SAFETY: AVX-512 was detected on this CPU (Isa::detect); its extensions are checked.
-        return unsafe {
-            match w[0] {
-                QRow::Q8 { .. } => x86::tile_q8_avx512(w, x, out),
-                QRow::Nf4 { .. } => x86::tile_nf4_vnni(w, x, out),
-            }
-        };
-    }
-    for (r, row) in out.iter_mut().enumerate() {
-        for (t, o) in row.iter_mut().enumerate() {
-            *o = dot(isa, w[r], x[t]);
-        }
-    }
+/// Rows a [`Panel`] holds at most.
+pub const PANEL_ROWS: usize = 32;
+
+/// Tokens one [`Panel::multiply`] takes at most: two integer sums each in registers, beside
+/// two vectors of weights.
+pub const PANEL_TOKENS: usize = 8;
+
+/// Up to 32 rows of an int8 or nf4 matrix packed for the sequence kernel: a vector lane a
+/// row, so that one load of weights meets every token and each `vpdpwssd` (int8) or
+/// `vpdpbusd` (nf4) does 32 or 64 products of a block at once. AVX-512 with BW, VNNI
+/// and VBMI only ([`Panel::runs`]); reused between calls.
+#[derive(Debug, Default)]
+pub struct Panel {
+    /// `[nb, words a block, 32]`: see `x86::pack_panel`.
+    words: Vec<u32>,
+    /// `[nb, 32]`: the rows' block scales side by side.
+    scales: Vec<f32>,
+    nb: usize,
+    rows: usize,
+    nf4: bool,
 }
 
-/// The products of the scales of blocks `b` and `b + 1` (0 past the end).
-#[inline]
-fn pair_scales(ws: &[f32], xs: &[f32], b: usize) -> [f32; 2] {
-    let two = b + 1 < ws.len();
-    [ws[b] * xs[b], if two { ws[b + 1] * xs[b + 1] } else { 0.0 }]
+impl Panel {
+    /// Whether the panel kernel runs on `isa` on this CPU.
+    pub fn runs(isa: Isa) -> bool {
+        isa == Isa::Avx512 && avx512_features() == (true, true, true)
+    }
+
+    /// Pack `rows` (1 to 32, of one format and width).
+    pub fn pack(&mut self, isa: Isa, rows: &[QRow]) {
+        assert!(
+            Self::runs(isa),
+            "Panel::pack: no panel kernel on {isa:?} here"
+        );
+        assert!(
+            !rows.is_empty() && rows.len() <= PANEL_ROWS,
+            "Panel::pack: {} rows",
+            rows.len()
+        );
+        let nf4 = matches!(rows[0], QRow::Nf4 { .. });
+        let nb = rows[0].scales().len();
+        for r in rows {
+            assert!(
+                matches!(r, QRow::Nf4 { .. }) == nf4 && r.scales().len() == nb,
+                "Panel::pack: rows of different formats or widths"
+            );
+        }
+        (self.nb, self.rows, self.nf4) = (nb, rows.len(), nf4);
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.words
+                .resize(nb * x86::panel_words(nf4) * PANEL_ROWS, 0);
+            self.scales.resize(nb * PANEL_ROWS, 0.0);
+            // SAFETY: AVX-512 BW, VNNI and VBMI were detected (Panel::runs); the buffers
+            // are sized for `nb` blocks.
+            unsafe { x86::pack_panel(rows, &mut self.words, &mut self.scales) };
+        }
+    }
+
+    /// `out[j][r]` = row `r` dotted with token `x[j]`, for up to [`PANEL_TOKENS`] tokens:
+    /// each equal to [`dot`], bit for bit. Lanes past the packed rows are undefined.
+    pub fn multiply(&self, x: &[QTok], out: &mut [[f32; PANEL_ROWS]]) {
+        assert!(
+            x.len() <= PANEL_TOKENS && out.len() >= x.len(),
+            "Panel::multiply: {} tokens",
+            x.len()
+        );
+        for t in x {
+            let codes = if self.nf4 { t.q8.len() } else { t.q16.len() };
+            assert!(
+                t.scale.len() == self.nb && codes >= self.nb * BLOCK,
+                "Panel::multiply: tokens of another width"
+            );
+            assert!(
+                !self.nf4 || t.block_corr.len() == self.nb,
+                "Panel::multiply: int16 codes for nf4"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (w, s, nb) = (&self.words[..], &self.scales[..], self.nb);
+            macro_rules! k {
+                ($($n:literal)*) => {
+                    match (x.len(), self.nf4) {
+                        (0, _) => {}
+                        // SAFETY: packed, so the CPU has what the kernel needs; the tokens
+                        // hold `nb` blocks (checked above).
+                        $(($n, false) => unsafe {
+                            x86::panel_kernel::<$n, false>(w, s, nb, std::array::from_fn(|j| x[j]), out)
+                        },
+                        ($n, true) => unsafe {
+                            x86::panel_kernel::<$n, true>(w, s, nb, std::array::from_fn(|j| x[j]), out)
+                        },)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            k!(1 2 3 4 5 6 7 8)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!(
+            "Panel::multiply without a panel kernel ({} rows)",
+            self.rows
+        )
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #![allow(clippy::missing_safety_doc)]
+    use super::super::simd::x86::{hsum512, transpose16};
     use super::super::simd::{prefetch_ahead, PREFETCH_AHEAD};
     use super::{
-        block_scale, pair_scales, q8_index, Act, QRow, QTok, TokenCodes, BLOCK, LANES, NF4_I8, PAIR,
+        block_scale, q8_index, Act, QRow, QTok, TokenCodes, BLOCK, CLASSES, LANES, NF4_I8, PAIR,
     };
     use std::arch::x86_64::*;
-
-    /// Rows must be all int8 or all nf4.
-    const MIXED: &str = "a tile of rows in two formats";
-
-    /// `acc + (l0 * s0 + l1 * s1)`, or `acc + l0 * s0` without a second block.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn add_pair512(l0: __m512, l1: Option<__m512>, s: [f32; 2], acc: __m512) -> __m512 {
-        let p = _mm512_mul_ps(l0, _mm512_set1_ps(s[0]));
-        let p = match l1 {
-            Some(l1) => _mm512_fmadd_ps(l1, _mm512_set1_ps(s[1]), p),
-            None => p,
-        };
-        _mm512_add_ps(acc, p)
-    }
-
-    /// As [`add_pair512`], eight lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn add_pair256(l0: __m256, l1: Option<__m256>, s: [f32; 2], acc: __m256) -> __m256 {
-        let p = _mm256_mul_ps(l0, _mm256_set1_ps(s[0]));
-        let p = match l1 {
-            Some(l1) => _mm256_fmadd_ps(l1, _mm256_set1_ps(s[1]), p),
-            None => p,
-        };
-        _mm256_add_ps(acc, p)
-    }
 
     /// The 64 nf4 codes of the block at `p` (32 bytes), as signed bytes: weights 0..32 and
     /// 32..64. `table`: [`NF4_I8`] in both 128-bit lanes.
@@ -454,7 +560,72 @@ mod x86 {
         _mm256_broadcastsi128_si256(_mm_loadu_si128(NF4_I8.as_ptr() as *const __m128i))
     }
 
-    // ---- AVX-512, int8 weights and int16 activations: a block at a time ----
+    // ---- AVX-512: sixteen blocks' integer sums at once ----
+
+    /// `[a0 + a2, a1 + a3, b0 + b2, b1 + b3]` in 128-bit chunks: two vectors' halves summed.
+    #[inline(always)]
+    unsafe fn sum_halves(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
+        )
+    }
+
+    /// `[a0 + a1, a2 + a3, b0 + b1, b2 + b3]` in 128-bit chunks.
+    #[inline(always)]
+    unsafe fn sum_chunk_pairs(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+        )
+    }
+
+    /// Sixteen integer sums whose four partial lanes sit in chunk `c` of `u[k]` (sum
+    /// `4k + c`): lane `r` of the result is sum `r`.
+    #[inline(always)]
+    unsafe fn sum_chunks(u: [__m512i; 4]) -> __m512i {
+        use _mm512_castps_si512 as int;
+        use _mm512_castsi512_ps as ps;
+        // lane j of s[k]'s chunk c: two partial lanes of sums 8k + c (j < 2), 8k + 4 + c
+        let mut s = [_mm512_setzero_si512(); 2];
+        for k in 0..2 {
+            let (a, b) = (ps(u[2 * k]), ps(u[2 * k + 1]));
+            s[k] = _mm512_add_epi32(
+                int(_mm512_shuffle_ps::<0x44>(a, b)),
+                int(_mm512_shuffle_ps::<0xEE>(a, b)),
+            );
+        }
+        // lane 4c + m: sum 4m + c; then sum r to lane r
+        let (a, b) = (ps(s[0]), ps(s[1]));
+        let f = _mm512_add_epi32(
+            int(_mm512_shuffle_ps::<0x88>(a, b)),
+            int(_mm512_shuffle_ps::<0xDD>(a, b)),
+        );
+        let idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+        _mm512_permutexvar_epi32(idx, f)
+    }
+
+    /// `acc +` the sixteen blocks from `g` (`m` of them; the sums past `m` are zero):
+    /// integer sums `s`, as f32, times `ws[b] * xs[b]`, each in its class's lane.
+    #[inline(always)]
+    unsafe fn add_blocks(
+        acc: __m512,
+        s: __m512i,
+        ws: &[f32],
+        xs: &[f32],
+        g: usize,
+        m: usize,
+    ) -> __m512 {
+        let mask = (u32::MAX >> (32 - m)) as __mmask16;
+        let w = _mm512_maskz_loadu_ps(mask, ws.as_ptr().add(g));
+        let x = _mm512_maskz_loadu_ps(mask, xs.as_ptr().add(g));
+        _mm512_add_ps(
+            acc,
+            _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w, x)),
+        )
+    }
+
+    // ---- AVX-512, int8 weights and int16 activations ----
 
     /// Int8 block `b` of `qs` as two vectors of 32 words.
     #[inline]
@@ -464,16 +635,14 @@ mod x86 {
         [p, p.add(1)].map(|p| _mm512_cvtepi8_epi16(_mm256_loadu_si256(p)))
     }
 
-    /// Block `b` of `x` against its weights `w`: the sixteen integer lanes, as f32.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn q8_block512(w: [__m512i; 2], x: QTok, b: usize) -> __m512 {
+    /// Block `b` of `x` against its weights `w`: sixteen integer lanes.
+    #[inline(always)]
+    unsafe fn q8_block512(w: [__m512i; 2], x: QTok, b: usize) -> __m512i {
         let p = x.q16.as_ptr().add(b * BLOCK) as *const __m512i;
-        let s = _mm512_add_epi32(
+        _mm512_add_epi32(
             _mm512_madd_epi16(w[0], _mm512_loadu_si512(p)),
             _mm512_madd_epi16(w[1], _mm512_loadu_si512(p.add(1))),
-        );
-        _mm512_cvtepi32_ps(s)
+        )
     }
 
     /// Ask for the int8 weights ahead of blocks `b` and `b + 1`.
@@ -483,68 +652,53 @@ mod x86 {
         prefetch_ahead(qs.as_ptr().wrapping_add(b * BLOCK + BLOCK), PREFETCH_AHEAD);
     }
 
+    /// Blocks `g..g + m` (at most sixteen) of a row against `x`: lane `j` is block `g + j`'s
+    /// integer sum (zero past `m`). Blocks are reduced in pairs as they come
+    /// ([`sum_halves`], [`sum_chunk_pairs`], [`sum_chunks`]), so few vectors are live.
+    #[inline(always)]
+    unsafe fn q8_group(qs: &[i8], x: QTok, g: usize, m: usize) -> __m512i {
+        let mut u = [_mm512_setzero_si512(); 4];
+        for (k, u) in u.iter_mut().enumerate() {
+            let mut h = [_mm512_setzero_si512(); 2];
+            for (i, h) in h.iter_mut().enumerate() {
+                let j = 4 * k + 2 * i;
+                if j < m {
+                    let b = g + j;
+                    q8_prefetch(qs, b);
+                    let a = q8_block512(q8_words512(qs, b), x, b);
+                    let c = if j + 1 < m {
+                        q8_block512(q8_words512(qs, b + 1), x, b + 1)
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    *h = sum_halves(a, c);
+                }
+            }
+            *u = sum_chunk_pairs(h[0], h[1]);
+        }
+        sum_chunks(u)
+    }
+
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
         let nb = scales.len();
         let mut acc = _mm512_setzero_ps();
-        // Whole pairs as arrays: no bounds checks in the loop (the same sums as
-        // `pair_scales` gives the tile).
-        let (ws, _) = scales.as_chunks::<2>();
-        let (xs, _) = x.scale[..nb].as_chunks::<2>();
-        for (p, (w2, x2)) in ws.iter().zip(xs).enumerate() {
-            let b = 2 * p;
-            q8_prefetch(qs, b);
-            let l0 = q8_block512(q8_words512(qs, b), x, b);
-            let l1 = q8_block512(q8_words512(qs, b + 1), x, b + 1);
-            acc = add_pair512(l0, Some(l1), [w2[0] * x2[0], w2[1] * x2[1]], acc);
+        let whole = nb / CLASSES * CLASSES;
+        for g in (0..whole).step_by(CLASSES) {
+            acc = add_blocks(
+                acc,
+                q8_group(qs, x, g, CLASSES),
+                scales,
+                x.scale,
+                g,
+                CLASSES,
+            );
         }
-        if nb % 2 == 1 {
-            let b = nb - 1;
-            q8_prefetch(qs, b);
-            let l0 = q8_block512(q8_words512(qs, b), x, b);
-            acc = add_pair512(l0, None, pair_scales(scales, x.scale, b), acc);
+        if whole < nb {
+            let m = nb - whole;
+            acc = add_blocks(acc, q8_group(qs, x, whole, m), scales, x.scale, whole, m);
         }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    /// Four rows against four tokens, each pair summed exactly as [`dot_q8_avx512`] sums
-    /// it; each block of a row is widened once and used four times.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn tile_q8_avx512(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
-        let rows = w.map(|r| match r {
-            QRow::Q8 { qs, scales } => (qs, scales),
-            QRow::Nf4 { .. } => unreachable!("{MIXED}"),
-        });
-        let nb = rows[0].1.len();
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        for b in (0..nb).step_by(2) {
-            let two = b + 1 < nb;
-            let w0 = rows.map(|(qs, _)| q8_words512(qs, b));
-            // No closures from here: they would not inherit this function's features.
-            let mut w1 = [[_mm512_setzero_si512(); 2]; 4];
-            if two {
-                for (w1, (qs, _)) in w1.iter_mut().zip(rows) {
-                    *w1 = q8_words512(qs, b + 1);
-                }
-            }
-            for (t, xt) in x.iter().enumerate() {
-                for r in 0..4 {
-                    let l0 = q8_block512(w0[r], *xt, b);
-                    let l1 = if two {
-                        Some(q8_block512(w1[r], *xt, b + 1))
-                    } else {
-                        None
-                    };
-                    let s = pair_scales(rows[r].1, xt.scale, b);
-                    acc[r][t] = add_pair512(l0, l1, s, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..4 {
-            for t in 0..4 {
-                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
+        hsum512(acc)
     }
 
     // ---- AVX-512, nf4 weights and int8 activations: a pair of blocks at a time ----
@@ -586,93 +740,216 @@ mod x86 {
     }
 
     /// Pair `p` of `x` against its weights `w` (codes plus 128, [`nf4_pair`]): block `2p`'s
-    /// integer sums in lanes 0..8, block `2p + 1`'s in lanes 8..16, as f32.
+    /// integer sums in lanes 0..8, block `2p + 1`'s in lanes 8..16.
     #[inline(always)]
-    unsafe fn nf4_pair_lanes(w: [__m512i; 2], x: QTok, p: usize) -> __m512 {
+    unsafe fn nf4_pair_lanes(w: [__m512i; 2], x: QTok, p: usize) -> __m512i {
         let xp = x.q8.as_ptr().add(p * PAIR) as *const __m512i;
         let corr = _mm512_loadu_si512(x.corr.as_ptr().add(p * LANES) as *const __m512i);
         let s = _mm512_dpbusd_epi32(corr, w[0], _mm512_loadu_si512(xp));
-        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(s, w[1], _mm512_loadu_si512(xp.add(1))))
+        _mm512_dpbusd_epi32(s, w[1], _mm512_loadu_si512(xp.add(1)))
     }
 
-    /// The two scales `ws[b] * xs[b]` of pair `p` (`b = 2p, 2p + 1`; the second 0 for
-    /// `HALF`), the first in lanes 0..8, the second in lanes 8..16.
-    #[inline(always)]
-    unsafe fn nf4_pair_scales<const HALF: bool>(ws: &[f32], xs: &[f32], p: usize) -> __m512 {
-        let (w, x) = if HALF {
-            (_mm_load_ss(&ws[2 * p]), _mm_load_ss(&xs[2 * p]))
-        } else {
-            let two = |s: &[f32]| _mm_castpd_ps(_mm_load_sd(s.as_ptr().add(2 * p) as *const f64));
-            (two(ws), two(xs))
-        };
-        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_mul_ps(w, x)))
-    }
-
-    /// `acc += ` pair `p` of `packed` against `x`.
+    /// Pair `p` of `packed` against `x`, its weights asked for ahead.
     #[inline(always)]
     unsafe fn nf4_dot_pair<const HALF: bool>(
-        (packed, ws): (&[u8], &[f32]),
+        packed: &[u8],
         x: QTok,
         p: usize,
         table: __m512i,
-        acc: &mut __m512,
-    ) {
+    ) -> __m512i {
         prefetch_ahead(packed.as_ptr().wrapping_add(p * BLOCK), PREFETCH_AHEAD);
-        let l = nf4_pair_lanes(nf4_pair::<HALF>(packed, p, table), x, p);
-        *acc = _mm512_fmadd_ps(l, nf4_pair_scales::<HALF>(ws, x.scale, p), *acc);
+        nf4_pair_lanes(nf4_pair::<HALF>(packed, p, table), x, p)
     }
 
+    /// Eight pairs (sixteen blocks) at a time: a pair's two blocks share a vector, so one
+    /// step fewer reduces them ([`sum_chunk_pairs`], [`sum_chunks`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
     pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
         let table = nf4_table_u8x4();
         let nb = scales.len();
         let mut acc = _mm512_setzero_ps();
-        for p in 0..nb / 2 {
-            nf4_dot_pair::<false>((packed, scales), x, p, table, &mut acc);
+        for g in (0..nb).step_by(CLASSES) {
+            let m = (nb - g).min(CLASSES);
+            let mut v = [_mm512_setzero_si512(); CLASSES / 2];
+            for (k, v) in v.iter_mut().enumerate() {
+                let p = g / 2 + k;
+                if 2 * p + 1 < nb {
+                    *v = nf4_dot_pair::<false>(packed, x, p, table);
+                } else if 2 * p < nb {
+                    *v = nf4_dot_pair::<true>(packed, x, p, table);
+                }
+            }
+            let mut u = [_mm512_setzero_si512(); 4];
+            for k in 0..4 {
+                u[k] = sum_chunk_pairs(v[2 * k], v[2 * k + 1]);
+            }
+            acc = add_blocks(acc, sum_chunks(u), scales, x.scale, g, m);
         }
-        if nb % 2 == 1 {
-            nf4_dot_pair::<true>((packed, scales), x, nb / 2, table, &mut acc);
-        }
-        _mm512_reduce_add_ps(acc)
+        hsum512(acc)
     }
 
-    /// `acc[t] += ` pair `p` of `row` against token `t`, as [`nf4_dot_pair`] adds it.
-    #[inline(always)]
-    unsafe fn nf4_row_pair<const HALF: bool>(
-        (packed, ws): (&[u8], &[f32]),
-        x: [QTok; 4],
-        p: usize,
-        table: __m512i,
-        acc: &mut [__m512; 4],
-    ) {
-        let w = nf4_pair::<HALF>(packed, p, table);
-        for t in 0..4 {
-            let l = nf4_pair_lanes(w, x[t], p);
-            acc[t] = _mm512_fmadd_ps(l, nf4_pair_scales::<HALF>(ws, x[t].scale, p), acc[t]);
+    // ---- AVX-512 VNNI: sixteen rows against up to twelve tokens ----
+
+    /// 32-bit words a block takes in a panel row: int8 pairs of words, nf4 quads of bytes.
+    pub const fn panel_words(nf4: bool) -> usize {
+        if nf4 {
+            BLOCK / 4
+        } else {
+            BLOCK / 2
         }
     }
 
-    /// Four rows against four tokens, each pair summed exactly as [`dot_nf4_vnni`] sums it.
-    /// A row at a time: each pair of blocks is unpacked once and used four times, with the
-    /// four tokens' codes (10 KiB for width 2048) in L1.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    pub unsafe fn tile_nf4_vnni(w: [QRow; 4], x: [QTok; 4], out: &mut [[f32; 4]; 4]) {
+    /// Pack `rows` (at most 32, of one format) into `words [nb, panel_words, 2, 16]` (lane
+    /// `r % 16` of half `r / 16` of word `k` of block `b`: row `r`'s weights `2k, 2k + 1` of
+    /// the block as two words (int8) or `4k..4k + 4` as codes plus 128 (nf4)) and `scales
+    /// [nb, 32]`; lanes past the rows are zero. Sixteen rows by sixteen words at a time,
+    /// transposed in registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub unsafe fn pack_panel(rows: &[QRow], words: &mut [u32], scales: &mut [f32]) {
+        let nb = rows[0].scales().len();
+        let per = panel_words(matches!(rows[0], QRow::Nf4 { .. }));
+        assert!(rows.len() <= 32 && words.len() >= nb * per * 32 && scales.len() >= nb * 32);
         let table = nf4_table_u8x4();
-        for (row, out) in w.into_iter().zip(out) {
-            let QRow::Nf4 { packed, scales } = row else {
-                unreachable!("{MIXED}")
+        let out = words.as_mut_ptr() as *mut __m512i;
+        for b in 0..nb {
+            for (r, row) in rows.iter().enumerate() {
+                scales[b * 32 + r] = row.scales()[b];
+            }
+            scales[b * 32 + rows.len()..(b + 1) * 32].fill(0.0);
+            for rh in 0..rows.len().div_ceil(16) {
+                for half in 0..per / 16 {
+                    let mut v = [_mm512_setzero_si512(); 16];
+                    for (v, row) in v.iter_mut().zip(&rows[16 * rh..]) {
+                        *v = match row {
+                            QRow::Q8 { qs, .. } => {
+                                let p = qs.as_ptr().add(b * BLOCK + 32 * half) as *const __m256i;
+                                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p))
+                            }
+                            QRow::Nf4 { packed, .. } => {
+                                let p = packed.as_ptr().add(b * BLOCK / 2) as *const __m256i;
+                                let v = _mm512_castsi256_si512(_mm256_loadu_si256(p));
+                                let lo = _mm512_permutexvar_epi8(v, table);
+                                let hi = _mm512_permutexvar_epi8(_mm512_srli_epi16::<4>(v), table);
+                                _mm512_inserti64x4::<1>(lo, _mm512_castsi512_si256(hi))
+                            }
+                        };
+                    }
+                    for (k, t) in transpose16(v).into_iter().enumerate() {
+                        _mm512_storeu_si512(out.add((b * per + 16 * half + k) * 2 + rh), t);
+                    }
+                }
+            }
+            if rows.len() <= 16 {
+                for k in 0..per {
+                    _mm512_storeu_si512(out.add((b * per + k) * 2 + 1), _mm512_setzero_si512());
+                }
+            }
+        }
+    }
+
+    /// The class the `k`-th pass of [`panel_kernel`] sums: `k`'s four bits reversed, so
+    /// that the classes arrive in pairs of [`super::tree16`]'s tree.
+    const fn class_order(k: usize) -> usize {
+        (k & 1) << 3 | (k & 2) << 1 | (k & 4) >> 1 | (k & 8) >> 3
+    }
+
+    /// `out[j][r]` = row `r` of a packed panel ([`pack_panel`]) dotted with token `x[j]`,
+    /// each summed in [`super::dot_scalar`]'s order: a block's integer sum in a lane of
+    /// `vpdpwssd` (int8) or `vpdpbusd` (nf4, started at the block's correction), then, as
+    /// f32, times the scales, into its class's sum; the blocks of a class one after the
+    /// other. The classes come in bit-reversed order, so each finished class completes a
+    /// subtree of [`super::tree16`] with the ones before it and only four partial sums a
+    /// token wait. One broadcast of a token's codes meets two vectors of weights (32 rows).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn panel_kernel<const N: usize, const NF4: bool>(
+        words: &[u32],
+        scales: &[f32],
+        nb: usize,
+        x: [QTok; N],
+        out: &mut [[f32; 32]],
+    ) {
+        let per = panel_words(NF4);
+        assert!(words.len() >= nb * per * 32 && scales.len() >= nb * 32 && out.len() >= N);
+        for t in &x {
+            let codes = if NF4 {
+                t.q8.len() / PAIR * 2
+            } else {
+                t.q16.len() / BLOCK
             };
-            let nb = scales.len();
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for p in 0..nb / 2 {
-                nf4_row_pair::<false>((packed, scales), x, p, table, &mut acc);
+            assert!(t.scale.len() >= nb && codes >= nb && (!NF4 || t.block_corr.len() >= nb));
+        }
+        let wp = words.as_ptr() as *const __m512i;
+        let mut xq = [std::ptr::null::<u8>(); N];
+        for j in 0..N {
+            xq[j] = if NF4 {
+                x[j].q8.as_ptr() as *const u8
+            } else {
+                x[j].q16.as_ptr() as *const u8
+            };
+        }
+        // partial sums of the tree, by level: [token][half]
+        let mut tree = [[[_mm512_setzero_ps(); 2]; N]; 4];
+        for k in 0..CLASSES {
+            let c = class_order(k);
+            let mut acc = [[_mm512_setzero_ps(); 2]; N];
+            for b in (c..nb).step_by(CLASSES) {
+                let mut s = [[_mm512_setzero_si512(); 2]; N];
+                if NF4 {
+                    for j in 0..N {
+                        let corr = _mm512_set1_epi32(*x[j].block_corr.get_unchecked(b));
+                        s[j] = [corr, corr];
+                    }
+                }
+                // the block's codes: nf4 in pair order, words 8..16 64 bytes on
+                let base = if NF4 { q8_index(b, 0) } else { 2 * b * BLOCK };
+                let wb = wp.add(2 * b * per);
+                for w in 0..per {
+                    let w0 = _mm512_loadu_si512(wb.add(2 * w));
+                    let w1 = _mm512_loadu_si512(wb.add(2 * w + 1));
+                    let at = base + 4 * if NF4 && w >= 8 { w + 8 } else { w };
+                    for j in 0..N {
+                        let xv = std::ptr::read_unaligned(xq[j].add(at) as *const i32);
+                        let xv = _mm512_set1_epi32(xv);
+                        s[j] = if NF4 {
+                            [
+                                _mm512_dpbusd_epi32(s[j][0], w0, xv),
+                                _mm512_dpbusd_epi32(s[j][1], w1, xv),
+                            ]
+                        } else {
+                            [
+                                _mm512_dpwssd_epi32(s[j][0], w0, xv),
+                                _mm512_dpwssd_epi32(s[j][1], w1, xv),
+                            ]
+                        };
+                    }
+                }
+                let ws = [0, 16].map(|h| _mm512_loadu_ps(scales.as_ptr().add(b * 32 + h)));
+                for j in 0..N {
+                    let xs = _mm512_set1_ps(*x[j].scale.get_unchecked(b));
+                    for h in 0..2 {
+                        let p =
+                            _mm512_mul_ps(_mm512_cvtepi32_ps(s[j][h]), _mm512_mul_ps(ws[h], xs));
+                        acc[j][h] = _mm512_add_ps(acc[j][h], p);
+                    }
+                }
             }
-            if nb % 2 == 1 {
-                nf4_row_pair::<true>((packed, scales), x, nb / 2, table, &mut acc);
+            // a binary counter over the passes: merge while the level is taken
+            let (mut level, mut kk) = (0, k);
+            while kk & 1 == 1 {
+                for j in 0..N {
+                    for h in 0..2 {
+                        acc[j][h] = _mm512_add_ps(tree[level][j][h], acc[j][h]);
+                    }
+                }
+                (level, kk) = (level + 1, kk >> 1);
             }
-            for t in 0..4 {
-                out[t] = _mm512_reduce_add_ps(acc[t]);
+            if level < 4 {
+                tree[level] = acc;
+            } else {
+                for j in 0..N {
+                    _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j][0]);
+                    _mm512_storeu_ps(out[j].as_mut_ptr().add(16), acc[j][1]);
+                }
             }
         }
     }
@@ -730,45 +1007,77 @@ mod x86 {
         }
     }
 
-    // ---- AVX2 ----
+    // ---- AVX2: eight blocks' integer sums at once ----
 
-    /// Int8 block `b` of `qs` against `x`: eight integer lanes, as f32.
+    /// Lane `r` of the result is the sum of `v[r]`'s lanes (integers, so any order).
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn q8_block256(qs: &[i8], x: QTok, b: usize) -> __m256 {
+    unsafe fn sum8(v: [__m256i; 8]) -> __m256i {
+        let h = |a, b| _mm256_hadd_epi32(a, b);
+        let (a, b) = (
+            h(h(v[0], v[1]), h(v[2], v[3])),
+            h(h(v[4], v[5]), h(v[6], v[7])),
+        );
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(a, b),
+            _mm256_permute2x128_si256::<0x31>(a, b),
+        )
+    }
+
+    /// The sum of 16 lanes in [`hsum512`]'s order: `lo` holds lanes 0..8, `hi` 8..16.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum256x2(lo: __m256, hi: __m256) -> f32 {
+        let v = _mm256_add_ps(lo, hi);
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+
+    /// `acc +` the eight blocks from `g` (`m` of them; the sums past `m` are zero) in
+    /// [`super::dot_scalar`]'s order: integer sums `v`, as f32, times `ws[b] * xs[b]`,
+    /// classes 0..8 in `acc[0]` and 8..16 in `acc[1]`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn add_blocks256(acc: &mut [__m256; 2], v: [__m256i; 8], x: QTok, ws: &[f32], g: usize) {
+        let m = (ws.len() - g).min(8);
+        let mut s = [0.0f32; 8];
+        for (j, s) in s.iter_mut().enumerate().take(m) {
+            *s = ws[g + j] * x.scale[g + j];
+        }
+        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(sum8(v)), _mm256_loadu_ps(s.as_ptr()));
+        let a = &mut acc[g / 8 % 2];
+        *a = _mm256_add_ps(*a, p);
+    }
+
+    /// Int8 block `b` of `qs` against `x`: eight integer lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q8_block256(qs: &[i8], x: QTok, b: usize) -> __m256i {
         let wp = qs.as_ptr().add(b * BLOCK) as *const __m128i;
         let xp = x.q16.as_ptr().add(b * BLOCK) as *const __m256i;
         let m = |k: usize| {
             let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(k)));
             _mm256_madd_epi16(w, _mm256_loadu_si256(xp.add(k)))
         };
-        let s = _mm256_add_epi32(_mm256_add_epi32(m(0), m(1)), _mm256_add_epi32(m(2), m(3)));
-        _mm256_cvtepi32_ps(s)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn hsum256(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+        _mm256_add_epi32(_mm256_add_epi32(m(0), m(1)), _mm256_add_epi32(m(2), m(3)))
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_q8_avx2(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
         let nb = scales.len();
-        let mut acc = _mm256_setzero_ps();
-        for b in (0..nb).step_by(2) {
-            q8_prefetch(qs, b);
-            let l0 = q8_block256(qs, x, b);
-            let l1 = if b + 1 < nb {
-                Some(q8_block256(qs, x, b + 1))
-            } else {
-                None
-            };
-            acc = add_pair256(l0, l1, pair_scales(scales, x.scale, b), acc);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for g in (0..nb).step_by(8) {
+            let mut v = [_mm256_setzero_si256(); 8];
+            for (j, v) in v.iter_mut().enumerate().take(nb - g) {
+                if j % 2 == 0 {
+                    q8_prefetch(qs, g + j);
+                }
+                *v = q8_block256(qs, x, g + j);
+            }
+            add_blocks256(&mut acc, v, x, scales, g);
         }
-        hsum256(acc)
+        hsum256x2(acc[0], acc[1])
     }
 
     /// `sum(|w| * (x with the sign of w))` over 32 bytes, as eight i32 lanes: pairs of
@@ -780,35 +1089,35 @@ mod x86 {
         _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
     }
 
-    /// nf4 block `b` of `packed` against `x`: eight integer lanes, as f32.
+    /// nf4 block `b` of `packed` against `x`: eight integer lanes.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn nf4_block256(packed: &[u8], x: QTok, b: usize, table: __m256i) -> __m256 {
+    unsafe fn nf4_block256(packed: &[u8], x: QTok, b: usize, table: __m256i) -> __m256i {
         let [w0, w1] = nf4_codes(packed.as_ptr().add(b * BLOCK / 2), table);
         let xp = |i: usize| x.q8.as_ptr().add(q8_index(b, i)) as *const __m256i;
-        let s = _mm256_add_epi32(
+        _mm256_add_epi32(
             madd_i8(w0, _mm256_loadu_si256(xp(0))),
             madd_i8(w1, _mm256_loadu_si256(xp(32))),
-        );
-        _mm256_cvtepi32_ps(s)
+        )
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_nf4_avx2(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
         let table = nf4_table();
         let nb = scales.len();
-        let mut acc = _mm256_setzero_ps();
-        for b in (0..nb).step_by(2) {
-            prefetch_ahead(packed.as_ptr().wrapping_add(b * BLOCK / 2), PREFETCH_AHEAD);
-            let l0 = nf4_block256(packed, x, b, table);
-            let l1 = if b + 1 < nb {
-                Some(nf4_block256(packed, x, b + 1, table))
-            } else {
-                None
-            };
-            acc = add_pair256(l0, l1, pair_scales(scales, x.scale, b), acc);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for g in (0..nb).step_by(8) {
+            let mut v = [_mm256_setzero_si256(); 8];
+            for (j, v) in v.iter_mut().enumerate().take(nb - g) {
+                let b = g + j;
+                if b % 2 == 0 {
+                    prefetch_ahead(packed.as_ptr().wrapping_add(b * BLOCK / 2), PREFETCH_AHEAD);
+                }
+                *v = nf4_block256(packed, x, b, table);
+            }
+            add_blocks256(&mut acc, v, x, scales, g);
         }
-        hsum256(acc)
+        hsum256x2(acc[0], acc[1])
     }
 }
 
@@ -903,13 +1212,20 @@ mod tests {
         }
     }
 
-    /// Every kernel against the scalar twin, including the extreme codes (-127 times the
-    /// largest activation code in every product of a block), and the scalar twin against
-    /// the product of the dequantized weights: apart from f32 rounding, it differs by the
-    /// activations' rounding, at most half a step (`absmax / max code`) times each `|w|`.
+    /// Every kernel against the scalar twin, bit for bit, including the extreme codes (-127
+    /// times the largest activation code in every product of a block) and block counts
+    /// that end a class early (3, 17 and 33 blocks); and the scalar twin against the product
+    /// of the dequantized weights: apart from f32 rounding, it differs by the activations'
+    /// rounding, at most half a step (`absmax / max code`) times each `|w|`.
     #[test]
     fn kernels_match_the_scalar_twin() {
-        for (rows, n) in [(4, 64), (5, 192), (8, 1024)] {
+        for (rows, n) in [
+            (4, 64),
+            (5, 192),
+            (8, 1024),
+            (3, 17 * BLOCK),
+            (2, 33 * BLOCK),
+        ] {
             let mut wv = vals(rows * n, 2);
             wv[..64].iter_mut().for_each(|v| *v = -1.0);
             let base = Matrix::from_f32(rows, n, wv);
@@ -924,46 +1240,78 @@ mod tests {
                 let mut acts = QActs::default();
                 acts.quantize(Isa::Portable, &xv, n, unit, act);
                 let deq = m.to_f32();
-                for isa in Isa::available() {
-                    for r in 0..rows {
-                        for ti in 0..4 {
-                            let (got, want) = (
-                                dot(isa, row(&m, r), acts.token(ti)),
-                                dot_scalar(row(&m, r), acts.token(ti)),
-                            );
-                            assert!(
-                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{q:?} {isa:?} {r} {ti}: {got} vs {want}"
-                            );
-                            let (wr, xr) = (&deq[r * n..(r + 1) * n], &xv[ti * n..(ti + 1) * n]);
-                            let exact: f64 =
-                                wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
-                            let mut bound = 0.0;
-                            for (wb, xb) in wr.chunks(BLOCK).zip(xr.chunks(BLOCK)) {
-                                let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                                let step = (amax / act.max()) as f64;
-                                bound +=
-                                    wb.iter().map(|w| w.abs() as f64 * step / 2.0).sum::<f64>();
-                            }
-                            let mag: f64 = wr
-                                .iter()
-                                .zip(xr)
-                                .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                                .sum();
-                            assert!(
-                                (want as f64 - exact).abs() <= bound + 1e-6 * mag,
-                                "{q:?} {r} {ti}: {want} vs {exact}"
-                            );
+                for r in 0..rows {
+                    for ti in 0..4 {
+                        let want = dot_scalar(row(&m, r), acts.token(ti));
+                        for isa in Isa::available() {
+                            let got = dot(isa, row(&m, r), acts.token(ti));
+                            assert_eq!(got, want, "{q:?} {isa:?} {n} {r} {ti}");
                         }
+                        let (wr, xr) = (&deq[r * n..(r + 1) * n], &xv[ti * n..(ti + 1) * n]);
+                        let exact: f64 =
+                            wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mut bound = 0.0;
+                        for (wb, xb) in wr.chunks(BLOCK).zip(xr.chunks(BLOCK)) {
+                            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                            let step = (amax / act.max()) as f64;
+                            bound += wb.iter().map(|w| w.abs() as f64 * step / 2.0).sum::<f64>();
+                        }
+                        let mag: f64 = wr
+                            .iter()
+                            .zip(xr)
+                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                            .sum();
+                        assert!(
+                            (want as f64 - exact).abs() <= bound + 1e-6 * mag,
+                            "{q:?} {r} {ti}: {want} vs {exact}"
+                        );
                     }
-                    let mut out = [[0.0; 4]; 4];
-                    let w = std::array::from_fn(|r| row(&m, r));
-                    tile4x4(isa, w, std::array::from_fn(|t| acts.token(t)), &mut out);
-                    for (r, got) in out.iter().enumerate() {
-                        for (t, &v) in got.iter().enumerate() {
-                            let want = dot(isa, w[r], acts.token(t));
-                            assert_eq!(v, want, "{q:?} {isa:?} tile");
-                        }
+                }
+            }
+        }
+    }
+
+    /// The panel kernel gives every (row, token) pair exactly what the one-token kernel
+    /// gives it: 1 to 32 rows, 1 to 8 tokens, block counts that end a class early, and
+    /// rows of extreme codes.
+    #[test]
+    fn panels_match_the_one_token_kernel() {
+        let isa = Isa::detect();
+        if !Panel::runs(isa) {
+            eprintln!("no panel kernel on this CPU: nothing to compare");
+            return;
+        }
+        for (rows, n, t) in [
+            (32, 1024, 8),
+            (7, 192, 5),
+            (23, 17 * BLOCK, 7),
+            (16, 64, 3),
+            (1, 33 * BLOCK, 1),
+        ] {
+            let mut wv = vals(rows * n, 5);
+            let (wl, xl) = ((rows - 1) * n, (t - 1) * n);
+            wv[wl..wl + 64].iter_mut().for_each(|v| *v = -1.0);
+            let base = Matrix::from_f32(rows, n, wv);
+            let mut xv = vals(t * n, 6);
+            xv[xl..xl + 64].iter_mut().for_each(|v| *v = -1.0);
+            for q in [Quant::Int8, Quant::Nf4] {
+                let m = quantize(&base, q);
+                let (unit, act) = match q {
+                    Quant::Int8 => (1.0, Act::I16),
+                    Quant::Nf4 => (1.0 / 127.0, Act::I8),
+                };
+                let mut acts = QActs::default();
+                acts.quantize(isa, &xv, n, unit, act);
+                let stored: Vec<QRow> = (0..rows).map(|r| row(&m, r)).collect();
+                let mut panel = Panel::default();
+                panel.pack(isa, &stored);
+                let tokens: Vec<QTok> = (0..t).map(|j| acts.token(j)).collect();
+                let mut out = [[f32::NAN; PANEL_ROWS]; PANEL_TOKENS];
+                panel.multiply(&tokens, &mut out);
+                for (j, got) in out[..t].iter().enumerate() {
+                    for (r, &v) in got[..rows].iter().enumerate() {
+                        let want = dot(isa, stored[r], tokens[j]);
+                        assert_eq!(v, want, "{q:?} {n}: row {r} token {j}");
                     }
                 }
             }

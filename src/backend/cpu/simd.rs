@@ -125,7 +125,7 @@ pub mod x86 {
     /// [`hsum512x16`] reduces sixteen at once in the same order.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn hsum512(v: __m512) -> f32 {
+    pub(crate) unsafe fn hsum512(v: __m512) -> f32 {
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
         let a = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
         let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
@@ -431,7 +431,7 @@ pub mod x86 {
 
     /// The 16 x 16 transpose of 32-bit words: `out[c]` holds word `c` of every `r[i]`.
     #[inline(always)]
-    unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+    pub(crate) unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
         // 4 x 4 transposes within each 128-bit lane: c[g][m], lane l, is word 4l + m of
         // rows 4g..4g + 4.
         let mut c = [[_mm512_setzero_si512(); 4]; 4];
