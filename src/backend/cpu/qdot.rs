@@ -24,23 +24,29 @@
 //!   the rate). Next to nf4's own rounding they cost nothing measurable: bits per byte
 //!   1.8088 against 1.8086 with int16, logit errors within 3 points either way.
 //!
-//! A block's integer sum lives in vector lanes, exactly (int8: at most four products a
-//! lane, `4 * 127 * 32767 < 2^24`; nf4: eight, `8 * 255 * 127 < 2^24`, so converting a lane
-//! to f32 is exact), then is scaled and added to an f32 accumulator; the lanes are reduced
-//! at the end.
-//! - int8, a block at a time: blocks are scaled and added in pairs (`acc + (l0 * s0 + l1 *
-//!   s1)`, which keeps the chain through the accumulator short).
-//! - nf4, a pair of blocks at a time: one 64-byte load holds both blocks' nibbles, which
-//!   two byte lookups turn into two vectors of codes; against activations stored in the
-//!   matching order ([`q8_index`]) the first block's sums land in lanes 0..8 and the
-//!   second's in lanes 8..16, so one conversion and one multiply-add by the two scales
-//!   (`acc + l * [s0; 8] ++ [s1; 8]`) finish the pair. Nine vector instructions for 128
-//!   weights, where a block at a time took about fifteen: from L3 the product of a
-//!   2048-wide matrix and one token went from 31-34 to 40-53 GB/s (2 threads).
+//! A block's integer sum is exact (int8: `64 * 127 * 32767 < 2^31`; nf4: `64 * 255 * 127`).
+//! Every kernel sums a (row, token) pair in one order, the scalar twin's ([`dot_scalar`]):
+//! block `b`'s sum, as f32, times `ws[b] * xs[b]`, is added to class `b % 16`, the blocks
+//! of a class in turn, and the sixteen classes are reduced as a tree ([`tree16`]). So a
+//! token's result does not depend on the kernel, nor on how many tokens share the call.
+//! - One token (generation, bound by memory): sixteen blocks at a time, their integer
+//!   lanes reduced together into one vector that holds a block a lane, which one multiply
+//!   by the sixteen scales and one add put into the sixteen classes.
+//!   - int8, a block at a time (`vpmaddwd`).
+//!   - nf4, a pair of blocks at a time: one 64-byte load holds both blocks' nibbles, which
+//!     two byte lookups turn into two vectors of codes; against activations stored in the
+//!     matching order ([`q8_index`]) the first block's sums land in lanes 0..8 and the
+//!     second's in lanes 8..16, so the pair is one vector to reduce. From L3, the product
+//!     of a 2048-wide matrix and one token runs at 40-53 GB/s (2 threads).
+//! - Four tokens or more (prompts, scoring; bound by arithmetic): [`Panel`], 32 rows packed
+//!   a vector lane a row, so each `vpdpwssd` (int8) or `vpdpbusd` (nf4) does a block's
+//!   products for sixteen rows, and one broadcast of a token's codes meets two vectors of
+//!   weights. A block's integer sums are scaled once, so the classes take a block's work
+//!   instead of a product's: 340 GFLOP/s for int8 and 560 for nf4 (2 threads, width
+//!   2048), where 4x4 tiles of sixteen-lane sums ran at 173 and 243.
 //!
-//! The 4x4 tiles do exactly the same for each of their sixteen pairs, so a token's result
-//! does not depend on how many tokens share the call. Kernels: AVX-512BW (with VNNI and
-//! VBMI for nf4), AVX2, and the scalar twin [`dot_scalar`] everywhere else.
+//! Kernels: AVX-512BW (with VNNI and VBMI for nf4 and the panels), AVX2, and the scalar
+//! twin everywhere else.
 //!
 //! The activations are rounded once a product ([`QActs::quantize`]: vectorised, and in
 //! parallel over the tokens of a sequence). Rounded by scalar code, a token's activations
