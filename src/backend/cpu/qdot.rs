@@ -22,7 +22,8 @@
 //!   tests check.
 //! - nf4 weights meet **int8** activations (`vpdpbusd`, 64 products an instruction, twice
 //!   the rate). Next to nf4's own rounding they cost nothing measurable: bits per byte
-//!   1.8088 against 1.8086 with int16, logit errors within 3 points either way.
+//!   1.8088 against 1.8086 with int16, logit errors within 3 points either way (measured
+//!   when the blocks were summed in another order).
 //!
 //! A block's integer sum is exact (int8: `64 * 127 * 32767 < 2^31`; nf4: `64 * 255 * 127`).
 //! Every kernel sums a (row, token) pair in one order, the scalar twin's ([`dot_scalar`]):
@@ -41,9 +42,11 @@
 //! - Four tokens or more (prompts, scoring; bound by arithmetic): [`Panel`], 32 rows packed
 //!   a vector lane a row, so each `vpdpwssd` (int8) or `vpdpbusd` (nf4) does a block's
 //!   products for sixteen rows, and one broadcast of a token's codes meets two vectors of
-//!   weights. A block's integer sums are scaled once, so the classes take a block's work
-//!   instead of a product's: 340 GFLOP/s for int8 and 560 for nf4 (2 threads, width
-//!   2048), where 4x4 tiles of sixteen-lane sums ran at 173 and 243.
+//!   weights. A block's sums are converted and scaled once for sixteen rows, where the 4x4
+//!   tiles this replaced did it for each row: 340 GFLOP/s for int8 and 560 for nf4 (2
+//!   threads, width 2048), where the tiles ran at 173 and 243. The instructions' peaks
+//!   are 468 and 937 on this machine's two cores; eight tokens a call, since twelve left
+//!   too few registers for the broadcasts (330 and 450).
 //!
 //! Kernels: AVX-512BW (with VNNI and VBMI for nf4 and the panels), AVX2, and the scalar
 //! twin everywhere else.
