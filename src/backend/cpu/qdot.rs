@@ -1221,8 +1221,28 @@ mod tests {
         }
     }
 
-    /// Every kernel against the scalar twin, bit for bit, including the extreme codes (-127
-    /// times the largest activation code in every product of a block) and block counts
+    /// `W [rows, n]` and `x [t, n]` from `seed`, the first block of the last row and of the
+    /// last token all -1: the extreme codes, -127 times the largest activation code.
+    fn case(rows: usize, n: usize, t: usize, seed: u32) -> (Matrix, Vec<f32>) {
+        let mut wv = vals(rows * n, seed);
+        let mut xv = vals(t * n, seed + 1);
+        for (v, len) in [(&mut wv, rows), (&mut xv, t)] {
+            v[(len - 1) * n..(len - 1) * n + BLOCK].fill(-1.0);
+        }
+        (Matrix::from_f32(rows, n, wv), xv)
+    }
+
+    /// The unit of a format's codes and how its activations are rounded (the backend's
+    /// `code_unit`).
+    fn rounding(q: Quant) -> (f32, Act) {
+        match q {
+            Quant::Int8 => (1.0, Act::I16),
+            Quant::Nf4 => (1.0 / 127.0, Act::I8),
+        }
+    }
+
+    /// Every kernel against the scalar twin, bit for bit, including the extreme codes
+    /// ([`case`]) and block counts
     /// that end a class early (3, 17 and 33 blocks); and the scalar twin against the product
     /// of the dequantized weights: apart from f32 rounding, it differs by the activations'
     /// rounding, at most half a step (`absmax / max code`) times each `|w|`.
@@ -1235,17 +1255,10 @@ mod tests {
             (3, 17 * BLOCK),
             (2, 33 * BLOCK),
         ] {
-            let mut wv = vals(rows * n, 2);
-            wv[..64].iter_mut().for_each(|v| *v = -1.0);
-            let base = Matrix::from_f32(rows, n, wv);
-            let mut xv = vals(4 * n, 3);
-            xv[..64].iter_mut().for_each(|v| *v = -1.0);
+            let (base, xv) = case(rows, n, 4, 2);
             for q in [Quant::Int8, Quant::Nf4] {
                 let m = quantize(&base, q);
-                let (unit, act) = match q {
-                    Quant::Int8 => (1.0, Act::I16),
-                    Quant::Nf4 => (1.0 / 127.0, Act::I8),
-                };
+                let (unit, act) = rounding(q);
                 let mut acts = QActs::default();
                 acts.quantize(Isa::Portable, &xv, n, unit, act);
                 let deq = m.to_f32();
@@ -1297,18 +1310,10 @@ mod tests {
             (16, 64, 3),
             (1, 33 * BLOCK, 1),
         ] {
-            let mut wv = vals(rows * n, 5);
-            let (wl, xl) = ((rows - 1) * n, (t - 1) * n);
-            wv[wl..wl + 64].iter_mut().for_each(|v| *v = -1.0);
-            let base = Matrix::from_f32(rows, n, wv);
-            let mut xv = vals(t * n, 6);
-            xv[xl..xl + 64].iter_mut().for_each(|v| *v = -1.0);
+            let (base, xv) = case(rows, n, t, 5);
             for q in [Quant::Int8, Quant::Nf4] {
                 let m = quantize(&base, q);
-                let (unit, act) = match q {
-                    Quant::Int8 => (1.0, Act::I16),
-                    Quant::Nf4 => (1.0 / 127.0, Act::I8),
-                };
+                let (unit, act) = rounding(q);
                 let mut acts = QActs::default();
                 acts.quantize(isa, &xv, n, unit, act);
                 let stored: Vec<QRow> = (0..rows).map(|r| row(&m, r)).collect();
