@@ -53,7 +53,7 @@ thread_local! {
     static XBF: RefCell<Vec<Vec<bf16>>> = RefCell::default();
     /// A panel of weight rows packed for the bf16 kernel ([`Precision::Bf16`]).
     static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    /// Sixteen rows of an int8 or nf4 matrix packed for the sequence kernel.
+    /// Rows of an int8 or nf4 matrix packed for the sequence kernel.
     static QPANEL: RefCell<Panel> = RefCell::default();
     /// Rows of a panel as bf16, for weights not stored as bf16.
     static BROWS: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
@@ -503,7 +503,7 @@ fn tiled_stored<W: simd::x86::Wide512>(
     );
 }
 
-/// The sequence loop of every format: tokens in blocks of [`TOKENS_PER_BLOCK`], the task's
+/// The sequence loop of f32, f16 and bf16 weights: tokens in blocks of [`TOKENS_PER_BLOCK`], the task's
 /// rows four at a time against four tokens at a time (`tile(rows, first token, out)`), the
 /// tokens left over one at a time (`dot(row, token)`); `row(k)` is the task's row `k`.
 fn tiled<R: Copy>(
@@ -738,8 +738,8 @@ fn bf16_dot_on(isa: Isa) -> bool {
 /// Whether `prec` makes this product of `t` tokens of `w` run on bf16 activations on `isa`:
 /// a sequence product of 16-bit or int8 weights, on a CPU with AVX-512 BF16. nf4 weights
 /// stay in integers where the CPU has the [`Panel`] kernel: `vpdpbusd` does twice the
-/// products of `vdpbf16ps` (matrices of width 2048: 560 against 400 GFLOP/s), where for
-/// int8, `vpdpwssd` does as many and its panels ran at 340.
+/// products of `vdpbf16ps` (matrices of width 2048: 560-590 against 400 GFLOP/s), where
+/// for int8, `vpdpwssd` does as many and its panels ran at 330-350.
 fn bf16_product(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> bool {
     let integers = matches!(w.data, Data::Nf4(_)) && Panel::runs(isa);
     prec == Precision::Bf16
@@ -782,9 +782,9 @@ pub(crate) fn qrow(w: &Matrix, r: usize) -> QRow<'_> {
 }
 
 /// Rows `rows` of `y [t, out] = x [t, in] . W^T` for an int8 or nf4 `W`, with `x` already
-/// rounded ([`qdot`]): sixteen rows at a time against up to twelve tokens at a time
-/// ([`Panel`]) for four tokens or more where the CPU has the panel kernel, direct dots
-/// otherwise. Both give the same sums.
+/// rounded ([`qdot`]): 32 rows at a time against up to eight tokens at a time ([`Panel`])
+/// for four tokens or more where the CPU has the panel kernel, direct dots otherwise. Both
+/// give the same sums.
 fn matmul_rows_quant(
     isa: Isa,
     w: &Matrix,

@@ -439,7 +439,7 @@ pub const PANEL_TOKENS: usize = 8;
 
 /// Up to 32 rows of an int8 or nf4 matrix packed for the sequence kernel: a vector lane a
 /// row, so that one load of weights meets every token and each `vpdpwssd` (int8) or
-/// `vpdpbusd` (nf4) does 32 or 64 products of a block at once. AVX-512 with BW, VNNI
+/// `vpdpbusd` (nf4) multiplies two or four columns of sixteen rows at once. AVX-512 with BW, VNNI
 /// and VBMI only ([`Panel::runs`]); reused between calls.
 #[derive(Debug, Default)]
 pub struct Panel {
@@ -448,7 +448,6 @@ pub struct Panel {
     /// `[nb, 32]`: the rows' block scales side by side.
     scales: Vec<f32>,
     nb: usize,
-    rows: usize,
     nf4: bool,
 }
 
@@ -477,7 +476,7 @@ impl Panel {
                 "Panel::pack: rows of different formats or widths"
             );
         }
-        (self.nb, self.rows, self.nf4) = (nb, rows.len(), nf4);
+        (self.nb, self.nf4) = (nb, nf4);
         #[cfg(target_arch = "x86_64")]
         {
             self.words
@@ -497,6 +496,7 @@ impl Panel {
             "Panel::multiply: {} tokens",
             x.len()
         );
+        assert!(self.nb > 0, "Panel::multiply before Panel::pack");
         for t in x {
             let codes = if self.nf4 { t.q8.len() } else { t.q16.len() };
             assert!(
@@ -515,8 +515,8 @@ impl Panel {
                 ($($n:literal)*) => {
                     match (x.len(), self.nf4) {
                         (0, _) => {}
-                        // SAFETY: packed, so the CPU has what the kernel needs; the tokens
-                        // hold `nb` blocks (checked above).
+                        // SAFETY: packed (nb > 0), so Panel::pack found what the kernel
+                        // needs on this CPU; the tokens hold `nb` blocks (checked above).
                         $(($n, false) => unsafe {
                             x86::panel_kernel::<$n, false>(w, s, nb, std::array::from_fn(|j| x[j]), out)
                         },
@@ -530,10 +530,7 @@ impl Panel {
             k!(1 2 3 4 5 6 7 8)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!(
-            "Panel::multiply without a panel kernel ({} rows)",
-            self.rows
-        )
+        unreachable!("Panel::multiply without a panel kernel")
     }
 }
 
@@ -797,7 +794,7 @@ mod x86 {
         hsum512(acc)
     }
 
-    // ---- AVX-512 VNNI: sixteen rows against up to twelve tokens ----
+    // ---- AVX-512 VNNI: 32 rows against up to eight tokens ----
 
     /// 32-bit words a block takes in a panel row: int8 pairs of words, nf4 quads of bytes.
     pub const fn panel_words(nf4: bool) -> usize {
