@@ -537,11 +537,15 @@ impl Panel {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #![allow(clippy::missing_safety_doc)]
-    use super::super::simd::x86::{hsum512, transpose16};
+    use super::super::simd::x86::{
+        hsum512, sum_chunk_pairs, sum_chunks, sum_halves, transpose16, I32Lanes,
+    };
     use super::super::simd::{prefetch_ahead, PREFETCH_AHEAD};
     use super::{
         block_scale, q8_index, Act, QRow, QTok, TokenCodes, BLOCK, CLASSES, LANES, NF4_I8, PAIR,
     };
+    use _mm512_castps_si512 as int;
+    use _mm512_castsi512_ps as ps;
     use std::arch::x86_64::*;
 
     /// The 64 nf4 codes of the block at `p` (32 bytes), as signed bytes: weights 0..32 and
@@ -568,47 +572,27 @@ mod x86 {
 
     // ---- AVX-512: sixteen blocks' integer sums at once ----
 
-    /// `[a0 + a2, a1 + a3, b0 + b2, b1 + b3]` in 128-bit chunks: two vectors' halves summed.
+    /// [`sum_halves`] of integer sums.
     #[inline(always)]
-    unsafe fn sum_halves(a: __m512i, b: __m512i) -> __m512i {
-        _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
-        )
+    unsafe fn halves(a: __m512i, b: __m512i) -> __m512i {
+        int(sum_halves::<I32Lanes>(ps(a), ps(b)))
     }
 
-    /// `[a0 + a1, a2 + a3, b0 + b1, b2 + b3]` in 128-bit chunks.
+    /// [`sum_chunk_pairs`] of integer sums.
     #[inline(always)]
-    unsafe fn sum_chunk_pairs(a: __m512i, b: __m512i) -> __m512i {
-        _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
-            _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
-        )
+    unsafe fn chunk_pairs(a: __m512i, b: __m512i) -> __m512i {
+        int(sum_chunk_pairs::<I32Lanes>(ps(a), ps(b)))
     }
 
-    /// Sixteen integer sums whose four partial lanes sit in chunk `c` of `u[k]` (sum
-    /// `4k + c`): lane `r` of the result is sum `r`.
+    /// [`sum_chunks`] of integer sums.
     #[inline(always)]
-    unsafe fn sum_chunks(u: [__m512i; 4]) -> __m512i {
-        use _mm512_castps_si512 as int;
-        use _mm512_castsi512_ps as ps;
-        // lane j of s[k]'s chunk c: two partial lanes of sums 8k + c (j < 2), 8k + 4 + c
-        let mut s = [_mm512_setzero_si512(); 2];
-        for k in 0..2 {
-            let (a, b) = (ps(u[2 * k]), ps(u[2 * k + 1]));
-            s[k] = _mm512_add_epi32(
-                int(_mm512_shuffle_ps::<0x44>(a, b)),
-                int(_mm512_shuffle_ps::<0xEE>(a, b)),
-            );
-        }
-        // lane 4c + m: sum 4m + c; then sum r to lane r
-        let (a, b) = (ps(s[0]), ps(s[1]));
-        let f = _mm512_add_epi32(
-            int(_mm512_shuffle_ps::<0x88>(a, b)),
-            int(_mm512_shuffle_ps::<0xDD>(a, b)),
-        );
-        let idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-        _mm512_permutexvar_epi32(idx, f)
+    unsafe fn chunks(u: [__m512i; 4]) -> __m512i {
+        int(sum_chunks::<I32Lanes>([
+            ps(u[0]),
+            ps(u[1]),
+            ps(u[2]),
+            ps(u[3]),
+        ]))
     }
 
     /// `acc +` the sixteen blocks from `g` (`m` of them; the sums past `m` are zero):
@@ -677,12 +661,12 @@ mod x86 {
                     } else {
                         _mm512_setzero_si512()
                     };
-                    *h = sum_halves(a, c);
+                    *h = halves(a, c);
                 }
             }
-            *u = sum_chunk_pairs(h[0], h[1]);
+            *u = chunk_pairs(h[0], h[1]);
         }
-        sum_chunks(u)
+        chunks(u)
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
@@ -787,9 +771,9 @@ mod x86 {
             }
             let mut u = [_mm512_setzero_si512(); 4];
             for k in 0..4 {
-                u[k] = sum_chunk_pairs(v[2 * k], v[2 * k + 1]);
+                u[k] = chunk_pairs(v[2 * k], v[2 * k + 1]);
             }
-            acc = add_blocks(acc, sum_chunks(u), scales, x.scale, g, m);
+            acc = add_blocks(acc, chunks(u), scales, x.scale, g, m);
         }
         hsum512(acc)
     }
@@ -866,6 +850,8 @@ mod x86 {
     /// other. The classes come in bit-reversed order, so each finished class completes a
     /// subtree of [`super::tree16`] with the ones before it and only four partial sums a
     /// token wait. One broadcast of a token's codes meets two vectors of weights (32 rows).
+    /// The tokens must hold `nb` blocks of codes of the panel's kind ([`super::Panel`]
+    /// checks them).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn panel_kernel<const N: usize, const NF4: bool>(
         words: &[u32],
@@ -876,14 +862,6 @@ mod x86 {
     ) {
         let per = panel_words(NF4);
         assert!(words.len() >= nb * per * 32 && scales.len() >= nb * 32 && out.len() >= N);
-        for t in &x {
-            let codes = if NF4 {
-                t.q8.len() / PAIR * 2
-            } else {
-                t.q16.len() / BLOCK
-            };
-            assert!(t.scale.len() >= nb && codes >= nb && (!NF4 || t.block_corr.len() >= nb));
-        }
         let wp = words.as_ptr() as *const __m512i;
         let mut xq = [std::ptr::null::<u8>(); N];
         for j in 0..N {

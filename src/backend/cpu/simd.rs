@@ -133,40 +133,84 @@ pub mod x86 {
         _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)))
     }
 
-    /// Lane `r` of the result is `hsum512(v[r])`, bit for bit: the same tree for sixteen
-    /// vectors at once, each level adding halves of two vectors' lanes side by side (45
-    /// instructions where sixteen reductions take about 140).
+    /// How the levels of a sixteen-vector reduction ([`sum_halves`], [`sum_chunk_pairs`],
+    /// [`sum_chunks`]) add lanes: as f32 ([`F32Lanes`], the sums of the f32 kernels) or as
+    /// the i32 the same bits hold ([`I32Lanes`], the integer sums of `qdot`).
+    pub(crate) trait Lanes {
+        unsafe fn add(a: __m512, b: __m512) -> __m512;
+    }
+
+    pub(crate) struct F32Lanes;
+    pub(crate) struct I32Lanes;
+
+    impl Lanes for F32Lanes {
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+    }
+
+    impl Lanes for I32Lanes {
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            let (a, b) = (_mm512_castps_si512(a), _mm512_castps_si512(b));
+            _mm512_castsi512_ps(_mm512_add_epi32(a, b))
+        }
+    }
+
+    /// The first level, `i + 8`: `[a0 + a2, a1 + a3, b0 + b2, b1 + b3]` in 128-bit chunks,
+    /// each vector's eight sums side by side.
     #[inline(always)]
-    unsafe fn hsum512x16(v: [__m512; 16]) -> __m512 {
-        // i + 8: rows (2k, 2k+1) -> [2k: 8 sums, 2k+1: 8 sums]
-        let w: [__m512; 8] = std::array::from_fn(|k| {
-            let (a, b) = (v[2 * k], v[2 * k + 1]);
-            let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
-            let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
-            _mm512_add_ps(lo, hi)
-        });
-        // i + 4: rows 4k..4k+4, four sums each, a 128-bit lane a row
-        let u: [__m512; 4] = std::array::from_fn(|k| {
-            let (a, b) = (w[2 * k], w[2 * k + 1]);
-            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
-            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
-            _mm512_add_ps(lo, hi)
-        });
-        // i + 2: lane j of s[k] holds rows 8k + j and 8k + 4 + j, two sums each
-        let s: [__m512; 2] = std::array::from_fn(|k| {
+    pub(crate) unsafe fn sum_halves<L: Lanes>(a: __m512, b: __m512) -> __m512 {
+        let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+        let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+        L::add(lo, hi)
+    }
+
+    /// The second level, `i + 4`: `[a0 + a1, a2 + a3, b0 + b1, b2 + b3]` in 128-bit chunks.
+    #[inline(always)]
+    pub(crate) unsafe fn sum_chunk_pairs<L: Lanes>(a: __m512, b: __m512) -> __m512 {
+        let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+        let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
+        L::add(lo, hi)
+    }
+
+    /// The last levels, `i + 2` and `i + 1`, of sixteen sums whose four partial lanes sit in
+    /// chunk `c` of `u[k]` (sum `4k + c`): lane `r` of the result is sum `r`.
+    #[inline(always)]
+    pub(crate) unsafe fn sum_chunks<L: Lanes>(u: [__m512; 4]) -> __m512 {
+        // lane j of s[k]'s chunk c: sums 8k + c (j < 2) and 8k + 4 + c, two lanes each
+        let mut s = [_mm512_setzero_ps(); 2];
+        for k in 0..2 {
             let (a, b) = (u[2 * k], u[2 * k + 1]);
-            _mm512_add_ps(
+            s[k] = L::add(
                 _mm512_shuffle_ps::<0x44>(a, b),
                 _mm512_shuffle_ps::<0xEE>(a, b),
-            )
-        });
-        // i + 1: lane 4j + m holds row 4m + j; put row r in lane r
-        let f = _mm512_add_ps(
+            );
+        }
+        // lane 4c + m holds sum 4m + c; put sum r in lane r
+        let f = L::add(
             _mm512_shuffle_ps::<0x88>(s[0], s[1]),
             _mm512_shuffle_ps::<0xDD>(s[0], s[1]),
         );
         let idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
         _mm512_permutexvar_ps(idx, f)
+    }
+
+    /// Lane `r` of the result is `hsum512(v[r])`, bit for bit: the same tree for sixteen
+    /// vectors at once, each level adding halves of two vectors' lanes side by side (45
+    /// instructions where sixteen reductions take about 140).
+    #[inline(always)]
+    unsafe fn hsum512x16(v: [__m512; 16]) -> __m512 {
+        let mut w = [_mm512_setzero_ps(); 8];
+        for k in 0..8 {
+            w[k] = sum_halves::<F32Lanes>(v[2 * k], v[2 * k + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 4];
+        for k in 0..4 {
+            u[k] = sum_chunk_pairs::<F32Lanes>(w[2 * k], w[2 * k + 1]);
+        }
+        sum_chunks::<F32Lanes>(u)
     }
 
     /// Sixteen rows of `n` weights (`n` a multiple of 16; row `r` at `w[r * n..]`) against
