@@ -11,7 +11,7 @@ use super::{Backend, MatJob, Precision};
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::{Data, Matrix};
 use half::bf16;
-use qdot::{Act, Panel, QActs, QRow, QTok};
+use qdot::{Act, Panel, QActs, QRow};
 use rayon::prelude::*;
 pub use simd::Isa;
 use std::cell::RefCell;
@@ -807,23 +807,15 @@ fn matmul_rows_quant(
         return;
     }
     with_scratch(&QPANEL, |panel| {
-        let mut sums = [[0.0f32; PANEL_ROWS]; PANEL_TOKENS];
         for r0 in rows.clone().step_by(PANEL_ROWS) {
             let n = (rows.end - r0).min(PANEL_ROWS);
             let stored: [QRow; PANEL_ROWS] = std::array::from_fn(|k| qrow(w, r0 + k.min(n - 1)));
             panel.pack(isa, &stored[..n]);
             for t0 in (0..t).step_by(PANEL_TOKENS) {
                 let nt = (t - t0).min(PANEL_TOKENS);
-                let tokens: [QTok; PANEL_TOKENS] =
-                    std::array::from_fn(|j| x.token(t0 + j.min(nt - 1)));
-                panel.multiply(&tokens[..nt], &mut sums);
-                for (j, s) in sums[..nt].iter().enumerate() {
-                    for (k, &v) in s[..n].iter().enumerate() {
-                        // SAFETY: element (t0 + j, r0 + k) is written by the task owning
-                        // row r0 + k only.
-                        unsafe { y.write((t0 + j) * out + r0 + k, v) };
-                    }
-                }
+                // SAFETY: elements (t0 + j, r0..r0 + n) are written by the task owning
+                // rows r0..r0 + n only.
+                unsafe { panel.multiply(x, t0, nt, |j| y.0.add((t0 + j) * out + r0)) };
             }
         }
     })

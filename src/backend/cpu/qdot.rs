@@ -448,6 +448,8 @@ pub struct Panel {
     /// `[nb, 32]`: the rows' block scales side by side.
     scales: Vec<f32>,
     nb: usize,
+    /// Rows packed.
+    rows: usize,
     nf4: bool,
 }
 
@@ -476,7 +478,7 @@ impl Panel {
                 "Panel::pack: rows of different formats or widths"
             );
         }
-        (self.nb, self.nf4) = (nb, nf4);
+        (self.nb, self.rows, self.nf4) = (nb, rows.len(), nf4);
         #[cfg(target_arch = "x86_64")]
         {
             self.words
@@ -488,41 +490,56 @@ impl Panel {
         }
     }
 
-    /// `out[j][r]` = row `r` dotted with token `x[j]`, for up to [`PANEL_TOKENS`] tokens:
-    /// each equal to [`dot`], bit for bit. Lanes past the packed rows are undefined.
-    pub fn multiply(&self, x: &[QTok], out: &mut [[f32; PANEL_ROWS]]) {
-        assert!(
-            x.len() <= PANEL_TOKENS && out.len() >= x.len(),
-            "Panel::multiply: {} tokens",
-            x.len()
-        );
+    /// Row `r` dotted with token `t0 + j` of `x` into `*y(j).add(r)`, for the packed rows
+    /// and the tokens `t0..t0 + nt` (`nt` at most [`PANEL_TOKENS`]): each equal to [`dot`],
+    /// bit for bit.
+    ///
+    /// # Safety
+    /// `y(j)` points at as many writable f32 as rows were packed, which no other thread
+    /// reads or writes meanwhile.
+    pub unsafe fn multiply(&self, x: &QActs, t0: usize, nt: usize, y: impl Fn(usize) -> *mut f32) {
+        assert!(nt <= PANEL_TOKENS, "Panel::multiply: {nt} tokens");
         assert!(self.nb > 0, "Panel::multiply before Panel::pack");
-        for t in x {
-            let codes = if self.nf4 { t.q8.len() } else { t.q16.len() };
-            assert!(
-                t.scale.len() == self.nb && codes >= self.nb * BLOCK,
-                "Panel::multiply: tokens of another width"
-            );
-            assert!(
-                !self.nf4 || t.block_corr.len() == self.nb,
-                "Panel::multiply: int16 codes for nf4"
-            );
-        }
+        assert!(
+            x.n == self.nb * BLOCK && (x.act == Act::I8) == self.nf4,
+            "Panel::multiply: activations of another width or rounding"
+        );
+        assert!(
+            t0 + nt <= x.scale.len() / self.nb,
+            "Panel::multiply: tokens past the end"
+        );
         #[cfg(target_arch = "x86_64")]
         {
-            let (w, s, nb) = (&self.words[..], &self.scales[..], self.nb);
+            let (w, s, nb, rows) = (&self.words[..], &self.scales[..], self.nb, self.rows);
+            // where token t0 + j's codes, scales and corrections start (read for j < nt only)
+            let per_token = if self.nf4 {
+                nb.div_ceil(2) * PAIR
+            } else {
+                2 * x.n
+            };
+            let codes = if self.nf4 {
+                x.q8.as_ptr() as *const u8
+            } else {
+                x.q16.as_ptr() as *const u8
+            };
+            let tokens = x86::Tokens {
+                codes: std::array::from_fn(|j| codes.wrapping_add((t0 + j) * per_token)),
+                scale: std::array::from_fn(|j| x.scale.as_ptr().wrapping_add((t0 + j) * nb)),
+                corr: std::array::from_fn(|j| x.block_corr.as_ptr().wrapping_add((t0 + j) * nb)),
+            };
             macro_rules! k {
                 ($($n:literal)*) => {
-                    match (x.len(), self.nf4) {
+                    match (nt, self.nf4) {
                         (0, _) => {}
                         // SAFETY: packed (nb > 0), so Panel::pack found what the kernel
-                        // needs on this CPU; the tokens hold `nb` blocks (checked above).
-                        $(($n, false) => unsafe {
-                            x86::panel_kernel::<$n, false>(w, s, nb, std::array::from_fn(|j| x[j]), out)
-                        },
-                        ($n, true) => unsafe {
-                            x86::panel_kernel::<$n, true>(w, s, nb, std::array::from_fn(|j| x[j]), out)
-                        },)*
+                        // needs on this CPU; tokens t0..t0 + nt hold `nb` blocks of the
+                        // panel's codes (checked above); the caller vouches for `y`.
+                        $(($n, false) => x86::panel_kernel::<$n, false>(
+                            w, s, nb, &tokens, std::array::from_fn(&y), rows,
+                        ),
+                        ($n, true) => x86::panel_kernel::<$n, true>(
+                            w, s, nb, &tokens, std::array::from_fn(&y), rows,
+                        ),)*
                         _ => unreachable!(),
                     }
                 };
@@ -530,7 +547,10 @@ impl Panel {
             k!(1 2 3 4 5 6 7 8)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("Panel::multiply without a panel kernel")
+        unreachable!(
+            "Panel::multiply without a panel kernel ({} rows)",
+            self.rows
+        )
     }
 }
 
@@ -538,7 +558,7 @@ impl Panel {
 mod x86 {
     #![allow(clippy::missing_safety_doc)]
     use super::super::simd::x86::{
-        hsum512, sum_chunk_pairs, sum_chunks, sum_halves, transpose16, I32Lanes,
+        hsum512, lane_masks, sum_chunk_pairs, sum_chunks, sum_halves, transpose16, I32Lanes,
     };
     use super::super::simd::{prefetch_ahead, PREFETCH_AHEAD};
     use super::{
@@ -801,11 +821,13 @@ mod x86 {
         assert!(rows.len() <= 32 && words.len() >= nb * per * 32 && scales.len() >= nb * 32);
         let table = nf4_table_u8x4();
         let out = words.as_mut_ptr() as *mut __m512i;
-        for b in 0..nb {
-            for (r, row) in rows.iter().enumerate() {
-                scales[b * 32 + r] = row.scales()[b];
+        scales[..nb * 32].fill(0.0);
+        for (r, row) in rows.iter().enumerate() {
+            for (b, &s) in row.scales().iter().enumerate() {
+                scales[b * 32 + r] = s;
             }
-            scales[b * 32 + rows.len()..(b + 1) * 32].fill(0.0);
+        }
+        for b in 0..nb {
             for rh in 0..rows.len().div_ceil(16) {
                 for half in 0..per / 16 {
                     let mut v = [_mm512_setzero_si512(); 16];
@@ -837,6 +859,14 @@ mod x86 {
         }
     }
 
+    /// Where the tokens of one [`panel_kernel`] call start: their codes (int16, or int8 in
+    /// pair order), block scales and (nf4) block corrections; the first `N` are read.
+    pub struct Tokens {
+        pub codes: [*const u8; super::PANEL_TOKENS],
+        pub scale: [*const f32; super::PANEL_TOKENS],
+        pub corr: [*const i32; super::PANEL_TOKENS],
+    }
+
     /// The class the `k`-th pass of [`panel_kernel`] sums: `k`'s four bits reversed, so
     /// that the classes arrive in pairs of [`super::tree16`]'s tree.
     const fn class_order(k: usize) -> usize {
@@ -850,27 +880,21 @@ mod x86 {
     /// other. The classes come in bit-reversed order, so each finished class completes a
     /// subtree of [`super::tree16`] with the ones before it and only four partial sums a
     /// token wait. One broadcast of a token's codes meets two vectors of weights (32 rows).
-    /// The tokens must hold `nb` blocks of codes of the panel's kind ([`super::Panel`]
-    /// checks them).
+    /// The first `N` of `x` must hold `nb` blocks of codes of the panel's kind
+    /// ([`super::Panel`] checks them); row `r < rows` of token `j` is stored at `y[j] + r`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn panel_kernel<const N: usize, const NF4: bool>(
         words: &[u32],
         scales: &[f32],
         nb: usize,
-        x: [QTok; N],
-        out: &mut [[f32; 32]],
+        x: &Tokens,
+        y: [*mut f32; N],
+        rows: usize,
     ) {
         let per = panel_words(NF4);
-        assert!(words.len() >= nb * per * 32 && scales.len() >= nb * 32 && out.len() >= N);
+        assert!(words.len() >= nb * per * 32 && scales.len() >= nb * 32);
         let wp = words.as_ptr() as *const __m512i;
-        let mut xq = [std::ptr::null::<u8>(); N];
-        for j in 0..N {
-            xq[j] = if NF4 {
-                x[j].q8.as_ptr() as *const u8
-            } else {
-                x[j].q16.as_ptr() as *const u8
-            };
-        }
+        let xq = &x.codes;
         // partial sums of the tree, by level: [token][half]
         let mut tree = [[[_mm512_setzero_ps(); 2]; N]; 4];
         for k in 0..CLASSES {
@@ -879,9 +903,9 @@ mod x86 {
             for b in (c..nb).step_by(CLASSES) {
                 let mut s = [[_mm512_setzero_si512(); 2]; N];
                 if NF4 {
-                    for j in 0..N {
-                        let corr = _mm512_set1_epi32(*x[j].block_corr.get_unchecked(b));
-                        s[j] = [corr, corr];
+                    for (s, corr) in s.iter_mut().zip(x.corr) {
+                        let corr = _mm512_set1_epi32(*corr.add(b));
+                        *s = [corr, corr];
                     }
                 }
                 // the block's codes: nf4 in pair order, words 8..16 64 bytes on
@@ -909,7 +933,7 @@ mod x86 {
                 }
                 let ws = [0, 16].map(|h| _mm512_loadu_ps(scales.as_ptr().add(b * 32 + h)));
                 for j in 0..N {
-                    let xs = _mm512_set1_ps(*x[j].scale.get_unchecked(b));
+                    let xs = _mm512_set1_ps(*x.scale[j].add(b));
                     for h in 0..2 {
                         let p =
                             _mm512_mul_ps(_mm512_cvtepi32_ps(s[j][h]), _mm512_mul_ps(ws[h], xs));
@@ -930,9 +954,10 @@ mod x86 {
             if level < 4 {
                 tree[level] = acc;
             } else {
+                let [m0, m1] = lane_masks(rows);
                 for j in 0..N {
-                    _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j][0]);
-                    _mm512_storeu_ps(out[j].as_mut_ptr().add(16), acc[j][1]);
+                    _mm512_mask_storeu_ps(y[j], m0, acc[j][0]);
+                    _mm512_mask_storeu_ps(y[j].add(16), m1, acc[j][1]);
                 }
             }
         }
@@ -1296,7 +1321,9 @@ mod tests {
                 panel.pack(isa, &stored);
                 let tokens: Vec<QTok> = (0..t).map(|j| acts.token(j)).collect();
                 let mut out = [[f32::NAN; PANEL_ROWS]; PANEL_TOKENS];
-                panel.multiply(&tokens, &mut out);
+                let base = out.as_mut_ptr() as *mut f32;
+                // SAFETY: row j of `out` holds 32 f32, as many as a panel's rows.
+                unsafe { panel.multiply(&acts, 0, t, |j| base.add(j * PANEL_ROWS)) };
                 for (j, got) in out[..t].iter().enumerate() {
                     for (r, &v) in got[..rows].iter().enumerate() {
                         let want = dot(isa, stored[r], tokens[j]);

@@ -468,7 +468,7 @@ pub mod x86 {
 
     /// Masks of the first `n` of 32 lanes, as two halves.
     #[inline(always)]
-    fn lane_masks(n: usize) -> [__mmask16; 2] {
+    pub(crate) fn lane_masks(n: usize) -> [__mmask16; 2] {
         let m = if n >= 32 { u32::MAX } else { (1u32 << n) - 1 };
         [m as __mmask16, (m >> 16) as __mmask16]
     }
