@@ -741,7 +741,7 @@ fn bf16_dot_on(isa: Isa) -> bool {
 /// products of `vdpbf16ps` (matrices of width 2048: 560-590 against 400 GFLOP/s), where
 /// for int8, `vpdpwssd` does as many and its panels ran at 330-350.
 fn bf16_product(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> bool {
-    let integers = matches!(w.data, Data::Nf4(_)) && Panel::runs(isa);
+    let integers = matches!(w.data, Data::Nf4(_)) && Panel::runs(isa, true);
     prec == Precision::Bf16
         && t >= 4
         && !matches!(w.data, Data::F32(_))
@@ -757,7 +757,7 @@ fn panel_rows(isa: Isa, w: &Matrix, t: usize, bh: bool) -> usize {
         return simd::x86::PANEL_ROWS;
     }
     let _ = bh;
-    if t >= 4 && code_unit(w).is_some() && Panel::runs(isa) {
+    if t >= 4 && code_unit(w).is_some() && Panel::runs(isa, matches!(w.data, Data::Nf4(_))) {
         qdot::PANEL_ROWS
     } else {
         1
@@ -795,7 +795,7 @@ fn matmul_rows_quant(
 ) {
     use qdot::{PANEL_ROWS, PANEL_TOKENS};
     let out = w.rows;
-    if t < 4 || !Panel::runs(isa) {
+    if t < 4 || !Panel::runs(isa, matches!(w.data, Data::Nf4(_))) {
         for o in rows {
             prefetch_row(w, o + 2);
             for ti in 0..t {
@@ -1154,7 +1154,8 @@ mod tests {
                     let bh = bf16_product(isa, Precision::Bf16, m, t);
                     assert_eq!(
                         bh,
-                        bf16_products_here() && !(m.dtype() == DType::Nf4 && Panel::runs(isa))
+                        bf16_products_here()
+                            && !(m.dtype() == DType::Nf4 && Panel::runs(isa, true))
                     );
                     if bh {
                         matmul_bf16_scalar(m, &x, t, &mut want);

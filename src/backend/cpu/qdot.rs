@@ -48,7 +48,7 @@
 //!   are 468 and 937 on this machine's two cores; eight tokens a call, since twelve left
 //!   too few registers for the broadcasts (330 and 450).
 //!
-//! Kernels: AVX-512BW (with VNNI and VBMI for nf4 and the panels), AVX2, and the scalar
+//! Kernels: AVX-512BW (with VNNI and VBMI for nf4, and VNNI for the panels), AVX2, and the scalar
 //! twin everywhere else.
 //!
 //! The activations are rounded once a product ([`QActs::quantize`]: vectorised, and in
@@ -439,8 +439,8 @@ pub const PANEL_TOKENS: usize = 8;
 
 /// Up to 32 rows of an int8 or nf4 matrix packed for the sequence kernel: a vector lane a
 /// row, so that one load of weights meets every token and each `vpdpwssd` (int8) or
-/// `vpdpbusd` (nf4) multiplies two or four columns of sixteen rows at once. AVX-512 with BW, VNNI
-/// and VBMI only ([`Panel::runs`]); reused between calls.
+/// `vpdpbusd` (nf4) multiplies two or four columns of sixteen rows at once. AVX-512 with BW
+/// and VNNI only, and VBMI for nf4 ([`Panel::runs`]); reused between calls.
 #[derive(Debug, Default)]
 pub struct Panel {
     /// `[nb, words a block, 32]`: see `x86::pack_panel`.
@@ -454,23 +454,25 @@ pub struct Panel {
 }
 
 impl Panel {
-    /// Whether the panel kernel runs on `isa` on this CPU.
-    pub fn runs(isa: Isa) -> bool {
-        isa == Isa::Avx512 && avx512_features() == (true, true, true)
+    /// Whether the panel kernel runs for int8 (`nf4` false) or nf4 rows on `isa` on this
+    /// CPU: AVX-512 BW and VNNI, and VBMI to unpack nf4.
+    pub fn runs(isa: Isa, nf4: bool) -> bool {
+        let (bw, vnni, vbmi) = avx512_features();
+        isa == Isa::Avx512 && bw && vnni && (vbmi || !nf4)
     }
 
     /// Pack `rows` (1 to 32, of one format and width).
     pub fn pack(&mut self, isa: Isa, rows: &[QRow]) {
-        assert!(
-            Self::runs(isa),
-            "Panel::pack: no panel kernel on {isa:?} here"
-        );
         assert!(
             !rows.is_empty() && rows.len() <= PANEL_ROWS,
             "Panel::pack: {} rows",
             rows.len()
         );
         let nf4 = matches!(rows[0], QRow::Nf4 { .. });
+        assert!(
+            Self::runs(isa, nf4),
+            "Panel::pack: no panel kernel for these rows on {isa:?} here"
+        );
         let nb = rows[0].scales().len();
         for r in rows {
             assert!(
@@ -484,9 +486,15 @@ impl Panel {
             self.words
                 .resize(nb * x86::panel_words(nf4) * PANEL_ROWS, 0);
             self.scales.resize(nb * PANEL_ROWS, 0.0);
-            // SAFETY: AVX-512 BW, VNNI and VBMI were detected (Panel::runs); the buffers
-            // are sized for `nb` blocks.
-            unsafe { x86::pack_panel(rows, &mut self.words, &mut self.scales) };
+            // SAFETY: AVX-512 BW and VNNI, and for nf4 VBMI, were detected (Panel::runs);
+            // the rows are of one format; the buffers are sized for `nb` blocks.
+            unsafe {
+                if nf4 {
+                    x86::pack_nf4_panel(rows, &mut self.words, &mut self.scales)
+                } else {
+                    x86::pack_q8_panel(rows, &mut self.words, &mut self.scales)
+                }
+            };
         }
     }
 
@@ -813,13 +821,18 @@ mod x86 {
     /// `r % 16` of half `r / 16` of word `k` of block `b`: row `r`'s weights `2k, 2k + 1` of
     /// the block as two words (int8) or `4k..4k + 4` as codes plus 128 (nf4)) and `scales
     /// [nb, 32]`; lanes past the rows are zero. Sixteen rows by sixteen words at a time,
-    /// transposed in registers.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    pub unsafe fn pack_panel(rows: &[QRow], words: &mut [u32], scales: &mut [f32]) {
+    /// transposed in registers. int8 rows need AVX-512 BW ([`pack_q8_panel`]), nf4 rows
+    /// VBMI too ([`pack_nf4_panel`]).
+    #[inline(always)]
+    unsafe fn pack_panel<const NF4: bool>(rows: &[QRow], words: &mut [u32], scales: &mut [f32]) {
         let nb = rows[0].scales().len();
-        let per = panel_words(matches!(rows[0], QRow::Nf4 { .. }));
+        let per = panel_words(NF4);
         assert!(rows.len() <= 32 && words.len() >= nb * per * 32 && scales.len() >= nb * 32);
-        let table = nf4_table_u8x4();
+        let table = if NF4 {
+            nf4_table_u8x4()
+        } else {
+            _mm512_setzero_si512()
+        };
         let out = words.as_mut_ptr() as *mut __m512i;
         scales[..nb * 32].fill(0.0);
         for (r, row) in rows.iter().enumerate() {
@@ -833,17 +846,18 @@ mod x86 {
                     let mut v = [_mm512_setzero_si512(); 16];
                     for (v, row) in v.iter_mut().zip(&rows[16 * rh..]) {
                         *v = match row {
-                            QRow::Q8 { qs, .. } => {
-                                let p = qs.as_ptr().add(b * BLOCK + 32 * half) as *const __m256i;
-                                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p))
-                            }
-                            QRow::Nf4 { packed, .. } => {
+                            QRow::Nf4 { packed, .. } if NF4 => {
                                 let p = packed.as_ptr().add(b * BLOCK / 2) as *const __m256i;
                                 let v = _mm512_castsi256_si512(_mm256_loadu_si256(p));
                                 let lo = _mm512_permutexvar_epi8(v, table);
                                 let hi = _mm512_permutexvar_epi8(_mm512_srli_epi16::<4>(v), table);
                                 _mm512_inserti64x4::<1>(lo, _mm512_castsi512_si256(hi))
                             }
+                            QRow::Q8 { qs, .. } if !NF4 => {
+                                let p = qs.as_ptr().add(b * BLOCK + 32 * half) as *const __m256i;
+                                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p))
+                            }
+                            _ => unreachable!("pack_panel: rows of two formats"),
                         };
                     }
                     for (k, t) in transpose16(v).into_iter().enumerate() {
@@ -857,6 +871,18 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// [`pack_panel`] for int8 rows.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn pack_q8_panel(rows: &[QRow], words: &mut [u32], scales: &mut [f32]) {
+        pack_panel::<false>(rows, words, scales)
+    }
+
+    /// [`pack_panel`] for nf4 rows (`vpermb` looks up the codes).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub unsafe fn pack_nf4_panel(rows: &[QRow], words: &mut [u32], scales: &mut [f32]) {
+        pack_panel::<true>(rows, words, scales)
     }
 
     /// Where the tokens of one [`panel_kernel`] call start: their codes (int16, or int8 in
@@ -1299,7 +1325,7 @@ mod tests {
     #[test]
     fn panels_match_the_one_token_kernel() {
         let isa = Isa::detect();
-        if !Panel::runs(isa) {
+        if !Panel::runs(isa, true) {
             eprintln!("no panel kernel on this CPU: nothing to compare");
             return;
         }
