@@ -110,20 +110,15 @@ impl Act {
 }
 
 /// One token's activations rounded to integers: `scale [n / 64]`, and `q16 [n]` or, in
-/// pair order ([`q8_index`]), `q8 [pairs, 128]` with `corr [pairs, 16]` and `block_corr
-/// [n / 64]` (the others empty; `pairs` is `ceil(n / 128)`).
+/// pair order ([`q8_index`]), `q8 [pairs, 128]` with `block_corr [n / 64]` (the others
+/// empty; `pairs` is `ceil(n / 128)`).
 #[derive(Debug, Clone, Copy)]
 pub struct QTok<'a> {
     pub q16: &'a [i16],
     pub q8: &'a [i8],
-    pub corr: &'a [i32],
     pub block_corr: &'a [i32],
     pub scale: &'a [f32],
 }
-
-/// Lanes of the AVX-512 kernels' integer sums: lane `l` sums bytes (nf4) or words (int8)
-/// `4l..4l + 4` of each vector it meets.
-const LANES: usize = 16;
 
 /// Classes of blocks summed apart: block `b` goes to class `b % 16` ([`dot_scalar`]), so
 /// that one token's kernel adds sixteen blocks' sums at once and the sixteen-row kernel
@@ -153,12 +148,9 @@ pub struct QActs {
     /// [`Act::I8`]: `[t, pairs, 128]` in pair order ([`q8_index`]; zeros for the absent
     /// second block of an odd count), `round(x / (absmax / 127))`.
     q8: Vec<i8>,
-    /// [`Act::I8`]: `[t, pairs, 16]`, `-128 *` the sum of lane `l`'s eight codes. `vpdpbusd`
-    /// multiplies unsigned bytes by signed ones, so the kernel reads an nf4 code as
-    /// `code + 128`; starting each pair's sum here cancels the extra `128 * sum(xq)`.
-    corr: Vec<i32>,
-    /// [`Act::I8`]: `[t, n / 64]`, `-128 *` the sum of a block's codes (the sixteen-row
-    /// kernel starts a block's sums there).
+    /// [`Act::I8`]: `[t, n / 64]`, `-128 *` the sum of a block's codes. `vpdpbusd`
+    /// multiplies unsigned bytes by signed ones, so the kernels read an nf4 code as `code +
+    /// 128`; adding this to a block's integer sum cancels the extra `128 * sum(xq)`.
     block_corr: Vec<i32>,
     /// `[t, n / 64]`: the block scale `absmax / max code`, times the weight format's unit.
     scale: Vec<f32>,
@@ -180,8 +172,6 @@ impl QActs {
         self.scale.resize(t * nb, 0.0);
         self.q16.resize(t * q16, 0);
         self.q8.resize(t * q8, 0);
-        self.corr.resize(t * q8 / PAIR * LANES, 0);
-        let c = q8 / PAIR * LANES;
         let bc = if act == Act::I8 { nb } else { 0 };
         self.block_corr.resize(t * bc, 0);
         let one = |x: &[f32], mut out: TokenCodes| {
@@ -201,7 +191,6 @@ impl QActs {
                     scale: &mut self.scale[ti * nb..(ti + 1) * nb],
                     q16: &mut self.q16[ti * q16..(ti + 1) * q16],
                     q8: &mut self.q8[ti * q8..(ti + 1) * q8],
-                    corr: &mut self.corr[ti * c..(ti + 1) * c],
                     block_corr: &mut self.block_corr[ti * bc..(ti + 1) * bc],
                 };
                 one(&x[ti * n..(ti + 1) * n], out);
@@ -213,29 +202,26 @@ impl QActs {
             Act::I16 => tokens
                 .zip(self.q16.par_chunks_mut(n))
                 .for_each(|((x, scale), q16)| {
-                    let (q8, corr, block_corr) = (&mut [][..], &mut [][..], &mut [][..]);
+                    let (q8, block_corr) = (&mut [][..], &mut [][..]);
                     one(
                         x,
                         TokenCodes {
                             scale,
                             q16,
                             q8,
-                            corr,
                             block_corr,
                         },
                     )
                 }),
             Act::I8 => (tokens.zip(self.q8.par_chunks_mut(q8)))
-                .zip(self.corr.par_chunks_mut(c))
                 .zip(self.block_corr.par_chunks_mut(nb))
-                .for_each(|((((x, scale), q8), corr), block_corr)| {
+                .for_each(|(((x, scale), q8), block_corr)| {
                     one(
                         x,
                         TokenCodes {
                             scale,
                             q16: &mut [],
                             q8,
-                            corr,
                             block_corr,
                         },
                     )
@@ -257,7 +243,6 @@ impl QActs {
         QTok {
             q16: &self.q16[span(self.q16.len(), n)],
             q8: &self.q8[span(self.q8.len(), pairs * PAIR)],
-            corr: &self.corr[span(self.corr.len(), pairs * LANES)],
             block_corr: &self.block_corr[span(self.block_corr.len(), nb)],
             scale: &self.scale[ti * nb..(ti + 1) * nb],
         }
@@ -268,12 +253,11 @@ impl QActs {
 const PARALLEL_FROM: usize = 64 * 1024;
 
 /// One token's share of [`QActs`]: `scale [nb]`, and `q16 [n]` or `q8 [pairs, 128]` with
-/// `corr [pairs, 16]` and `block_corr [nb]` (the others empty).
+/// `block_corr [nb]` (the others empty).
 struct TokenCodes<'a> {
     scale: &'a mut [f32],
     q16: &'a mut [i16],
     q8: &'a mut [i8],
-    corr: &'a mut [i32],
     block_corr: &'a mut [i32],
 }
 
@@ -283,18 +267,18 @@ impl TokenCodes<'_> {
             scale: self.scale,
             q16: self.q16,
             q8: self.q8,
-            corr: self.corr,
             block_corr: self.block_corr,
         }
     }
 }
 
-/// `block_corr` from `corr`: block `2p`'s correction is the sum of lanes 0..8 of pair `p`,
-/// block `2p + 1`'s that of lanes 8..16.
+/// `block_corr` from `q8`: block `2p`'s codes are bytes `0..32` and `64..96` of pair `p`,
+/// block `2p + 1`'s bytes `32..64` and `96..128`.
 fn block_corrections(out: TokenCodes) {
     for (b, c) in out.block_corr.iter_mut().enumerate() {
-        let lanes = (b / 2) * LANES + (b % 2) * LANES / 2;
-        *c = out.corr[lanes..lanes + LANES / 2].iter().sum();
+        let at = (b / 2) * PAIR + (b % 2) * 32;
+        let half = |h: usize| out.q8[h..h + 32].iter().map(|&v| v as i32).sum::<i32>();
+        *c = -128 * (half(at) + half(at + BLOCK));
     }
 }
 
@@ -328,24 +312,10 @@ fn quantize_token(x: &[f32], act: Act, unit: f32, out: TokenCodes) {
             }
         }
     }
-    if act == Act::I8 {
-        if x.len() / BLOCK % 2 == 1 {
-            // the absent second block of the last pair multiplies as zeros
-            let nb = x.len() / BLOCK;
-            (0..BLOCK).for_each(|i| out.q8[q8_index(nb, i)] = 0);
-        }
-        // `vpdpbusd` lane `l` of a pair sums bytes `4l..4l + 4` of both its vectors
-        for (c, pair) in out
-            .corr
-            .chunks_exact_mut(LANES)
-            .zip(out.q8.chunks_exact(PAIR))
-        {
-            let (lo, hi) = pair.split_at(PAIR / 2);
-            for (l, c) in c.iter_mut().enumerate() {
-                let lane = lo[4 * l..4 * l + 4].iter().chain(&hi[4 * l..4 * l + 4]);
-                *c = -128 * lane.map(|&v| v as i32).sum::<i32>();
-            }
-        }
+    if act == Act::I8 && x.len() / BLOCK % 2 == 1 {
+        // the absent second block of the last pair multiplies as zeros
+        let nb = x.len() / BLOCK;
+        (0..BLOCK).for_each(|i| out.q8[q8_index(nb, i)] = 0);
     }
 }
 
@@ -569,9 +539,7 @@ mod x86 {
         hsum512, lane_masks, sum_chunk_pairs, sum_chunks, sum_halves, transpose16, I32Lanes,
     };
     use super::super::simd::{prefetch_ahead, PREFETCH_AHEAD};
-    use super::{
-        block_scale, q8_index, Act, QRow, QTok, TokenCodes, BLOCK, CLASSES, LANES, NF4_I8, PAIR,
-    };
+    use super::{block_scale, q8_index, Act, QRow, QTok, TokenCodes, BLOCK, CLASSES, NF4_I8, PAIR};
     use _mm512_castps_si512 as int;
     use _mm512_castsi512_ps as ps;
     use std::arch::x86_64::*;
@@ -758,12 +726,12 @@ mod x86 {
     }
 
     /// Pair `p` of `x` against its weights `w` (codes plus 128, [`nf4_pair`]): block `2p`'s
-    /// integer sums in lanes 0..8, block `2p + 1`'s in lanes 8..16.
+    /// sums in lanes 0..8, block `2p + 1`'s in lanes 8..16, each 128 times its activations
+    /// too high (the block's correction takes that off).
     #[inline(always)]
     unsafe fn nf4_pair_lanes(w: [__m512i; 2], x: QTok, p: usize) -> __m512i {
         let xp = x.q8.as_ptr().add(p * PAIR) as *const __m512i;
-        let corr = _mm512_loadu_si512(x.corr.as_ptr().add(p * LANES) as *const __m512i);
-        let s = _mm512_dpbusd_epi32(corr, w[0], _mm512_loadu_si512(xp));
+        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_loadu_si512(xp));
         _mm512_dpbusd_epi32(s, w[1], _mm512_loadu_si512(xp.add(1)))
     }
 
@@ -779,29 +747,47 @@ mod x86 {
         nf4_pair_lanes(nf4_pair::<HALF>(packed, p, table), x, p)
     }
 
-    /// Eight pairs (sixteen blocks) at a time: a pair's two blocks share a vector, so one
-    /// step fewer reduces them ([`sum_chunk_pairs`], [`sum_chunks`]).
+    /// Blocks `g..g + m` (`g` even, `m` at most sixteen) of an nf4 row against `x`: lane `j`
+    /// is block `g + j`'s integer sum with its correction (zero past `m`). A pair's two
+    /// blocks share a vector, so one step fewer reduces them ([`sum_chunk_pairs`],
+    /// [`sum_chunks`]).
+    #[inline(always)]
+    unsafe fn nf4_group(packed: &[u8], x: QTok, g: usize, m: usize, table: __m512i) -> __m512i {
+        let mut v = [_mm512_setzero_si512(); CLASSES / 2];
+        for (k, v) in v.iter_mut().enumerate() {
+            let p = g / 2 + k;
+            if 2 * k + 1 < m {
+                *v = nf4_dot_pair::<false>(packed, x, p, table);
+            } else if 2 * k < m {
+                *v = nf4_dot_pair::<true>(packed, x, p, table);
+            }
+        }
+        let mut u = [_mm512_setzero_si512(); 4];
+        for (k, u) in u.iter_mut().enumerate() {
+            *u = chunk_pairs(v[2 * k], v[2 * k + 1]);
+        }
+        let mask = (u32::MAX >> (32 - m)) as __mmask16;
+        let corr = _mm512_maskz_loadu_epi32(mask, x.block_corr.as_ptr().add(g));
+        _mm512_add_epi32(chunks(u), corr)
+    }
+
+    /// Sixteen blocks at a time ([`nf4_group`]): whole groups, then the last, shorter one,
+    /// so that the loop over whole ones tests no bounds. The corrections are added once a
+    /// group, to its sixteen sums.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
     pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
         let table = nf4_table_u8x4();
         let nb = scales.len();
         let mut acc = _mm512_setzero_ps();
-        for g in (0..nb).step_by(CLASSES) {
-            let m = (nb - g).min(CLASSES);
-            let mut v = [_mm512_setzero_si512(); CLASSES / 2];
-            for (k, v) in v.iter_mut().enumerate() {
-                let p = g / 2 + k;
-                if 2 * p + 1 < nb {
-                    *v = nf4_dot_pair::<false>(packed, x, p, table);
-                } else if 2 * p < nb {
-                    *v = nf4_dot_pair::<true>(packed, x, p, table);
-                }
-            }
-            let mut u = [_mm512_setzero_si512(); 4];
-            for k in 0..4 {
-                u[k] = chunk_pairs(v[2 * k], v[2 * k + 1]);
-            }
-            acc = add_blocks(acc, chunks(u), scales, x.scale, g, m);
+        let whole = nb / CLASSES * CLASSES;
+        for g in (0..whole).step_by(CLASSES) {
+            let s = nf4_group(packed, x, g, CLASSES, table);
+            acc = add_blocks(acc, s, scales, x.scale, g, CLASSES);
+        }
+        if whole < nb {
+            let m = nb - whole;
+            let s = nf4_group(packed, x, whole, m, table);
+            acc = add_blocks(acc, s, scales, x.scale, whole, m);
         }
         hsum512(acc)
     }
@@ -1025,20 +1011,11 @@ mod x86 {
                 }
             }
         }
-        if act == Act::I8 {
-            if nb % 2 == 1 {
-                let o = out.q8.as_mut_ptr().add(q8_index(nb, 0));
-                _mm256_storeu_si256(o as *mut __m256i, _mm256_setzero_si256());
-                _mm256_storeu_si256(o.add(BLOCK) as *mut __m256i, _mm256_setzero_si256());
-            }
-            let ones = _mm512_set1_epi8(1);
-            for p in 0..nb.div_ceil(2) {
-                let q = out.q8.as_ptr().add(p * PAIR) as *const __m512i;
-                let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(q));
-                let s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(q.add(1)));
-                let o = out.corr.as_mut_ptr().add(p * LANES) as *mut __m512i;
-                _mm512_storeu_si512(o, _mm512_mullo_epi32(s, _mm512_set1_epi32(-128)));
-            }
+        if act == Act::I8 && nb % 2 == 1 {
+            // the absent second block of the last pair multiplies as zeros
+            let o = out.q8.as_mut_ptr().add(q8_index(nb, 0));
+            _mm256_storeu_si256(o as *mut __m256i, _mm256_setzero_si256());
+            _mm256_storeu_si256(o.add(BLOCK) as *mut __m256i, _mm256_setzero_si256());
         }
     }
 
@@ -1186,13 +1163,11 @@ mod tests {
                 }
                 if act == Act::I8 {
                     // n = 192: a whole pair, then block 2 with zeros beside it
-                    assert_eq!((tok.q8.len(), tok.corr.len()), (256, 32));
+                    assert_eq!((tok.q8.len(), tok.block_corr.len()), (256, 3));
                     assert!((0..BLOCK).all(|i| tok.q8[q8_index(3, i)] == 0));
-                    for (l, &c) in tok.corr.iter().enumerate() {
-                        let (p, l) = (l / LANES, l % LANES);
-                        let byte = |k: usize| tok.q8[p * PAIR + k] as i32;
-                        let lane: i32 = (4 * l..4 * l + 4).map(|k| byte(k) + byte(k + 64)).sum();
-                        assert_eq!(c, -128 * lane, "pair {p} lane {l}");
+                    for (b, &c) in tok.block_corr.iter().enumerate() {
+                        let sum: i32 = (0..BLOCK).map(|i| q(b * BLOCK + i)).sum();
+                        assert_eq!(c, -128 * sum, "block {b}");
                     }
                     // pair order: block 0's first half, block 1's, block 0's second half
                     let v = |b: usize, i: usize| q(b * BLOCK + i);
@@ -1216,7 +1191,7 @@ mod tests {
         assert_eq!(a.token(0).q8[q8_index(1, 6)], 127);
         a.quantize(Isa::Portable, &x, n, 1.0, Act::I16);
         assert_eq!(a.token(0).q16[70], i16::MAX);
-        assert!(a.token(1).q8.is_empty() && a.token(1).corr.is_empty());
+        assert!(a.token(1).q8.is_empty() && a.token(1).block_corr.is_empty());
     }
 
     /// The AVX-512 quantizer gives the scalar twin's codes, serial and in parallel (70
@@ -1241,7 +1216,7 @@ mod tests {
                     assert_eq!(got.scale, want.scale, "{isa:?} {act:?} {n}");
                     assert_eq!(got.q16, want.q16, "{isa:?} {act:?} {n}");
                     assert_eq!(got.q8, want.q8, "{isa:?} {act:?} {n}");
-                    assert_eq!(got.corr, want.corr, "{isa:?} {act:?} {n}");
+                    assert_eq!(got.block_corr, want.block_corr, "{isa:?} {act:?} {n}");
                 }
             }
         }
