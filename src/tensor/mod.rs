@@ -6,7 +6,7 @@
 pub mod quant;
 
 use half::{bf16, f16};
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut};
 use std::sync::Arc;
 
 /// Element type of a stored tensor.
@@ -42,7 +42,8 @@ impl DType {
     }
 }
 
-/// A typed, read-only buffer: either a window into a shared memory map (zero copy) or owned.
+/// A typed, read-only buffer: a window into a shared memory map (zero copy), owned, or
+/// owned in fresh pages ([`Buf::pages`]).
 pub enum Buf<T: 'static> {
     Mapped {
         map: Arc<Mmap>,
@@ -51,6 +52,46 @@ pub enum Buf<T: 'static> {
         len: usize,
     },
     Owned(Vec<T>),
+    /// `len` elements at the start of an anonymous mapping.
+    Pages {
+        map: MmapMut,
+        len: usize,
+    },
+}
+
+/// Element types that may live in [`Buf::pages`]: plain numbers, valid for any bits
+/// (zeros included).
+pub trait Plain: Copy + Default + Send + Sync + 'static {}
+impl Plain for i8 {}
+impl Plain for u8 {}
+impl Plain for i16 {}
+impl Plain for i32 {}
+impl Plain for f32 {}
+
+impl<T: Plain> Buf<T> {
+    /// `n` elements written by `fill` (given zeros) into fresh anonymous pages: they start on a
+    /// page, so rows of whole cache lines start on one (a 64-byte load then never straddles
+    /// two lines), and Linux is asked to back them with 2 MiB pages (a token streams every
+    /// quantized weight; huge pages spare it the page walks of 4 KiB ones). The pages are
+    /// untouched until `fill` writes them, so the advice holds, and parallel writers place
+    /// them near their own cores. Owned zeros where no mapping can be made.
+    pub fn pages(n: usize, fill: impl FnOnce(&mut [T])) -> Self {
+        match MmapMut::map_anon((n * std::mem::size_of::<T>()).max(1)) {
+            Ok(mut map) => {
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage); // only a hint
+                                                               // SAFETY: the mapping holds `n` elements of T (zeros, valid for a Plain T) and
+                                                               // starts on a page, which is aligned for T.
+                fill(unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut T, n) });
+                Buf::Pages { map, len: n }
+            }
+            Err(_) => {
+                let mut v = vec![T::default(); n];
+                fill(&mut v);
+                Buf::Owned(v)
+            }
+        }
+    }
 }
 
 impl<T: Copy + 'static> Buf<T> {
@@ -92,6 +133,10 @@ impl<T: 'static> std::ops::Deref for Buf<T> {
                 unsafe { std::slice::from_raw_parts(map.as_ptr().add(*offset) as *const T, *len) }
             }
             Buf::Owned(v) => v,
+            // SAFETY: written as `len` elements of T by `Buf::pages`; only read since.
+            Buf::Pages { map, len } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr() as *const T, *len)
+            },
         }
     }
 }

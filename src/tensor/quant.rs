@@ -171,27 +171,6 @@ fn nf4_body(w: &[f32], packed: &mut [u8], scales: &mut [f32]) {
     }
 }
 
-/// `n` zeros in memory the kernel is asked to back with huge pages (Linux), where it can:
-/// a token streams every quantized weight, and 2 MiB pages spare the page walks of 4 KiB
-/// ones. The zeros come from the allocator untouched (a fresh mapping), so the advice holds
-/// when the quantizing threads first write the pages.
-fn huge_zeroed<T: Copy + Default>(n: usize) -> Vec<T> {
-    let v = vec![T::default(); n];
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = v.as_ptr() as usize;
-        let end = start + n * std::mem::size_of::<T>();
-        let (a, b) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-        if a < b {
-            // SAFETY: advice on whole pages inside the allocation; failure only means
-            // 4 KiB pages.
-            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE) };
-        }
-    }
-    v
-}
-
 /// Quantize `m` (rows in parallel). `m.cols` must be a multiple of [`BLOCK`].
 pub fn quantize(m: &Matrix, q: Quant) -> Matrix {
     assert!(
@@ -204,37 +183,39 @@ pub fn quantize(m: &Matrix, q: Quant) -> Matrix {
     let mut scales = vec![0.0f32; rows * nb];
     let data = match q {
         Quant::Int8 => {
-            let mut qs = huge_zeroed::<i8>(rows * cols);
-            qs.par_chunks_mut(cols)
-                .zip(scales.par_chunks_mut(nb))
-                .enumerate()
-                .for_each_init(
-                    || vec![0.0f32; cols],
-                    |buf, (r, (qr, sr))| {
-                        m.row_f32(r, buf);
-                        quantize_row_q8(isa, buf, qr, sr);
-                    },
-                );
+            let qs = Buf::pages(rows * cols, |qs: &mut [i8]| {
+                qs.par_chunks_mut(cols)
+                    .zip(scales.par_chunks_mut(nb))
+                    .enumerate()
+                    .for_each_init(
+                        || vec![0.0f32; cols],
+                        |buf, (r, (qr, sr))| {
+                            m.row_f32(r, buf);
+                            quantize_row_q8(isa, buf, qr, sr);
+                        },
+                    )
+            });
             Data::Q8(Q8 {
-                qs: Buf::Owned(qs),
+                qs,
                 scales: Buf::Owned(scales),
             })
         }
         Quant::Nf4 => {
-            let mut packed = huge_zeroed::<u8>(rows * cols / 2);
-            packed
-                .par_chunks_mut(cols / 2)
-                .zip(scales.par_chunks_mut(nb))
-                .enumerate()
-                .for_each_init(
-                    || vec![0.0f32; cols],
-                    |buf, (r, (pr, sr))| {
-                        m.row_f32(r, buf);
-                        quantize_row_nf4(isa, buf, pr, sr);
-                    },
-                );
+            let packed = Buf::pages(rows * cols / 2, |packed: &mut [u8]| {
+                packed
+                    .par_chunks_mut(cols / 2)
+                    .zip(scales.par_chunks_mut(nb))
+                    .enumerate()
+                    .for_each_init(
+                        || vec![0.0f32; cols],
+                        |buf, (r, (pr, sr))| {
+                            m.row_f32(r, buf);
+                            quantize_row_nf4(isa, buf, pr, sr);
+                        },
+                    )
+            });
             Data::Nf4(Nf4 {
-                packed: Buf::Owned(packed),
+                packed,
                 scales: Buf::Owned(scales),
             })
         }
@@ -297,6 +278,22 @@ mod tests {
         assert!(want.1.iter().any(|&b| b != 0x77) && want.0.iter().any(|&q| q != 0));
         for isa in Isa::available() {
             assert!(run(isa) == want, "{isa:?}");
+        }
+    }
+
+    /// Quantized rows of whole cache lines start on one, so the kernels' 64-byte loads never
+    /// straddle two lines.
+    #[test]
+    fn quantized_rows_start_on_cache_lines() {
+        let m = ramp(3, 128);
+        let line = |p: *const u8| p as usize % 64;
+        match quantize(&m, Quant::Int8).data {
+            Data::Q8(q) => assert_eq!(line(q.qs.as_ptr() as *const u8), 0),
+            _ => panic!("int8 quantization gave another format"),
+        }
+        match quantize(&m, Quant::Nf4).data {
+            Data::Nf4(q) => assert_eq!(line(q.packed.as_ptr()), 0),
+            _ => panic!("nf4 quantization gave another format"),
         }
     }
 
