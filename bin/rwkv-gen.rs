@@ -4,7 +4,7 @@ mod common;
 
 use rwkv::cli::gen::{Args, Format};
 use rwkv::cli::{self, signal, CliError, Output};
-use rwkv::model::Precision;
+use rwkv::model::{Precision, PROMPT_CHUNK};
 use rwkv::sample::{self, Sampler, StopMatcher};
 use rwkv::state_file::{self, StateFile};
 use rwkv::tokenizer::{Detokenizer, Tokenizer, Utf8Stream};
@@ -12,11 +12,6 @@ use rwkv::{Model, State};
 use serde_json::json;
 use std::io::BufRead;
 use std::time::Instant;
-
-/// Prompt tokens fed per sequence call: bounds the activations' memory. 512 rather than 256
-/// packs the weights for the bf16 products half as often: a 1042-token prompt of the 1.6B
-/// shape took 8.86 s instead of 9.20 (3 paired runs) for 50 MB more resident memory.
-const PROMPT_CHUNK: usize = 512;
 
 fn main() {
     common::main_with("rwkv-gen", run)

@@ -4,14 +4,11 @@ mod common;
 
 use rwkv::cli::state::{Args, Command, Diff, Feed, Import, Info};
 use rwkv::cli::{self, CliError, Output};
-use rwkv::model::{Model, Precision};
+use rwkv::model::{Model, Precision, PROMPT_CHUNK};
 use rwkv::state_file::{self, StateFile};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-
-/// Tokens fed per sequence call.
-const CHUNK: usize = 256;
 
 fn main() {
     common::main_with("rwkv-state", run)
@@ -100,7 +97,7 @@ fn feed(a: &Feed) -> Result<(), CliError> {
     let logits = if ids.is_empty() {
         start.logits
     } else {
-        Some(model.feed(&ids, &mut state, CHUNK)?)
+        Some(model.feed(&ids, &mut state, PROMPT_CHUNK)?)
     };
     state.sync();
     let sf = StateFile {

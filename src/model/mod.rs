@@ -59,6 +59,12 @@ impl Config {
     }
 }
 
+/// Prompt tokens a sequence call takes at most ([`Model::feed`] in `rwkv-gen` and
+/// `rwkv-state`): bounds the activations' memory. 512 rather than 256 packs the weights for
+/// the bf16 products half as often: a 1042-token prompt of the 1.6B shape took 8.86 s
+/// instead of 9.20 (3 paired runs) for 50 MB more resident memory.
+pub const PROMPT_CHUNK: usize = 512;
+
 /// A loaded model, ready to run.
 pub struct Model {
     pub path: PathBuf,
