@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use rwkv::model::{LoadOptions, Quant};
 use rwkv::{Logits, Model};
 
 /// Feed the golden tokens one at a time and in one sequence call; compare everything.
@@ -96,6 +97,43 @@ fn chunked_feeding_equals_one_call() {
         assert_logits_close(&format!("chunk {chunk}"), &got, &whole);
         for (a, b) in st.layers().iter().zip(st2.layers()) {
             assert_logits_close(&format!("chunk {chunk} wkv"), &a.wkv, &b.wkv);
+        }
+    }
+}
+
+/// `Logits::Last` and `Logits::None` compute only the rows of the last layer that the
+/// logits or the state read (its receptance, gate, output and FFN products skip the rest):
+/// the logits and the whole state are exactly those of a call that computes every row, for
+/// stored and quantized weights, and however the sequence ends (1 to 3 tokens are
+/// products of under 4 rows all along).
+#[test]
+fn skipped_rows_change_no_bit() {
+    let text = b"ROMEO:\nWhat light through yonder window breaks?";
+    let all_tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
+    for quant in [None, Some(Quant::Int8), Some(Quant::Nf4)] {
+        let opts = LoadOptions {
+            quant,
+            quant_layers: None,
+        };
+        let m = Model::load_with(&model_path("shakespeare-rwkv6.safetensors"), opts).unwrap();
+        let v = m.cfg.vocab;
+        for n in [1, 2, 3, 5, all_tokens.len()] {
+            let tokens = &all_tokens[..n];
+            let mut all = m.new_state();
+            let every = m.forward(tokens, &mut all, Logits::All).unwrap();
+            let mut last = m.new_state();
+            let got = m.forward(tokens, &mut last, Logits::Last).unwrap();
+            let mut none = m.new_state();
+            assert!(m
+                .forward(tokens, &mut none, Logits::None)
+                .unwrap()
+                .is_empty());
+            assert!(
+                got[..] == every[(n - 1) * v..],
+                "{quant:?}, {n} tokens: logits"
+            );
+            assert!(last == all, "{quant:?}, {n} tokens: state after Last");
+            assert!(none == all, "{quant:?}, {n} tokens: state after None");
         }
     }
 }

@@ -409,9 +409,19 @@ impl Weights {
                     self.emb.row_f32(tok as usize, row);
                 }
                 be.layer_norm(&mut x, &self.ln0_w, &self.ln0_b, LN_EPS);
-                for (layer, st) in self.layers.iter().zip(state.layers_mut().iter_mut()) {
-                    time_mix(be, cfg, layer, &mut x, st, sc);
-                    channel_mix(be, cfg, layer, &mut x, st, sc);
+                let last = self.layers.len() - 1;
+                for (i, (layer, st)) in self.layers.iter().zip(state.layers_mut()).enumerate() {
+                    // Rows of the layer's output that anything reads: every one, but in the
+                    // last layer only the logits' (the state takes every token all the same).
+                    let need = match want {
+                        _ if i < last => t,
+                        Logits::None => 0,
+                        Logits::Last => 1,
+                        Logits::All => t,
+                    };
+                    // the channel mix also reads, through its token shift, the row before
+                    time_mix(be, cfg, layer, &mut x, st, sc, t - (need + 1).min(t));
+                    channel_mix(be, cfg, layer, &mut x, st, sc, t - need);
                 }
                 let rows = match want {
                     Logits::None => &mut x[..0],
@@ -479,7 +489,10 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     })
 }
 
-/// `x [T, D] += Wo (GroupNorm(wkv(r, k, v, w)) * g)`.
+/// `x [T, D] += Wo (GroupNorm(wkv(r, k, v, w)) * g)` for the rows from `from` on (`from <
+/// T`); rows before it stay as they are, though the state takes every token. Skipping them
+/// spares the receptance, gate and output products there.
+#[allow(clippy::too_many_arguments)]
 fn time_mix(
     be: &dyn Backend,
     cfg: &Config,
@@ -487,6 +500,7 @@ fn time_mix(
     x: &mut [f32],
     st: &mut LayerState,
     sc: &mut Scratch,
+    from: usize,
 ) {
     let a = &l.att;
     let d = cfg.n_embd;
@@ -525,41 +539,26 @@ fn time_mix(
         mix(xx, sx, &a.maa[j], &sc.delta[j][..t * d], out);
     }
 
-    // r, k, v, g and the decay LoRA's first factor, in one parallel region.
+    // r, k, v, g and the decay LoRA's first factor, in one parallel region; r and g only
+    // from row `from` (r is zero before it, so the wkv outputs nobody reads stay finite).
     let [xw, xk, xv, xr, xg] = sc.mixed.each_ref().map(|v| &v[..t * d]);
     let [r, k, v, g] = sc.rkvg.each_mut().map(|y| sized(y, t * d));
     let dl = sized(&mut sc.decay_lora, t * a.decay_w1.rows);
-    be.matmuls(
-        t,
-        &mut [
-            MatJob {
-                w: &a.receptance,
-                x: xr,
-                y: r,
-            },
-            MatJob {
-                w: &a.key,
-                x: xk,
-                y: k,
-            },
-            MatJob {
-                w: &a.value,
-                x: xv,
-                y: v,
-            },
-            MatJob {
-                w: &a.gate,
-                x: xg,
-                y: g,
-            },
-            MatJob {
-                w: &a.decay_w1,
-                x: xw,
-                y: dl,
-            },
-        ],
-    );
+    let (r0, r) = r.split_at_mut(from * d);
+    r0.fill(0.0);
+    let (xr, xg, g) = (&xr[from * d..], &xg[from * d..], &mut g[from * d..]);
+    let job = |w, x, y| MatJob { w, x, y };
+    let (k, v) = (job(&a.key, xk, k), job(&a.value, xv, v));
+    let (r, g) = (job(&a.receptance, xr, r), job(&a.gate, xg, g));
+    let dl = job(&a.decay_w1, xw, dl);
+    if from == 0 {
+        be.matmuls(t, &mut [r, k, v, g, dl]);
+    } else {
+        be.matmuls(t, &mut [k, v, dl]);
+        be.matmuls(t - from, &mut [r, g]);
+    }
     let [r, k, v, g] = sc.rkvg.each_mut().map(|y| &mut y[..t * d]);
+    let g = &mut g[from * d..];
     par_map(g, silu);
 
     // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2))
@@ -577,18 +576,21 @@ fn time_mix(
 
     let out = sized(&mut sc.out, t * d);
     be.wkv(cfg.n_head, r, k, v, w, &a.faaaa, &mut st.wkv, out);
+    let out = &mut out[from * d..];
     be.group_norm(out, cfg.n_head, &a.ln_x_w, &a.ln_x_b, GN_EPS);
     par_pieces(out, |i0, p| {
         p.iter_mut().zip(&g[i0..]).for_each(|(o, g)| *o *= g);
     });
-    let y = sized(&mut sc.y, t * d);
-    be.matmul(&a.output, out, t, y);
-    par_pieces(x, |i0, p| {
+    let y = sized(&mut sc.y, (t - from) * d);
+    be.matmul(&a.output, out, t - from, y);
+    par_pieces(&mut x[from * d..], |i0, p| {
         p.iter_mut().zip(&y[i0..]).for_each(|(x, y)| *x += y)
     });
 }
 
-/// `x [T, D] += sigmoid(Wr xr) * (Wv relu(Wk xk)^2)`.
+/// `x [T, D] += sigmoid(Wr xr) * (Wv relu(Wk xk)^2)` for the rows from `from` on (`from <=
+/// T`); rows before it stay as they are (the token shift still reads row `from - 1`, and
+/// the state takes the last row).
 fn channel_mix(
     be: &dyn Backend,
     cfg: &Config,
@@ -596,6 +598,7 @@ fn channel_mix(
     x: &mut [f32],
     st: &mut LayerState,
     sc: &mut Scratch,
+    from: usize,
 ) {
     let f = &l.ffn;
     let d = cfg.n_embd;
@@ -605,14 +608,19 @@ fn channel_mix(
     be.layer_norm(xx, &l.ln2_w, &l.ln2_b, LN_EPS);
     let sx = sized(&mut sc.sx, t * d);
     token_shift(xx, &mut st.ffn_shift, sx);
+    let n = t - from;
+    if n == 0 {
+        return;
+    }
+    let (xx, sx) = (&xx[from * d..], &sx[from * d..]);
     let [xk, xr, ..] = &mut sc.mixed;
-    let (xk, xr) = (sized(xk, t * d), sized(xr, t * d));
+    let (xk, xr) = (sized(xk, n * d), sized(xr, n * d));
     mix(xx, sx, &f.maa_k, &[], xk);
     mix(xx, sx, &f.maa_r, &[], xr);
-    let kk = sized(&mut sc.kk, t * cfg.ffn);
-    let rr = sized(&mut sc.out, t * d);
+    let kk = sized(&mut sc.kk, n * cfg.ffn);
+    let rr = sized(&mut sc.out, n * d);
     be.matmuls(
-        t,
+        n,
         &mut [
             MatJob {
                 w: &f.key,
@@ -627,9 +635,9 @@ fn channel_mix(
         ],
     );
     par_map(kk, |v| v.max(0.0) * v.max(0.0));
-    let vv = sized(&mut sc.y, t * d);
-    be.matmul(&f.value, kk, t, vv);
-    par_pieces(x, |i0, p| {
+    let vv = sized(&mut sc.y, n * d);
+    be.matmul(&f.value, kk, n, vv);
+    par_pieces(&mut x[from * d..], |i0, p| {
         for ((x, r), v) in p.iter_mut().zip(&rr[i0..]).zip(&vv[i0..]) {
             *x += sigmoid(*r) * v;
         }
