@@ -12,7 +12,7 @@
 //! NF4 is the normal-float code book of QLoRA (the 16 quantiles of a standard normal,
 //! scaled to [-1, 1], with an exact 0) on a grid of 1/127, so that a code is an int8 value.
 
-use super::{Buf, Data, Matrix};
+use super::{Buf, Data, Matrix, Plain};
 use crate::backend::cpu::Isa;
 use rayon::prelude::*;
 
@@ -178,49 +178,45 @@ pub fn quantize(m: &Matrix, q: Quant) -> Matrix {
         "quantize: width {} is not a multiple of {BLOCK}",
         m.cols
     );
-    let (rows, cols) = (m.rows, m.cols);
-    let (nb, isa) = (cols / BLOCK, Isa::detect());
-    let mut scales = vec![0.0f32; rows * nb];
+    let (rows, cols, isa) = (m.rows, m.cols, Isa::detect());
     let data = match q {
         Quant::Int8 => {
-            let qs = Buf::pages(rows * cols, |qs: &mut [i8]| {
-                qs.par_chunks_mut(cols)
-                    .zip(scales.par_chunks_mut(nb))
-                    .enumerate()
-                    .for_each_init(
-                        || vec![0.0f32; cols],
-                        |buf, (r, (qr, sr))| {
-                            m.row_f32(r, buf);
-                            quantize_row_q8(isa, buf, qr, sr);
-                        },
-                    )
-            });
-            Data::Q8(Q8 {
-                qs,
-                scales: Buf::Owned(scales),
-            })
+            let (qs, scales) = quantize_rows(m, cols, |x, q, s| quantize_row_q8(isa, x, q, s));
+            Data::Q8(Q8 { qs, scales })
         }
         Quant::Nf4 => {
-            let packed = Buf::pages(rows * cols / 2, |packed: &mut [u8]| {
-                packed
-                    .par_chunks_mut(cols / 2)
-                    .zip(scales.par_chunks_mut(nb))
-                    .enumerate()
-                    .for_each_init(
-                        || vec![0.0f32; cols],
-                        |buf, (r, (pr, sr))| {
-                            m.row_f32(r, buf);
-                            quantize_row_nf4(isa, buf, pr, sr);
-                        },
-                    )
-            });
-            Data::Nf4(Nf4 {
-                packed,
-                scales: Buf::Owned(scales),
-            })
+            let (packed, scales) =
+                quantize_rows(m, cols / 2, |x, p, s| quantize_row_nf4(isa, x, p, s));
+            Data::Nf4(Nf4 { packed, scales })
         }
     };
     Matrix { rows, cols, data }
+}
+
+/// The rows of `m`, each converted to f32 and quantized by `row` (into `width` codes and
+/// `cols / 64` scales), in parallel: the codes `[rows, width]` in fresh pages
+/// ([`Buf::pages`]) and the scales `[rows, cols / 64]`.
+fn quantize_rows<T: Plain>(
+    m: &Matrix,
+    width: usize,
+    row: impl Fn(&[f32], &mut [T], &mut [f32]) + Sync,
+) -> (Buf<T>, Buf<f32>) {
+    let nb = m.cols / BLOCK;
+    let mut scales = vec![0.0f32; m.rows * nb];
+    let codes = Buf::pages(m.rows * width, |codes: &mut [T]| {
+        codes
+            .par_chunks_mut(width)
+            .zip(scales.par_chunks_mut(nb))
+            .enumerate()
+            .for_each_init(
+                || vec![0.0f32; m.cols],
+                |buf, (r, (cr, sr))| {
+                    m.row_f32(r, buf);
+                    row(buf, cr, sr);
+                },
+            )
+    });
+    (codes, Buf::Owned(scales))
 }
 
 /// Row `r` of an int8 matrix, dequantized into `out [cols]`.
