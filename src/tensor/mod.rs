@@ -59,14 +59,22 @@ pub enum Buf<T: 'static> {
     },
 }
 
-/// Element types that may live in [`Buf::pages`]: plain numbers, valid for any bits
-/// (zeros included).
-pub trait Plain: Copy + Default + Send + Sync + 'static {}
-impl Plain for i8 {}
-impl Plain for u8 {}
-impl Plain for i16 {}
-impl Plain for i32 {}
-impl Plain for f32 {}
+/// Plain numbers, valid for any bits (zeros included): the element types of
+/// [`Buf::pages`] and of the kernels' cache-line buffers.
+///
+/// # Safety
+/// Every bit pattern of the type's size must be a valid value.
+pub unsafe trait Plain: Copy + Default + Send + Sync + 'static {}
+// SAFETY: integers and floats take any bits.
+unsafe impl Plain for i8 {}
+// SAFETY: as above.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for i16 {}
+// SAFETY: as above.
+unsafe impl Plain for i32 {}
+// SAFETY: as above.
+unsafe impl Plain for f32 {}
 
 impl<T: Plain> Buf<T> {
     /// `n` elements written by `fill` (given zeros) into fresh anonymous pages: they start on a
@@ -78,10 +86,11 @@ impl<T: Plain> Buf<T> {
     pub fn pages(n: usize, fill: impl FnOnce(&mut [T])) -> Self {
         match MmapMut::map_anon((n * std::mem::size_of::<T>()).max(1)) {
             Ok(mut map) => {
+                // only a hint: the kernel may keep 4 KiB pages
                 #[cfg(target_os = "linux")]
-                let _ = map.advise(memmap2::Advice::HugePage); // only a hint
-                                                               // SAFETY: the mapping holds `n` elements of T (zeros, valid for a Plain T) and
-                                                               // starts on a page, which is aligned for T.
+                let _ = map.advise(memmap2::Advice::HugePage);
+                // SAFETY: the mapping holds `n` elements of T (zeros, valid for a Plain T) and
+                // starts on a page, which is aligned for T.
                 fill(unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut T, n) });
                 Buf::Pages { map, len: n }
             }

@@ -143,7 +143,7 @@ pub fn q8_index(b: usize, i: usize) -> usize {
 /// 64-byte loads of it never straddle two lines. (A `Vec` need not start on one: glibc gave
 /// 16 bytes past one, and one-token int8 and nf4 products ran 7 and 11 % slower in cache.)
 #[derive(Debug, Default)]
-pub struct Lines<T> {
+struct Lines<T> {
     lines: Vec<Line>,
     len: usize,
     _t: std::marker::PhantomData<T>,
