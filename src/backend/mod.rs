@@ -23,11 +23,41 @@ pub enum Precision {
     Bf16,
 }
 
-/// One product of [`Backend::matmuls`]: `W [out, in]`, `x [t, in]` -> `y [t, out]`.
+/// What a product does to its outputs once they are summed, in place:
+/// `f(token, first output, outputs)` on a run of one token's consecutive outputs. The CPU
+/// backend calls it from the task that summed the run, while the run is in that core's
+/// cache, so that the elementwise step after a product runs on every thread at once instead
+/// of on one while the others wait. It must treat each output on its own (an output's value
+/// may depend on its token and index only), so that no split of the rows changes a bit.
+pub type Then<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
+
+/// One product of [`Backend::matmuls`]: `W [out, in]`, `x [t, in]` -> `y [t, out]`, then
+/// `then` over `y` if given.
 pub struct MatJob<'a> {
     pub w: &'a Matrix,
     pub x: &'a [f32],
     pub y: &'a mut [f32],
+    pub then: Option<Then<'a>>,
+}
+
+impl<'a> MatJob<'a> {
+    /// `y = x . W^T`.
+    pub fn new(w: &'a Matrix, x: &'a [f32], y: &'a mut [f32]) -> MatJob<'a> {
+        MatJob {
+            w,
+            x,
+            y,
+            then: None,
+        }
+    }
+
+    /// This product followed by `f` (see [`Then`]).
+    pub fn then(self, f: Then<'a>) -> MatJob<'a> {
+        MatJob {
+            then: Some(f),
+            ..self
+        }
+    }
 }
 
 /// Operations over row-major f32 activations. `t` is the number of tokens (rows).
@@ -36,11 +66,16 @@ pub trait Backend: Send + Sync {
     fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]);
 
     /// Independent products over the same `t` tokens, each exactly as [`Backend::matmul`]
-    /// computes it; a backend may run them together (the CPU backend shares one parallel
+    /// computes it and followed by its [`MatJob::then`]; a backend may run them together (the CPU backend shares one parallel
     /// region between them, which matters when a token takes milliseconds).
     fn matmuls(&self, t: usize, jobs: &mut [MatJob<'_>]) {
         for j in jobs {
             self.matmul(j.w, j.x, t, j.y);
+            if let Some(f) = j.then {
+                for (ti, y) in j.y.chunks_mut(j.w.rows).enumerate() {
+                    f(ti, 0, y);
+                }
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 use super::checkpoint::Checkpoint;
 use super::names::Names;
 use super::Config;
-use crate::backend::{Backend, MatJob};
+use crate::backend::{Backend, MatJob, Then};
 use crate::error::Result;
 use crate::state::{LayerState, State};
 use crate::tensor::quant::{self, Quant};
@@ -345,24 +345,14 @@ fn par_rows(v: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send
         .for_each(|(i, p)| f(i * rows, p));
 }
 
-/// `v = f(v)` elementwise, in parallel pieces.
-fn par_map(v: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
-    par_pieces(v, |_, p| p.iter_mut().for_each(|x| *x = f(*x)));
-}
-
-/// `out[t] = xx[t] + sx[t] * (maa + delta[t])` over `[T, D]`; `delta` may be empty (zero).
-fn mix(xx: &[f32], sx: &[f32], maa: &[f32], delta: &[f32], out: &mut [f32]) {
+/// `out[t] = xx[t] + sx[t] * maa` over `[T, D]`.
+fn mix(xx: &[f32], sx: &[f32], maa: &[f32], out: &mut [f32]) {
     let d = maa.len();
     par_rows(out, d, |r0, p| {
         for (k, o) in p.chunks_mut(d).enumerate() {
             let row = (r0 + k) * d..(r0 + k + 1) * d;
-            let xs = o.iter_mut().zip(&xx[row.clone()]).zip(&sx[row.clone()]);
-            if delta.is_empty() {
-                xs.zip(maa).for_each(|(((o, x), s), m)| *o = x + s * m);
-            } else {
-                let xs = xs.zip(maa).zip(&delta[row]);
-                xs.for_each(|((((o, x), s), m), e)| *o = x + s * (m + e));
-            }
+            let xs = o.iter_mut().zip(&xx[row.clone()]).zip(&sx[row]);
+            xs.zip(maa).for_each(|(((o, x), s), m)| *o = x + s * m);
         }
     });
 }
@@ -451,13 +441,11 @@ struct Scratch {
     xx: Vec<f32>,
     sx: Vec<f32>,
     /// Time mix: the LoRA input `[T, D]` and hidden layer `[T, 5 M]`, split per target
-    /// `[5][T, M]`; the LoRA outputs `[5][T, D]` and the mixed inputs `[5][T, D]` (`w k v r
-    /// g`); `r k v g [4][T, D]`; the decay LoRA `[T, K]` and decay `[T, D]`; the wkv output
-    /// `[T, D]`.
+    /// `[5][T, M]`; the mixed inputs `[5][T, D]` (`w k v r g`); `r k v g [4][T, D]`; the
+    /// decay LoRA `[T, K]` and decay `[T, D]`; the wkv output `[T, D]`.
     xxx: Vec<f32>,
     lora: Vec<f32>,
     part: [Vec<f32>; 5],
-    delta: [Vec<f32>; 5],
     mixed: [Vec<f32>; 5],
     rkvg: [Vec<f32>; 4],
     decay_lora: Vec<f32>,
@@ -514,29 +502,35 @@ fn time_mix(
 
     // Data-dependent mix: m = tanh(xxx @ maa_w1), delta_j = m_j @ maa_w2[j].
     let xxx = sized(&mut sc.xxx, t * d);
-    mix(xx, sx, &a.maa_x, &[], xxx);
+    mix(xx, sx, &a.maa_x, xxx);
     let lora = sized(&mut sc.lora, t * 5 * m);
-    be.matmul(&a.maa_w1, xxx, t, lora);
-    par_map(lora, f32::tanh);
+    let tanh: Then = &|_, _, y| y.iter_mut().for_each(|v| *v = v.tanh());
+    be.matmuls(t, &mut [MatJob::new(&a.maa_w1, xxx, lora).then(tanh)]);
     let part = sc.part.each_mut().map(|p| sized(p, t * m));
     for (j, p) in part.into_iter().enumerate() {
         for (ti, row) in p.chunks_mut(m).enumerate() {
             row.copy_from_slice(&lora[ti * 5 * m + j * m..ti * 5 * m + (j + 1) * m]);
         }
     }
+    // The mixed inputs: each delta becomes `xx + sx * (maa_j + delta)` where it is summed.
+    let (xx, sx) = (&*xx, &*sx);
+    let mixes = a.maa.each_ref().map(|maa| {
+        move |ti: usize, c0: usize, y: &mut [f32]| {
+            let at = ti * d + c0..ti * d + c0 + y.len();
+            let ins = y.iter_mut().zip(&xx[at.clone()]).zip(&sx[at]);
+            ins.zip(&maa[c0..])
+                .for_each(|(((o, x), s), m)| *o = x + s * (m + *o));
+        }
+    });
     {
-        let deltas = sc.delta.each_mut().map(|v| sized(v, t * d));
+        let mixed = sc.mixed.each_mut().map(|v| sized(v, t * d));
         let parts = sc.part.each_ref().map(|p| &p[..t * m]);
-        let mut jobs =
-            (a.maa_w2.iter().zip(parts).zip(deltas)).map(|((w, x), y)| MatJob { w, x, y });
+        let mut jobs = (a.maa_w2.iter().zip(parts).zip(mixed).zip(&mixes))
+            .map(|(((w, x), y), f)| MatJob::new(w, x, y).then(f));
         be.matmuls(
             t,
             &mut std::array::from_fn::<_, 5, _>(|_| jobs.next().unwrap()),
         );
-    }
-    for j in 0..5 {
-        let out = sized(&mut sc.mixed[j], t * d);
-        mix(xx, sx, &a.maa[j], &sc.delta[j][..t * d], out);
     }
 
     // r, k, v, g and the decay LoRA's first factor, in one parallel region; r and g only
@@ -547,10 +541,11 @@ fn time_mix(
     let (r0, r) = r.split_at_mut(from * d);
     r0.fill(0.0);
     let (xr, xg, g) = (&xr[from * d..], &xg[from * d..], &mut g[from * d..]);
-    let job = |w, x, y| MatJob { w, x, y };
-    let (k, v) = (job(&a.key, xk, k), job(&a.value, xv, v));
-    let (r, g) = (job(&a.receptance, xr, r), job(&a.gate, xg, g));
-    let dl = job(&a.decay_w1, xw, dl);
+    let gate_act: Then = &|_, _, y| y.iter_mut().for_each(|v| *v = silu(*v));
+    let (k, v) = (MatJob::new(&a.key, xk, k), MatJob::new(&a.value, xv, v));
+    let r = MatJob::new(&a.receptance, xr, r);
+    let g = MatJob::new(&a.gate, xg, g).then(gate_act);
+    let dl = MatJob::new(&a.decay_w1, xw, dl).then(tanh);
     if from == 0 {
         be.matmuls(t, &mut [r, k, v, g, dl]);
     } else {
@@ -558,21 +553,17 @@ fn time_mix(
         be.matmuls(t - from, &mut [r, g]);
     }
     let [r, k, v, g] = sc.rkvg.each_mut().map(|y| &mut y[..t * d]);
-    let g = &mut g[from * d..];
-    par_map(g, silu);
+    let g = &g[from * d..];
 
     // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2))
-    let dl = &mut sc.decay_lora[..t * a.decay_w1.rows];
-    par_map(dl, f32::tanh);
+    let dl = &sc.decay_lora[..t * a.decay_w1.rows];
     let w = sized(&mut sc.decay, t * d);
-    be.matmul(&a.decay_w2, dl, t, w);
-    par_rows(w, d, |_, p| {
-        for row in p.chunks_mut(d) {
-            for (v, decay) in row.iter_mut().zip(&a.decay) {
-                *v = (-(decay + *v).exp()).exp();
-            }
+    let decay: Then = &|_, c0, y| {
+        for (v, decay) in y.iter_mut().zip(&a.decay[c0..]) {
+            *v = (-(decay + *v).exp()).exp();
         }
-    });
+    };
+    be.matmuls(t, &mut [MatJob::new(&a.decay_w2, dl, w).then(decay)]);
 
     let out = sized(&mut sc.out, t * d);
     be.wkv(cfg.n_head, r, k, v, w, &a.faaaa, &mut st.wkv, out);
@@ -615,31 +606,27 @@ fn channel_mix(
     let (xx, sx) = (&xx[from * d..], &sx[from * d..]);
     let [xk, xr, ..] = &mut sc.mixed;
     let (xk, xr) = (sized(xk, n * d), sized(xr, n * d));
-    mix(xx, sx, &f.maa_k, &[], xk);
-    mix(xx, sx, &f.maa_r, &[], xr);
+    mix(xx, sx, &f.maa_k, xk);
+    mix(xx, sx, &f.maa_r, xr);
     let kk = sized(&mut sc.kk, n * cfg.ffn);
     let rr = sized(&mut sc.out, n * d);
+    let relu2: Then = &|_, _, y| y.iter_mut().for_each(|v| *v = v.max(0.0) * v.max(0.0));
+    let gate_act: Then = &|_, _, y| y.iter_mut().for_each(|v| *v = sigmoid(*v));
     be.matmuls(
         n,
         &mut [
-            MatJob {
-                w: &f.key,
-                x: xk,
-                y: kk,
-            },
-            MatJob {
-                w: &f.receptance,
-                x: xr,
-                y: rr,
-            },
+            MatJob::new(&f.key, xk, kk).then(relu2),
+            MatJob::new(&f.receptance, xr, rr).then(gate_act),
         ],
     );
-    par_map(kk, |v| v.max(0.0) * v.max(0.0));
+    let rr = &*rr;
+    let gate: Then = &|ti, c0, y| {
+        let r = &rr[ti * d + c0..];
+        y.iter_mut().zip(r).for_each(|(v, r)| *v = r * *v);
+    };
     let vv = sized(&mut sc.y, n * d);
-    be.matmul(&f.value, kk, n, vv);
+    be.matmuls(n, &mut [MatJob::new(&f.value, kk, vv).then(gate)]);
     par_pieces(&mut x[from * d..], |i0, p| {
-        for ((x, r), v) in p.iter_mut().zip(&rr[i0..]).zip(&vv[i0..]) {
-            *x += sigmoid(*r) * v;
-        }
+        p.iter_mut().zip(&vv[i0..]).for_each(|(x, v)| *x += v)
     });
 }

@@ -87,6 +87,15 @@ impl SharedMut {
     unsafe fn write(self, i: usize, v: f32) {
         *self.0.add(i) = v;
     }
+
+    /// Elements `i..i + n` as a slice.
+    ///
+    /// # Safety
+    /// They are in bounds and no other thread touches them while the slice lives.
+    #[inline]
+    unsafe fn run<'a>(self, i: usize, n: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(i), n)
+    }
 }
 
 /// `a . b` over `[n]`, eight lanes with a scalar tail.
@@ -834,7 +843,7 @@ fn code_unit(w: &Matrix) -> Option<(f32, Act)> {
 /// [`Backend::matmul`] on a chosen instruction set and precision (tests and benchmarks
 /// compare them).
 pub fn matmul_with(isa: Isa, prec: Precision, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
-    matmuls_with(isa, prec, t, &mut [MatJob { w, x, y }]);
+    matmuls_with(isa, prec, t, &mut [MatJob::new(w, x, y)]);
 }
 
 /// [`Backend::matmuls`] on a chosen instruction set and precision: the row tasks of every
@@ -884,13 +893,20 @@ pub fn matmuls_with(isa: Isa, prec: Precision, t: usize, jobs: &mut [MatJob<'_>]
                     let w = jobs[i].w;
                     let r0 = (task - first_task[i]) * per[i];
                     let rows = r0..(r0 + per[i]).min(w.rows);
-                    #[cfg(target_arch = "x86_64")]
-                    if bh[i] {
-                        return matmul_rows_bh(w, rows, &xbf[i], t, ys[i]);
-                    }
+                    let y = ys[i];
                     match code_unit(w) {
-                        Some(_) => matmul_rows_quant(isa, w, rows, &acts[i], t, ys[i]),
-                        None => matmul_rows(isa, w, rows, jobs[i].x, t, ys[i]),
+                        #[cfg(target_arch = "x86_64")]
+                        _ if bh[i] => matmul_rows_bh(w, rows.clone(), &xbf[i], t, y),
+                        Some(_) => matmul_rows_quant(isa, w, rows.clone(), &acts[i], t, y),
+                        None => matmul_rows(isa, w, rows.clone(), jobs[i].x, t, y),
+                    }
+                    if let Some(f) = jobs[i].then {
+                        for ti in 0..t {
+                            // SAFETY: the outputs (ti, rows) are this task's alone, written
+                            // above, and in bounds (y is [t, out]).
+                            let run = unsafe { y.run(ti * w.rows + rows.start, rows.len()) };
+                            f(ti, rows.start, run);
+                        }
                     }
                 });
         })
@@ -1275,7 +1291,7 @@ mod tests {
                     .iter()
                     .zip(&xs)
                     .zip(ys.iter_mut())
-                    .map(|((w, x), y)| MatJob { w, x, y })
+                    .map(|((w, x), y)| MatJob::new(w, x, y))
                     .collect();
                 matmuls_with(isa, Precision::F32, t, &mut jobs);
                 for ((m, x), y) in ms.iter().zip(&xs).zip(&ys) {
