@@ -60,6 +60,20 @@ impl<'a> MatJob<'a> {
     }
 }
 
+/// The decays `w [t, D]` of [`Backend::wkv`].
+pub enum Decay<'a> {
+    /// Given.
+    Given(&'a [f32]),
+    /// Summed by a product, `w = then(x . W^T)` ([`Then`]), which a backend may run a head's
+    /// channels at a time beside that head's recurrence (the CPU backend does for fewer
+    /// than four tokens, sparing generation a parallel region a layer).
+    Product {
+        w: &'a Matrix,
+        x: &'a [f32],
+        then: Then<'a>,
+    },
+}
+
 /// Operations over row-major f32 activations. `t` is the number of tokens (rows).
 pub trait Backend: Send + Sync {
     /// `W [out, in]`, `x [t, in]` -> `y [t, out]`: `y[t, o] = sum_i W[o, i] x[t, i]`.
@@ -89,7 +103,8 @@ pub trait Backend: Send + Sync {
     /// The RWKV-6 recurrence over `t` tokens, `D = H * S`:
     /// `r, k, v, w [t, D]`, `u [H, S]`, `state [H, S, S]` (`[head, key, value]`, updated),
     /// `out [t, D]`. Per head and token:
-    /// `out[j] = sum_i r[i] (u[i] k[i] v[j] + s[i][j])`, then `s[i][j] = k[i] v[j] + w[i] s[i][j]`.
+    /// `out[j] = sum_i r[i] (u[i] k[i] v[j] + s[i][j])`, then `s[i][j] = k[i] v[j] + w[i] s[i][j]`;
+    /// then `then` over each head's outputs of each token (runs of `S`), if given.
     #[allow(clippy::too_many_arguments)]
     fn wkv(
         &self,
@@ -97,9 +112,10 @@ pub trait Backend: Send + Sync {
         r: &[f32],
         k: &[f32],
         v: &[f32],
-        w: &[f32],
+        w: Decay<'_>,
         u: &[f32],
         state: &mut [f32],
         out: &mut [f32],
+        then: Option<Then<'_>>,
     );
 }

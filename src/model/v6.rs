@@ -8,7 +8,7 @@
 use super::checkpoint::Checkpoint;
 use super::names::Names;
 use super::Config;
-use crate::backend::{Backend, MatJob, Then};
+use crate::backend::{Backend, Decay, MatJob, Then};
 use crate::error::Result;
 use crate::state::{LayerState, State};
 use crate::tensor::quant::{self, Quant};
@@ -442,14 +442,13 @@ struct Scratch {
     sx: Vec<f32>,
     /// Time mix: the LoRA input `[T, D]` and hidden layer `[T, 5 M]`, split per target
     /// `[5][T, M]`; the mixed inputs `[5][T, D]` (`w k v r g`); `r k v g [4][T, D]`; the
-    /// decay LoRA `[T, K]` and decay `[T, D]`; the wkv output `[T, D]`.
+    /// decay LoRA `[T, K]`; the wkv output `[T, D]`.
     xxx: Vec<f32>,
     lora: Vec<f32>,
     part: [Vec<f32>; 5],
     mixed: [Vec<f32>; 5],
     rkvg: [Vec<f32>; 4],
     decay_lora: Vec<f32>,
-    decay: Vec<f32>,
     out: Vec<f32>,
     /// A projection's output `[T, D]`.
     y: Vec<f32>,
@@ -555,23 +554,39 @@ fn time_mix(
     let [r, k, v, g] = sc.rkvg.each_mut().map(|y| &mut y[..t * d]);
     let g = &g[from * d..];
 
-    // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2))
-    let dl = &sc.decay_lora[..t * a.decay_w1.rows];
-    let w = sized(&mut sc.decay, t * d);
+    // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2)), made beside the recurrence;
+    // the recurrence's outputs group-normed and gated per head as they come
     let decay: Then = &|_, c0, y| {
         for (v, decay) in y.iter_mut().zip(&a.decay[c0..]) {
             *v = (-(decay + *v).exp()).exp();
         }
     };
-    be.matmuls(t, &mut [MatJob::new(&a.decay_w2, dl, w).then(decay)]);
-
+    let w = Decay::Product {
+        w: &a.decay_w2,
+        x: &sc.decay_lora[..t * a.decay_w1.rows],
+        then: decay,
+    };
+    let gated: Then = &|ti, c0, o| {
+        if ti >= from {
+            let ch = c0..c0 + o.len();
+            be.group_norm(o, 1, &a.ln_x_w[ch.clone()], &a.ln_x_b[ch], GN_EPS);
+            let g = &g[(ti - from) * d + c0..];
+            o.iter_mut().zip(g).for_each(|(o, g)| *o *= g);
+        }
+    };
     let out = sized(&mut sc.out, t * d);
-    be.wkv(cfg.n_head, r, k, v, w, &a.faaaa, &mut st.wkv, out);
-    let out = &mut out[from * d..];
-    be.group_norm(out, cfg.n_head, &a.ln_x_w, &a.ln_x_b, GN_EPS);
-    par_pieces(out, |i0, p| {
-        p.iter_mut().zip(&g[i0..]).for_each(|(o, g)| *o *= g);
-    });
+    be.wkv(
+        cfg.n_head,
+        r,
+        k,
+        v,
+        w,
+        &a.faaaa,
+        &mut st.wkv,
+        out,
+        Some(gated),
+    );
+    let out = &out[from * d..];
     let y = sized(&mut sc.y, (t - from) * d);
     be.matmul(&a.output, out, t - from, y);
     par_pieces(&mut x[from * d..], |i0, p| {
@@ -622,7 +637,7 @@ fn channel_mix(
     let rr = &*rr;
     let gate: Then = &|ti, c0, y| {
         let r = &rr[ti * d + c0..];
-        y.iter_mut().zip(r).for_each(|(v, r)| *v = r * *v);
+        y.iter_mut().zip(r).for_each(|(v, r)| *v *= r);
     };
     let vv = sized(&mut sc.y, n * d);
     be.matmuls(n, &mut [MatJob::new(&f.value, kk, vv).then(gate)]);

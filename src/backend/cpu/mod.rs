@@ -7,7 +7,7 @@
 pub mod qdot;
 pub mod simd;
 
-use super::{Backend, MatJob, Precision};
+use super::{Backend, Decay, MatJob, Precision, Then};
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::{Data, Matrix};
 use half::bf16;
@@ -25,15 +25,18 @@ pub struct Cpu {
     pub precision: Precision,
 }
 
-/// Rows of `W` one task multiplies: at least 16, large enough to amortise the task, small
-/// enough to balance a 2048-row matrix over many cores. One token: as many rows as make
-/// 8192 weights (the LoRA factors, 32 or 64 wide, take hundreds). Several: as many as make
-/// 128 Ki weights, 512 KiB once converted to f32, so that each block of tokens brought
-/// into L2 meets more rows (64 rows of width 2048 made prompts 8 % faster than 16). Panel
-/// kernels: whole panels of `panel` rows.
-fn rows_per_task(cols: usize, t: usize, panel: usize) -> usize {
+/// Rows of `W [rows, cols]` one task multiplies: at least 16, large enough to amortise the
+/// task, small enough to balance a 2048-row matrix over many cores. One token: as many rows
+/// as make 8192 weights (the LoRA factors, 32 or 64 wide, take hundreds). Several: as many
+/// as make 128 Ki weights, 512 KiB once converted to f32, so that each block of tokens
+/// brought into L2 meets more rows (64 rows of width 2048 made prompts 8 % faster than 16),
+/// but no more than an eighth of the rows: a narrow LoRA factor would otherwise be one task,
+/// and its [`MatJob::then`] (a mix, or the decays' two `exp`s over every token) would run
+/// on one thread. Panel kernels: whole panels of `panel` rows.
+fn rows_per_task(rows: usize, cols: usize, t: usize, panel: usize) -> usize {
     let weights = if t < 4 { 8192 } else { 128 * 1024 };
-    (weights / cols.max(1)).max(16).next_multiple_of(panel)
+    let per = (weights / cols.max(1)).min(rows.div_ceil(8));
+    per.max(16).next_multiple_of(panel)
 }
 
 /// The most products one [`Backend::matmuls`] call runs together.
@@ -53,6 +56,10 @@ thread_local! {
     static XBF: RefCell<Vec<Vec<bf16>>> = RefCell::default();
     /// A panel of weight rows packed for the bf16 kernel ([`Precision::Bf16`]).
     static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The decays of [`wkv_with`]: summed by a product first `[t, D]`, or a head's columns
+    /// of them summed in its own task.
+    static DECAY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static HEAD_DECAY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Rows of an int8 or nf4 matrix packed for the sequence kernel.
     static QPANEL: RefCell<Panel> = RefCell::default();
     /// Rows of a panel as bf16, for weights not stored as bf16.
@@ -858,7 +865,7 @@ pub fn matmuls_with(isa: Isa, prec: Precision, t: usize, jobs: &mut [MatJob<'_>]
         std::array::from_fn(|i| jobs.get(i).is_some_and(|j| bf16_product(isa, prec, j.w, t)));
     let per: [usize; MAX_JOBS] = std::array::from_fn(|i| {
         jobs.get(i).map_or(1, |j| {
-            rows_per_task(j.w.cols, t, panel_rows(isa, j.w, t, bh[i]))
+            rows_per_task(j.w.rows, j.w.cols, t, panel_rows(isa, j.w, t, bh[i]))
         })
     });
     let mut first_task = [0usize; MAX_JOBS + 1];
@@ -1024,52 +1031,112 @@ impl Backend for Cpu {
         r: &[f32],
         k: &[f32],
         v: &[f32],
-        w: &[f32],
+        w: Decay<'_>,
         u: &[f32],
         state: &mut [f32],
         out: &mut [f32],
+        then: Option<Then<'_>>,
     ) {
-        wkv_with(Isa::detect(), heads, r, k, v, w, u, state, out)
+        wkv_with(
+            Isa::detect(),
+            self.precision,
+            heads,
+            r,
+            k,
+            v,
+            w,
+            u,
+            state,
+            out,
+            then,
+        )
     }
 }
 
-/// [`Backend::wkv`] on a chosen instruction set (every one gives the same bits): heads in
-/// parallel.
+/// [`Backend::wkv`] on a chosen instruction set (every one gives the same bits) and
+/// precision (of a decay product over four tokens or more): heads in parallel. A decay
+/// product over fewer tokens runs a head's rows at a time in that head's task: the products
+/// of one token take the same path either way, so the bits are those of a product run
+/// first.
 #[allow(clippy::too_many_arguments)]
 pub fn wkv_with(
     isa: Isa,
+    prec: Precision,
     heads: usize,
     r: &[f32],
     k: &[f32],
     v: &[f32],
-    w: &[f32],
+    w: Decay<'_>,
     u: &[f32],
     state: &mut [f32],
     out: &mut [f32],
+    then: Option<Then<'_>>,
 ) {
     assert!(isa.runs_here(), "{isa:?} is not available on this CPU");
     let d = u.len();
     let s = d / heads;
+    let t = r.len() / d.max(1);
     assert_eq!(state.len(), heads * s * s, "wkv: state is not [H, S, S]");
     assert_eq!(out.len(), r.len(), "wkv: out is not [t, D]");
     let op = SharedMut(out.as_mut_ptr());
-    state.par_chunks_mut(s * s).enumerate().for_each(|(h, st)| {
-        with_scratch(&ROWS, |acc| {
-            acc.resize(s, 0.0);
+    let mut heads_with = |w: &[f32], per_head: Option<(&Matrix, &[f32], Then)>| {
+        state.par_chunks_mut(s * s).enumerate().for_each(|(h, st)| {
             let c0 = h * s;
-            let head = WkvHead {
-                d,
-                c0,
-                s,
-                r,
-                k,
-                v,
-                w,
-                u,
-            };
-            wkv_head(isa, head, st, &mut acc[..s], op)
+            with_scratch(&HEAD_DECAY, |own| {
+                let w = match per_head {
+                    Some((m, x, f)) => {
+                        own.resize(t * d, 0.0);
+                        let y = SharedMut(own.as_mut_ptr());
+                        matmul_rows(isa, m, c0..c0 + s, x, t, y);
+                        for ti in 0..t {
+                            f(ti, c0, &mut own[ti * d + c0..ti * d + c0 + s]);
+                        }
+                        &own[..t * d]
+                    }
+                    None => w,
+                };
+                with_scratch(&ROWS, |acc| {
+                    acc.resize(s, 0.0);
+                    let head = WkvHead {
+                        d,
+                        c0,
+                        s,
+                        r,
+                        k,
+                        v,
+                        w,
+                        u,
+                    };
+                    wkv_head(isa, head, st, &mut acc[..s], op)
+                });
+            });
+            if let Some(f) = then {
+                for ti in 0..t {
+                    // SAFETY: this head alone wrote channels c0..c0 + s of every row.
+                    f(ti, c0, unsafe { op.run(ti * d + c0, s) });
+                }
+            }
         })
-    });
+    };
+    match w {
+        Decay::Given(w) => {
+            assert_eq!(w.len(), r.len(), "wkv: w is not [t, D]");
+            heads_with(w, None)
+        }
+        Decay::Product { w: m, x, then } if t < 4 && code_unit(m).is_none() => {
+            assert_eq!(
+                (m.rows, x.len()),
+                (d, t * m.cols),
+                "wkv: the decay product is not [t, D]"
+            );
+            heads_with(&[], Some((m, x, then)))
+        }
+        Decay::Product { w: m, x, then } => with_scratch(&DECAY, |w| {
+            w.resize(t * d, 0.0);
+            matmuls_with(isa, prec, t, &mut [MatJob::new(m, x, w).then(then)]);
+            heads_with(w, None)
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -1377,7 +1444,20 @@ mod tests {
             for isa in Isa::available() {
                 let mut st_a = st0.clone();
                 let mut oa = vec![0.0; t * d];
-                wkv_with(isa, h, &r, &k, &v, &w, &u, &mut st_a, &mut oa);
+                let w = Decay::Given(&w);
+                wkv_with(
+                    isa,
+                    Precision::F32,
+                    h,
+                    &r,
+                    &k,
+                    &v,
+                    w,
+                    &u,
+                    &mut st_a,
+                    &mut oa,
+                    None,
+                );
                 close(&oa, &ob, 1e-5);
                 close(&st_a, &st_b, 1e-5);
                 // every instruction set gives the same bits
@@ -1385,6 +1465,86 @@ mod tests {
                     None => first = Some((oa, st_a)),
                     Some((o, st)) => assert!(o == &oa && st == &st_a, "{isa:?}"),
                 }
+            }
+        }
+    }
+
+    /// A decay product made a head at a time beside the recurrence (under four tokens) or
+    /// first (four or more) gives the bits of the product run first, and `then` sees each
+    /// head's outputs of each token once.
+    #[test]
+    fn decay_products_beside_the_recurrence_match_products_first() {
+        let decay: Then = &|_, c0, y| {
+            for (i, v) in y.iter_mut().enumerate() {
+                *v = (-(0.1 * (c0 + i) as f32 + *v).exp()).exp();
+            }
+        };
+        let mark: Then = &|ti, c0, o| o.iter_mut().for_each(|v| *v = *v * 3.0 + (ti + c0) as f32);
+        for (h, s, k, t) in [
+            (2, 64, 32, 1),
+            (4, 16, 64, 2),
+            (2, 64, 40, 3),
+            (3, 16, 32, 5),
+        ] {
+            let d = h * s;
+            let (r, kk, v) = (vals(t * d, 8), vals(t * d, 9), vals(t * d, 10));
+            let u = vals(d, 12);
+            let st0 = vals(h * s * s, 13);
+            let x = vals(t * k, 14);
+            let [f, _, b] = mats(d, k, 15);
+            let each = [&f, &b].map(|m| Isa::available().into_iter().map(move |i| (m, i)));
+            for (m, isa) in each.into_iter().flatten() {
+                let mut w = vec![0.0; t * d];
+                matmuls_with(
+                    isa,
+                    Precision::F32,
+                    t,
+                    &mut [MatJob::new(m, &x, &mut w).then(decay)],
+                );
+                let (mut st_a, mut oa) = (st0.clone(), vec![0.0; t * d]);
+                let given = Decay::Given(&w);
+                wkv_with(
+                    isa,
+                    Precision::F32,
+                    h,
+                    &r,
+                    &kk,
+                    &v,
+                    given,
+                    &u,
+                    &mut st_a,
+                    &mut oa,
+                    None,
+                );
+                for (ti, row) in oa.chunks_mut(d).enumerate() {
+                    for (hi, o) in row.chunks_mut(s).enumerate() {
+                        mark(ti, hi * s, o);
+                    }
+                }
+                let (mut st_b, mut ob) = (st0.clone(), vec![0.0; t * d]);
+                let made = Decay::Product {
+                    w: m,
+                    x: &x,
+                    then: decay,
+                };
+                wkv_with(
+                    isa,
+                    Precision::F32,
+                    h,
+                    &r,
+                    &kk,
+                    &v,
+                    made,
+                    &u,
+                    &mut st_b,
+                    &mut ob,
+                    Some(mark),
+                );
+                assert!(
+                    oa == ob && st_a == st_b,
+                    "{isa:?} {:?} h={h} s={s} t={t}",
+                    m.dtype()
+                );
             }
         }
     }
