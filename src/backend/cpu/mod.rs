@@ -782,18 +782,23 @@ fn panel_rows(isa: Isa, w: &Matrix, t: usize, bh: bool) -> usize {
 
 /// Stored row `r` of an int8 or nf4 matrix.
 pub(crate) fn qrow(w: &Matrix, r: usize) -> QRow<'_> {
+    qrows(w, r..r + 1)
+}
+
+/// Stored rows `rows` of an int8 or nf4 matrix, one after another.
+pub(crate) fn qrows(w: &Matrix, rows: std::ops::Range<usize>) -> QRow<'_> {
     let nb = w.cols / BLOCK;
-    let scales = r * nb..(r + 1) * nb;
+    let scales = rows.start * nb..rows.end * nb;
     match &w.data {
         Data::Q8(q) => QRow::Q8 {
-            qs: &q.qs[r * w.cols..(r + 1) * w.cols],
+            qs: &q.qs[rows.start * w.cols..rows.end * w.cols],
             scales: &q.scales[scales],
         },
         Data::Nf4(q) => QRow::Nf4 {
-            packed: &q.packed[r * w.cols / 2..(r + 1) * w.cols / 2],
+            packed: &q.packed[rows.start * w.cols / 2..rows.end * w.cols / 2],
             scales: &q.scales[scales],
         },
-        _ => unreachable!("qrow: {:?} is not quantized", w.dtype()),
+        _ => unreachable!("qrows: {:?} is not quantized", w.dtype()),
     }
 }
 
@@ -812,13 +817,10 @@ fn matmul_rows_quant(
     use qdot::{PANEL_ROWS, PANEL_TOKENS};
     let out = w.rows;
     if t < 4 || !Panel::runs(isa, matches!(w.data, Data::Nf4(_))) {
-        for o in rows {
-            prefetch_row(w, o + 2);
-            for ti in 0..t {
-                let v = qdot::dot(isa, qrow(w, o), x.token(ti));
-                // SAFETY: element (ti, o) is written by the task owning row o only.
-                unsafe { y.write(ti * out + o, v) };
-            }
+        for ti in 0..t {
+            // SAFETY: elements (ti, rows) are written by the task owning the rows only.
+            let run = unsafe { y.run(ti * out + rows.start, rows.len()) };
+            qdot::dots(isa, qrows(w, rows.clone()), x.token(ti), run);
         }
         return;
     }

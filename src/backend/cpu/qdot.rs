@@ -69,7 +69,22 @@ pub enum QRow<'a> {
     Nf4 { packed: &'a [u8], scales: &'a [f32] },
 }
 
-impl QRow<'_> {
+impl<'a> QRow<'a> {
+    /// Row `k` of `n` rows stored one after another in `self`.
+    pub fn row(self, k: usize, n: usize) -> QRow<'a> {
+        let part = |len: usize| k * len / n..(k + 1) * len / n;
+        match self {
+            QRow::Q8 { qs, scales } => QRow::Q8 {
+                qs: &qs[part(qs.len())],
+                scales: &scales[part(scales.len())],
+            },
+            QRow::Nf4 { packed, scales } => QRow::Nf4 {
+                packed: &packed[part(packed.len())],
+                scales: &scales[part(scales.len())],
+            },
+        }
+    }
+
     fn scales(&self) -> &[f32] {
         match self {
             QRow::Q8 { scales, .. } | QRow::Nf4 { scales, .. } => scales,
@@ -448,6 +463,28 @@ pub fn dot(isa: Isa, w: QRow, x: QTok) -> f32 {
     dot_scalar(w, x)
 }
 
+/// `out[k] = dot(isa, row k, x)` for the `n = out.len()` rows stored one after another in
+/// `rows` ([`QRow::row`]), each the bits [`dot`] gives it: one call for a task's rows, so
+/// that generation spends nothing a row on dispatch (the AVX-512 kernels loop inside).
+pub fn dots(isa: Isa, rows: QRow, x: QTok, out: &mut [f32]) {
+    let n = out.len();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && avx512(&rows) {
+        use x86::*;
+        // SAFETY: `isa` was detected on this CPU and the AVX-512 extensions are checked.
+        unsafe {
+            match rows {
+                QRow::Q8 { qs, scales } => dots_q8_avx512(qs, scales, x, out),
+                QRow::Nf4 { packed, scales } => dots_nf4_vnni(packed, scales, x, out),
+            }
+        }
+        return;
+    }
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = dot(isa, rows.row(k, n), x);
+    }
+}
+
 /// Rows a [`Panel`] holds at most.
 pub const PANEL_ROWS: usize = 32;
 
@@ -735,6 +772,20 @@ mod x86 {
         hsum512(acc)
     }
 
+    /// [`dot_q8_avx512`] over `out.len()` rows stored one after another in `qs` and
+    /// `scales`, each row's start asked for into L1 two rows ahead.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn dots_q8_avx512(qs: &[i8], scales: &[f32], x: QTok, out: &mut [f32]) {
+        let nb = scales.len() / out.len().max(1);
+        let n = nb * BLOCK;
+        assert_eq!(qs.len(), out.len() * n, "dots: rows and outputs disagree");
+        for (k, o) in out.iter_mut().enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().wrapping_add((k + 2) * n));
+            let row = qs.get_unchecked(k * n..(k + 1) * n);
+            *o = dot_q8_avx512(row, scales.get_unchecked(k * nb..(k + 1) * nb), x);
+        }
+    }
+
     // ---- AVX-512, nf4 weights and int8 activations: a pair of blocks at a time ----
 
     /// [`NF4_I8`] plus 128 (as unsigned bytes, for `vpdpbusd`) four times over, for
@@ -824,7 +875,33 @@ mod x86 {
     /// group, to its sixteen sums.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
     pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
+        nf4_row_vnni(packed, scales, x, nf4_table_u8x4())
+    }
+
+    /// [`dot_nf4_vnni`] over `out.len()` rows stored one after another in `packed` and
+    /// `scales`, the table loaded once, each row's start asked for into L1 two rows ahead
+    /// (without that, generation lost two points of the bandwidth limit).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    pub unsafe fn dots_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok, out: &mut [f32]) {
         let table = nf4_table_u8x4();
+        let nb = scales.len() / out.len().max(1);
+        let bytes = nb * BLOCK / 2;
+        assert_eq!(
+            packed.len(),
+            out.len() * bytes,
+            "dots: rows and outputs disagree"
+        );
+        for (k, o) in out.iter_mut().enumerate() {
+            let ahead = packed.as_ptr().wrapping_add((k + 2) * bytes) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            let row = packed.get_unchecked(k * bytes..(k + 1) * bytes);
+            *o = nf4_row_vnni(row, scales.get_unchecked(k * nb..(k + 1) * nb), x, table);
+        }
+    }
+
+    /// The body of [`dot_nf4_vnni`].
+    #[inline(always)]
+    unsafe fn nf4_row_vnni(packed: &[u8], scales: &[f32], x: QTok, table: __m512i) -> f32 {
         let nb = scales.len();
         let mut acc = _mm512_setzero_ps();
         let whole = nb / CLASSES * CLASSES;
@@ -1320,10 +1397,10 @@ mod tests {
     }
 
     /// Every kernel against the scalar twin, bit for bit, including the extreme codes
-    /// ([`case`]) and block counts
-    /// that end a class early (3, 17 and 33 blocks); and the scalar twin against the product
-    /// of the dequantized weights: apart from f32 rounding, it differs by the activations'
-    /// rounding, at most half a step (`absmax / max code`) times each `|w|`.
+    /// ([`case`]) and block counts that end a class early (3, 17 and 33 blocks), one row at
+    /// a time ([`dot`]) and all of them in one call ([`dots`]); and the scalar twin against
+    /// the product of the dequantized weights: apart from f32 rounding, it differs by the
+    /// activations' rounding, at most half a step (`absmax / max code`) times each `|w|`.
     #[test]
     fn kernels_match_the_scalar_twin() {
         for (rows, n) in [
@@ -1340,6 +1417,21 @@ mod tests {
                 let mut acts = QActs::default();
                 acts.quantize(Isa::Portable, &xv, n, unit, act);
                 let deq = m.to_f32();
+                for ti in 0..4 {
+                    let want: Vec<f32> = (0..rows)
+                        .map(|r| dot_scalar(row(&m, r), acts.token(ti)))
+                        .collect();
+                    for isa in Isa::available() {
+                        let mut got = vec![f32::NAN; rows];
+                        dots(
+                            isa,
+                            super::super::qrows(&m, 0..rows),
+                            acts.token(ti),
+                            &mut got,
+                        );
+                        assert_eq!(got, want, "dots: {q:?} {isa:?} {n} {ti}");
+                    }
+                }
                 for r in 0..rows {
                     for ti in 0..4 {
                         let want = dot_scalar(row(&m, r), acts.token(ti));
