@@ -35,7 +35,7 @@ complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s m -l mode
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l threads -d 'Worker threads [default: all cores]' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant -d 'Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay as stored)' -r -f -a "int8\t'8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)'
-nf4\t'4-bit normal float, blocks of 64 with an f32 scale (0.5625 bytes per weight)'"
+nf4\t'4-bit normal float, blocks of 64 with a bf16 scale (0.53125 bytes per weight)'"
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant-layers -d 'Quantize only the first N layers' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l save-quantized -d 'Write the model quantized to PATH (once), then run from it; later runs load PATH directly, without --quant' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l precision -d 'Activations of the products over many tokens (prompts, scoring): bf16 multiplies twice as fast on CPUs with AVX-512 BF16 (f32 elsewhere and on OpenCL) and makes the numbers depend on how text is split into chunks; f32 gives exact products. Generation is f32 either way [default: bf16 for rwkv-gen; f32 for rwkv-score and rwkv-state, whose numbers and states are kept]' -r -f -a "bf16\t'Activations rounded to bf16, `vdpbf16ps` products'

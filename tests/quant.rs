@@ -42,7 +42,7 @@ fn quantized_models_are_smaller_and_the_vectors_untouched() {
     assert_eq!(plain.fingerprint(), q.fingerprint());
     let bytes = |m: &Model| m.weights.layers[0].att.key.byte_len();
     assert_eq!(bytes(&plain), 256 * 256 * 2);
-    assert_eq!(bytes(&q), 256 * 256 / 2 + 256 * 256 / 64 * 4);
+    assert_eq!(bytes(&q), 256 * 256 / 2 + 256 * 256 / 64 * 2);
     assert_eq!(q.weights.head.dtype(), rwkv::tensor::DType::Nf4);
     assert_eq!(q.weights.emb.dtype(), rwkv::tensor::DType::BF16);
     let first_only = Model::load_with(
@@ -88,6 +88,66 @@ fn a_saved_quantized_model_loads_to_the_same_logits() {
             );
         }
     }
+}
+
+/// nf4 files keep bf16 scales; files from before them, with f32 scales, still load, to the
+/// same logits (the scales of a bf16 model are bf16 values either way).
+#[test]
+fn nf4_files_with_f32_scales_still_load() {
+    let dir = temp_dir("quant-f32-scales");
+    let g = golden("shakespeare-rwkv6");
+    let new = dir.join("new.st");
+    quantize_file(
+        &model_path("shakespeare-rwkv6.safetensors"),
+        &new,
+        Quant::Nf4,
+        None,
+    )
+    .unwrap();
+    let bytes = std::fs::read(&new).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut entries: Vec<(&String, &serde_json::Value)> = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .collect();
+    entries.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap());
+    let (mut old_header, mut old_data) = (serde_json::Map::new(), Vec::new());
+    old_header.insert("__metadata__".into(), header["__metadata__"].clone());
+    let mut scales = 0;
+    for (name, v) in entries {
+        let [a, b] = [0, 1].map(|i| v["data_offsets"][i].as_u64().unwrap() as usize);
+        let mut t = v.clone();
+        let start = old_data.len();
+        if name.ends_with(".scales") {
+            assert_eq!(v["dtype"], "BF16", "{name}");
+            for h in data[a..b].chunks(2) {
+                let bits = (u16::from_le_bytes([h[0], h[1]]) as u32) << 16;
+                old_data.extend_from_slice(&bits.to_le_bytes());
+            }
+            t["dtype"] = "F32".into();
+            scales += 1;
+        } else {
+            old_data.extend_from_slice(&data[a..b]);
+        }
+        t["data_offsets"] = serde_json::json!([start, old_data.len()]);
+        old_header.insert(name.clone(), t);
+    }
+    assert!(scales > 0);
+    let h = serde_json::to_vec(&old_header).unwrap();
+    let mut file = (h.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&h);
+    file.extend_from_slice(&old_data);
+    let old = dir.join("old.st");
+    std::fs::write(&old, file).unwrap();
+    let logits = |path: &std::path::Path| {
+        let m = Model::load(path).unwrap();
+        let mut st = m.new_state();
+        m.forward(&g.tokens, &mut st, Logits::Last).unwrap()
+    };
+    assert_eq!(logits(&old), logits(&new));
 }
 
 #[test]

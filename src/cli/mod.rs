@@ -85,7 +85,7 @@ pub struct ModelArgs {
 pub enum QuantArg {
     /// 8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)
     Int8,
-    /// 4-bit normal float, blocks of 64 with an f32 scale (0.5625 bytes per weight)
+    /// 4-bit normal float, blocks of 64 with a bf16 scale (0.53125 bytes per weight)
     Nf4,
 }
 

@@ -142,9 +142,15 @@ impl Checkpoint {
         let q = self.get(&qname)?;
         let sc = self.get(&sname)?;
         let sshape = vec![rows, cols / quant::BLOCK];
+        // int8 scales are f32; nf4 scales bf16, or f32 in files from before bf16 scales
+        let (stype, ssize) = match (qtype, sc.dtype.as_str()) {
+            ("U8", "F32") => ("F32", 4),
+            ("U8", _) => ("BF16", 2),
+            _ => ("F32", 4),
+        };
         for (n, t, want, ty, es) in [
             (&qname, q, &qshape, qtype, 1),
-            (&sname, sc, &sshape, "F32", 4),
+            (&sname, sc, &sshape, stype, ssize),
         ] {
             if t.shape != *want || t.dtype != ty || t.len != t.numel() * es || !quant::fits(cols) {
                 return Err(Error::Shape {
@@ -155,13 +161,18 @@ impl Checkpoint {
                 });
             }
         }
-        let scales = Buf::<f32>::from_map(&self.map, sc.offset, sc.numel());
+        let f32_scales = || Buf::<f32>::from_map(&self.map, sc.offset, sc.numel());
         let data = if qtype == "I8" {
             Data::Q8(quant::Q8 {
                 qs: Buf::<i8>::from_map(&self.map, q.offset, q.numel()),
-                scales,
+                scales: f32_scales(),
             })
         } else {
+            let scales = if stype == "F32" {
+                Buf::Owned(f32_scales().iter().map(|&s| bf16::from_f32(s)).collect())
+            } else {
+                Buf::<bf16>::from_map(&self.map, sc.offset, sc.numel())
+            };
             Data::Nf4(quant::Nf4 {
                 packed: Buf::<u8>::from_map(&self.map, q.offset, q.numel()),
                 scales,

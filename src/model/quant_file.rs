@@ -1,9 +1,10 @@
 //! Save a model quantized, so that a large model is quantized once and later runs map it
 //! instantly. The output is safetensors: every tensor of the source under its stored name
 //! and dtype, except the quantized matrices, each replaced by `NAME.q8` (I8 `[rows, cols]`)
-//! or `NAME.nf4` (U8 `[rows, cols / 2]`, low nibble first) and `NAME.scales` (F32
-//! `[rows, cols / 64]`). The file is written one tensor at a time to a temporary file, then
-//! renamed.
+//! or `NAME.nf4` (U8 `[rows, cols / 2]`, low nibble first) and `NAME.scales` (`[rows, cols
+//! / 64]`: F32 for int8, BF16 for nf4; nf4 files written before bf16 scales have F32 ones,
+//! which load rounded to bf16). The file is written one tensor at a time to a temporary
+//! file, then renamed.
 
 use super::checkpoint::Checkpoint;
 use super::names::{canonical, check_version, Names};
@@ -61,9 +62,9 @@ pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) ->
         if float && t.shape.len() == 2 && quant::fits(t.shape[1]) && v6::quantizable(&canon, layers)
         {
             let (r, c) = (t.shape[0], t.shape[1]);
-            let (suffix, qt, qshape) = match q {
-                Quant::Int8 => ("q8", "I8", vec![r, c]),
-                Quant::Nf4 => ("nf4", "U8", vec![r, c / 2]),
+            let (suffix, qt, qshape, st) = match q {
+                Quant::Int8 => ("q8", "I8", vec![r, c], "F32"),
+                Quant::Nf4 => ("nf4", "U8", vec![r, c / 2], "BF16"),
             };
             entries.push(Entry {
                 name: format!("{stored}.{suffix}"),
@@ -75,9 +76,9 @@ pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) ->
             });
             entries.push(Entry {
                 name: format!("{stored}.scales"),
-                dtype: "F32",
+                dtype: st,
                 shape: vec![r, c / quant::BLOCK],
-                bytes: r * c / quant::BLOCK * 4,
+                bytes: r * c / quant::BLOCK * if st == "F32" { 4 } else { 2 },
                 source: stored.clone(),
                 part: Part::Scales,
             });
@@ -131,17 +132,20 @@ pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) ->
                     let m = ck.matrix(&e.source, &t.shape)?;
                     let qm = quant::quantize(&m, q);
                     ck.release(&e.source);
-                    let (values, scales): (&[u8], &[f32]) = match &qm.data {
+                    let (values, scales): (&[u8], Vec<u8>) = match &qm.data {
                         // SAFETY: i8 and u8 have the same size and any bit pattern.
                         Data::Q8(x) => (
                             unsafe { &*(&x.qs[..] as *const [i8] as *const [u8]) },
-                            &x.scales,
+                            x.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
                         ),
-                        Data::Nf4(x) => (&x.packed, &x.scales),
+                        Data::Nf4(x) => (
+                            &x.packed,
+                            x.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                        ),
                         _ => unreachable!("quantize gives a quantized matrix"),
                     };
                     w.write_all(values).map_err(io)?;
-                    pending_scales = Some(scales.iter().flat_map(|s| s.to_le_bytes()).collect());
+                    pending_scales = Some(scales);
                 }
                 Part::Scales => {
                     let s = pending_scales.take().expect("scales follow their values");

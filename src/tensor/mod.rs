@@ -183,7 +183,7 @@ impl Matrix {
         let n = self.rows * self.cols;
         match &self.data {
             Data::Q8(_) => n + n / quant::BLOCK * 4,
-            Data::Nf4(_) => n / 2 + n / quant::BLOCK * 4,
+            Data::Nf4(_) => n / 2 + n / quant::BLOCK * 2,
             _ => n * self.dtype().size(),
         }
     }

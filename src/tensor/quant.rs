@@ -1,10 +1,10 @@
-//! Block quantization of weight matrices: int8 and nf4, 64 weights a block, one f32 scale
-//! per block (1.0625 and 0.5625 bytes per weight).
+//! Block quantization of weight matrices: int8 and nf4, 64 weights a block, one scale per
+//! block, f32 for int8 and bf16 for nf4 (1.0625 and 0.53125 bytes per weight).
 //!
 //! | type | block | element | dequantized weight |
 //! |---|---|---|---|
 //! | int8 | 64 | i8 `q` | `q * s`, `s = absmax / 127` |
-//! | nf4 | 64 (32 bytes) | 4-bit index `i` | `NF4[i] * s`, `s = absmax` |
+//! | nf4 | 64 (32 bytes) | 4-bit index `i` | `NF4[i] * s`, `s = absmax` rounded to bf16 |
 //!
 //! In an nf4 block, byte `j` holds weight `j` in its low nibble and weight `j + 32` in its
 //! high nibble, so that a kernel unpacks 32 weights with one mask and 32 with one shift.
@@ -14,6 +14,7 @@
 
 use super::{Buf, Data, Matrix, Plain};
 use crate::backend::cpu::Isa;
+use half::bf16;
 use rayon::prelude::*;
 
 /// Weights per block.
@@ -57,7 +58,7 @@ impl Quant {
     pub fn bytes_per_weight(self) -> f64 {
         match self {
             Quant::Int8 => 1.0 + 4.0 / BLOCK as f64,
-            Quant::Nf4 => 0.5 + 4.0 / BLOCK as f64,
+            Quant::Nf4 => 0.5 + 2.0 / BLOCK as f64,
         }
     }
 }
@@ -69,10 +70,13 @@ pub struct Q8 {
 }
 
 /// nf4 blocks: `packed [rows, cols / 2]` (byte `j` of a block: weights `j` and `j + 32`),
-/// `scales [rows, cols / 64]`.
+/// `scales [rows, cols / 64]` in bf16: 0.53125 bytes a weight instead of 0.5625 with f32
+/// scales, which generation reads 5.6 % faster. A bf16 scale is within 2^-9 of the block's
+/// absolute maximum, and the codes are chosen for the rounded scale; the code book's own
+/// steps are 50 times coarser.
 pub struct Nf4 {
     pub packed: Buf<u8>,
-    pub scales: Buf<f32>,
+    pub scales: Buf<bf16>,
 }
 
 /// Whether a matrix of this width can be quantized.
@@ -157,8 +161,8 @@ fn nf4_body(w: &[f32], packed: &mut [u8], scales: &mut [f32]) {
         .zip(scales.iter_mut())
     {
         let amax = wb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        *s = amax;
-        let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
+        *s = bf16::from_f32(amax).to_f32();
+        let inv = if *s > 0.0 { 1.0 / *s } else { 0.0 };
         // The block's codes in order first (a loop the compiler vectorises), then packed.
         let mut codes = [0u8; BLOCK];
         for (c, v) in codes.iter_mut().zip(wb) {
@@ -182,11 +186,16 @@ pub fn quantize(m: &Matrix, q: Quant) -> Matrix {
     let data = match q {
         Quant::Int8 => {
             let (qs, scales) = quantize_rows(m, cols, |x, q, s| quantize_row_q8(isa, x, q, s));
-            Data::Q8(Q8 { qs, scales })
+            Data::Q8(Q8 {
+                qs,
+                scales: Buf::Owned(scales),
+            })
         }
         Quant::Nf4 => {
             let (packed, scales) =
                 quantize_rows(m, cols / 2, |x, p, s| quantize_row_nf4(isa, x, p, s));
+            // bf16 already: the quantizer rounded them
+            let scales = Buf::Owned(scales.iter().map(|&s| bf16::from_f32(s)).collect());
             Data::Nf4(Nf4 { packed, scales })
         }
     };
@@ -200,7 +209,7 @@ fn quantize_rows<T: Plain>(
     m: &Matrix,
     width: usize,
     row: impl Fn(&[f32], &mut [T], &mut [f32]) + Sync,
-) -> (Buf<T>, Buf<f32>) {
+) -> (Buf<T>, Vec<f32>) {
     let nb = m.cols / BLOCK;
     let mut scales = vec![0.0f32; m.rows * nb];
     let codes = Buf::pages(m.rows * width, |codes: &mut [T]| {
@@ -216,7 +225,7 @@ fn quantize_rows<T: Plain>(
                 },
             )
     });
-    (codes, Buf::Owned(scales))
+    (codes, scales)
 }
 
 /// Row `r` of an int8 matrix, dequantized into `out [cols]`.
@@ -234,8 +243,8 @@ pub fn dequantize_q8(q: &Q8, cols: usize, r: usize, out: &mut [f32]) {
 pub fn dequantize_nf4(q: &Nf4, cols: usize, r: usize, out: &mut [f32]) {
     let pk = &q.packed[r * cols / 2..(r + 1) * cols / 2];
     let sc = &q.scales[r * cols / BLOCK..(r + 1) * cols / BLOCK];
-    for ((ob, pb), &s) in out.chunks_mut(BLOCK).zip(pk.chunks(BLOCK / 2)).zip(sc) {
-        let half = BLOCK / 2;
+    for ((ob, pb), s) in out.chunks_mut(BLOCK).zip(pk.chunks(BLOCK / 2)).zip(sc) {
+        let (half, s) = (BLOCK / 2, s.to_f32());
         for (j, &b) in pb.iter().enumerate() {
             ob[j] = NF4[(b & 15) as usize] * s;
             ob[j + half] = NF4[(b >> 4) as usize] * s;
@@ -326,5 +335,36 @@ mod tests {
         let back = quantize(&m, Quant::Nf4).to_f32();
         assert_eq!(back[5], -2.0);
         assert_eq!(back[0], NF4[nf4_index(0.5) as usize] * 2.0);
+    }
+
+    /// An nf4 scale is the block's absolute maximum rounded to bf16 (exact for bf16
+    /// weights), and the codes are chosen for the rounded scale.
+    #[test]
+    fn nf4_scales_are_bf16_and_the_codes_fit_them() {
+        let amax = 1.0 + 3.0 / 1024.0; // between the bf16 neighbours 1 and 1 + 2^-7
+        let s = bf16::from_f32(amax);
+        assert_ne!(s.to_f32(), amax);
+        let w: Vec<f32> = (0..64)
+            .map(|i| [amax, -0.3 * amax, 0.6 * amax][i % 3])
+            .collect();
+        let q = quantize(&Matrix::from_f32(1, 64, w.clone()), Quant::Nf4);
+        let Data::Nf4(n) = &q.data else {
+            panic!("nf4 quantization gave another format")
+        };
+        assert_eq!(n.scales[0], s);
+        for (x, y) in w.iter().zip(q.to_f32()) {
+            let code = nf4_index(x / s.to_f32()) as usize;
+            assert_eq!(y, NF4[code] * s.to_f32(), "{x}");
+        }
+        let m = Matrix::from_f32(
+            1,
+            64,
+            w.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+        );
+        let Data::Nf4(n) = quantize(&m, Quant::Nf4).data else {
+            panic!("nf4 quantization gave another format")
+        };
+        let top = m.to_f32().iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        assert_eq!(n.scales[0].to_f32(), top);
     }
 }

@@ -58,7 +58,29 @@
 use super::Isa;
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::Plain;
+use half::bf16;
 use rayon::prelude::*;
+
+/// A block scale as stored: f32 for int8 rows, bf16 for nf4 rows.
+pub trait BlockScale: Copy {
+    /// Whether it is a bf16 (else an f32).
+    const BF16: bool;
+    fn f32(self) -> f32;
+}
+
+impl BlockScale for f32 {
+    const BF16: bool = false;
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl BlockScale for bf16 {
+    const BF16: bool = true;
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+}
 
 /// One stored row of an int8 or nf4 matrix.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +88,10 @@ pub enum QRow<'a> {
     /// `qs [n]`, `scales [n / 64]`.
     Q8 { qs: &'a [i8], scales: &'a [f32] },
     /// `packed [n / 2]` (byte `j` of a block: weights `j` and `j + 32`), `scales [n / 64]`.
-    Nf4 { packed: &'a [u8], scales: &'a [f32] },
+    Nf4 {
+        packed: &'a [u8],
+        scales: &'a [bf16],
+    },
 }
 
 impl<'a> QRow<'a> {
@@ -85,9 +110,19 @@ impl<'a> QRow<'a> {
         }
     }
 
-    fn scales(&self) -> &[f32] {
+    /// Blocks in the row.
+    fn nb(&self) -> usize {
         match self {
-            QRow::Q8 { scales, .. } | QRow::Nf4 { scales, .. } => scales,
+            QRow::Q8 { scales, .. } => scales.len(),
+            QRow::Nf4 { scales, .. } => scales.len(),
+        }
+    }
+
+    /// Block `b`'s scale.
+    fn scale(&self, b: usize) -> f32 {
+        match self {
+            QRow::Q8 { scales, .. } => scales[b],
+            QRow::Nf4 { scales, .. } => scales[b].to_f32(),
         }
     }
 
@@ -398,7 +433,8 @@ fn tree16(mut v: [f32; CLASSES]) -> f32 {
 /// classes are reduced by [`tree16`].
 pub fn dot_scalar(w: QRow, x: QTok) -> f32 {
     let mut class = [0.0f32; CLASSES];
-    for (b, (&ws, &xs)) in w.scales().iter().zip(x.scale).enumerate() {
+    for (b, &xs) in x.scale.iter().enumerate().take(w.nb()) {
+        let ws = w.scale(b);
         let xq = |i: usize| match w {
             QRow::Q8 { .. } => x.q16[b * BLOCK + i] as i32,
             QRow::Nf4 { .. } => x.q8[q8_index(b, i)] as i32,
@@ -528,10 +564,10 @@ impl Panel {
             Self::runs(isa, nf4),
             "Panel::pack: no panel kernel for these rows on {isa:?} here"
         );
-        let nb = rows[0].scales().len();
+        let nb = rows[0].nb();
         for r in rows {
             assert!(
-                matches!(r, QRow::Nf4 { .. }) == nf4 && r.scales().len() == nb,
+                matches!(r, QRow::Nf4 { .. }) == nf4 && r.nb() == nb,
                 "Panel::pack: rows of different formats or widths"
             );
         }
@@ -624,6 +660,7 @@ mod x86 {
         hsum512, lane_masks, sum_chunk_pairs, sum_chunks, sum_halves, transpose16, I32Lanes,
     };
     use super::super::simd::{prefetch_ahead, PREFETCH_AHEAD};
+    use super::{bf16, BlockScale};
     use super::{block_scale, q8_index, Act, QRow, QTok, TokenCodes, BLOCK, CLASSES, NF4_I8, PAIR};
     use _mm512_castps_si512 as int;
     use _mm512_castsi512_ps as ps;
@@ -679,21 +716,36 @@ mod x86 {
     /// `acc +` the sixteen blocks from `g` (`m` of them; the sums past `m` are zero):
     /// integer sums `s`, as f32, times `ws[b] * xs[b]`, each in its class's lane.
     #[inline(always)]
-    unsafe fn add_blocks(
+    unsafe fn add_blocks<S: BlockScale>(
         acc: __m512,
         s: __m512i,
-        ws: &[f32],
+        ws: &[S],
         xs: &[f32],
         g: usize,
         m: usize,
     ) -> __m512 {
         let mask = (u32::MAX >> (32 - m)) as __mmask16;
-        let w = _mm512_maskz_loadu_ps(mask, ws.as_ptr().add(g));
+        let w = load_scales(ws, g, mask);
         let x = _mm512_maskz_loadu_ps(mask, xs.as_ptr().add(g));
         _mm512_add_ps(
             acc,
             _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w, x)),
         )
+    }
+
+    /// The scales `ws[g..]` in the lanes of `mask` as f32 (a bf16 is the top half of its
+    /// f32); zeros elsewhere, read from nowhere.
+    #[inline(always)]
+    unsafe fn load_scales<S: BlockScale>(ws: &[S], g: usize, mask: __mmask16) -> __m512 {
+        let p = ws.as_ptr().add(g);
+        if S::BF16 {
+            let h = _mm512_maskz_loadu_epi16(mask as __mmask32, p as *const i16);
+            ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm512_castsi512_si256(h),
+            )))
+        } else {
+            _mm512_maskz_loadu_ps(mask, p as *const f32)
+        }
     }
 
     // ---- AVX-512, int8 weights and int16 activations ----
@@ -874,7 +926,7 @@ mod x86 {
     /// so that the loop over whole ones tests no bounds. The corrections are added once a
     /// group, to its sixteen sums.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
+    pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[bf16], x: QTok) -> f32 {
         nf4_row_vnni(packed, scales, x, nf4_table_u8x4())
     }
 
@@ -882,7 +934,7 @@ mod x86 {
     /// `scales`, the table loaded once, each row's start asked for into L1 two rows ahead
     /// (without that, generation lost two points of the bandwidth limit).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    pub unsafe fn dots_nf4_vnni(packed: &[u8], scales: &[f32], x: QTok, out: &mut [f32]) {
+    pub unsafe fn dots_nf4_vnni(packed: &[u8], scales: &[bf16], x: QTok, out: &mut [f32]) {
         let table = nf4_table_u8x4();
         let nb = scales.len() / out.len().max(1);
         let bytes = nb * BLOCK / 2;
@@ -901,7 +953,7 @@ mod x86 {
 
     /// The body of [`dot_nf4_vnni`].
     #[inline(always)]
-    unsafe fn nf4_row_vnni(packed: &[u8], scales: &[f32], x: QTok, table: __m512i) -> f32 {
+    unsafe fn nf4_row_vnni(packed: &[u8], scales: &[bf16], x: QTok, table: __m512i) -> f32 {
         let nb = scales.len();
         let mut acc = _mm512_setzero_ps();
         let whole = nb / CLASSES * CLASSES;
@@ -936,7 +988,7 @@ mod x86 {
     /// VBMI too ([`pack_nf4_panel`]).
     #[inline(always)]
     unsafe fn pack_panel<const NF4: bool>(rows: &[QRow], words: &mut [u32], scales: &mut [f32]) {
-        let nb = rows[0].scales().len();
+        let nb = rows[0].nb();
         let per = panel_words(NF4);
         assert!(rows.len() <= 32 && words.len() >= nb * per * 32 && scales.len() >= nb * 32);
         let table = if NF4 {
@@ -947,8 +999,8 @@ mod x86 {
         let out = words.as_mut_ptr() as *mut __m512i;
         scales[..nb * 32].fill(0.0);
         for (r, row) in rows.iter().enumerate() {
-            for (b, &s) in row.scales().iter().enumerate() {
-                scales[b * 32 + r] = s;
+            for b in 0..nb {
+                scales[b * 32 + r] = row.scale(b);
             }
         }
         for b in 0..nb {
@@ -1176,11 +1228,17 @@ mod x86 {
     /// classes 0..8 in `acc[0]` and 8..16 in `acc[1]`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn add_blocks256(acc: &mut [__m256; 2], v: [__m256i; 8], x: QTok, ws: &[f32], g: usize) {
+    unsafe fn add_blocks256<S: BlockScale>(
+        acc: &mut [__m256; 2],
+        v: [__m256i; 8],
+        x: QTok,
+        ws: &[S],
+        g: usize,
+    ) {
         let m = (ws.len() - g).min(8);
         let mut s = [0.0f32; 8];
         for (j, s) in s.iter_mut().enumerate().take(m) {
-            *s = ws[g + j] * x.scale[g + j];
+            *s = ws[g + j].f32() * x.scale[g + j];
         }
         let p = _mm256_mul_ps(_mm256_cvtepi32_ps(sum8(v)), _mm256_loadu_ps(s.as_ptr()));
         let a = &mut acc[g / 8 % 2];
@@ -1239,7 +1297,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_nf4_avx2(packed: &[u8], scales: &[f32], x: QTok) -> f32 {
+    pub unsafe fn dot_nf4_avx2(packed: &[u8], scales: &[bf16], x: QTok) -> f32 {
         let table = nf4_table();
         let nb = scales.len();
         let mut acc = [_mm256_setzero_ps(); 2];

@@ -440,11 +440,11 @@ pub mod x86 {
     /// An nf4 row (`packed [n / 2]`, `scales [n / 64]`) dequantized and rounded to bf16
     /// into `out [n]`, as [`q8_row_bf16`]: codes looked up in the code book by `vpermps`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn nf4_row_bf16(packed: &[u8], scales: &[f32], out: &mut [bf16]) {
+    pub unsafe fn nf4_row_bf16(packed: &[u8], scales: &[bf16], out: &mut [bf16]) {
         assert!(2 * packed.len() == out.len() && out.len() == scales.len() * BLOCK);
         let book = _mm512_loadu_ps(NF4.as_ptr());
-        for (b, &s) in scales.iter().enumerate() {
-            let s = _mm512_set1_ps(s);
+        for (b, s) in scales.iter().enumerate() {
+            let s = _mm512_set1_ps(s.to_f32());
             // byte j of a block holds weights j (low nibble) and j + 32 (high)
             for k in 0..2 {
                 let p = packed.as_ptr().add(b * BLOCK / 2 + 16 * k) as *const __m128i;

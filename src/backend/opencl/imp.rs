@@ -418,12 +418,17 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
 }
 
 fn upload_matrix(o: &Ocl, m: &Matrix) -> Result<DevMatrix> {
+    // nf4 scales go to the device as f32, which the kernels read for both formats
+    let widened: Vec<f32>;
     let (kernel, data, scales): (&'static str, &[u8], &[f32]) = match &m.data {
         Data::F32(b) => ("matmul_f32", as_bytes(b), &[]),
         Data::F16(b) => ("matmul_f16", as_bytes(b), &[]),
         Data::BF16(b) => ("matmul_bf16", as_bytes(b), &[]),
         Data::Q8(q) => ("matmul_q8", as_bytes(&q.qs), &q.scales),
-        Data::Nf4(q) => ("matmul_nf4", as_bytes(&q.packed), &q.scales),
+        Data::Nf4(q) => {
+            widened = q.scales.iter().map(|s| s.to_f32()).collect();
+            ("matmul_nf4", as_bytes(&q.packed), &widened)
+        }
     };
     Ok(DevMatrix {
         kernel,
