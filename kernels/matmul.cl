@@ -1,7 +1,8 @@
 // y [T, rows] = x [T, cols] . W^T, W [rows, cols] in its stored format.
 //
 // Formats: f32; f16 and bf16 (ushort bits); int8 blocks of 64 with f32 scales (q * s);
-// nf4 blocks of 64 (byte j of a block holds weights j and j + 32) with f32 scales.
+// nf4 blocks of 64 (byte j of a block holds weights j and j + 32) with bf16 scales. The
+// scales arrive as their stored bytes.
 //
 // Two shapes of kernel, each where it measured faster on an NVIDIA H200 (README, GPU):
 // - f32, f16, bf16, int8: one work-group of MM_LS items per (row, token). Items stride
@@ -17,7 +18,7 @@
 #define MM_TOK 4 // nf4's partial sums are a float4: NF4_TOKEN and the reduction spell out 4
 
 #define MM_ARGS                                                                    \
-    __global const uchar *w, __global const float *scales, __global const float *x, \
+    __global const uchar *w, __global const uchar *scales, __global const float *x, \
         __global float *y, const int rows, const int cols
 
 // One (row, token) per group; LOAD is the weight at column c of row r (offset row0).
@@ -55,8 +56,9 @@ __kernel __attribute__((reqd_work_group_size(MM_LS, 1, 1))) void matmul_bf16(MM_
 
 __kernel __attribute__((reqd_work_group_size(MM_LS, 1, 1))) void matmul_q8(MM_ARGS) {
     const __global char *wq = (const __global char *)w;
+    const __global float *sf = (const __global float *)scales;
     const int nb = cols / 64;
-    MATMUL_BODY((float)wq[row0 + c] * scales[(size_t)r * nb + c / 64])
+    MATMUL_BODY((float)wq[row0 + c] * sf[(size_t)r * nb + c / 64])
 }
 
 // The code book, NF4_I8 / 127 in src/tensor/quant.rs.
@@ -101,12 +103,12 @@ __kernel __attribute__((reqd_work_group_size(MM_LS, 1, 1))) void matmul_nf4(
     barrier(CLK_LOCAL_MEM_FENCE);
 
     const __global uchar16 *wr = (const __global uchar16 *)(w + (size_t)r * (cols / 2));
-    const __global float *sr = scales + (size_t)r * (cols / 64);
+    const __global ushort *sr = (const __global ushort *)scales + (size_t)r * (cols / 64);
     float4 acc = (float4)(0.0f);
     for (int c = l; c < cols / 32; c += MM_LS) {
         const uchar16 p = wr[c];
         const float16 lo = NF4_16(p, &15), hi = NF4_16(p, >> 4);
-        const float s = sr[c / 2];
+        const float s = as_float(((uint)sr[c / 2]) << 16);
         const int col = (c / 2) * 64 + (c % 2) * 16;
         NF4_TOKEN(0) NF4_TOKEN(1) NF4_TOKEN(2) NF4_TOKEN(3)
     }

@@ -300,7 +300,7 @@ impl Ocl {
         let y = self.scratch(t * w.rows)?;
         let args = [
             Arg::U(&w.data),
-            Arg::F(&w.scales),
+            Arg::U(&w.scales),
             Arg::F(x),
             Arg::F(&y),
             Arg::I(w.rows as i32),
@@ -407,8 +407,8 @@ pub struct DevMatrix {
     rows: usize,
     cols: usize,
     data: Buffer<u8>,
-    /// Block scales for int8 / nf4 (a dummy element otherwise).
-    scales: Buffer<f32>,
+    /// Block scales as stored, f32 for int8 and bf16 for nf4 (a dummy byte otherwise).
+    scales: Buffer<u8>,
 }
 
 /// The bytes of a slice of plain numbers.
@@ -418,24 +418,19 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
 }
 
 fn upload_matrix(o: &Ocl, m: &Matrix) -> Result<DevMatrix> {
-    // nf4 scales go to the device as f32, which the kernels read for both formats
-    let widened: Vec<f32>;
-    let (kernel, data, scales): (&'static str, &[u8], &[f32]) = match &m.data {
+    let (kernel, data, scales): (&'static str, &[u8], &[u8]) = match &m.data {
         Data::F32(b) => ("matmul_f32", as_bytes(b), &[]),
         Data::F16(b) => ("matmul_f16", as_bytes(b), &[]),
         Data::BF16(b) => ("matmul_bf16", as_bytes(b), &[]),
-        Data::Q8(q) => ("matmul_q8", as_bytes(&q.qs), &q.scales),
-        Data::Nf4(q) => {
-            widened = q.scales.iter().map(|s| s.to_f32()).collect();
-            ("matmul_nf4", as_bytes(&q.packed), &widened)
-        }
+        Data::Q8(q) => ("matmul_q8", as_bytes(&q.qs), as_bytes(&q.scales)),
+        Data::Nf4(q) => ("matmul_nf4", as_bytes(&q.packed), as_bytes(&q.scales)),
     };
     Ok(DevMatrix {
         kernel,
         rows: m.rows,
         cols: m.cols,
         data: o.bytes(data)?,
-        scales: o.buf(scales)?,
+        scales: o.bytes(scales)?,
     })
 }
 
