@@ -1503,45 +1503,36 @@ mod tests {
                     t,
                     &mut [MatJob::new(m, &x, &mut w).then(decay)],
                 );
-                let (mut st_a, mut oa) = (st0.clone(), vec![0.0; t * d]);
-                let given = Decay::Given(&w);
-                wkv_with(
-                    isa,
-                    Precision::F32,
-                    h,
-                    &r,
-                    &kk,
-                    &v,
-                    given,
-                    &u,
-                    &mut st_a,
-                    &mut oa,
-                    None,
-                );
+                let run = |w: Decay, then: Option<Then>| {
+                    let (mut st, mut out) = (st0.clone(), vec![0.0; t * d]);
+                    let (r, k, v) = (&r, &kk, &v);
+                    wkv_with(
+                        isa,
+                        Precision::F32,
+                        h,
+                        r,
+                        k,
+                        v,
+                        w,
+                        &u,
+                        &mut st,
+                        &mut out,
+                        then,
+                    );
+                    (out, st)
+                };
+                let (mut oa, st_a) = run(Decay::Given(&w), None);
                 for (ti, row) in oa.chunks_mut(d).enumerate() {
                     for (hi, o) in row.chunks_mut(s).enumerate() {
                         mark(ti, hi * s, o);
                     }
                 }
-                let (mut st_b, mut ob) = (st0.clone(), vec![0.0; t * d]);
                 let made = Decay::Product {
                     w: m,
                     x: &x,
                     then: decay,
                 };
-                wkv_with(
-                    isa,
-                    Precision::F32,
-                    h,
-                    &r,
-                    &kk,
-                    &v,
-                    made,
-                    &u,
-                    &mut st_b,
-                    &mut ob,
-                    Some(mark),
-                );
+                let (ob, st_b) = run(made, Some(mark));
                 assert!(
                     oa == ob && st_a == st_b,
                     "{isa:?} {:?} h={h} s={s} t={t}",
