@@ -23,12 +23,13 @@ pub enum Precision {
     Bf16,
 }
 
-/// What a product does to its outputs once they are summed, in place:
+/// What a product (or the recurrence) does to its outputs once they are summed, in place:
 /// `f(token, first output, outputs)` on a run of one token's consecutive outputs. The CPU
 /// backend calls it from the task that summed the run, while the run is in that core's
 /// cache, so that the elementwise step after a product runs on every thread at once instead
-/// of on one while the others wait. It must treat each output on its own (an output's value
-/// may depend on its token and index only), so that no split of the rows changes a bit.
+/// of on one while the others wait. A product's runs may be split anywhere, so there it
+/// must treat each output on its own (its value may depend on its token and index only) for
+/// no split to change a bit; [`Backend::wkv`] gives it one head's outputs at a time.
 pub type Then<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
 /// One product of [`Backend::matmuls`]: `W [out, in]`, `x [t, in]` -> `y [t, out]`, then
@@ -80,8 +81,9 @@ pub trait Backend: Send + Sync {
     fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]);
 
     /// Independent products over the same `t` tokens, each exactly as [`Backend::matmul`]
-    /// computes it and followed by its [`MatJob::then`]; a backend may run them together (the CPU backend shares one parallel
-    /// region between them, which matters when a token takes milliseconds).
+    /// computes it and followed by its [`MatJob::then`]; a backend may run them together
+    /// (the CPU backend shares one parallel region between them, which matters when a
+    /// token takes milliseconds).
     fn matmuls(&self, t: usize, jobs: &mut [MatJob<'_>]) {
         for j in jobs {
             self.matmul(j.w, j.x, t, j.y);

@@ -62,7 +62,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 /// A block scale as stored: f32 for int8 rows, bf16 for nf4 rows.
-pub trait BlockScale: Copy {
+trait BlockScale: Copy {
     /// Whether it is a bf16 (else an f32).
     const BF16: bool;
     fn f32(self) -> f32;
@@ -833,6 +833,7 @@ mod x86 {
         assert_eq!(qs.len(), out.len() * n, "dots: rows and outputs disagree");
         for (k, o) in out.iter_mut().enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().wrapping_add((k + 2) * n));
+            // in bounds: qs holds out.len() rows (asserted), scales at least as many
             let row = qs.get_unchecked(k * n..(k + 1) * n);
             *o = dot_q8_avx512(row, scales.get_unchecked(k * nb..(k + 1) * nb), x);
         }
@@ -946,6 +947,7 @@ mod x86 {
         for (k, o) in out.iter_mut().enumerate() {
             let ahead = packed.as_ptr().wrapping_add((k + 2) * bytes) as *const i8;
             _mm_prefetch::<_MM_HINT_T0>(ahead);
+            // in bounds: packed holds out.len() rows (asserted), scales at least as many
             let row = packed.get_unchecked(k * bytes..(k + 1) * bytes);
             *o = nf4_row_vnni(row, scales.get_unchecked(k * nb..(k + 1) * nb), x, table);
         }
