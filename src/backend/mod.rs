@@ -61,20 +61,6 @@ impl<'a> MatJob<'a> {
     }
 }
 
-/// The decays `w [t, D]` of [`Backend::wkv`].
-pub enum Decay<'a> {
-    /// Given.
-    Given(&'a [f32]),
-    /// Summed by a product, `w = then(x . W^T)` ([`Then`]), which a backend may run a head's
-    /// channels at a time beside that head's recurrence (the CPU backend does for fewer
-    /// than four tokens, sparing generation a parallel region a layer).
-    Product {
-        w: &'a Matrix,
-        x: &'a [f32],
-        then: Then<'a>,
-    },
-}
-
 /// Operations over row-major f32 activations. `t` is the number of tokens (rows).
 pub trait Backend: Send + Sync {
     /// `W [out, in]`, `x [t, in]` -> `y [t, out]`: `y[t, o] = sum_i W[o, i] x[t, i]`.
@@ -114,7 +100,7 @@ pub trait Backend: Send + Sync {
         r: &[f32],
         k: &[f32],
         v: &[f32],
-        w: Decay<'_>,
+        w: &[f32],
         u: &[f32],
         state: &mut [f32],
         out: &mut [f32],

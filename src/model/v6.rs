@@ -8,7 +8,7 @@
 use super::checkpoint::Checkpoint;
 use super::names::Names;
 use super::Config;
-use crate::backend::{Backend, Decay, MatJob, Then};
+use crate::backend::{Backend, MatJob, Then};
 use crate::error::Result;
 use crate::state::{LayerState, State};
 use crate::tensor::quant::{self, Quant};
@@ -442,13 +442,14 @@ struct Scratch {
     sx: Vec<f32>,
     /// Time mix: the LoRA input `[T, D]` and hidden layer `[T, 5 M]`, split per target
     /// `[5][T, M]`; the mixed inputs `[5][T, D]` (`w k v r g`); `r k v g [4][T, D]`; the
-    /// decay LoRA `[T, K]`; the wkv output `[T, D]`.
+    /// decay LoRA `[T, K]` and decay `[T, D]`; the wkv output `[T, D]`.
     xxx: Vec<f32>,
     lora: Vec<f32>,
     part: [Vec<f32>; 5],
     mixed: [Vec<f32>; 5],
     rkvg: [Vec<f32>; 4],
     decay_lora: Vec<f32>,
+    decay: Vec<f32>,
     out: Vec<f32>,
     /// A projection's output `[T, D]`.
     y: Vec<f32>,
@@ -554,18 +555,16 @@ fn time_mix(
     let [r, k, v, g] = sc.rkvg.each_mut().map(|y| &mut y[..t * d]);
     let g = &g[from * d..];
 
-    // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2)), made beside the recurrence;
-    // the recurrence's outputs group-normed and gated per head as they come
+    // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2)); the recurrence's outputs
+    // group-normed and gated a head at a time, as each head's task ends
+    let dl = &sc.decay_lora[..t * a.decay_w1.rows];
+    let w = sized(&mut sc.decay, t * d);
     let decay: Then = &|_, c0, y| {
         for (v, decay) in y.iter_mut().zip(&a.decay[c0..]) {
             *v = (-(decay + *v).exp()).exp();
         }
     };
-    let w = Decay::Product {
-        w: &a.decay_w2,
-        x: &sc.decay_lora[..t * a.decay_w1.rows],
-        then: decay,
-    };
+    be.matmuls(t, &mut [MatJob::new(&a.decay_w2, dl, w).then(decay)]);
     let gated: Then = &|ti, c0, o| {
         if ti >= from {
             let ch = c0..c0 + o.len();

@@ -7,7 +7,7 @@
 pub mod qdot;
 pub mod simd;
 
-use super::{Backend, Decay, MatJob, Precision, Then};
+use super::{Backend, MatJob, Precision, Then};
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use crate::tensor::{Data, Matrix};
 use half::bf16;
@@ -56,10 +56,6 @@ thread_local! {
     static XBF: RefCell<Vec<Vec<bf16>>> = RefCell::default();
     /// A panel of weight rows packed for the bf16 kernel ([`Precision::Bf16`]).
     static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    /// The decays of [`wkv_with`]: summed by a product first `[t, D]`, or a head's columns
-    /// of them summed in its own task.
-    static DECAY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    static HEAD_DECAY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Rows of an int8 or nf4 matrix packed for the sequence kernel.
     static QPANEL: RefCell<Panel> = RefCell::default();
     /// Rows of a panel as bf16, for weights not stored as bf16.
@@ -1033,42 +1029,26 @@ impl Backend for Cpu {
         r: &[f32],
         k: &[f32],
         v: &[f32],
-        w: Decay<'_>,
+        w: &[f32],
         u: &[f32],
         state: &mut [f32],
         out: &mut [f32],
         then: Option<Then<'_>>,
     ) {
-        wkv_with(
-            Isa::detect(),
-            self.precision,
-            heads,
-            r,
-            k,
-            v,
-            w,
-            u,
-            state,
-            out,
-            then,
-        )
+        wkv_with(Isa::detect(), heads, r, k, v, w, u, state, out, then)
     }
 }
 
-/// [`Backend::wkv`] on a chosen instruction set (every one gives the same bits) and
-/// precision (of a decay product over four tokens or more): heads in parallel. A decay
-/// product over fewer tokens runs a head's rows at a time in that head's task: the products
-/// of one token take the same path either way, so the bits are those of a product run
-/// first.
+/// [`Backend::wkv`] on a chosen instruction set (every one gives the same bits): heads in
+/// parallel, each followed by `then` over its outputs.
 #[allow(clippy::too_many_arguments)]
 pub fn wkv_with(
     isa: Isa,
-    prec: Precision,
     heads: usize,
     r: &[f32],
     k: &[f32],
     v: &[f32],
-    w: Decay<'_>,
+    w: &[f32],
     u: &[f32],
     state: &mut [f32],
     out: &mut [f32],
@@ -1080,65 +1060,31 @@ pub fn wkv_with(
     let t = r.len() / d.max(1);
     assert_eq!(state.len(), heads * s * s, "wkv: state is not [H, S, S]");
     assert_eq!(out.len(), r.len(), "wkv: out is not [t, D]");
+    assert_eq!(w.len(), r.len(), "wkv: w is not [t, D]");
     let op = SharedMut(out.as_mut_ptr());
-    let mut heads_with = |w: &[f32], per_head: Option<(&Matrix, &[f32], Then)>| {
-        state.par_chunks_mut(s * s).enumerate().for_each(|(h, st)| {
-            let c0 = h * s;
-            with_scratch(&HEAD_DECAY, |own| {
-                let w = match per_head {
-                    Some((m, x, f)) => {
-                        own.resize(t * d, 0.0);
-                        let y = SharedMut(own.as_mut_ptr());
-                        matmul_rows(isa, m, c0..c0 + s, x, t, y);
-                        for ti in 0..t {
-                            f(ti, c0, &mut own[ti * d + c0..ti * d + c0 + s]);
-                        }
-                        &own[..t * d]
-                    }
-                    None => w,
-                };
-                with_scratch(&ROWS, |acc| {
-                    acc.resize(s, 0.0);
-                    let head = WkvHead {
-                        d,
-                        c0,
-                        s,
-                        r,
-                        k,
-                        v,
-                        w,
-                        u,
-                    };
-                    wkv_head(isa, head, st, &mut acc[..s], op)
-                });
-            });
-            if let Some(f) = then {
-                for ti in 0..t {
-                    // SAFETY: this head alone wrote channels c0..c0 + s of every row.
-                    f(ti, c0, unsafe { op.run(ti * d + c0, s) });
-                }
+    state.par_chunks_mut(s * s).enumerate().for_each(|(h, st)| {
+        let c0 = h * s;
+        with_scratch(&ROWS, |acc| {
+            acc.resize(s, 0.0);
+            let head = WkvHead {
+                d,
+                c0,
+                s,
+                r,
+                k,
+                v,
+                w,
+                u,
+            };
+            wkv_head(isa, head, st, &mut acc[..s], op)
+        });
+        if let Some(f) = then {
+            for ti in 0..t {
+                // SAFETY: this head alone wrote channels c0..c0 + s of every row.
+                f(ti, c0, unsafe { op.run(ti * d + c0, s) });
             }
-        })
-    };
-    match w {
-        Decay::Given(w) => {
-            assert_eq!(w.len(), r.len(), "wkv: w is not [t, D]");
-            heads_with(w, None)
         }
-        Decay::Product { w: m, x, then } if t < 4 && code_unit(m).is_none() => {
-            assert_eq!(
-                (m.rows, x.len()),
-                (d, t * m.cols),
-                "wkv: the decay product is not [t, D]"
-            );
-            heads_with(&[], Some((m, x, then)))
-        }
-        Decay::Product { w: m, x, then } => with_scratch(&DECAY, |w| {
-            w.resize(t * d, 0.0);
-            matmuls_with(isa, prec, t, &mut [MatJob::new(m, x, w).then(then)]);
-            heads_with(w, None)
-        }),
-    }
+    });
 }
 
 #[cfg(test)]
@@ -1446,20 +1392,7 @@ mod tests {
             for isa in Isa::available() {
                 let mut st_a = st0.clone();
                 let mut oa = vec![0.0; t * d];
-                let w = Decay::Given(&w);
-                wkv_with(
-                    isa,
-                    Precision::F32,
-                    h,
-                    &r,
-                    &k,
-                    &v,
-                    w,
-                    &u,
-                    &mut st_a,
-                    &mut oa,
-                    None,
-                );
+                wkv_with(isa, h, &r, &k, &v, &w, &u, &mut st_a, &mut oa, None);
                 close(&oa, &ob, 1e-5);
                 close(&st_a, &st_b, 1e-5);
                 // every instruction set gives the same bits
@@ -1471,73 +1404,30 @@ mod tests {
         }
     }
 
-    /// A decay product made a head at a time beside the recurrence (under four tokens) or
-    /// first (four or more) gives the bits of the product run first, and `then` sees each
-    /// head's outputs of each token once.
+    /// `then` sees each head's outputs of each token once, after the recurrence.
     #[test]
-    fn decay_products_beside_the_recurrence_match_products_first() {
-        let decay: Then = &|_, c0, y| {
-            for (i, v) in y.iter_mut().enumerate() {
-                *v = (-(0.1 * (c0 + i) as f32 + *v).exp()).exp();
-            }
-        };
+    fn wkv_then_runs_on_each_heads_outputs() {
         let mark: Then = &|ti, c0, o| o.iter_mut().for_each(|v| *v = *v * 3.0 + (ti + c0) as f32);
-        for (h, s, k, t) in [
-            (2, 64, 32, 1),
-            (4, 16, 64, 2),
-            (2, 64, 40, 3),
-            (3, 16, 32, 5),
-        ] {
+        for (h, s, t) in [(2, 64, 1), (4, 16, 2), (3, 16, 5)] {
             let d = h * s;
-            let (r, kk, v) = (vals(t * d, 8), vals(t * d, 9), vals(t * d, 10));
+            let (r, k, v) = (vals(t * d, 8), vals(t * d, 9), vals(t * d, 10));
+            let w: Vec<f32> = vals(t * d, 11).iter().map(|x| 0.5 + 0.4 * x).collect();
             let u = vals(d, 12);
             let st0 = vals(h * s * s, 13);
-            let x = vals(t * k, 14);
-            let [f, _, b] = mats(d, k, 15);
-            let each = [&f, &b].map(|m| Isa::available().into_iter().map(move |i| (m, i)));
-            for (m, isa) in each.into_iter().flatten() {
-                let mut w = vec![0.0; t * d];
-                matmuls_with(
-                    isa,
-                    Precision::F32,
-                    t,
-                    &mut [MatJob::new(m, &x, &mut w).then(decay)],
-                );
-                let run = |w: Decay, then: Option<Then>| {
+            for isa in Isa::available() {
+                let run = |then| {
                     let (mut st, mut out) = (st0.clone(), vec![0.0; t * d]);
-                    let (r, k, v) = (&r, &kk, &v);
-                    wkv_with(
-                        isa,
-                        Precision::F32,
-                        h,
-                        r,
-                        k,
-                        v,
-                        w,
-                        &u,
-                        &mut st,
-                        &mut out,
-                        then,
-                    );
+                    wkv_with(isa, h, &r, &k, &v, &w, &u, &mut st, &mut out, then);
                     (out, st)
                 };
-                let (mut oa, st_a) = run(Decay::Given(&w), None);
-                for (ti, row) in oa.chunks_mut(d).enumerate() {
+                let (mut want, st_a) = run(None);
+                for (ti, row) in want.chunks_mut(d).enumerate() {
                     for (hi, o) in row.chunks_mut(s).enumerate() {
                         mark(ti, hi * s, o);
                     }
                 }
-                let made = Decay::Product {
-                    w: m,
-                    x: &x,
-                    then: decay,
-                };
-                let (ob, st_b) = run(made, Some(mark));
-                assert!(
-                    oa == ob && st_a == st_b,
-                    "{isa:?} {:?} h={h} s={s} t={t}",
-                    m.dtype()
-                );
+                let (got, st_b) = run(Some(mark));
+                assert!(got == want && st_a == st_b, "{isa:?} h={h} s={s} t={t}");
             }
         }
     }
