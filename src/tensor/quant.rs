@@ -344,9 +344,14 @@ mod tests {
         let amax = 1.0 + 3.0 / 1024.0; // between the bf16 neighbours 1 and 1 + 2^-7
         let s = bf16::from_f32(amax);
         assert_ne!(s.to_f32(), amax);
-        let w: Vec<f32> = (0..64)
+        let mut w: Vec<f32> = (0..64)
             .map(|i| [amax, -0.3 * amax, 0.6 * amax][i % 3])
             .collect();
+        // a weight between a boundary times the rounded scale and the same times amax: its
+        // code tells which scale chose it
+        let split = NF4_MID[12] * (s.to_f32() + amax) / 2.0;
+        assert_ne!(nf4_index(split / amax), nf4_index(split / s.to_f32()));
+        w[7] = split;
         let q = quantize(&Matrix::from_f32(1, 64, w.clone()), Quant::Nf4);
         let Data::Nf4(n) = &q.data else {
             panic!("nf4 quantization gave another format")
