@@ -50,10 +50,18 @@ struct Gen<'a> {
 }
 
 /// The model's running position: its state and the logits for the next token.
-#[derive(Clone)]
 struct Cursor {
     state: State,
     logits: Option<Vec<f32>>,
+}
+
+impl Cursor {
+    fn try_clone(&self) -> Result<Cursor, CliError> {
+        Ok(Cursor {
+            state: self.state.try_clone()?,
+            logits: self.logits.clone(),
+        })
+    }
 }
 
 fn run(args: &Args) -> Result<(), CliError> {
@@ -129,7 +137,7 @@ fn run(args: &Args) -> Result<(), CliError> {
     };
 
     if args.lines || args.chat {
-        let mut cur = initial.clone();
+        let mut cur = initial.try_clone()?;
         let base_fed = g.fed;
         let stdin = std::io::stdin();
         let mut input = stdin.lock();
@@ -156,7 +164,7 @@ fn run(args: &Args) -> Result<(), CliError> {
                 prompt.extend_from_slice(b"\n\nAssistant:");
                 g.answer(&prompt, &mut cur, Some(n))?
             } else {
-                let mut fresh = initial.clone();
+                let mut fresh = initial.try_clone()?;
                 g.fed = base_fed;
                 g.sampler.reset_counts();
                 g.answer(&line, &mut fresh, Some(n))?
@@ -347,14 +355,13 @@ impl Gen<'_> {
     }
 
     fn save(&self, path: &std::path::Path, cur: &Cursor) -> Result<(), CliError> {
-        let sf = StateFile {
-            state: cur.state.clone(),
-            logits: cur.logits.clone(),
-            cfg: self.model.cfg,
-            fingerprint: self.model.fingerprint().to_string(),
-            tokens: self.fed,
-            tokenizer: self.tok.name().to_string(),
-        };
+        let sf = StateFile::of(
+            self.model,
+            &cur.state,
+            cur.logits.clone(),
+            self.fed,
+            self.tok.name(),
+        )?;
         sf.save(path)?;
         Ok(())
     }

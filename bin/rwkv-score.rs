@@ -218,7 +218,7 @@ fn new_stream<'m>(ctx: &Ctx<'m>, scored_doc: bool) -> Result<Stream<'m>, CliErro
     let bos = !ctx.args.no_bos;
     let s = Stream::new(
         ctx.model,
-        ctx.start.state.clone(),
+        ctx.start.state.try_clone()?,
         ctx.start.logits.clone(),
         bos,
         ctx.chunk,
@@ -450,7 +450,7 @@ fn parse_doc(ctx: &Ctx, line: &[u8]) -> Result<Doc, String> {
 /// The figures of a continuation scored after a context stream.
 fn continuation(ctx: &Ctx, base: &Stream, cont: &[u8]) -> Result<Value, CliError> {
     let ids = ctx.tok.encode(cont)?;
-    let mut s = base.fork();
+    let mut s = base.fork()?;
     score_ids(ctx, &mut s, &ids)?;
     let t = s.totals;
     Ok(json!({

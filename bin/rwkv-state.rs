@@ -99,15 +99,14 @@ fn feed(a: &Feed) -> Result<(), CliError> {
     } else {
         Some(model.feed(&ids, &mut state, PROMPT_CHUNK)?)
     };
-    state.sync();
-    let sf = StateFile {
-        state,
+    let tokenizer = tok.map(|t| t.name()).unwrap_or_default();
+    let sf = StateFile::of(
+        &model,
+        &state,
         logits,
-        cfg: model.cfg,
-        fingerprint: model.fingerprint().to_string(),
-        tokens: start.tokens + ids.len() as u64,
-        tokenizer: tok.map(|t| t.name().to_string()).unwrap_or_default(),
-    };
+        start.tokens + ids.len() as u64,
+        tokenizer,
+    )?;
     write_state(&sf, a.output.as_ref())
 }
 
@@ -116,18 +115,22 @@ fn read_any(path: &Path) -> Result<(StateFile, bool), CliError> {
     match StateFile::load(path) {
         Ok(sf) => Ok((sf, false)),
         Err(first) => {
-            let Ok(cfg) = state_file::tuning_config(path) else {
+            let Ok(shape) = state_file::tuning_shape(path) else {
                 return Err(first.into());
             };
-            let state = state_file::import_tuning(path, &cfg)?;
+            let state = state_file::import_tuning(path, shape)?;
             Ok((
                 StateFile {
-                    state,
+                    meta: state_file::StateMeta {
+                        arch: "rwkv6".into(),
+                        shape,
+                        vocab: 0,
+                        fingerprint: String::new(),
+                        tokens: 0,
+                        tokenizer: String::new(),
+                    },
+                    values: state.values()?,
                     logits: None,
-                    cfg,
-                    fingerprint: String::new(),
-                    tokens: 0,
-                    tokenizer: String::new(),
                 },
                 true,
             ))
@@ -144,9 +147,8 @@ fn norm(v: &[f32]) -> f64 {
 
 fn info(a: &Info) -> Result<(), CliError> {
     let (sf, tuning) = read_any(&a.file)?;
-    let c = &sf.cfg;
+    let c = &sf.meta.shape;
     let norms: Vec<[f64; 3]> = sf
-        .state
         .layers()
         .iter()
         .map(|l| [norm(&l.att_shift), norm(&l.wkv), norm(&l.ffn_shift)])
@@ -166,15 +168,15 @@ fn info(a: &Info) -> Result<(), CliError> {
             "file": a.file.display().to_string(),
             "format": kind,
             "format_version": if tuning { "" } else { state_file::VERSION },
-            "arch": state_file::ARCH,
-            "n_layer": c.n_layer,
-            "n_embd": c.n_embd,
-            "n_head": c.n_head,
+            "arch": sf.meta.arch,
+            "n_layer": c.layers,
+            "n_embd": c.embd,
+            "n_head": c.heads,
             "head_size": c.head_size,
-            "vocab": c.vocab,
-            "model_fingerprint": sf.fingerprint,
-            "tokens": sf.tokens,
-            "tokenizer": sf.tokenizer,
+            "vocab": sf.meta.vocab,
+            "model_fingerprint": sf.meta.fingerprint,
+            "tokens": sf.meta.tokens,
+            "tokenizer": sf.meta.tokenizer,
             "has_logits": sf.logits.is_some(),
             "layers": layers,
         });
@@ -189,22 +191,22 @@ fn info(a: &Info) -> Result<(), CliError> {
         };
         let mut s = String::new();
         s += &format!("file         {}\n", a.file.display());
-        s += &format!("format       {kind} ({})\n", state_file::ARCH);
+        s += &format!("format       {kind} ({})\n", sf.meta.arch);
         s += &format!(
             "shape        {} layers, width {}, {} heads of {}, vocab {}\n",
-            c.n_layer,
-            c.n_embd,
-            c.n_head,
+            c.layers,
+            c.embd,
+            c.heads,
             c.head_size,
-            if c.vocab == 0 {
+            if sf.meta.vocab == 0 {
                 "unknown".into()
             } else {
-                c.vocab.to_string()
+                sf.meta.vocab.to_string()
             }
         );
-        s += &format!("model        {}\n", unknown(&sf.fingerprint));
-        s += &format!("tokens fed   {}\n", sf.tokens);
-        s += &format!("tokenizer    {}\n", unknown(&sf.tokenizer));
+        s += &format!("model        {}\n", unknown(&sf.meta.fingerprint));
+        s += &format!("tokens fed   {}\n", sf.meta.tokens);
+        s += &format!("tokenizer    {}\n", unknown(&sf.meta.tokenizer));
         s += &format!(
             "logits       {}\n",
             if sf.logits.is_some() { "yes" } else { "no" }
@@ -223,14 +225,8 @@ fn import(a: &Import) -> Result<(), CliError> {
     let sf = match &a.model {
         Some(m) => {
             let model = Model::load(m)?;
-            StateFile {
-                state: state_file::import_tuning(&a.file, &model.cfg)?,
-                logits: None,
-                cfg: model.cfg,
-                fingerprint: model.fingerprint().to_string(),
-                tokens: 0,
-                tokenizer: String::new(),
-            }
+            let state = state_file::import_tuning(&a.file, model.cfg.state_shape())?;
+            StateFile::of(&model, &state, None, 0, "")?
         }
         None => read_any(&a.file)?.0,
     };
@@ -259,22 +255,20 @@ fn delta(a: &[f32], b: &[f32]) -> (f64, f64) {
 fn diff(a: &Diff) -> Result<(), CliError> {
     let (x, _) = read_any(&a.a)?;
     let (y, _) = read_any(&a.b)?;
-    let (cx, cy) = (&x.cfg, &y.cfg);
-    if (cx.n_layer, cx.n_embd, cx.n_head, cx.head_size)
-        != (cy.n_layer, cy.n_embd, cy.n_head, cy.head_size)
-    {
+    let (cx, cy) = (&x.meta.shape, &y.meta.shape);
+    if cx != cy {
         return Err(CliError::runtime(format!(
             "{} and {} have different shapes ({} layers of width {} vs {} of {})",
             a.a.display(),
             a.b.display(),
-            cx.n_layer,
-            cx.n_embd,
-            cy.n_layer,
-            cy.n_embd
+            cx.layers,
+            cx.embd,
+            cy.layers,
+            cy.embd
         )));
     }
     let mut rows: Vec<(String, (f64, f64))> = Vec::new();
-    for (l, (p, q)) in x.state.layers().iter().zip(y.state.layers()).enumerate() {
+    for (l, (p, q)) in x.layers().iter().zip(y.layers()).enumerate() {
         rows.push((format!("{l}.att_shift"), delta(&p.att_shift, &q.att_shift)));
         rows.push((format!("{l}.wkv"), delta(&p.wkv, &q.wkv)));
         rows.push((format!("{l}.ffn_shift"), delta(&p.ffn_shift, &q.ffn_shift)));

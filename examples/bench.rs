@@ -11,8 +11,8 @@
 
 use clap::Parser;
 use rayon::prelude::*;
-use rwkv::backend::cpu::{matmul_with, Isa};
-use rwkv::model::v6::Weights;
+use rwkv::backend::cpu::matmul_with;
+use rwkv::isa::Isa;
 use rwkv::model::{LoadOptions, Precision, Quant};
 use rwkv::tensor::quant::quantize;
 use rwkv::tensor::{Buf, Data, Matrix};
@@ -89,14 +89,14 @@ fn peak_rss_bytes() -> u64 {
 }
 
 /// The bytes of every matrix a token reads (all but the embedding), in pieces of 256 KiB.
-fn weight_bytes<'a>(w: &'a Weights) -> Vec<&'a [u8]> {
+fn weight_bytes(m: &Model) -> Vec<&[u8]> {
     fn bytes<T>(v: &[T]) -> &[u8] {
         // SAFETY: any initialised memory can be read as bytes.
         unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
     }
     let mut out = Vec::new();
-    let mut add = |m: &'a Matrix| {
-        let parts = match &m.data {
+    for w in m.host_matrices() {
+        let parts: [&[u8]; 2] = match &w.data {
             Data::F32(b) => [bytes(b), &[]],
             Data::F16(b) => [bytes(b), &[]],
             Data::BF16(b) => [bytes(b), &[]],
@@ -104,21 +104,7 @@ fn weight_bytes<'a>(w: &'a Weights) -> Vec<&'a [u8]> {
             Data::Nf4(q) => [bytes(&q.packed), bytes(&q.scales)],
         };
         out.extend(parts.into_iter().flat_map(|p| p.chunks(256 * 1024)));
-    };
-    for l in &w.layers {
-        let (a, f) = (&l.att, &l.ffn);
-        [&a.maa_w1, &a.decay_w1, &a.decay_w2]
-            .into_iter()
-            .chain(&a.maa_w2)
-            .for_each(&mut add);
-        [&a.receptance, &a.key, &a.value, &a.gate, &a.output]
-            .into_iter()
-            .for_each(&mut add);
-        [&f.key, &f.receptance, &f.value]
-            .into_iter()
-            .for_each(&mut add);
     }
-    add(&w.head);
     out
 }
 
@@ -159,9 +145,9 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
     let opts = LoadOptions {
         quant: quant_of(format),
         quant_layers: None,
+        device: args.device.parse().unwrap(),
     };
     let mut m = Model::load_with(path, opts).unwrap();
-    m.use_device(args.device.parse().unwrap()).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     let v = m.cfg.vocab as u32;
     let prompt: Vec<u32> = (0..args.prompt as u32)
@@ -185,7 +171,7 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
     let prompt_s = t1.elapsed().as_secs_f64();
     // Generation in rounds, each followed by reads of every weight a token reads (on the
     // CPU), so that each round's speed meets the bandwidth of the same moment.
-    let pieces = weight_bytes(&m.weights);
+    let pieces = weight_bytes(&m);
     let on_cpu = args.device == "cpu";
     let rounds = rounds(args.gen);
     let (mut gen_s, mut measured) = (0.0, Vec::new());

@@ -4,9 +4,11 @@
 //! [`backend::Backend`]) -> logits -> [`sample`] -> ids -> bytes. The RNN [`state::State`]
 //! carries everything the model remembers. Nothing in the library prints or exits.
 
+pub mod atomic;
 pub mod backend;
 pub mod cli;
 pub mod error;
+pub mod isa;
 pub mod model;
 pub mod sample;
 pub mod score;

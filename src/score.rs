@@ -163,10 +163,10 @@ impl<'m> Stream<'m> {
     }
 
     /// A stream at the same position with fresh totals: one context, several continuations.
-    pub fn fork(&self) -> Stream<'m> {
-        Stream {
+    pub fn fork(&self) -> Result<Stream<'m>> {
+        Ok(Stream {
             model: self.model,
-            state: self.state.clone(),
+            state: self.state.try_clone()?,
             next: self.next.clone(),
             chunk: self.chunk,
             keep: self.keep,
@@ -176,7 +176,7 @@ impl<'m> Stream<'m> {
                 ..Totals::default()
             },
             scored: Vec::new(),
-        }
+        })
     }
 
     /// Logits predicting the token after everything fed.

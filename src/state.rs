@@ -1,136 +1,120 @@
-//! The RNN state: what a prompt of any length becomes. Per layer, f32 vectors that callers
-//! can read, set and copy; files live in `state_file`.
+//! The RNN state: what a prompt of any length becomes. It lives where the model runs
+//! (host memory, or an OpenCL device) as one flat array per stream, laid out by
+//! [`StateShape`]: per layer `att_shift [D]`, the wkv matrix `[H, S, S]`, `ffn_shift [D]`.
+//! Reading it ([`State::layers`], [`State::values`]) copies it to the host; a state read
+//! from a file starts on the host and moves to the model's device on first use.
 //!
-//! A state may also have a copy on a device (OpenCL), which is then the newer one: the
-//! device backend advances it there, and the host copy is brought up to date only when
-//! someone reads it ([`State::sync`], [`State::layers_mut`], `clone`), so that generating a
-//! token moves no state across the bus.
+//! The wkv matrix is indexed `[head, key, value]` for RWKV-6 and `[head, value, key]` for
+//! RWKV-7, each model's official order (`docs/STATE_FORMAT.md`).
 
-use crate::model::Config;
+use crate::backend::{StateData, StateShape};
+use crate::error::{Error, Result};
 
-/// One layer's state.
+/// One layer's state, on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerState {
     /// `[D]`: the ln1 output of the previous token.
     pub att_shift: Vec<f32>,
-    /// `[H, S, S]`, indexed `[head, key, value]`.
+    /// `[H, S, S]`.
     pub wkv: Vec<f32>,
     /// `[D]`: the ln2 output of the previous token.
     pub ffn_shift: Vec<f32>,
 }
 
-/// A copy of a state on a device.
-pub trait DeviceState: Send + Sync {
-    /// Copy the device's values into `layers`.
-    fn download(&self, layers: &mut [LayerState]);
-    /// Downcasting, for the backend that made it.
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
-}
-
-/// The state of every layer, `[L]`.
+/// The state of every layer of one stream.
 pub struct State {
-    layers: Vec<LayerState>,
-    device: Option<Box<dyn DeviceState>>,
-    /// The device copy is newer than `layers`.
-    host_stale: bool,
+    shape: StateShape,
+    data: StateData,
 }
 
 impl State {
-    /// The zero state a document starts from.
-    pub fn zeros(cfg: &Config) -> State {
-        let d = cfg.n_embd;
-        let layer = LayerState {
-            att_shift: vec![0.0; d],
-            wkv: vec![0.0; cfg.n_head * cfg.head_size * cfg.head_size],
-            ffn_shift: vec![0.0; d],
-        };
-        State::from_layers(vec![layer; cfg.n_layer])
+    /// The zero state a document starts from, on the host.
+    pub fn zeros(shape: StateShape) -> State {
+        State::from_values(shape, vec![0.0; shape.len()]).expect("sized for the shape")
     }
 
-    pub fn from_layers(layers: Vec<LayerState>) -> State {
-        State {
-            layers,
-            device: None,
-            host_stale: false,
+    /// A host state from its flat values (`[L, layer_len]`).
+    pub fn from_values(shape: StateShape, values: Vec<f32>) -> Result<State> {
+        if values.len() != shape.len() {
+            return Err(Error::StateMismatch(format!(
+                "a state of {} values for a shape of {}",
+                values.len(),
+                shape.len()
+            )));
         }
+        Ok(State {
+            shape,
+            data: StateData::Host(values),
+        })
     }
 
-    /// Bring the host copy up to date.
-    pub fn sync(&mut self) {
-        if self.host_stale {
-            if let Some(d) = &self.device {
-                d.download(&mut self.layers);
-            }
-            self.host_stale = false;
+    /// A host state from its layers.
+    pub fn from_layers(shape: StateShape, layers: &[LayerState]) -> Result<State> {
+        let mut v = Vec::with_capacity(shape.len());
+        for l in layers {
+            v.extend_from_slice(&l.att_shift);
+            v.extend_from_slice(&l.wkv);
+            v.extend_from_slice(&l.ffn_shift);
         }
+        State::from_values(shape, v)
     }
 
-    /// The layers as the host holds them: current unless a device advanced the state since
-    /// the last [`State::sync`] (the library syncs before every read of its own).
-    pub fn layers(&self) -> &[LayerState] {
-        debug_assert!(!self.host_stale, "State::layers read without sync");
-        &self.layers
+    /// A state a backend made.
+    pub(crate) fn from_data(shape: StateShape, data: StateData) -> State {
+        State { shape, data }
     }
 
-    /// The layers to change: synced first, and any device copy dropped (the next device
-    /// run uploads the changed values).
-    pub fn layers_mut(&mut self) -> &mut Vec<LayerState> {
-        self.sync();
-        self.device = None;
-        &mut self.layers
+    pub fn shape(&self) -> StateShape {
+        self.shape
     }
 
-    /// For a device backend: its copy of this state, if it has one.
-    pub fn device_mut(&mut self) -> Option<&mut (dyn DeviceState + 'static)> {
-        self.device.as_deref_mut()
+    /// The values, `[L, layer_len]`, copied to the host.
+    pub fn values(&self) -> Result<Vec<f32>> {
+        self.data.to_host()
     }
 
-    /// For a device backend: attach its copy (made from [`State::layers`]).
-    pub fn set_device(&mut self, d: Box<dyn DeviceState>) {
-        self.sync();
-        self.device = Some(d);
-    }
-
-    /// For a device backend: its copy has advanced past the host's.
-    pub fn mark_device_newer(&mut self) {
-        self.host_stale = true;
-    }
-
-    /// Whether the shapes fit `cfg`.
-    pub fn fits(&self, cfg: &Config) -> bool {
-        self.layers.len() == cfg.n_layer
-            && self.layers.iter().all(|l| {
-                l.att_shift.len() == cfg.n_embd
-                    && l.ffn_shift.len() == cfg.n_embd
-                    && l.wkv.len() == cfg.n_head * cfg.head_size * cfg.head_size
+    /// Every layer, copied to the host.
+    pub fn layers(&self) -> Result<Vec<LayerState>> {
+        let v = self.values()?;
+        let s = self.shape;
+        Ok((0..s.layers)
+            .map(|l| LayerState {
+                att_shift: v[s.att_shift(l)].to_vec(),
+                wkv: v[s.wkv(l)].to_vec(),
+                ffn_shift: v[s.ffn_shift(l)].to_vec(),
             })
+            .collect())
     }
-}
 
-impl Clone for State {
-    /// A host-only copy with the current values.
-    fn clone(&self) -> State {
-        let mut layers = self.layers.clone();
-        if self.host_stale {
-            if let Some(d) = &self.device {
-                d.download(&mut layers);
-            }
-        }
-        State::from_layers(layers)
+    /// A copy where this one lives.
+    pub fn try_clone(&self) -> Result<State> {
+        Ok(State {
+            shape: self.shape,
+            data: self.data.try_clone()?,
+        })
     }
-}
 
-impl PartialEq for State {
-    fn eq(&self, other: &State) -> bool {
-        self.clone().layers == other.clone().layers
+    /// A copy on the host.
+    pub fn to_host(&self) -> Result<State> {
+        State::from_values(self.shape, self.values()?)
+    }
+
+    /// Where the values live, for the backend that runs the model.
+    pub(crate) fn data_mut(&mut self) -> &mut StateData {
+        &mut self.data
     }
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = match self.data {
+            StateData::Host(_) => "host",
+            #[cfg(feature = "opencl")]
+            StateData::Device(_) => "device",
+        };
         f.debug_struct("State")
-            .field("layers", &self.layers.len())
-            .field("on_device", &self.device.is_some())
+            .field("shape", &self.shape)
+            .field("on", &on)
             .finish()
     }
 }

@@ -1,310 +1,499 @@
-//! RNN state files: a safetensors file holding, per layer, `L.att_shift [D]`, `L.wkv
-//! [H, S, S]` and `L.ffn_shift [D]` (f32), optionally `logits [V]` (after the last token fed),
-//! and metadata naming the format, the architecture, the shape, the model fingerprint, the
-//! tokens fed and the tokenizer. The format is documented in `docs/STATE_FORMAT.md`.
+//! RNN state files: safetensors holding, per layer, `L.att_shift [D]`, `L.wkv [H, S, S]`
+//! and `L.ffn_shift [D]` (f32), optionally `logits [V]` (after the last token fed), and
+//! metadata naming the format, the architecture, the shape, the model fingerprint, the
+//! tokens fed and the tokenizer. `docs/STATE_FORMAT.md` documents it.
 //!
-//! Writes are atomic: a temporary file in the destination folder, then a rename, so an
-//! interrupted write never leaves a half-written file and the old one survives.
+//! The bytes are reproducible (the header's keys in a fixed order), the header is checked
+//! against the file's size before anything is allocated, and files are written atomically
+//! ([`crate::atomic`]).
 
+use crate::backend::StateShape;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
-use crate::model::Config;
 use crate::state::{LayerState, State};
-use safetensors::tensor::{Dtype, TensorView};
-use std::collections::HashMap;
-use std::io::Write;
+use crate::Model;
+use memmap2::Mmap;
+use serde_json::{json, Map, Value};
 use std::path::Path;
 
 pub const FORMAT: &str = "rwkv-tools-state";
 pub const VERSION: &str = "1";
-pub const ARCH: &str = "rwkv6";
+
+/// The largest state-file header read: a 64-layer state's is about 20 KB.
+const MAX_HEADER: u64 = 16 << 20;
+
+/// What a state file says about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateMeta {
+    /// `rwkv6` or `rwkv7`.
+    pub arch: String,
+    pub shape: StateShape,
+    /// 0 when unknown (a state imported without a model).
+    pub vocab: usize,
+    /// [`Model::fingerprint`] of the model that made it; empty when unknown.
+    pub fingerprint: String,
+    /// Tokens fed since the zero state (or since the imported state).
+    pub tokens: u64,
+    /// The tokenizer the text was encoded with (`world`, `bytes`, ...), or empty.
+    pub tokenizer: String,
+}
 
 /// A state with what it belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateFile {
-    pub state: State,
+    pub meta: StateMeta,
+    /// `[L, layer_len]` ([`StateShape`]).
+    pub values: Vec<f32>,
     /// `[V]`: logits after the last token fed, when any was fed.
     pub logits: Option<Vec<f32>>,
-    pub cfg: Config,
-    /// [`crate::Model::fingerprint`] of the model that made it; empty for imported states.
-    pub fingerprint: String,
-    /// Tokens fed since the zero state (or since the imported state).
-    pub tokens: u64,
-    /// Tokenizer name the text was encoded with (`world`, `bytes`, ...), or empty.
-    pub tokenizer: String,
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 impl StateFile {
-    /// Serialize to safetensors bytes.
+    /// `state` of `model`, after `tokens` tokens encoded by `tokenizer`.
+    pub fn of(
+        model: &Model,
+        state: &State,
+        logits: Option<Vec<f32>>,
+        tokens: u64,
+        tokenizer: &str,
+    ) -> Result<StateFile> {
+        Ok(StateFile {
+            meta: StateMeta {
+                arch: model.cfg.arch.name().to_string(),
+                shape: state.shape(),
+                vocab: model.cfg.vocab,
+                fingerprint: model.fingerprint().to_string(),
+                tokens,
+                tokenizer: tokenizer.to_string(),
+            },
+            values: state.values()?,
+            logits,
+        })
+    }
+
+    /// The state, on the host.
+    pub fn state(&self) -> Result<State> {
+        State::from_values(self.meta.shape, self.values.clone())
+    }
+
+    /// Every layer's values.
+    pub fn layers(&self) -> Vec<LayerState> {
+        layers(self.meta.shape, &self.values)
+    }
+
+    /// The file's bytes: tensors in layer order, then `logits`; metadata keys sorted.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let c = &self.cfg;
-        let (h, s) = (c.n_head, c.head_size);
-        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for (l, ls) in self.state.layers().iter().enumerate() {
-            bufs.push((
+        let m = &self.meta;
+        let s = m.shape;
+        let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+        for l in 0..s.layers {
+            let wkv = vec![s.heads, s.head_size, s.head_size];
+            tensors.push((
                 format!("{l}.att_shift"),
-                vec![c.n_embd],
-                f32_bytes(&ls.att_shift),
+                vec![s.embd],
+                &self.values[s.att_shift(l)],
             ));
-            bufs.push((format!("{l}.wkv"), vec![h, s, s], f32_bytes(&ls.wkv)));
-            bufs.push((
+            tensors.push((format!("{l}.wkv"), wkv, &self.values[s.wkv(l)]));
+            tensors.push((
                 format!("{l}.ffn_shift"),
-                vec![c.n_embd],
-                f32_bytes(&ls.ffn_shift),
+                vec![s.embd],
+                &self.values[s.ffn_shift(l)],
             ));
         }
         if let Some(lg) = &self.logits {
-            bufs.push(("logits".into(), vec![lg.len()], f32_bytes(lg)));
+            tensors.push(("logits".into(), vec![lg.len()], lg));
         }
-        let views: Vec<(String, TensorView)> = bufs
-            .iter()
-            .map(|(n, shape, b)| {
-                let v = TensorView::new(Dtype::F32, shape.clone(), b).expect("sizes agree");
-                (n.clone(), v)
-            })
-            .collect();
-        let meta: HashMap<String, String> = [
+        let meta: Map<String, Value> = [
+            ("arch", m.arch.clone()),
             ("format", FORMAT.to_string()),
             ("format_version", VERSION.to_string()),
-            ("arch", ARCH.to_string()),
-            ("n_layer", c.n_layer.to_string()),
-            ("n_embd", c.n_embd.to_string()),
-            ("n_head", c.n_head.to_string()),
-            ("head_size", c.head_size.to_string()),
-            ("vocab", c.vocab.to_string()),
-            ("model_fingerprint", self.fingerprint.clone()),
-            ("tokens", self.tokens.to_string()),
-            ("tokenizer", self.tokenizer.clone()),
+            ("head_size", s.head_size.to_string()),
+            ("model_fingerprint", m.fingerprint.clone()),
+            ("n_embd", s.embd.to_string()),
+            ("n_head", s.heads.to_string()),
+            ("n_layer", s.layers.to_string()),
+            ("tokenizer", m.tokenizer.clone()),
+            ("tokens", m.tokens.to_string()),
+            ("vocab", m.vocab.to_string()),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
+        .map(|(k, v)| (k.to_string(), Value::String(v)))
         .collect();
-        safetensors::serialize(views, &Some(meta)).expect("serializing f32 tensors")
+        let mut header = Map::new();
+        header.insert("__metadata__".into(), Value::Object(meta));
+        let mut off = 0usize;
+        for (name, shape, v) in &tensors {
+            let end = off + 4 * v.len();
+            header.insert(
+                name.clone(),
+                json!({"dtype": "F32", "shape": shape, "data_offsets": [off, end]}),
+            );
+            off = end;
+        }
+        let mut h = serde_json::to_vec(&Value::Object(header)).expect("a JSON map serializes");
+        while !h.len().is_multiple_of(8) {
+            h.push(b' ');
+        }
+        let mut out = Vec::with_capacity(8 + h.len() + off);
+        out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+        out.extend_from_slice(&h);
+        for (_, _, v) in &tensors {
+            for x in v.iter() {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        out
     }
 
     /// Write atomically to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &self.to_bytes())
+        crate::atomic::write_atomic(path, &self.to_bytes())
     }
 
-    /// Read a state file written by [`StateFile::save`].
+    /// Read a state file (`path` names it in errors).
     pub fn load(path: &Path) -> Result<StateFile> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        StateFile::from_bytes(path, &bytes)
+        Mapped::open(path)?.read()
     }
 
-    /// Parse the bytes of a state file; `path` names it in errors.
+    /// Parse a state file's bytes (`path` names it in errors).
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<StateFile> {
-        let bad = |m: String| Error::format(path, m);
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(format!("not a state file: {e}")))?;
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("corrupt or truncated state file: {e}")))?;
-        let md = meta.metadata().clone().unwrap_or_default();
-        if md.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!(
-                "not an rwkv-tools state file (no `format: {FORMAT}` metadata); \
-                 use `rwkv-state import` for state-tuning files"
-            )));
-        }
-        let num = |k: &str| -> Result<usize> {
-            md.get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad(format!("metadata `{k}` missing or not a number")))
-        };
-        let cfg = Config {
-            n_layer: num("n_layer")?,
-            n_embd: num("n_embd")?,
-            n_head: num("n_head")?,
-            head_size: num("head_size")?,
-            vocab: num("vocab")?,
-            ffn: 0,
-            maa_lora: 0,
-            decay_lora: 0,
-        };
-        let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = st.tensor(name).map_err(|_| Error::MissingTensor {
-                path: path.to_path_buf(),
-                name: name.to_string(),
-            })?;
-            if t.dtype() != Dtype::F32 || t.shape() != shape {
-                return Err(Error::Shape {
-                    path: path.to_path_buf(),
-                    name: name.to_string(),
-                    expected: shape.to_vec(),
-                    found: t.shape().to_vec(),
-                });
-            }
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect())
-        };
-        let (d, h, s) = (cfg.n_embd, cfg.n_head, cfg.head_size);
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for l in 0..cfg.n_layer {
-            layers.push(LayerState {
-                att_shift: tensor(&format!("{l}.att_shift"), &[d])?,
-                wkv: tensor(&format!("{l}.wkv"), &[h, s, s])?,
-                ffn_shift: tensor(&format!("{l}.ffn_shift"), &[d])?,
-            });
-        }
-        let logits = match st.tensor("logits") {
-            Ok(_) => Some(tensor("logits", &[cfg.vocab])?),
-            Err(_) => None,
-        };
-        Ok(StateFile {
-            state: State::from_layers(layers),
-            logits,
-            cfg,
-            fingerprint: md.get("model_fingerprint").cloned().unwrap_or_default(),
-            tokens: md.get("tokens").and_then(|v| v.parse().ok()).unwrap_or(0),
-            tokenizer: md.get("tokenizer").cloned().unwrap_or_default(),
-        })
+        Parsed::new(path, bytes)?.read(bytes)
     }
 
     /// Whether the file's shape is the model's (a vocab of 0, from an import without a
     /// model, fits any).
-    pub fn shape_fits(&self, cfg: &Config) -> bool {
-        let c = &self.cfg;
-        (c.n_layer, c.n_embd, c.n_head, c.head_size)
-            == (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size)
-            && (c.vocab == 0 || c.vocab == cfg.vocab)
+    pub fn shape_fits(&self, model: &Model) -> bool {
+        let c = &model.cfg;
+        self.meta.shape == c.state_shape() && (self.meta.vocab == 0 || self.meta.vocab == c.vocab)
     }
 }
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+/// Layers of `values [L, layer_len]`.
+pub fn layers(shape: StateShape, values: &[f32]) -> Vec<LayerState> {
+    (0..shape.layers)
+        .map(|l| LayerState {
+            att_shift: values[shape.att_shift(l)].to_vec(),
+            wkv: values[shape.wkv(l)].to_vec(),
+            ffn_shift: values[shape.ffn_shift(l)].to_vec(),
+        })
+        .collect()
+}
+
+/// A state file's header, checked: where each tensor's bytes lie.
+struct Parsed {
+    meta: StateMeta,
+    /// Byte ranges of the layers' three tensors, in order, and of `logits`.
+    parts: Vec<std::ops::Range<usize>>,
+    logits: Option<std::ops::Range<usize>>,
+    path: std::path::PathBuf,
+}
+
+impl Parsed {
+    fn new(path: &Path, bytes: &[u8]) -> Result<Parsed> {
+        let bad = |m: String| Error::format(path, m);
+        let not_state = || {
+            bad(format!(
+                "not an rwkv-tools state file (no `format: {FORMAT}` metadata); `rwkv-state \
+                 import` reads state-tuning files"
+            ))
+        };
+        let Some(n) = bytes.get(..8) else {
+            return Err(not_state());
+        };
+        let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
+        if n > MAX_HEADER || n > bytes.len() as u64 - 8 || bytes.get(8) != Some(&b'{') {
+            return Err(not_state());
+        }
+        let header: Value =
+            serde_json::from_slice(&bytes[8..8 + n as usize]).map_err(|_| not_state())?;
+        let Some(Value::Object(md)) = header.get("__metadata__") else {
+            return Err(not_state());
+        };
+        let text = |k: &str| md.get(k).and_then(Value::as_str);
+        if text("format") != Some(FORMAT) {
+            return Err(not_state());
+        }
+        if text("format_version") != Some(VERSION) {
+            return Err(bad(format!(
+                "state file format version {}, this build reads version {VERSION}",
+                text("format_version").unwrap_or("(none)")
+            )));
+        }
+        let num = |k: &str| -> Result<usize> {
+            text(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad(format!("metadata `{k}` missing or not a number")))
+        };
+        let arch = text("arch").unwrap_or("rwkv6").to_string();
+        if !matches!(arch.as_str(), "rwkv6" | "rwkv7") {
+            return Err(bad(format!("a state of an unknown architecture `{arch}`")));
+        }
+        let shape = StateShape {
+            layers: num("n_layer")?,
+            embd: num("n_embd")?,
+            heads: num("n_head")?,
+            head_size: num("head_size")?,
+        };
+        let vocab = num("vocab")?;
+        // Every size from the metadata, in checked arithmetic, must fit in the file.
+        let data = bytes.len() as u64 - 8 - n;
+        let too_big = || {
+            bad(format!(
+                "metadata declares a state ({} layers, width {}, {} heads of {}) larger than \
+                 the file",
+                shape.layers, shape.embd, shape.heads, shape.head_size
+            ))
+        };
+        let wkv = (shape.heads as u64)
+            .checked_mul(shape.head_size as u64)
+            .and_then(|v| v.checked_mul(shape.head_size as u64));
+        let per_layer = wkv.and_then(|w| w.checked_add(2 * shape.embd as u64));
+        let total = per_layer
+            .and_then(|p| p.checked_mul(shape.layers as u64))
+            .and_then(|v| v.checked_mul(4))
+            .ok_or_else(too_big)?;
+        if total > data || shape.heads.checked_mul(shape.head_size) != Some(shape.embd) {
+            return Err(too_big());
+        }
+        let base = 8 + n as usize;
+        let tensor = |name: &str, want: &[usize]| -> Result<std::ops::Range<usize>> {
+            let t = header.get(name).ok_or_else(|| Error::MissingTensor {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+            })?;
+            let shape: Option<Vec<usize>> = t["shape"]
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect());
+            let offs: Option<Vec<u64>> = t["data_offsets"]
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_u64).collect());
+            let dtype = t["dtype"].as_str().unwrap_or("");
+            let found = shape.clone().unwrap_or_default();
+            if dtype != "F32" {
+                return Err(bad(format!(
+                    "tensor `{name}` is {dtype}, expected F32 {want:?}"
+                )));
+            }
+            if found != want {
+                return Err(Error::Shape {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                    expected: want.to_vec(),
+                    found,
+                });
+            }
+            let len = want.iter().product::<usize>() as u64 * 4;
+            match offs.as_deref() {
+                Some(&[a, b]) if b >= a && b - a == len && b <= data => {
+                    Ok(base + a as usize..base + b as usize)
+                }
+                _ => Err(bad(format!("tensor `{name}` lies outside the file's data"))),
+            }
+        };
+        let mut parts = Vec::with_capacity(3 * shape.layers);
+        let (d, h, s) = (shape.embd, shape.heads, shape.head_size);
+        for l in 0..shape.layers {
+            parts.push(tensor(&format!("{l}.att_shift"), &[d])?);
+            parts.push(tensor(&format!("{l}.wkv"), &[h, s, s])?);
+            parts.push(tensor(&format!("{l}.ffn_shift"), &[d])?);
+        }
+        let logits = match header.get("logits") {
+            Some(_) if vocab == 0 => return Err(bad("`logits` in a state of vocab 0".into())),
+            Some(_) => Some(tensor("logits", &[vocab])?),
+            None => None,
+        };
+        Ok(Parsed {
+            meta: StateMeta {
+                arch,
+                shape,
+                vocab,
+                fingerprint: text("model_fingerprint").unwrap_or("").to_string(),
+                tokens: text("tokens").and_then(|v| v.parse().ok()).unwrap_or(0),
+                tokenizer: text("tokenizer").unwrap_or("").to_string(),
+            },
+            parts,
+            logits,
+            path: path.to_path_buf(),
+        })
     }
-    Ok(())
+
+    fn read(&self, bytes: &[u8]) -> Result<StateFile> {
+        let f32s = |r: &std::ops::Range<usize>| -> Vec<f32> {
+            bytes[r.clone()]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
+        let mut values = Vec::with_capacity(self.meta.shape.len());
+        for p in &self.parts {
+            values.extend(f32s(p));
+        }
+        let logits = self.logits.as_ref().map(f32s);
+        for (what, v) in [
+            ("state", &values),
+            ("logits", logits.as_ref().unwrap_or(&vec![])),
+        ] {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::format(
+                    &self.path,
+                    format!("the {what} holds a non-finite value (at {i})"),
+                ));
+            }
+        }
+        Ok(StateFile {
+            meta: self.meta.clone(),
+            values,
+            logits,
+        })
+    }
+}
+
+/// A state file mapped, its header checked; its values read on demand.
+pub struct Mapped {
+    map: Mmap,
+    parsed: Parsed,
+}
+
+impl Mapped {
+    pub fn open(path: &Path) -> Result<Mapped> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        if file.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
+            return Err(Error::format(path, "is a folder, not a state file"));
+        }
+        // SAFETY: read-only; a file changed while mapped gives wrong values, not UB in us
+        // beyond what reading any changing file gives.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let parsed = Parsed::new(path, &map)?;
+        Ok(Mapped { map, parsed })
+    }
+
+    pub fn meta(&self) -> &StateMeta {
+        &self.parsed.meta
+    }
+
+    pub fn has_logits(&self) -> bool {
+        self.parsed.logits.is_some()
+    }
+
+    /// Layer `l`'s three tensors (`att_shift`, `wkv`, `ffn_shift`), each as f32 values.
+    pub fn layer(&self, l: usize) -> [impl Iterator<Item = f32> + '_; 3] {
+        std::array::from_fn(|k| {
+            self.map[self.parsed.parts[3 * l + k].clone()]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        })
+    }
+
+    pub fn read(&self) -> Result<StateFile> {
+        self.parsed.read(&self.map)
+    }
 }
 
 /// The shape a state-tuning file implies: layers from the `blocks.N.att.time_state`
-/// count, heads and head size from their shape; vocab unknown (0).
-pub fn tuning_config(path: &Path) -> Result<Config> {
+/// count, heads and head size from their shape; vocab unknown.
+pub fn tuning_shape(path: &Path) -> Result<StateShape> {
     let ck = Checkpoint::open(path)?;
+    tuning_shape_of(&ck)
+}
+
+fn tuning_shape_of(ck: &Checkpoint) -> Result<StateShape> {
+    let path = &ck.path;
+    let name = "blocks.0.att.time_state";
     let shape = ck
-        .shape("blocks.0.att.time_state")
+        .shape(name)
         .ok_or_else(|| {
             Error::format(
                 path,
-                "not a state-tuning file: no `blocks.0.att.time_state` tensor",
+                "neither a state file nor a state-tuning file (no `blocks.0.att.time_state`)",
             )
         })?
         .to_vec();
     let [h, s, s2] = shape[..] else {
         return Err(Error::Shape {
-            path: path.to_path_buf(),
-            name: "blocks.0.att.time_state".into(),
+            path: path.clone(),
+            name: name.into(),
             expected: vec![0, 64, 64],
             found: shape,
         });
     };
     if s != s2 {
         return Err(Error::Shape {
-            path: path.to_path_buf(),
-            name: "blocks.0.att.time_state".into(),
+            path: path.clone(),
+            name: name.into(),
             expected: vec![h, s, s],
             found: shape,
         });
     }
-    let n_layer = ck
+    let layers = ck
         .tensors
         .keys()
         .filter(|k| k.ends_with(".att.time_state"))
         .count();
-    Ok(Config {
-        n_layer,
-        n_embd: h * s,
-        n_head: h,
+    Ok(StateShape {
+        layers,
+        embd: h
+            .checked_mul(s)
+            .ok_or_else(|| Error::format(path, "time_state's shape overflows"))?,
+        heads: h,
         head_size: s,
-        ffn: 0,
-        vocab: 0,
-        maa_lora: 0,
-        decay_lora: 0,
     })
 }
 
-/// An official state-tuning file: `blocks.N.att.time_state` [H, S, S] for every layer, in a
-/// `.pth` from RWKV-PEFT (stored `[head, value, key]`, transposed here) or an Ai00 `.st`
-/// (already `[head, key, value]`). The shift vectors start at zero.
-pub fn import_tuning(path: &Path, cfg: &Config) -> Result<State> {
+/// An official RWKV-6 state-tuning file as a state of `shape`: `blocks.N.att.time_state`
+/// `[H, S, S]` for every layer, in a `.pth` from RWKV-PEFT (stored `[head, value, key]`,
+/// transposed here) or an Ai00 `.st` (already `[head, key, value]`). The shift vectors
+/// start at zero.
+pub fn import_tuning(path: &Path, shape: StateShape) -> Result<State> {
     let ck = Checkpoint::open(path)?;
-    let transposed = ck.map.starts_with(b"PK\x03\x04");
-    let (h, s) = (cfg.n_head, cfg.head_size);
-    let mut state = State::zeros(cfg);
-    if !ck.tensors.contains_key("blocks.0.att.time_state") {
-        return Err(Error::format(
-            path,
-            "not a state-tuning file: no `blocks.0.att.time_state` tensor",
-        ));
-    }
-    let n_file = ck
-        .tensors
-        .keys()
-        .filter(|k| k.ends_with(".att.time_state"))
-        .count();
-    if n_file != cfg.n_layer {
+    let found = tuning_shape_of(&ck)?;
+    if found != shape {
         return Err(Error::StateMismatch(format!(
-            "{}: the state has {n_file} layers, the model {}",
+            "{}: a state-tuning file of {} layers, {} heads of {}; the model has {} layers, \
+             {} heads of {}",
             path.display(),
-            cfg.n_layer
+            found.layers,
+            found.heads,
+            found.head_size,
+            shape.layers,
+            shape.heads,
+            shape.head_size
         )));
     }
-    for (l, ls) in state.layers_mut().iter_mut().enumerate() {
+    let transposed = ck.map.starts_with(b"PK\x03\x04");
+    let (h, s) = (shape.heads, shape.head_size);
+    let mut values = vec![0.0f32; shape.len()];
+    for l in 0..shape.layers {
         let name = format!("blocks.{l}.att.time_state");
-        let v = ck.vector(&name, &[h, s, s]).and_then(|v| {
-            // element counts agree; insist on the shape too
-            match ck.shape(&name) {
-                Some(sh) if sh == [h, s, s] => Ok(v),
-                Some(sh) => Err(Error::Shape {
+        match ck.shape(&name) {
+            Some(sh) if sh == [h, s, s] => {}
+            found => {
+                return Err(Error::Shape {
                     path: path.to_path_buf(),
-                    name: name.clone(),
+                    name,
                     expected: vec![h, s, s],
-                    found: sh.to_vec(),
-                }),
-                None => unreachable!(),
+                    found: found.map(<[usize]>::to_vec).unwrap_or_default(),
+                })
             }
-        })?;
+        }
+        let v = ck.vector(&name, &[h, s, s])?;
+        let wkv = &mut values[shape.wkv(l)];
         if transposed {
             for hh in 0..h {
                 for i in 0..s {
                     for j in 0..s {
-                        ls.wkv[hh * s * s + i * s + j] = v[hh * s * s + j * s + i];
+                        wkv[hh * s * s + i * s + j] = v[hh * s * s + j * s + i];
                     }
                 }
             }
         } else {
-            ls.wkv = v;
+            wkv.copy_from_slice(&v);
         }
     }
-    Ok(state)
+    State::from_values(shape, values)
 }
 
 /// A state to start from, as read by [`load_for`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Start {
     pub state: State,
     /// Logits after the last token the state was fed, when the file carries them.
@@ -312,8 +501,19 @@ pub struct Start {
     pub tokens: u64,
 }
 
+impl Start {
+    /// A copy where this one lives.
+    pub fn try_clone(&self) -> Result<Start> {
+        Ok(Start {
+            state: self.state.try_clone()?,
+            logits: self.logits.clone(),
+            tokens: self.tokens,
+        })
+    }
+}
+
 /// The state a run starts from: `path` read by [`load_for`], or the zero state.
-pub fn start_for(path: Option<&Path>, model: &crate::Model, force: bool) -> Result<Start> {
+pub fn start_for(path: Option<&Path>, model: &Model, force: bool) -> Result<Start> {
     match path {
         Some(p) => load_for(p, model, force),
         None => Ok(Start {
@@ -325,94 +525,97 @@ pub fn start_for(path: Option<&Path>, model: &crate::Model, force: bool) -> Resu
 }
 
 /// Read `path` (`-` for stdin) as a state for `model`: an rwkv-tools state file, or an
-/// official state-tuning file (`.pth`, Ai00 `.st`). A state of another shape is refused; one
-/// made with other weights (another fingerprint) is refused unless `force`.
-pub fn load_for(path: &Path, model: &crate::Model, force: bool) -> Result<Start> {
-    let bytes = if path.as_os_str() == "-" {
+/// official state-tuning file (`.pth`, Ai00 `.st`). A state of another architecture or
+/// shape is refused; one made with other weights (another fingerprint) is refused unless
+/// `force`.
+pub fn load_for(path: &Path, model: &Model, force: bool) -> Result<Start> {
+    let stdin = path.as_os_str() == "-";
+    let sf = if stdin {
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
             .map_err(|e| Error::io("<stdin>", e))?;
-        Some(b)
+        StateFile::from_bytes(Path::new("<stdin>"), &b)?
     } else {
-        None
-    };
-    let shown = if bytes.is_some() {
-        Path::new("<stdin>")
-    } else {
-        path
-    };
-    let ours = match &bytes {
-        Some(b) => is_state_file(b),
-        None => {
-            let mut head = vec![0u8; 64 * 1024];
-            let n = std::fs::File::open(path)
-                .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-                .map_err(|e| Error::io(path, e))?;
-            head.truncate(n);
-            is_state_file(&head)
+        match Mapped::open(path) {
+            Ok(m) => m.read()?,
+            Err(e) if is_not_state(&e) => {
+                // Not ours: maybe a state-tuning file.
+                let Ok(shape) = tuning_shape(path) else {
+                    return Err(e);
+                };
+                if model.cfg.arch.name() != "rwkv6" {
+                    return Err(Error::StateMismatch(format!(
+                        "{}: a state-tuning file; importing them is supported for RWKV-6 \
+                         models only ({} is {})",
+                        path.display(),
+                        model.path.display(),
+                        model.cfg.arch.name()
+                    )));
+                }
+                let _ = shape;
+                return Ok(Start {
+                    state: import_tuning(path, model.cfg.state_shape())?,
+                    logits: None,
+                    tokens: 0,
+                });
+            }
+            Err(e) => return Err(e),
         }
     };
-    if !ours {
-        if bytes.is_some() {
-            return Err(Error::format(shown, "not an rwkv-tools state file"));
-        }
-        let state = import_tuning(path, &model.cfg)?;
-        return Ok(Start {
-            state,
-            logits: None,
-            tokens: 0,
-        });
+    let shown = if stdin { Path::new("<stdin>") } else { path };
+    check_fits(shown, &sf.meta, model, force)?;
+    Ok(Start {
+        state: sf.state()?,
+        logits: sf.logits,
+        tokens: sf.meta.tokens,
+    })
+}
+
+/// Whether `e` says the file is not an rwkv-tools state file (so it may be another kind).
+fn is_not_state(e: &Error) -> bool {
+    matches!(e, Error::Format { msg, .. } if msg.starts_with("not an rwkv-tools state file"))
+}
+
+/// Refuse a state of another architecture, shape or (unless `force`) weights.
+pub fn check_fits(shown: &Path, m: &StateMeta, model: &Model, force: bool) -> Result<()> {
+    let c = &model.cfg;
+    if m.arch != c.arch.name() {
+        return Err(Error::StateMismatch(format!(
+            "{}: a {} state, but {} is an {} model",
+            shown.display(),
+            m.arch,
+            model.path.display(),
+            c.arch.name()
+        )));
     }
-    let sf = match bytes {
-        Some(b) => StateFile::from_bytes(shown, &b)?,
-        None => StateFile::load(path)?,
-    };
-    let c = &sf.cfg;
-    if !sf.shape_fits(&model.cfg) {
-        let m = &model.cfg;
+    let s = m.shape;
+    if s != c.state_shape() || (m.vocab != 0 && m.vocab != c.vocab) {
         return Err(Error::StateMismatch(format!(
             "{}: state of another model shape ({} layers, width {}, {} heads of {}, vocab {}) \
              than {} ({} layers, width {}, {} heads of {}, vocab {})",
             shown.display(),
+            s.layers,
+            s.embd,
+            s.heads,
+            s.head_size,
+            m.vocab,
+            model.path.display(),
             c.n_layer,
             c.n_embd,
             c.n_head,
             c.head_size,
-            c.vocab,
-            model.path.display(),
-            m.n_layer,
-            m.n_embd,
-            m.n_head,
-            m.head_size,
-            m.vocab
+            c.vocab
         )));
     }
-    if !force && !sf.fingerprint.is_empty() && sf.fingerprint != model.fingerprint() {
+    if !force && !m.fingerprint.is_empty() && m.fingerprint != model.fingerprint() {
         return Err(Error::StateMismatch(format!(
             "{}: state made with other weights (model fingerprint {}) than {} ({}); \
              --force uses it anyway",
             shown.display(),
-            sf.fingerprint,
+            m.fingerprint,
             model.path.display(),
             model.fingerprint()
         )));
     }
-    Ok(Start {
-        state: sf.state,
-        logits: sf.logits,
-        tokens: sf.tokens,
-    })
-}
-
-/// Whether `head` (the start of a file) is a safetensors header naming our format.
-fn is_state_file(head: &[u8]) -> bool {
-    let Some(n) = head.get(..8) else { return false };
-    let n = u64::from_le_bytes(n.try_into().unwrap()) as usize;
-    match head.get(8..8usize.saturating_add(n).min(head.len())) {
-        Some(h) => {
-            let needle = format!("\"format\":\"{FORMAT}\"");
-            h.windows(needle.len()).any(|w| w == needle.as_bytes())
-        }
-        None => false,
-    }
+    Ok(())
 }

@@ -1,109 +1,368 @@
-//! The narrow interface the model code calls. A backend owns the arithmetic over whole
-//! tensors: matrix products against stored weights, the norms and the wkv recurrence. The
-//! model code (`model::v6`) owns the order of operations and nothing else, so a faster CPU
-//! path or another device slots in here without touching the model.
+//! The interface between the model files and the hardware. A model file (`model::v6`,
+//! `model::v7`) says *what* runs, in order, as calls on a [`Backend`]; the backend says
+//! *how*, over its own memory: host memory on the CPU ([`cpu::Cpu`]), device buffers on
+//! OpenCL ([`opencl::Ocl`]). Activations, weights and states stay where the backend keeps
+//! them; per call only the token rows go in and the requested logits come out.
+//!
+//! The operations are products against stored weights, each followed by a named
+//! elementwise step ([`Then`]) that the backend fuses its own way (in the task that summed
+//! the rows on the CPU, in the product's kernel on a device); the layer norm with its token
+//! shift ([`NormShift`]); a LoRA ([`Lora`]); and the wkv recurrences.
+//!
+//! A call feeds one or more streams at once: the rows of the activations are the streams'
+//! tokens one after another ([`Batch`](Backend::Batch)), each stream with its own state.
+//! Only the token shift and the recurrence look across rows, and they never look across
+//! streams.
 
 pub mod cpu;
 pub mod opencl;
 
+use crate::error::Result;
 use crate::tensor::Matrix;
+use std::ops::Range;
 
-/// How sequence products (four tokens or more: prompts, scoring) round their activations.
-/// One-token products (generation) always keep f32 activations: they are bound by memory,
-/// not arithmetic, so rounding would buy nothing there.
+/// How sequence products (four tokens or more of one stream: prompts, scoring) round their
+/// activations. One-token products and batches of streams always keep f32 activations:
+/// they are bound by memory, and a stream's result must not depend on its company.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// f32 activations: the products of the stored weights, as exact as f32 sums get.
     #[default]
     F32,
-    /// Activations rounded to bf16 (and f16, int8 and nf4 weights widened to bf16), then
-    /// multiplied by `vdpbf16ps`, twice the rate of f32 FMAs, on CPUs with AVX-512 BF16;
-    /// [`Precision::F32`] elsewhere and on OpenCL devices. What it costs in quality is
-    /// measured in the README.
+    /// Activations rounded to bf16 (and f16 and int8 weights widened to bf16), multiplied by
+    /// `vdpbf16ps` at twice the rate of f32 FMAs, on CPUs with AVX-512 BF16; f32 elsewhere
+    /// and on OpenCL devices. What it costs: `docs/PRECISION.md`.
     Bf16,
 }
 
-/// What a product (or the recurrence) does to its outputs once they are summed, in place:
-/// `f(token, first output, outputs)` on a run of one token's consecutive outputs. The CPU
-/// backend calls it from the task that summed the run, while the run is in that core's
-/// cache, so that the elementwise step after a product runs on every thread at once instead
-/// of on one while the others wait. A product's runs may be split anywhere, so there it
-/// must treat each output on its own (its value may depend on its token and index only) for
-/// no split to change a bit; [`Backend::wkv`] gives it one head's outputs at a time.
-pub type Then<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
-
-/// One product of [`Backend::matmuls`]: `W [out, in]`, `x [t, in]` -> `y [t, out]`, then
-/// `then` over `y` if given.
-pub struct MatJob<'a> {
-    pub w: &'a Matrix,
-    pub x: &'a [f32],
-    pub y: &'a mut [f32],
-    pub then: Option<Then<'a>>,
+/// `rows` rows of `cols` values in a tensor, from row `row` (element `row * cols`).
+pub struct Rows<'a, T> {
+    pub t: &'a T,
+    pub row: usize,
+    pub rows: usize,
+    pub cols: usize,
 }
 
-impl<'a> MatJob<'a> {
-    /// `y = x . W^T`.
-    pub fn new(w: &'a Matrix, x: &'a [f32], y: &'a mut [f32]) -> MatJob<'a> {
-        MatJob {
-            w,
-            x,
-            y,
-            then: None,
-        }
+impl<T> Clone for Rows<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Rows<'_, T> {}
+
+impl<'a, T> Rows<'a, T> {
+    pub fn new(t: &'a T, row: usize, rows: usize, cols: usize) -> Rows<'a, T> {
+        Rows { t, row, rows, cols }
     }
 
-    /// This product followed by `f` (see [`Then`]).
-    pub fn then(self, f: Then<'a>) -> MatJob<'a> {
-        MatJob {
-            then: Some(f),
-            ..self
-        }
+    /// The element range, from the first row's first value to the last row's last.
+    pub fn span(&self) -> Range<usize> {
+        self.row * self.cols..(self.row + self.rows) * self.cols
     }
 }
 
-/// Operations over row-major f32 activations. `t` is the number of tokens (rows).
-pub trait Backend: Send + Sync {
-    /// `W [out, in]`, `x [t, in]` -> `y [t, out]`: `y[t, o] = sum_i W[o, i] x[t, i]`.
-    fn matmul(&self, w: &Matrix, x: &[f32], t: usize, y: &mut [f32]);
+/// Rows to write, as [`Rows`].
+pub struct RowsMut<'a, T> {
+    pub t: &'a mut T,
+    pub row: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
 
-    /// Independent products over the same `t` tokens, each exactly as [`Backend::matmul`]
-    /// computes it and followed by its [`MatJob::then`]; a backend may run them together
-    /// (the CPU backend shares one parallel region between them, which matters when a
-    /// token takes milliseconds).
-    fn matmuls(&self, t: usize, jobs: &mut [MatJob<'_>]) {
-        for j in jobs {
-            self.matmul(j.w, j.x, t, j.y);
-            if let Some(f) = j.then {
-                for (ti, y) in j.y.chunks_mut(j.w.rows).enumerate() {
-                    f(ti, 0, y);
-                }
-            }
+impl<'a, T> RowsMut<'a, T> {
+    pub fn new(t: &'a mut T, row: usize, rows: usize, cols: usize) -> RowsMut<'a, T> {
+        RowsMut { t, row, rows, cols }
+    }
+
+    pub fn span(&self) -> Range<usize> {
+        self.row * self.cols..(self.row + self.rows) * self.cols
+    }
+
+    /// The same rows, read-only.
+    pub fn as_rows(&self) -> Rows<'_, T> {
+        Rows::new(self.t, self.row, self.rows, self.cols)
+    }
+
+    /// A shorter-lived handle on the same rows.
+    pub fn reborrow(&mut self) -> RowsMut<'_, T> {
+        RowsMut::new(self.t, self.row, self.rows, self.cols)
+    }
+}
+
+/// A LayerNorm's (or GroupNorm's) affine part and epsilon: `[D]` each.
+pub struct Norm<'a, T> {
+    pub w: &'a T,
+    pub b: &'a T,
+    pub eps: f32,
+}
+
+impl<T> Clone for Norm<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Norm<'_, T> {}
+
+/// What happens to a product's outputs `y` once summed, per output. Operand rows go with
+/// the product's rows (row `i` of an operand with row `i` of `y`); per-column vectors are
+/// `[out]`.
+pub enum Then<'a, T> {
+    None,
+    Tanh,
+    Sigmoid,
+    Silu,
+    ReluSquared,
+    /// `y = exp(-exp(bias + y))`: the RWKV-6 decay.
+    ExpNegExp(&'a T),
+    /// `y = exp(-0.606531 * sigmoid(bias + y))`: the RWKV-7 decay.
+    SigmoidDecay(&'a T),
+    /// `y = sigmoid(bias + y)`.
+    SigmoidPlus(&'a T),
+    /// `y = xx + sx * (maa + y)`: RWKV-6's data-dependent token-shift mix.
+    Mix {
+        xx: Rows<'a, T>,
+        sx: Rows<'a, T>,
+        maa: &'a T,
+    },
+    /// `x += y`: the residual stream.
+    Residual(RowsMut<'a, T>),
+    /// `y *= gate; x += y`.
+    GatedResidual {
+        gate: Rows<'a, T>,
+        x: RowsMut<'a, T>,
+    },
+}
+
+/// One product: `W [out, in]`, `x [t, in]` -> `y [t, out]`, `y[t, o] = sum_i W[o, i] x[t, i]`,
+/// then `then`.
+pub struct Product<'a, B: Backend> {
+    pub w: &'a B::Matrix,
+    pub x: Rows<'a, B::Tensor>,
+    pub y: RowsMut<'a, B::Tensor>,
+    pub then: Then<'a, B::Tensor>,
+}
+
+/// A LoRA: `h = act(x . down^T)` (`down [width, in]`, `h [t, width]` in `hidden`), then for
+/// each up `y = h[:, from .. from + up.in] . up^T`, then the up's step.
+pub struct Lora<'a, 'u, B: Backend> {
+    pub x: Rows<'a, B::Tensor>,
+    pub down: &'a B::Matrix,
+    /// Elementwise only (no operands).
+    pub act: Then<'a, B::Tensor>,
+    pub hidden: &'a mut B::Tensor,
+    pub ups: &'u mut [Up<'a, B>],
+}
+
+/// One up-projection of a [`Lora`].
+pub struct Up<'a, B: Backend> {
+    pub w: &'a B::Matrix,
+    /// The first hidden column it reads.
+    pub from: usize,
+    pub y: RowsMut<'a, B::Tensor>,
+    pub then: Then<'a, B::Tensor>,
+}
+
+/// `xx = LayerNorm(x)`; `sx[t] = prev(t) - xx[t]`, where `prev` is the row before in the
+/// same stream, or the stream's shift state for its first row; each stream's shift state
+/// becomes its last row of `xx`. Then each mix `out = xx + sx * maa` for the rows from
+/// `from` on (`out`'s row 0 is row `from`; `from` is 0 unless the call has one stream).
+pub struct NormShift<'a, 'm, B: Backend> {
+    pub x: Rows<'a, B::Tensor>,
+    pub ln: Norm<'a, B::Tensor>,
+    /// The shift vector `[D]` in each stream's state.
+    pub shift: Range<usize>,
+    pub xx: RowsMut<'a, B::Tensor>,
+    pub sx: RowsMut<'a, B::Tensor>,
+    pub from: usize,
+    pub mixes: &'m mut [Mix<'a, B>],
+}
+
+/// `out = xx + sx * maa` (`maa [D]`).
+pub struct Mix<'a, B: Backend> {
+    pub maa: &'a B::Tensor,
+    pub out: RowsMut<'a, B::Tensor>,
+}
+
+/// The RWKV-6 time mix's recurrence, `D = H * S`, each stream's rows in order from its
+/// state `[H, S, S]` (`[head, key i, value j]`, updated):
+///
+/// ```text
+/// w = exp(-exp(decay_bias + decay . decay_up^T))            [t, D], into `w`
+/// per head:  out[j] = sum_i r[i] (u[i] k[i] v[j] + s[i][j]);  s[i][j] = k[i] v[j] + w[i] s[i][j]
+/// out = GroupNorm(out; H groups, ln_x) * g                   rows from `from` on
+/// ```
+///
+/// (`g`'s row 0 is row `from`). Rows of `out` before `from` are left unnormalised.
+pub struct Wkv6<'a, B: Backend> {
+    pub heads: usize,
+    pub r: Rows<'a, B::Tensor>,
+    pub k: Rows<'a, B::Tensor>,
+    pub v: Rows<'a, B::Tensor>,
+    /// `[t, K]`: `tanh(xw . decay_w1^T)`, the decay LoRA's hidden layer.
+    pub decay: Rows<'a, B::Tensor>,
+    /// `[D, K]`.
+    pub decay_up: &'a B::Matrix,
+    /// `[D]`.
+    pub decay_bias: &'a B::Tensor,
+    /// `[t, D]` scratch for the decay.
+    pub w: RowsMut<'a, B::Tensor>,
+    /// `[H, S]`: the current token's bonus.
+    pub u: &'a B::Tensor,
+    pub state: Range<usize>,
+    pub out: RowsMut<'a, B::Tensor>,
+    pub ln_x: Norm<'a, B::Tensor>,
+    pub g: Rows<'a, B::Tensor>,
+    pub from: usize,
+}
+
+/// Where each part of one layer's recurrent state lies in a stream's state: per layer
+/// `att_shift [D]`, the wkv matrix `[H, S, S]`, `ffn_shift [D]`, layers one after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateShape {
+    pub layers: usize,
+    pub embd: usize,
+    pub heads: usize,
+    pub head_size: usize,
+}
+
+impl StateShape {
+    /// Values of one layer's wkv matrix.
+    pub fn wkv_len(&self) -> usize {
+        self.heads * self.head_size * self.head_size
+    }
+
+    /// Values of one layer.
+    pub fn layer_len(&self) -> usize {
+        2 * self.embd + self.wkv_len()
+    }
+
+    /// Values of the whole state.
+    pub fn len(&self) -> usize {
+        self.layers * self.layer_len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn att_shift(&self, layer: usize) -> Range<usize> {
+        let at = layer * self.layer_len();
+        at..at + self.embd
+    }
+
+    pub fn wkv(&self, layer: usize) -> Range<usize> {
+        let at = layer * self.layer_len() + self.embd;
+        at..at + self.wkv_len()
+    }
+
+    pub fn ffn_shift(&self, layer: usize) -> Range<usize> {
+        let at = layer * self.layer_len() + self.embd + self.wkv_len();
+        at..at + self.embd
+    }
+}
+
+/// A stream's state values where some backend keeps them: one flat `[L, layer_len]`
+/// array ([`StateShape`]).
+pub enum StateData {
+    /// In host memory (the CPU's, and any state read from a file).
+    Host(Vec<f32>),
+    /// On an OpenCL device.
+    #[cfg(feature = "opencl")]
+    Device(opencl::DeviceState),
+}
+
+impl StateData {
+    /// The values, as a host copy.
+    pub fn to_host(&self) -> Result<Vec<f32>> {
+        match self {
+            StateData::Host(v) => Ok(v.clone()),
+            #[cfg(feature = "opencl")]
+            StateData::Device(d) => d.download(),
         }
     }
 
-    /// Per row of `x [t, D]`: `(x - mean) / sqrt(var + eps) * weight + bias`, in place.
-    fn layer_norm(&self, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32);
+    /// A copy, on the same device.
+    pub fn try_clone(&self) -> Result<StateData> {
+        match self {
+            StateData::Host(v) => Ok(StateData::Host(v.clone())),
+            #[cfg(feature = "opencl")]
+            StateData::Device(d) => Ok(StateData::Device(d.try_clone()?)),
+        }
+    }
+}
 
-    /// Per row of `x [t, H * S]`, each of the `H` groups of `S` channels normalised on its
-    /// own, then `* weight + bias` over the row, in place.
-    fn group_norm(&self, x: &mut [f32], heads: usize, weight: &[f32], bias: &[f32], eps: f32);
+/// A place to run the model: its memory and its operations (see the module doc). Every
+/// operation may fail on a device; the CPU's never do.
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// A flat f32 array in the backend's memory: activations, or a per-channel vector.
+    type Tensor: Send + Sync;
+    /// A weight matrix in its stored or quantized format, where the backend computes.
+    type Matrix: Send + Sync;
+    /// One stream's recurrent state.
+    type State: Send + Sync;
+    /// The streams of a call, as the operations that look across rows need them.
+    type Batch: Send + Sync;
 
-    /// The RWKV-6 recurrence over `t` tokens, `D = H * S`:
-    /// `r, k, v, w [t, D]`, `u [H, S]`, `state [H, S, S]` (`[head, key, value]`, updated),
-    /// `out [t, D]`. Per head and token:
-    /// `out[j] = sum_i r[i] (u[i] k[i] v[j] + s[i][j])`, then `s[i][j] = k[i] v[j] + w[i] s[i][j]`;
-    /// then `then` over each head's outputs of each token (runs of `S`), if given.
-    #[allow(clippy::too_many_arguments)]
-    fn wkv(
+    /// What runs the model, for `-v` and errors.
+    fn describe(&self) -> String;
+
+    /// The weights `m` where the backend computes.
+    fn matrix(&self, m: Matrix) -> Result<Self::Matrix>;
+    /// `m` in host memory, when the backend computes there (benchmarks read it).
+    fn host_matrix(m: &Self::Matrix) -> Option<&Matrix>;
+    /// The per-channel vector `v` where the backend computes.
+    fn vector(&self, v: &[f32]) -> Result<Self::Tensor>;
+    /// An empty scratch tensor.
+    fn tensor(&self) -> Self::Tensor;
+    /// Make `t` hold at least `n` values (its contents are scratch afterwards).
+    fn reserve(&self, t: &mut Self::Tensor, n: usize) -> Result<()>;
+    /// Copy `x` to the host, into `out` (resized).
+    fn read(&self, x: Rows<Self::Tensor>, out: &mut Vec<f32>) -> Result<()>;
+
+    /// A zero state.
+    fn zero_state(&self, shape: StateShape) -> Result<Self::State>;
+    /// `s` as this backend's state, moved here first if another backend holds it.
+    fn state_mut<'s>(&self, s: &'s mut StateData) -> Result<&'s mut Self::State>;
+    /// A state of this backend as [`StateData`].
+    fn into_data(s: Self::State) -> StateData;
+
+    /// A batch description to fill with [`Backend::set_batch`].
+    fn batch(&self) -> Self::Batch;
+    /// `b` for streams whose rows are `spans` (in order, covering the rows) and whose
+    /// states are `states`.
+    fn set_batch(
         &self,
-        heads: usize,
-        r: &[f32],
-        k: &[f32],
-        v: &[f32],
-        w: &[f32],
-        u: &[f32],
-        state: &mut [f32],
-        out: &mut [f32],
-        then: Option<Then<'_>>,
-    );
+        b: &mut Self::Batch,
+        spans: &[Range<usize>],
+        states: &[&mut Self::State],
+    ) -> Result<()>;
+
+    /// Run a forward pass: `f` on a worker of the backend's own pool, if it has one.
+    fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
+    /// `x`'s rows = rows `tokens` of the host embedding `emb [V, D]`, as f32.
+    fn embed(&self, emb: &Matrix, tokens: &[u32], x: RowsMut<Self::Tensor>) -> Result<()>;
+    /// LayerNorm of each row of `x`, in place.
+    fn layer_norm(&self, x: RowsMut<Self::Tensor>, ln: Norm<Self::Tensor>) -> Result<()>;
+    /// [`NormShift`].
+    fn norm_shift(
+        &self,
+        op: NormShift<Self>,
+        batch: &Self::Batch,
+        states: &mut [&mut Self::State],
+    ) -> Result<()>;
+    /// Independent products, each with its step; `prec` for sequence products.
+    fn products(&self, prec: Precision, jobs: &mut [Product<Self>]) -> Result<()>;
+    /// [`Lora`]; `prec` for sequence products.
+    fn lora(&self, prec: Precision, op: Lora<Self>) -> Result<()>;
+    /// [`Wkv6`]; `prec` for the decay's sequence product.
+    fn wkv6(
+        &self,
+        prec: Precision,
+        op: Wkv6<Self>,
+        batch: &Self::Batch,
+        states: &mut [&mut Self::State],
+    ) -> Result<()>;
 }

@@ -134,20 +134,24 @@ impl ModelArgs {
             CliError::usage("no model: pass -m PATH or set RWKV_MODEL".to_string())
         })?;
         let quant = self.quant.map(Quant::from);
+        let device = self.device;
         if let (Some(dst), Some(q)) = (&self.save_quantized, quant) {
             quantize_file(path, dst, q, self.quant_layers)?;
-            let mut model = Model::load(dst)?;
+            let opts = LoadOptions {
+                device,
+                ..LoadOptions::default()
+            };
+            let mut model = Model::load_with(dst, opts)?;
             model.set_precision(precision);
-            model.use_device(self.device)?;
             return Ok(model);
         }
         let opts = LoadOptions {
             quant,
             quant_layers: self.quant_layers,
+            device,
         };
         let mut model = Model::load_with(path, opts)?;
         model.set_precision(precision);
-        model.use_device(self.device)?;
         Ok(model)
     }
 

@@ -5,6 +5,7 @@
 //! each entry is a byte range of the map.
 
 use super::pth;
+pub use super::table::RawTensor;
 use crate::error::{Error, Result};
 use crate::tensor::{quant, Buf, DType, Data, Matrix};
 use half::{bf16, f16};
@@ -12,22 +13,6 @@ use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Where one tensor's elements lie in the map.
-#[derive(Debug, Clone)]
-pub struct RawTensor {
-    /// The stored dtype as the file names it (`F32`, `BF16`, `torch.HalfStorage` -> `F16`...).
-    pub dtype: String,
-    pub shape: Vec<usize>,
-    pub offset: usize,
-    pub len: usize,
-}
-
-impl RawTensor {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
 
 pub struct Checkpoint {
     pub path: PathBuf,
@@ -191,6 +176,14 @@ impl Checkpoint {
         }
         let t = self.tensors.get(&format!("{name}.nf4"))?;
         Some(vec![t.shape[0], t.shape.get(1)? * 2])
+    }
+
+    /// [`Checkpoint::logical_shape`], or the error naming the missing tensor.
+    pub fn logical_shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        match self.logical_shape(name) {
+            Some(s) => Ok(s),
+            None => Ok(self.get(name)?.shape.clone()),
+        }
     }
 
     /// Let the kernel drop the pages of `name` (after it was quantized into memory): the

@@ -1,29 +1,59 @@
-//! Model loading and the forward pass entry point.
+//! Models: loading a checkpoint and running it.
 //!
-//! `Model::load` maps a checkpoint (safetensors, Ai00 `.st` or PyTorch `.pth`), detects the
-//! naming layout and the RWKV version, reads every hyper-parameter from the tensor shapes
-//! and builds the version's weights over the map. Nothing is hard-coded to a size.
+//! [`Model::load_with`] maps a checkpoint (safetensors, Ai00 `.st` or PyTorch `.pth`),
+//! detects the naming layout and the RWKV version from the tensor names, reads every
+//! hyper-parameter from the tensor shapes and puts the version's weights on the chosen
+//! backend. Nothing is hard-coded to a size. Each version is one file ([`v6`]) holding its
+//! weights and its forward pass, written once over [`crate::backend::Backend`].
 
 pub mod checkpoint;
+mod engine;
+pub mod load;
 pub mod names;
 pub mod pth;
 pub mod quant_file;
+pub mod table;
 pub mod v6;
 
-use crate::backend::opencl::{DeviceSpec, Ocl, OclModel};
+use crate::backend::cpu::{bf16_products_here, Cpu};
+use crate::backend::opencl::{DeviceSpec, Ocl};
 pub use crate::backend::Precision;
-use crate::backend::{cpu::Cpu, Backend};
+use crate::backend::{Backend, StateShape};
 use crate::error::{Error, Result};
 use crate::state::State;
 pub use crate::tensor::quant::Quant;
 use checkpoint::Checkpoint;
+use engine::{Engine, Run};
+use load::Loader;
 use names::{Layout, Names};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-pub use v6::Logits;
+
+/// Prompt tokens a sequence call takes at most when feeding ([`Model::feed`] in `rwkv-gen`
+/// and `rwkv-state`): bounds the activations' memory, while packing the weights for the
+/// bf16 products rarely.
+pub const PROMPT_CHUNK: usize = 512;
+
+/// The RWKV generation of a model, with the widths of its LoRAs (read per tensor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// RWKV-6 ("Finch", x060): the mix LoRA `M` and the decay LoRA `K`.
+    V6 { mix_lora: usize, decay_lora: usize },
+}
+
+impl Arch {
+    /// `rwkv6`: the name state files and messages use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::V6 { .. } => "rwkv6",
+        }
+    }
+}
 
 /// Hyper-parameters, all read from tensor shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
+    pub arch: Arch,
     /// `L`
     pub n_layer: usize,
     /// `D`
@@ -36,90 +66,172 @@ pub struct Config {
     pub ffn: usize,
     /// `V`
     pub vocab: usize,
-    /// `M`: width of the token-shift mix LoRA.
-    pub maa_lora: usize,
-    /// `K`: width of the decay LoRA.
-    pub decay_lora: usize,
 }
 
 impl Config {
+    /// The layout of one stream's state.
+    pub fn state_shape(&self) -> StateShape {
+        StateShape {
+            layers: self.n_layer,
+            embd: self.n_embd,
+            heads: self.n_head,
+            head_size: self.head_size,
+        }
+    }
+
+    /// RWKV-6's LoRA widths `(M, K)`.
+    pub fn v6_loras(&self) -> (usize, usize) {
+        match self.arch {
+            Arch::V6 {
+                mix_lora,
+                decay_lora,
+            } => (mix_lora, decay_lora),
+        }
+    }
+
     /// Parameters, counting every matrix and vector.
     pub fn n_params(&self) -> usize {
-        let (d, f, v, m, k) = (
-            self.n_embd,
-            self.ffn,
-            self.vocab,
-            self.maa_lora,
-            self.decay_lora,
-        );
-        let att = 5 * d * d + d * 5 * m + 5 * m * d + 2 * d * k + 12 * d;
-        let ffn = 2 * d * f + d * d + 2 * d;
-        let norms = 4 * d;
-        2 * v * d + 4 * d + self.n_layer * (att + ffn + norms)
+        let (d, f, v) = (self.n_embd, self.ffn, self.vocab);
+        let layer = match self.arch {
+            Arch::V6 {
+                mix_lora: m,
+                decay_lora: k,
+            } => {
+                let att = 5 * d * d + d * 5 * m + 5 * m * d + 2 * d * k + 12 * d;
+                let ffn = 2 * d * f + d * d + 2 * d;
+                att + ffn + 4 * d
+            }
+        };
+        2 * v * d + 4 * d + self.n_layer * layer
     }
 }
 
-/// Prompt tokens a sequence call takes at most ([`Model::feed`] in `rwkv-gen` and
-/// `rwkv-state`): bounds the activations' memory. 512 rather than 256 packs the weights for
-/// the bf16 products half as often: a 1042-token prompt of the 1.6B shape took 8.86 s
-/// instead of 9.20 (3 paired runs) for 50 MB more resident memory.
-pub const PROMPT_CHUNK: usize = 512;
+/// Which logits a forward call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None: only the state advances (prompt prefixes).
+    None,
+    /// `[V]` after the last token (of each stream: `[N, V]`).
+    Last,
+    /// `[T, V]` after every token (scoring).
+    All,
+}
+
+/// A model version's weights and forward pass on one backend.
+pub trait Net<B: Backend>: Send + Sync + 'static {
+    /// Reusable activations of one call.
+    type Scratch: Send;
+
+    fn scratch(&self, be: &B) -> Self::Scratch;
+
+    /// Every weight matrix a token reads (all but the embedding).
+    fn matrices(&self) -> Vec<&B::Matrix>;
+
+    /// Feed the rows `tokens` (stream `i` is rows `spans[i]` with state `states[i]`) and put
+    /// the logits `want`s into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        be: &B,
+        sc: &mut Self::Scratch,
+        tokens: &[u32],
+        spans: &[Range<usize>],
+        states: &mut [&mut B::State],
+        prec: Precision,
+        want: Logits,
+        out: &mut Vec<f32>,
+    ) -> Result<()>;
+}
+
+/// Keep the last row of each stream of `logits [T, V]`: `[N, V]`.
+pub(crate) fn last_rows(logits: &mut Vec<f32>, spans: &[Range<usize>], v: usize) {
+    for (i, s) in spans.iter().enumerate() {
+        logits.copy_within((s.end - 1) * v..s.end * v, i * v);
+    }
+    logits.truncate(spans.len() * v);
+}
 
 /// A loaded model, ready to run.
 pub struct Model {
     pub path: PathBuf,
     pub cfg: Config,
     pub layout: Layout,
-    pub weights: v6::Weights,
     /// Identifies the weights, not the file: see [`Model::fingerprint`].
     fingerprint: String,
-    backend: Box<dyn Backend>,
+    run: Box<dyn Run>,
     /// What [`Model::set_precision`] asked for.
     precision: Precision,
-    /// The weights on an OpenCL device, when the model runs there.
-    device: Option<OclModel>,
 }
 
 /// How to load a model.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
     /// Quantize the large matrices at load.
     pub quant: Option<Quant>,
     /// Quantize only the first N layers (the head too); `None`: all.
     pub quant_layers: Option<usize>,
+    /// Where to run.
+    pub device: DeviceSpec,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            quant: None,
+            quant_layers: None,
+            device: DeviceSpec::CPU,
+        }
+    }
 }
 
 impl Model {
-    /// Map and check the checkpoint at `path`, weights as stored.
+    /// Map and check the checkpoint at `path`, weights as stored, on the CPU.
     pub fn load(path: &Path) -> Result<Model> {
         Model::load_with(path, LoadOptions::default())
     }
 
-    /// Map and check the checkpoint at `path`, quantizing as `opts` say.
+    /// Map and check the checkpoint at `path`, quantizing and placing it as `opts` say.
     pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Model> {
         let ck = Checkpoint::open(path)?;
         let names = Names::new(&ck);
         names::check_version(&ck, &names)?;
         let cfg = v6::config(&ck, &names)?;
-        let layers = opts.quant_layers.unwrap_or(cfg.n_layer);
-        let weights = v6::load(&ck, &names, &cfg, opts.quant, layers)?;
-        let fingerprint = fingerprint(&cfg, &weights);
+        let fingerprint = fingerprint(&ck, &names, &cfg, &v6::fingerprinted(&cfg))?;
+        let loader = |be| Loader {
+            ck: &ck,
+            names: &names,
+            be,
+            quant: opts.quant,
+            quant_layers: opts.quant_layers.unwrap_or(cfg.n_layer),
+            quantizable: v6::quantizable,
+        };
+        let shape = cfg.state_shape();
+        let run: Box<dyn Run> = match Ocl::open(opts.device)? {
+            None => {
+                let w = v6::load(&loader(&Cpu), &cfg)?;
+                Box::new(Engine::new(Cpu, w, shape, true))
+            }
+            #[cfg(feature = "opencl")]
+            Some(ocl) => {
+                let w = v6::load(&loader(&ocl), &cfg)?;
+                Box::new(Engine::new(ocl, w, shape, false))
+            }
+            #[cfg(not(feature = "opencl"))]
+            Some(never) => match never {},
+        };
         Ok(Model {
             path: path.to_path_buf(),
             cfg,
             layout: names.layout,
-            weights,
             fingerprint,
-            backend: Box::new(Cpu::default()),
+            run,
             precision: Precision::F32,
-            device: None,
         })
     }
 
     /// Round the activations of sequence products (prompts, scoring) as `p` says; the CPU
     /// only (an OpenCL device always multiplies in f32).
     pub fn set_precision(&mut self, p: Precision) {
-        self.backend = Box::new(Cpu { precision: p });
         self.precision = p;
     }
 
@@ -127,30 +239,25 @@ impl Model {
     /// for and the CPU has it, and never on an OpenCL device.
     pub fn sequence_precision(&self) -> Precision {
         match self.precision {
-            Precision::Bf16
-                if self.device.is_none() && crate::backend::cpu::bf16_products_here() =>
-            {
-                Precision::Bf16
-            }
+            Precision::Bf16 if self.run.on_cpu() && bf16_products_here() => Precision::Bf16,
             _ => Precision::F32,
         }
     }
 
-    /// Run on `spec`'s device: upload the weights once (`auto` without a GPU, and `cpu`,
-    /// keep the CPU). Returns the device's name when one is used.
-    pub fn use_device(&mut self, spec: DeviceSpec) -> Result<Option<String>> {
-        self.device = None;
-        match Ocl::open(spec)? {
-            None => Ok(None),
-            Some(ocl) => {
-                #[cfg(feature = "opencl")]
-                let name = Some(ocl.name.clone());
-                #[cfg(not(feature = "opencl"))]
-                let name = None;
-                self.device = Some(OclModel::upload(ocl, &self.weights)?);
-                Ok(name)
-            }
-        }
+    /// What runs the model: `cpu (...)` or the OpenCL device's name.
+    pub fn device(&self) -> String {
+        self.run.describe()
+    }
+
+    /// The weight matrices a token reads, where they are in host memory (on the CPU; empty
+    /// on a device): what a benchmark reads to measure the bandwidth they get.
+    pub fn host_matrices(&self) -> Vec<&crate::tensor::Matrix> {
+        self.run.host_matrices()
+    }
+
+    /// Whether the model runs on an OpenCL device.
+    pub fn on_device(&self) -> bool {
+        !self.run.on_cpu()
     }
 
     /// 16 hex digits identifying the weights: a hash of the shape and of the per-channel
@@ -161,9 +268,9 @@ impl Model {
         &self.fingerprint
     }
 
-    /// A fresh zero state.
+    /// A fresh zero state (on the host; it moves to the model's device on first use).
     pub fn new_state(&self) -> State {
-        State::zeros(&self.cfg)
+        State::zeros(self.cfg.state_shape())
     }
 
     /// Feed `tokens` from `state` (advanced in place) and return the logits `want`s:
@@ -173,23 +280,49 @@ impl Model {
         if tokens.is_empty() {
             return Err(Error::Invalid("no tokens to feed".into()));
         }
+        self.check(tokens, std::slice::from_ref(state))?;
+        let prec = self.sequence_precision();
+        let spans = [0..tokens.len()];
+        self.run.forward(tokens, &spans, &mut [state], prec, want)
+    }
+
+    /// One token for each stream, `tokens[i]` after `states[i]` (each advanced in place):
+    /// the logits after each, `[N, V]`. The streams share every product, and a stream's
+    /// result is the same bits as [`Model::forward`] of its token alone in f32.
+    pub fn step(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
+        if tokens.is_empty() || tokens.len() != states.len() {
+            return Err(Error::Invalid(format!(
+                "{} tokens for {} streams",
+                tokens.len(),
+                states.len()
+            )));
+        }
+        for s in states.iter() {
+            self.check(tokens, std::slice::from_ref(&**s))?;
+        }
+        let spans: Vec<Range<usize>> = (0..tokens.len()).map(|i| i..i + 1).collect();
+        let prec = if tokens.len() == 1 {
+            self.sequence_precision()
+        } else {
+            Precision::F32
+        };
+        self.run.forward(tokens, &spans, states, prec, Logits::Last)
+    }
+
+    /// The token range and the states' shapes.
+    fn check(&self, tokens: &[u32], states: &[State]) -> Result<()> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
             return Err(Error::Invalid(format!(
                 "token id {bad} is out of range for a model with vocab {}",
                 self.cfg.vocab
             )));
         }
-        if !state.fits(&self.cfg) {
+        if states.iter().any(|s| s.shape() != self.cfg.state_shape()) {
             return Err(Error::StateMismatch(
                 "the state's shape does not fit this model".into(),
             ));
         }
-        if let Some(dev) = &self.device {
-            return dev.forward(&self.weights, &self.cfg, tokens, state, want);
-        }
-        Ok(self
-            .weights
-            .forward(self.backend.as_ref(), &self.cfg, tokens, state, want))
+        Ok(())
     }
 
     /// Feed `tokens` in chunks of `chunk` (bounding the activations' memory), returning the
@@ -210,8 +343,8 @@ impl Model {
     }
 }
 
-/// FNV-1a over the shape and the exact f32 bits of the per-channel vectors.
-fn fingerprint(cfg: &Config, w: &v6::Weights) -> String {
+/// FNV-1a over the shape and the exact f32 bits of the per-channel vectors `vectors`.
+fn fingerprint(ck: &Checkpoint, names: &Names, cfg: &Config, vectors: &[String]) -> Result<String> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -228,21 +361,12 @@ fn fingerprint(cfg: &Config, w: &v6::Weights) -> String {
     ] {
         eat(&(n as u64).to_le_bytes());
     }
-    let mut vectors: Vec<&[f32]> = vec![&w.ln0_w, &w.ln0_b, &w.ln_out_w, &w.ln_out_b];
-    for l in &w.layers {
-        vectors.extend([
-            &l.ln1_w[..],
-            &l.ln2_w,
-            &l.att.decay,
-            &l.att.faaaa,
-            &l.att.maa_x,
-        ]);
-        vectors.extend([&l.att.ln_x_w[..], &l.ffn.maa_k, &l.ffn.maa_r]);
-    }
-    for v in vectors {
-        for x in v {
+    for name in vectors {
+        let stored = names.stored(name);
+        let n = ck.get(stored)?.numel();
+        for x in ck.vector(stored, &[n])? {
             eat(&x.to_bits().to_le_bytes());
         }
     }
-    format!("{h:016x}")
+    Ok(format!("{h:016x}"))
 }

@@ -7,7 +7,7 @@
 //! persistent ids `('storage', torch.BFloat16Storage, KEY, 'cpu', numel)`. We run that subset
 //! on a tiny stack machine and map each tensor to its byte range in the file.
 
-use super::checkpoint::RawTensor;
+use super::table::RawTensor;
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -1,19 +1,17 @@
-//! RWKV-6 ("Finch", x060): weights built from a checkpoint by name, and the forward pass.
+//! RWKV-6 ("Finch", x060): the weights, read from a checkpoint by name, and the forward
+//! pass, written once over the [`Backend`] interface. The math is `docs/RWKV6.md`.
 //!
-//! One code path serves one token and a whole sequence: every projection runs over the `T`
-//! rows at once as a matrix-matrix product, and only the wkv recurrence steps through `t`.
-//! The math is `shared/docs/RWKV6.md`; notation `D` width, `H` heads, `S` head size,
-//! `F` FFN width, `V` vocab, `M` mix-LoRA width, `K` decay-LoRA width, `T` tokens.
+//! Notation: `D` width, `H` heads of size `S`, `F` FFN width, `V` vocab, `M` mix-LoRA
+//! width, `K` decay-LoRA width, `T` rows of the call (tokens of all its streams).
 
-use super::checkpoint::Checkpoint;
-use super::names::Names;
-use super::Config;
-use crate::backend::{Backend, MatJob, Then};
+use super::load::{in_layers, Affine, Loader};
+use super::{Arch, Config, Logits, Net};
+use crate::backend::{
+    Backend, Lora, Mix, NormShift, Precision, Product, Rows, RowsMut, Then, Up, Wkv6,
+};
 use crate::error::Result;
-use crate::state::{LayerState, State};
-use crate::tensor::quant::{self, Quant};
-use crate::tensor::{DType, Matrix};
-use rayon::prelude::*;
+use crate::tensor::Matrix;
+use std::ops::Range;
 
 /// LayerNorm epsilon.
 pub const LN_EPS: f32 = 1e-5;
@@ -21,134 +19,109 @@ pub const LN_EPS: f32 = 1e-5;
 pub const GN_EPS: f32 = 64e-5;
 
 /// Time mix (attention) weights of one layer.
-pub struct Att {
-    /// `[D]` each: token-shift mix coefficients.
-    pub maa_x: Vec<f32>,
-    /// `[5, D]`: the w, k, v, r, g mix coefficients, in that order.
-    pub maa: [Vec<f32>; 5],
-    /// `[5M, D]`: mix LoRA down, Linear orientation.
-    pub maa_w1: Matrix,
-    /// 5 x `[D, M]`: mix LoRA up for w, k, v, r, g.
-    pub maa_w2: [Matrix; 5],
-    /// `[D]`
-    pub decay: Vec<f32>,
+pub struct Att<B: Backend> {
+    /// `[D]`: the mix of the LoRA's input.
+    pub maa_x: B::Tensor,
+    /// `[5][D]`: the w, k, v, r, g mixes, in that order.
+    pub maa: [B::Tensor; 5],
+    /// `[5M, D]`: mix LoRA down.
+    pub maa_w1: B::Matrix,
+    /// 5 x `[D, M]`: mix LoRA up, for w, k, v, r, g.
+    pub maa_w2: [B::Matrix; 5],
+    /// `[D]`: the decay's bias.
+    pub decay: B::Tensor,
     /// `[K, D]`: decay LoRA down.
-    pub decay_w1: Matrix,
+    pub decay_w1: B::Matrix,
     /// `[D, K]`: decay LoRA up.
-    pub decay_w2: Matrix,
-    /// `[H, S]`: the bonus `u` of the current token.
-    pub faaaa: Vec<f32>,
+    pub decay_w2: B::Matrix,
+    /// `[H, S]`: the current token's bonus `u`.
+    pub faaaa: B::Tensor,
     /// `[D, D]` each.
-    pub receptance: Matrix,
-    pub key: Matrix,
-    pub value: Matrix,
-    pub gate: Matrix,
-    pub output: Matrix,
-    /// `[D]`: GroupNorm affine part.
-    pub ln_x_w: Vec<f32>,
-    pub ln_x_b: Vec<f32>,
+    pub receptance: B::Matrix,
+    pub key: B::Matrix,
+    pub value: B::Matrix,
+    pub gate: B::Matrix,
+    pub output: B::Matrix,
+    /// GroupNorm's affine part.
+    pub ln_x: Affine<B>,
 }
 
 /// Channel mix (FFN) weights of one layer.
-pub struct Ffn {
-    /// `[D]`
-    pub maa_k: Vec<f32>,
-    pub maa_r: Vec<f32>,
-    /// `[F, D]`
-    pub key: Matrix,
-    /// `[D, D]`
-    pub receptance: Matrix,
-    /// `[D, F]`
-    pub value: Matrix,
-}
-
-pub struct Layer {
+pub struct Ffn<B: Backend> {
     /// `[D]` each.
-    pub ln1_w: Vec<f32>,
-    pub ln1_b: Vec<f32>,
-    pub ln2_w: Vec<f32>,
-    pub ln2_b: Vec<f32>,
-    pub att: Att,
-    pub ffn: Ffn,
+    pub maa_k: B::Tensor,
+    pub maa_r: B::Tensor,
+    /// `[F, D]`
+    pub key: B::Matrix,
+    /// `[D, D]`
+    pub receptance: B::Matrix,
+    /// `[D, F]`
+    pub value: B::Matrix,
 }
 
-pub struct Weights {
-    /// `[V, D]`, stored; ln0 is applied in f32 when a row is looked up.
+pub struct Layer<B: Backend> {
+    pub ln1: Affine<B>,
+    pub ln2: Affine<B>,
+    pub att: Att<B>,
+    pub ffn: Ffn<B>,
+}
+
+pub struct Weights<B: Backend> {
+    pub cfg: Config,
+    /// `[V, D]`, on the host: a call looks up its rows.
     pub emb: Matrix,
-    /// `[D]`
-    pub ln0_w: Vec<f32>,
-    pub ln0_b: Vec<f32>,
-    pub layers: Vec<Layer>,
-    /// `[D]`
-    pub ln_out_w: Vec<f32>,
-    pub ln_out_b: Vec<f32>,
+    pub ln0: Affine<B>,
+    pub layers: Vec<Layer<B>>,
+    pub ln_out: Affine<B>,
     /// `[V, D]`
-    pub head: Matrix,
+    pub head: B::Matrix,
 }
 
-/// Which logits a forward call returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// None: only the state advances (prompt prefixes).
-    None,
-    /// `[V]` after the last token.
-    Last,
-    /// `[T, V]` after every token (scoring).
-    All,
-}
-
-/// Read the hyper-parameters from the tensor shapes.
-pub fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
-    let shape = |canon: &str| -> Result<Vec<usize>> {
-        let stored = names.stored(canon);
-        match ck.logical_shape(stored) {
-            Some(s) => Ok(s),
-            None => Ok(ck.get(stored)?.shape.clone()),
-        }
-    };
-    let emb = shape("emb.weight")?;
-    let faaaa = shape("blocks.0.att.time_faaaa")?;
-    let ffn_key = shape("blocks.0.ffn.key.weight")?;
-    let decay_w1 = shape("blocks.0.att.time_decay_w1")?;
-    let maa_w2 = shape("blocks.0.att.time_maa_w2")?;
+/// The hyper-parameters, read from the tensor shapes.
+pub fn config(ck: &super::checkpoint::Checkpoint, names: &super::names::Names) -> Result<Config> {
+    let shape = |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
     let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
         path: ck.path.clone(),
         name: names.stored(name).to_string(),
         expected,
         found: found.to_vec(),
     };
-    if emb.len() != 2 {
+    let emb = shape("emb.weight")?;
+    let faaaa = shape("blocks.0.att.time_faaaa")?;
+    let ffn_key = shape("blocks.0.ffn.key.weight")?;
+    let decay_w1 = shape("blocks.0.att.time_decay_w1")?;
+    let maa_w2 = shape("blocks.0.att.time_maa_w2")?;
+    let [vocab, d] = emb[..] else {
         return Err(bad("emb.weight", &emb, vec![0, 0]));
-    }
-    let (vocab, d) = (emb[0], emb[1]);
-    if faaaa.len() != 2 || faaaa[0] * faaaa[1] != d {
+    };
+    let [h, s] = faaaa[..] else {
+        return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
+    };
+    if h.checked_mul(s) != Some(d) {
         return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
     }
-    let out_in = names.layout.lora_is_out_in();
-    // decay_w1 is [D, K] (BlinkDL/HF) or [K, D] (Ai00); maa_w2 is [5, M, D] or [5, D, M].
-    let k = if out_in {
-        decay_w1[0]
-    } else {
-        decay_w1[decay_w1.len() - 1]
+    let [f, _] = ffn_key[..] else {
+        return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![0, d]));
     };
-    let m = if maa_w2.len() == 3 {
-        if out_in {
-            maa_w2[2]
-        } else {
-            maa_w2[1]
-        }
-    } else {
-        return Err(bad("blocks.0.att.time_maa_w2", &maa_w2, vec![5, 32, d]));
+    // decay_w1 is [D, K] (BlinkDL, HF) or [K, D] (Ai00); maa_w2 is [5, M, D] or [5, D, M].
+    let out_in = names.layout.lora_is_out_in();
+    let (k, m) = match (&decay_w1[..], &maa_w2[..], out_in) {
+        (&[_, k], &[5, m, _], false) => (k, m),
+        (&[k, _], &[5, _, m], true) => (k, m),
+        (&[_, _], _, _) => return Err(bad("blocks.0.att.time_maa_w2", &maa_w2, vec![5, 32, d])),
+        _ => return Err(bad("blocks.0.att.time_decay_w1", &decay_w1, vec![d, 64])),
     };
     Ok(Config {
+        arch: Arch::V6 {
+            mix_lora: m,
+            decay_lora: k,
+        },
         n_layer: names.n_layers(),
         n_embd: d,
-        n_head: faaaa[0],
-        head_size: faaaa[1],
-        ffn: ffn_key[0],
+        n_head: h,
+        head_size: s,
+        ffn: f,
         vocab,
-        maa_lora: m,
-        decay_lora: k,
     })
 }
 
@@ -156,491 +129,515 @@ pub fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
 /// the head. The embedding (read a row at a time), the LoRA matrices and the vectors keep
 /// their stored precision.
 pub fn quantizable(canon: &str, layers: usize) -> bool {
-    if canon == "head.weight" {
-        return true;
-    }
-    let Some(rest) = canon.strip_prefix("blocks.") else {
-        return false;
-    };
-    let Some((n, tail)) = rest.split_once('.') else {
-        return false;
-    };
-    let projection = matches!(
-        tail,
-        "att.receptance.weight"
-            | "att.key.weight"
-            | "att.value.weight"
-            | "att.gate.weight"
-            | "att.output.weight"
-            | "ffn.key.weight"
-            | "ffn.receptance.weight"
-            | "ffn.value.weight"
-    );
-    projection && n.parse::<usize>().is_ok_and(|n| n < layers)
+    const PROJECTIONS: [&str; 8] = [
+        "att.receptance.weight",
+        "att.key.weight",
+        "att.value.weight",
+        "att.gate.weight",
+        "att.output.weight",
+        "ffn.key.weight",
+        "ffn.receptance.weight",
+        "ffn.value.weight",
+    ];
+    canon == "head.weight" || in_layers(canon, layers, &PROJECTIONS)
 }
 
-/// Build the weights of every layer, checking every shape against `cfg`; with `quant`,
-/// quantize the [`quantizable`] matrices of the first `quant_layers` layers as they load and
-/// release their mapped pages.
-pub fn load(
-    ck: &Checkpoint,
-    names: &Names,
-    cfg: &Config,
-    quant: Option<Quant>,
-    quant_layers: usize,
-) -> Result<Weights> {
+/// The per-channel vectors the model fingerprint hashes, in order.
+pub fn fingerprinted(cfg: &Config) -> Vec<String> {
+    let mut v: Vec<String> = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"]
+        .into_iter()
+        .chain(["ln_out.weight", "ln_out.bias"])
+        .map(String::from)
+        .collect();
+    for i in 0..cfg.n_layer {
+        for t in [
+            "ln1.weight",
+            "ln2.weight",
+            "att.time_decay",
+            "att.time_faaaa",
+            "att.time_maa_x",
+            "att.ln_x.weight",
+            "ffn.time_maa_k",
+            "ffn.time_maa_r",
+        ] {
+            v.push(format!("blocks.{i}.{t}"));
+        }
+    }
+    v
+}
+
+/// Build the weights of every layer on `l`'s backend, checking every shape against `cfg`.
+pub fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
+    let (m, k) = cfg.v6_loras();
     let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
-    let (m, k) = (cfg.maa_lora, cfg.decay_lora);
-    let out_in = names.layout.lora_is_out_in();
-    let mat = |canon: &str, shape: &[usize]| -> Result<Matrix> {
-        let stored = names.stored(canon);
-        let w = ck.matrix(stored, shape)?;
-        match quant {
-            Some(q)
-                if quantizable(canon, quant_layers)
-                    && quant::fits(w.cols)
-                    && matches!(w.dtype(), DType::F32 | DType::F16 | DType::BF16) =>
-            {
-                let qm = quant::quantize(&w, q);
-                drop(w);
-                ck.release(stored);
-                Ok(qm)
-            }
-            _ => Ok(w),
-        }
-    };
-    let vec = |canon: &str, n: usize| ck.vector(names.stored(canon), &[n]);
-    // A LoRA matrix used as `x @ W` with W `[inp, out]`, returned as Linear `[out, inp]`.
-    let lora = |canon: &str, inp: usize, out: usize| -> Result<Matrix> {
-        if out_in {
-            mat(canon, &[out, inp])
-        } else {
-            // An owned copy: the mapped original need not stay resident.
-            let t = mat(canon, &[inp, out])?.transposed();
-            ck.release(names.stored(canon));
-            Ok(t)
-        }
-    };
+    let out_in = l.names.layout.lora_is_out_in();
     // The head first: quantizing it holds its mapped pages for a moment, best done while
     // little else is resident.
-    let head = mat("head.weight", &[v, d])?;
+    let head = l.matrix("head.weight", &[v, d])?;
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
         let p = |s: &str| format!("blocks.{i}.{s}");
         let w2_name = p("att.time_maa_w2");
         let w2_all = if out_in {
-            mat(&w2_name, &[5, d, m])?
+            l.host_matrix(&w2_name, &[5, d, m])?
         } else {
-            mat(&w2_name, &[5, m, d])?
+            l.host_matrix(&w2_name, &[5, m, d])?
         };
         let w2_rows = w2_all.rows / 5;
         let w2 = |j: usize| {
             let slice = w2_all.row_block(j * w2_rows, w2_rows);
-            if out_in {
-                slice
-            } else {
-                slice.transposed()
-            }
+            l.be.matrix(if out_in { slice } else { slice.transposed() })
         };
+        let maa_w2 = [w2(0)?, w2(1)?, w2(2)?, w2(3)?, w2(4)?];
+        if !out_in {
+            l.ck.release(l.names.stored(&w2_name));
+        }
         let att = Att {
-            maa_x: vec(&p("att.time_maa_x"), d)?,
+            maa_x: l.vector(&p("att.time_maa_x"), d)?,
             maa: [
-                vec(&p("att.time_maa_w"), d)?,
-                vec(&p("att.time_maa_k"), d)?,
-                vec(&p("att.time_maa_v"), d)?,
-                vec(&p("att.time_maa_r"), d)?,
-                vec(&p("att.time_maa_g"), d)?,
+                l.vector(&p("att.time_maa_w"), d)?,
+                l.vector(&p("att.time_maa_k"), d)?,
+                l.vector(&p("att.time_maa_v"), d)?,
+                l.vector(&p("att.time_maa_r"), d)?,
+                l.vector(&p("att.time_maa_g"), d)?,
             ],
-            maa_w1: lora(&p("att.time_maa_w1"), d, 5 * m)?,
-            maa_w2: {
-                let slices = [w2(0), w2(1), w2(2), w2(3), w2(4)];
-                if !out_in {
-                    ck.release(names.stored(&w2_name));
-                }
-                slices
-            },
-            decay: vec(&p("att.time_decay"), d)?,
-            decay_w1: lora(&p("att.time_decay_w1"), d, k)?,
-            decay_w2: lora(&p("att.time_decay_w2"), k, d)?,
-            faaaa: ck.vector(
-                names.stored(&p("att.time_faaaa")),
-                &[cfg.n_head, cfg.head_size],
-            )?,
-            receptance: mat(&p("att.receptance.weight"), &[d, d])?,
-            key: mat(&p("att.key.weight"), &[d, d])?,
-            value: mat(&p("att.value.weight"), &[d, d])?,
-            gate: mat(&p("att.gate.weight"), &[d, d])?,
-            output: mat(&p("att.output.weight"), &[d, d])?,
-            ln_x_w: vec(&p("att.ln_x.weight"), d)?,
-            ln_x_b: vec(&p("att.ln_x.bias"), d)?,
+            maa_w1: l.lora(&p("att.time_maa_w1"), d, 5 * m)?,
+            maa_w2,
+            decay: l.vector(&p("att.time_decay"), d)?,
+            decay_w1: l.lora(&p("att.time_decay_w1"), d, k)?,
+            decay_w2: l.lora(&p("att.time_decay_w2"), k, d)?,
+            faaaa: l
+                .be
+                .vector(&l.host_vector(&p("att.time_faaaa"), &[cfg.n_head, cfg.head_size])?)?,
+            receptance: l.matrix(&p("att.receptance.weight"), &[d, d])?,
+            key: l.matrix(&p("att.key.weight"), &[d, d])?,
+            value: l.matrix(&p("att.value.weight"), &[d, d])?,
+            gate: l.matrix(&p("att.gate.weight"), &[d, d])?,
+            output: l.matrix(&p("att.output.weight"), &[d, d])?,
+            ln_x: l.affine(&p("att.ln_x"), d)?,
         };
         let ffn = Ffn {
-            maa_k: vec(&p("ffn.time_maa_k"), d)?,
-            maa_r: vec(&p("ffn.time_maa_r"), d)?,
-            key: mat(&p("ffn.key.weight"), &[f, d])?,
-            receptance: mat(&p("ffn.receptance.weight"), &[d, d])?,
-            value: mat(&p("ffn.value.weight"), &[d, f])?,
+            maa_k: l.vector(&p("ffn.time_maa_k"), d)?,
+            maa_r: l.vector(&p("ffn.time_maa_r"), d)?,
+            key: l.matrix(&p("ffn.key.weight"), &[f, d])?,
+            receptance: l.matrix(&p("ffn.receptance.weight"), &[d, d])?,
+            value: l.matrix(&p("ffn.value.weight"), &[d, f])?,
         };
         layers.push(Layer {
-            ln1_w: vec(&p("ln1.weight"), d)?,
-            ln1_b: vec(&p("ln1.bias"), d)?,
-            ln2_w: vec(&p("ln2.weight"), d)?,
-            ln2_b: vec(&p("ln2.bias"), d)?,
+            ln1: l.affine(&p("ln1"), d)?,
+            ln2: l.affine(&p("ln2"), d)?,
             att,
             ffn,
         });
     }
     Ok(Weights {
-        emb: mat("emb.weight", &[v, d])?,
-        ln0_w: vec("blocks.0.ln0.weight", d)?,
-        ln0_b: vec("blocks.0.ln0.bias", d)?,
+        cfg: *cfg,
+        emb: l.host_matrix("emb.weight", &[v, d])?,
+        ln0: l.affine("blocks.0.ln0", d)?,
         layers,
-        ln_out_w: vec("ln_out.weight", d)?,
-        ln_out_b: vec("ln_out.bias", d)?,
+        ln_out: l.affine("ln_out", d)?,
         head,
     })
 }
 
-/// `sx[t] = prev(t) - xx[t]` where `prev(0)` is the shift state and `prev(t) = xx[t-1]`;
-/// the shift state becomes the last row. `xx`, `sx` are `[T, D]`.
-fn token_shift(xx: &[f32], shift: &mut [f32], sx: &mut [f32]) {
-    let d = shift.len();
-    for (t, (row, out)) in xx.chunks(d).zip(sx.chunks_mut(d)).enumerate() {
-        let prev = if t == 0 {
-            &*shift
-        } else {
-            &xx[(t - 1) * d..t * d]
-        };
-        for ((o, p), x) in out.iter_mut().zip(prev).zip(row) {
-            *o = p - x;
-        }
-    }
-    shift.copy_from_slice(&xx[xx.len() - d..]);
-}
-
-/// Elements per piece of an elementwise pass: a prompt's passes are spread over the
-/// threads (run on one, they left the other core idle: 12 % of a bf16 prompt), a token's
-/// stays whole.
-const PIECE: usize = 16 * 1024;
-
-/// `f(first element, piece)` over `v` in pieces of [`PIECE`], in parallel.
-fn par_pieces(v: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    if v.len() <= PIECE {
-        return f(0, v);
-    }
-    v.par_chunks_mut(PIECE)
-        .enumerate()
-        .for_each(|(i, p)| f(i * PIECE, p));
-}
-
-/// `f(first row, rows)` over `v [T, d]` in pieces of whole rows (about [`PIECE`] elements),
-/// in parallel, so that per-channel vectors zip with each row.
-fn par_rows(v: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    let rows = (PIECE / d).max(1);
-    if v.len() <= rows * d {
-        return f(0, v);
-    }
-    v.par_chunks_mut(rows * d)
-        .enumerate()
-        .for_each(|(i, p)| f(i * rows, p));
-}
-
-/// `out[t] = xx[t] + sx[t] * maa` over `[T, D]`.
-fn mix(xx: &[f32], sx: &[f32], maa: &[f32], out: &mut [f32]) {
-    let d = maa.len();
-    par_rows(out, d, |r0, p| {
-        for (k, o) in p.chunks_mut(d).enumerate() {
-            let row = (r0 + k) * d..(r0 + k + 1) * d;
-            let xs = o.iter_mut().zip(&xx[row.clone()]).zip(&sx[row]);
-            xs.zip(maa).for_each(|(((o, x), s), m)| *o = x + s * m);
-        }
-    });
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-impl Weights {
-    /// Embedding rows of `tokens` with ln0 applied: `[T, D]`.
-    pub fn embed(&self, be: &dyn Backend, tokens: &[u32]) -> Vec<f32> {
-        let d = self.emb.cols;
-        let mut x = vec![0.0; tokens.len() * d];
-        for (row, &tok) in x.chunks_mut(d).zip(tokens) {
-            self.emb.row_f32(tok as usize, row);
-        }
-        be.layer_norm(&mut x, &self.ln0_w, &self.ln0_b, LN_EPS);
-        x
-    }
-
-    /// Feed `tokens` (all `< V`, at least one) from `state`, advancing it.
-    pub fn forward(
-        &self,
-        be: &dyn Backend,
-        cfg: &Config,
-        tokens: &[u32],
-        state: &mut State,
-        want: Logits,
-    ) -> Vec<f32> {
-        // The calling thread's scratch, used on a pool thread: the products' parallel regions
-        // then split from there, and the calling thread, which would only wait, hands over
-        // once a call instead of once a product.
-        with_scratch(|sc| {
-            rayon::scope(|_| {
-                let t = tokens.len();
-                let d = cfg.n_embd;
-                let mut x = std::mem::take(&mut sc.x);
-                x.resize(t * d, 0.0);
-                for (row, &tok) in x.chunks_mut(d).zip(tokens) {
-                    self.emb.row_f32(tok as usize, row);
-                }
-                be.layer_norm(&mut x, &self.ln0_w, &self.ln0_b, LN_EPS);
-                let last = self.layers.len() - 1;
-                for (i, (layer, st)) in self.layers.iter().zip(state.layers_mut()).enumerate() {
-                    // Rows of the layer's output that anything reads: every one, but in the
-                    // last layer only the logits' (the state takes every token all the same).
-                    let need = match want {
-                        _ if i < last => t,
-                        Logits::None => 0,
-                        Logits::Last => 1,
-                        Logits::All => t,
-                    };
-                    // the channel mix also reads, through its token shift, the row before
-                    time_mix(be, cfg, layer, &mut x, st, sc, t - (need + 1).min(t));
-                    channel_mix(be, cfg, layer, &mut x, st, sc, t - need);
-                }
-                let rows = match want {
-                    Logits::None => &mut x[..0],
-                    Logits::Last => &mut x[(t - 1) * d..],
-                    Logits::All => &mut x[..],
-                };
-                let n = rows.len() / d;
-                let mut logits = vec![0.0; n * cfg.vocab];
-                if n > 0 {
-                    be.layer_norm(rows, &self.ln_out_w, &self.ln_out_b, LN_EPS);
-                    be.matmul(&self.head, rows, n, &mut logits);
-                }
-                sc.x = x;
-                logits
-            })
-        })
-    }
-}
-
-/// The activations of a forward pass, sized by the first call on a thread and reused, so
-/// that generating a token allocates nothing but the logits it returns.
-#[derive(Default)]
-struct Scratch {
+/// The activations of a forward pass, grown to the largest call and reused, so that
+/// generating a token allocates nothing but the logits it returns.
+pub struct Scratch<B: Backend> {
     /// The residual stream `[T, D]`.
-    x: Vec<f32>,
-    /// The normed input `[T, D]` and its token shift `[T, D]`.
-    xx: Vec<f32>,
-    sx: Vec<f32>,
-    /// Time mix: the LoRA input `[T, D]` and hidden layer `[T, 5 M]`, split per target
-    /// `[5][T, M]`; the mixed inputs `[5][T, D]` (`w k v r g`); `r k v g [4][T, D]`; the
-    /// decay LoRA `[T, K]` and decay `[T, D]`; the wkv output `[T, D]`.
-    xxx: Vec<f32>,
-    lora: Vec<f32>,
-    part: [Vec<f32>; 5],
-    mixed: [Vec<f32>; 5],
-    rkvg: [Vec<f32>; 4],
-    decay_lora: Vec<f32>,
-    decay: Vec<f32>,
-    out: Vec<f32>,
-    /// A projection's output `[T, D]`.
-    y: Vec<f32>,
-    /// Channel mix: the key `[T, F]`.
-    kk: Vec<f32>,
+    x: B::Tensor,
+    /// The normed input and its token shift `[T, D]`.
+    xx: B::Tensor,
+    sx: B::Tensor,
+    /// The mix LoRA's input `[T, D]` and hidden layer `[T, 5M]`.
+    xxx: B::Tensor,
+    lora: B::Tensor,
+    /// The mixed inputs `[5][T, D]` (`w k v r g`; the channel mix uses the first two).
+    mixed: [B::Tensor; 5],
+    /// `r k v g [T, D]`, the decay LoRA's hidden layer `[T, K]`, the decay `[T, D]`.
+    r: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    g: B::Tensor,
+    dl: B::Tensor,
+    w: B::Tensor,
+    /// The recurrence's output, a projection's, `[T, D]`.
+    out: B::Tensor,
+    y: B::Tensor,
+    /// Channel mix: the key `[T, F]` and the receptance `[T, D]`.
+    kk: B::Tensor,
+    rr: B::Tensor,
+    /// `[rows, V]`.
+    logits: B::Tensor,
+    batch: B::Batch,
 }
 
-/// `v` as a slice of `n` elements (grown if needed, never shrunk).
-fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
+impl<B: Backend> Net<B> for Weights<B> {
+    type Scratch = Scratch<B>;
+
+    fn scratch(&self, be: &B) -> Scratch<B> {
+        let t = || be.tensor();
+        Scratch {
+            x: t(),
+            xx: t(),
+            sx: t(),
+            xxx: t(),
+            lora: t(),
+            mixed: std::array::from_fn(|_| t()),
+            r: t(),
+            k: t(),
+            v: t(),
+            g: t(),
+            dl: t(),
+            w: t(),
+            out: t(),
+            y: t(),
+            kk: t(),
+            rr: t(),
+            logits: t(),
+            batch: be.batch(),
+        }
     }
-    &mut v[..n]
+
+    fn matrices(&self) -> Vec<&B::Matrix> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            let (a, f) = (&l.att, &l.ffn);
+            v.extend([&a.maa_w1, &a.decay_w1, &a.decay_w2]);
+            v.extend(&a.maa_w2);
+            v.extend([&a.receptance, &a.key, &a.value, &a.gate, &a.output]);
+            v.extend([&f.key, &f.receptance, &f.value]);
+        }
+        v.push(&self.head);
+        v
+    }
+
+    fn forward(
+        &self,
+        be: &B,
+        sc: &mut Scratch<B>,
+        tokens: &[u32],
+        spans: &[Range<usize>],
+        states: &mut [&mut B::State],
+        prec: Precision,
+        want: Logits,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let (t, d) = (tokens.len(), c.n_embd);
+        let (m, k) = c.v6_loras();
+        for x in [
+            &mut sc.x,
+            &mut sc.xx,
+            &mut sc.sx,
+            &mut sc.xxx,
+            &mut sc.r,
+            &mut sc.k,
+        ] {
+            be.reserve(x, t * d)?;
+        }
+        for x in [
+            &mut sc.v,
+            &mut sc.g,
+            &mut sc.w,
+            &mut sc.out,
+            &mut sc.y,
+            &mut sc.rr,
+        ] {
+            be.reserve(x, t * d)?;
+        }
+        for x in &mut sc.mixed {
+            be.reserve(x, t * d)?;
+        }
+        be.reserve(&mut sc.lora, t * 5 * m)?;
+        be.reserve(&mut sc.dl, t * k)?;
+        be.reserve(&mut sc.kk, t * c.ffn)?;
+        be.set_batch(&mut sc.batch, spans, states)?;
+
+        be.embed(&self.emb, tokens, RowsMut::new(&mut sc.x, 0, t, d))?;
+        be.layer_norm(RowsMut::new(&mut sc.x, 0, t, d), self.ln0.norm(LN_EPS))?;
+        // With one stream, the last layer computes only the rows that the logits and the
+        // state read (the state takes every token all the same).
+        let last = self.layers.len() - 1;
+        let one = spans.len() == 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let need = match want {
+                _ if i < last || !one => t,
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => t,
+            };
+            // the channel mix also reads, through its token shift, the row before
+            self.time_mix(be, layer, i, t, sc, states, prec, t - (need + 1).min(t))?;
+            self.channel_mix(be, layer, i, t, sc, states, prec, t - need)?;
+        }
+        let rows = match want {
+            Logits::None => return Ok(()),
+            Logits::Last if one => t - 1..t,
+            Logits::Last | Logits::All => 0..t,
+        };
+        let n = rows.len();
+        be.reserve(&mut sc.logits, n * c.vocab)?;
+        be.layer_norm(
+            RowsMut::new(&mut sc.x, rows.start, n, d),
+            self.ln_out.norm(LN_EPS),
+        )?;
+        be.products(
+            prec,
+            &mut [Product {
+                w: &self.head,
+                x: Rows::new(&sc.x, rows.start, n, d),
+                y: RowsMut::new(&mut sc.logits, 0, n, c.vocab),
+                then: Then::None,
+            }],
+        )?;
+        be.read(Rows::new(&sc.logits, 0, n, c.vocab), out)?;
+        if want == Logits::Last && !one {
+            super::last_rows(out, spans, c.vocab);
+        }
+        Ok(())
+    }
 }
 
-/// Run `f` on this thread's [`Scratch`] (a fresh one if a forward pass is already running
-/// further up this thread's stack).
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+impl<B: Backend> Weights<B> {
+    /// `x [T, D] += Wo (GroupNorm(wkv(r, k, v, w)) * g)` for the rows from `from` on (`from
+    /// < T`); rows before it stay as they are, though the state takes every token.
+    #[allow(clippy::too_many_arguments)]
+    fn time_mix(
+        &self,
+        be: &B,
+        l: &Layer<B>,
+        layer: usize,
+        t: usize,
+        sc: &mut Scratch<B>,
+        states: &mut [&mut B::State],
+        prec: Precision,
+        from: usize,
+    ) -> Result<()> {
+        let (a, c) = (&l.att, &self.cfg);
+        let (d, n) = (c.n_embd, t - from);
+        let Scratch {
+            x,
+            xx,
+            sx,
+            xxx,
+            lora,
+            mixed,
+            r,
+            k,
+            v,
+            g,
+            dl,
+            w,
+            out,
+            y,
+            batch,
+            ..
+        } = sc;
+        let rows = |x| first(x, t, d);
+        // xx = LayerNorm(x), sx = the previous row's xx - xx, xxx = xx + sx * maa_x
+        be.norm_shift(
+            NormShift {
+                x: rows(x),
+                ln: l.ln1.norm(LN_EPS),
+                shift: c.state_shape().att_shift(layer),
+                xx: RowsMut::new(xx, 0, t, d),
+                sx: RowsMut::new(sx, 0, t, d),
+                from: 0,
+                mixes: &mut [Mix {
+                    maa: &a.maa_x,
+                    out: RowsMut::new(xxx, 0, t, d),
+                }],
+            },
+            batch,
+            states,
+        )?;
+        // The data-dependent mixes: m = tanh(xxx @ maa_w1), each x_j = xx + sx * (maa_j +
+        // m_j @ maa_w2[j]).
+        let (xx, sx) = (&*xx, &*sx);
+        let (m, dk) = c.v6_loras();
+        let mut ys = mixed.iter_mut().enumerate();
+        let mut ups: [Up<B>; 5] = std::array::from_fn(|_| {
+            let (j, y) = ys.next().expect("five mixes");
+            Up {
+                w: &a.maa_w2[j],
+                from: j * m,
+                y: RowsMut::new(y, 0, t, d),
+                then: Then::Mix {
+                    xx: first(xx, t, d),
+                    sx: first(sx, t, d),
+                    maa: &a.maa[j],
+                },
+            }
+        });
+        be.lora(
+            prec,
+            Lora {
+                x: rows(xxx),
+                down: &a.maa_w1,
+                act: Then::Tanh,
+                hidden: lora,
+                ups: &mut ups,
+            },
+        )?;
+        drop((ups, ys));
+        let [xw, xk, xv, xr, xg] = mixed.each_ref();
+        // r, k, v, g = silu(.), and the decay LoRA's hidden layer tanh(xw @ decay_w1); r and
+        // g only from row `from`.
+        let kp = Product {
+            w: &a.key,
+            x: rows(xk),
+            y: RowsMut::new(k, 0, t, d),
+            then: Then::None,
+        };
+        let vp = Product {
+            w: &a.value,
+            x: rows(xv),
+            y: RowsMut::new(v, 0, t, d),
+            then: Then::None,
+        };
+        let dp = Product {
+            w: &a.decay_w1,
+            x: rows(xw),
+            y: RowsMut::new(dl, 0, t, dk),
+            then: Then::Tanh,
+        };
+        let rp = Product {
+            w: &a.receptance,
+            x: Rows::new(xr, from, n, d),
+            y: RowsMut::new(r, from, n, d),
+            then: Then::None,
+        };
+        let gp = Product {
+            w: &a.gate,
+            x: Rows::new(xg, from, n, d),
+            y: RowsMut::new(g, from, n, d),
+            then: Then::Silu,
+        };
+        if from == 0 {
+            be.products(prec, &mut [rp, kp, vp, gp, dp])?;
+        } else {
+            be.products(prec, &mut [kp, vp, dp])?;
+            be.products(prec, &mut [rp, gp])?;
+        }
+        // The recurrence with w = exp(-exp(decay + dl @ decay_w2)), then GroupNorm and g.
+        be.wkv6(
+            prec,
+            Wkv6 {
+                heads: c.n_head,
+                r: rows(r),
+                k: rows(k),
+                v: rows(v),
+                decay: Rows::new(dl, 0, t, dk),
+                decay_up: &a.decay_w2,
+                decay_bias: &a.decay,
+                w: RowsMut::new(w, 0, t, d),
+                u: &a.faaaa,
+                state: c.state_shape().wkv(layer),
+                out: RowsMut::new(out, 0, t, d),
+                ln_x: a.ln_x.norm(GN_EPS),
+                g: Rows::new(g, from, n, d),
+                from,
+            },
+            batch,
+            states,
+        )?;
+        be.products(
+            prec,
+            &mut [Product {
+                w: &a.output,
+                x: Rows::new(out, from, n, d),
+                y: RowsMut::new(y, 0, n, d),
+                then: Then::Residual(RowsMut::new(x, from, n, d)),
+            }],
+        )
     }
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut sc) => f(&mut sc),
-        Err(_) => f(&mut Scratch::default()),
-    })
+
+    /// `x [T, D] += sigmoid(Wr xr) * (Wv relu(Wk xk)^2)` for the rows from `from` on (`from
+    /// <= T`); rows before it stay as they are (the token shift still reads row `from - 1`,
+    /// and the state takes the last row).
+    #[allow(clippy::too_many_arguments)]
+    fn channel_mix(
+        &self,
+        be: &B,
+        l: &Layer<B>,
+        layer: usize,
+        t: usize,
+        sc: &mut Scratch<B>,
+        states: &mut [&mut B::State],
+        prec: Precision,
+        from: usize,
+    ) -> Result<()> {
+        let (f, c) = (&l.ffn, &self.cfg);
+        let (d, n) = (c.n_embd, t - from);
+        let Scratch {
+            x,
+            xx,
+            sx,
+            mixed: [xk, xr, ..],
+            kk,
+            rr,
+            y,
+            batch,
+            ..
+        } = sc;
+        be.norm_shift(
+            NormShift {
+                x: Rows::new(x, 0, t, d),
+                ln: l.ln2.norm(LN_EPS),
+                shift: c.state_shape().ffn_shift(layer),
+                xx: RowsMut::new(xx, 0, t, d),
+                sx: RowsMut::new(sx, 0, t, d),
+                from,
+                mixes: &mut [
+                    Mix {
+                        maa: &f.maa_k,
+                        out: RowsMut::new(xk, 0, n, d),
+                    },
+                    Mix {
+                        maa: &f.maa_r,
+                        out: RowsMut::new(xr, 0, n, d),
+                    },
+                ],
+            },
+            batch,
+            states,
+        )?;
+        if n == 0 {
+            return Ok(());
+        }
+        be.products(
+            prec,
+            &mut [
+                Product {
+                    w: &f.key,
+                    x: Rows::new(xk, 0, n, d),
+                    y: RowsMut::new(kk, 0, n, c.ffn),
+                    then: Then::ReluSquared,
+                },
+                Product {
+                    w: &f.receptance,
+                    x: Rows::new(xr, 0, n, d),
+                    y: RowsMut::new(rr, 0, n, d),
+                    then: Then::Sigmoid,
+                },
+            ],
+        )?;
+        be.products(
+            prec,
+            &mut [Product {
+                w: &f.value,
+                x: Rows::new(kk, 0, n, c.ffn),
+                y: RowsMut::new(y, 0, n, d),
+                then: Then::GatedResidual {
+                    gate: Rows::new(rr, 0, n, d),
+                    x: RowsMut::new(x, from, n, d),
+                },
+            }],
+        )
+    }
 }
 
-/// `x [T, D] += Wo (GroupNorm(wkv(r, k, v, w)) * g)` for the rows from `from` on (`from <
-/// T`); rows before it stay as they are, though the state takes every token. Skipping them
-/// spares the receptance, gate and output products there.
-#[allow(clippy::too_many_arguments)]
-fn time_mix(
-    be: &dyn Backend,
-    cfg: &Config,
-    l: &Layer,
-    x: &mut [f32],
-    st: &mut LayerState,
-    sc: &mut Scratch,
-    from: usize,
-) {
-    let a = &l.att;
-    let d = cfg.n_embd;
-    let t = x.len() / d;
-    let m = cfg.maa_lora;
-    let xx = sized(&mut sc.xx, t * d);
-    xx.copy_from_slice(x);
-    be.layer_norm(xx, &l.ln1_w, &l.ln1_b, LN_EPS);
-    let sx = sized(&mut sc.sx, t * d);
-    token_shift(xx, &mut st.att_shift, sx);
-
-    // Data-dependent mix: m = tanh(xxx @ maa_w1), delta_j = m_j @ maa_w2[j].
-    let xxx = sized(&mut sc.xxx, t * d);
-    mix(xx, sx, &a.maa_x, xxx);
-    let lora = sized(&mut sc.lora, t * 5 * m);
-    let tanh: Then = &|_, _, y| y.iter_mut().for_each(|v| *v = v.tanh());
-    be.matmuls(t, &mut [MatJob::new(&a.maa_w1, xxx, lora).then(tanh)]);
-    let part = sc.part.each_mut().map(|p| sized(p, t * m));
-    for (j, p) in part.into_iter().enumerate() {
-        for (ti, row) in p.chunks_mut(m).enumerate() {
-            row.copy_from_slice(&lora[ti * 5 * m + j * m..ti * 5 * m + (j + 1) * m]);
-        }
-    }
-    // The mixed inputs: each delta becomes `xx + sx * (maa_j + delta)` where it is summed.
-    let (xx, sx) = (&*xx, &*sx);
-    let mixes = a.maa.each_ref().map(|maa| {
-        move |ti: usize, c0: usize, y: &mut [f32]| {
-            let at = ti * d + c0..ti * d + c0 + y.len();
-            let ins = y.iter_mut().zip(&xx[at.clone()]).zip(&sx[at]);
-            ins.zip(&maa[c0..])
-                .for_each(|(((o, x), s), m)| *o = x + s * (m + *o));
-        }
-    });
-    {
-        let mixed = sc.mixed.each_mut().map(|v| sized(v, t * d));
-        let parts = sc.part.each_ref().map(|p| &p[..t * m]);
-        let mut jobs = (a.maa_w2.iter().zip(parts).zip(mixed).zip(&mixes))
-            .map(|(((w, x), y), f)| MatJob::new(w, x, y).then(f));
-        be.matmuls(
-            t,
-            &mut std::array::from_fn::<_, 5, _>(|_| jobs.next().unwrap()),
-        );
-    }
-
-    // r, k, v, g and the decay LoRA's first factor, in one parallel region; r and g only
-    // from row `from` (r is zero before it, so the wkv outputs nobody reads stay finite).
-    let [xw, xk, xv, xr, xg] = sc.mixed.each_ref().map(|v| &v[..t * d]);
-    let [r, k, v, g] = sc.rkvg.each_mut().map(|y| sized(y, t * d));
-    let dl = sized(&mut sc.decay_lora, t * a.decay_w1.rows);
-    let (r0, r) = r.split_at_mut(from * d);
-    r0.fill(0.0);
-    let (xr, xg, g) = (&xr[from * d..], &xg[from * d..], &mut g[from * d..]);
-    let gate_act: Then = &|_, _, y| y.iter_mut().for_each(|v| *v = silu(*v));
-    let (k, v) = (MatJob::new(&a.key, xk, k), MatJob::new(&a.value, xv, v));
-    let r = MatJob::new(&a.receptance, xr, r);
-    let g = MatJob::new(&a.gate, xg, g).then(gate_act);
-    let dl = MatJob::new(&a.decay_w1, xw, dl).then(tanh);
-    if from == 0 {
-        be.matmuls(t, &mut [r, k, v, g, dl]);
-    } else {
-        be.matmuls(t, &mut [k, v, dl]);
-        be.matmuls(t - from, &mut [r, g]);
-    }
-    let [r, k, v, g] = sc.rkvg.each_mut().map(|y| &mut y[..t * d]);
-    let g = &g[from * d..];
-
-    // w = exp(-exp(decay + tanh(xw @ decay_w1) @ decay_w2)); the recurrence's outputs
-    // group-normed and gated a head at a time, as each head's task ends
-    let dl = &sc.decay_lora[..t * a.decay_w1.rows];
-    let w = sized(&mut sc.decay, t * d);
-    let decay: Then = &|_, c0, y| {
-        for (v, decay) in y.iter_mut().zip(&a.decay[c0..]) {
-            *v = (-(decay + *v).exp()).exp();
-        }
-    };
-    be.matmuls(t, &mut [MatJob::new(&a.decay_w2, dl, w).then(decay)]);
-    let gated: Then = &|ti, c0, o| {
-        if ti >= from {
-            let ch = c0..c0 + o.len();
-            be.group_norm(o, 1, &a.ln_x_w[ch.clone()], &a.ln_x_b[ch], GN_EPS);
-            let g = &g[(ti - from) * d + c0..];
-            o.iter_mut().zip(g).for_each(|(o, g)| *o *= g);
-        }
-    };
-    let out = sized(&mut sc.out, t * d);
-    be.wkv(
-        cfg.n_head,
-        r,
-        k,
-        v,
-        w,
-        &a.faaaa,
-        &mut st.wkv,
-        out,
-        Some(gated),
-    );
-    let out = &out[from * d..];
-    let y = sized(&mut sc.y, (t - from) * d);
-    be.matmul(&a.output, out, t - from, y);
-    par_pieces(&mut x[from * d..], |i0, p| {
-        p.iter_mut().zip(&y[i0..]).for_each(|(x, y)| *x += y)
-    });
-}
-
-/// `x [T, D] += sigmoid(Wr xr) * (Wv relu(Wk xk)^2)` for the rows from `from` on (`from <=
-/// T`); rows before it stay as they are (the token shift still reads row `from - 1`, and
-/// the state takes the last row).
-fn channel_mix(
-    be: &dyn Backend,
-    cfg: &Config,
-    l: &Layer,
-    x: &mut [f32],
-    st: &mut LayerState,
-    sc: &mut Scratch,
-    from: usize,
-) {
-    let f = &l.ffn;
-    let d = cfg.n_embd;
-    let t = x.len() / d;
-    let xx = sized(&mut sc.xx, t * d);
-    xx.copy_from_slice(x);
-    be.layer_norm(xx, &l.ln2_w, &l.ln2_b, LN_EPS);
-    let sx = sized(&mut sc.sx, t * d);
-    token_shift(xx, &mut st.ffn_shift, sx);
-    let n = t - from;
-    if n == 0 {
-        return;
-    }
-    let (xx, sx) = (&xx[from * d..], &sx[from * d..]);
-    let [xk, xr, ..] = &mut sc.mixed;
-    let (xk, xr) = (sized(xk, n * d), sized(xr, n * d));
-    mix(xx, sx, &f.maa_k, xk);
-    mix(xx, sx, &f.maa_r, xr);
-    let kk = sized(&mut sc.kk, n * cfg.ffn);
-    let rr = sized(&mut sc.out, n * d);
-    let relu2: Then = &|_, _, y| y.iter_mut().for_each(|v| *v = v.max(0.0) * v.max(0.0));
-    let gate_act: Then = &|_, _, y| y.iter_mut().for_each(|v| *v = sigmoid(*v));
-    be.matmuls(
-        n,
-        &mut [
-            MatJob::new(&f.key, xk, kk).then(relu2),
-            MatJob::new(&f.receptance, xr, rr).then(gate_act),
-        ],
-    );
-    let rr = &*rr;
-    let gate: Then = &|ti, c0, y| {
-        let r = &rr[ti * d + c0..];
-        y.iter_mut().zip(r).for_each(|(v, r)| *v *= r);
-    };
-    let vv = sized(&mut sc.y, n * d);
-    be.matmuls(n, &mut [MatJob::new(&f.value, kk, vv).then(gate)]);
-    par_pieces(&mut x[from * d..], |i0, p| {
-        p.iter_mut().zip(&vv[i0..]).for_each(|(x, v)| *x += v)
-    });
+/// The first `rows` rows of `cols` values of `x`.
+fn first<T>(x: &T, rows: usize, cols: usize) -> Rows<'_, T> {
+    Rows::new(x, 0, rows, cols)
 }

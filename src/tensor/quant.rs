@@ -13,7 +13,7 @@
 //! scaled to [-1, 1], with an exact 0) on a grid of 1/127, so that a code is an int8 value.
 
 use super::{Buf, Data, Matrix, Plain};
-use crate::backend::cpu::Isa;
+use crate::isa::Isa;
 use half::bf16;
 use rayon::prelude::*;
 

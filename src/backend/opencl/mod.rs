@@ -1,10 +1,14 @@
-//! OpenCL: device selection, and the forward pass on a device when the cargo feature
-//! `opencl` is on. Without it the same names exist and say so, so callers need no `cfg`.
+//! OpenCL: the backend on a device ([`Ocl`]), when the cargo feature `opencl` is on.
+//! Without it the same names exist and say so, so callers need no `cfg`.
 
+#[cfg(feature = "opencl")]
+mod device;
 #[cfg(feature = "opencl")]
 mod imp;
 #[cfg(feature = "opencl")]
-pub use imp::{list_devices, ops, Ocl, OclModel};
+pub use device::{list_devices, DeviceState};
+#[cfg(feature = "opencl")]
+pub use imp::{Counters, Ocl};
 
 /// Where to run: `cpu`, `opencl[:PLATFORM[:DEVICE]]` or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +26,11 @@ pub enum Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceSpec {
     pub pick: Device,
+}
+
+impl DeviceSpec {
+    /// The CPU.
+    pub const CPU: DeviceSpec = DeviceSpec { pick: Device::Cpu };
 }
 
 impl std::str::FromStr for DeviceSpec {
@@ -84,29 +93,9 @@ mod stub {
             }
         }
     }
-
-    /// Never made without the feature.
-    pub enum OclModel {}
-
-    impl OclModel {
-        pub fn upload(o: Ocl, _: &crate::model::v6::Weights) -> Result<OclModel> {
-            match o {}
-        }
-
-        pub fn forward(
-            &self,
-            _: &crate::model::v6::Weights,
-            _: &crate::model::Config,
-            _: &[u32],
-            _: &mut crate::State,
-            _: crate::Logits,
-        ) -> Result<Vec<f32>> {
-            match *self {}
-        }
-    }
 }
 #[cfg(not(feature = "opencl"))]
-pub use stub::{list_devices, Ocl, OclModel};
+pub use stub::{list_devices, Ocl};
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,148 @@
+//! AVX-512 BF16: activations rounded to bf16 and multiplied by `vdpbf16ps`, 32 weight rows
+//! packed into a panel against up to [`BF16_PANEL_TOKENS`] tokens at a time.
+
+use super::{lane_masks, store_bf16x16, transpose16};
+use crate::backend::cpu::arch::prefetch_l2;
+use crate::backend::cpu::tuning::{BF16_PANEL_TOKENS, PANEL_ROWS};
+use crate::tensor::quant::{BLOCK, NF4};
+use half::bf16;
+use std::arch::x86_64::*;
+
+/// `x [n]` rounded to bf16 (to nearest, ties to even) into `out [n]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn round_bf16_avx512(x: &[f32], out: &mut [bf16]) {
+    let n = x.len();
+    assert_eq!(out.len(), n, "round_bf16: lengths differ");
+    let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    while i + 16 <= n {
+        let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(xp.add(i)));
+        _mm256_storeu_si256(
+            op.add(i) as *mut __m256i,
+            std::mem::transmute::<__m256bh, __m256i>(h),
+        );
+        i += 16;
+    }
+    for j in i..n {
+        out[j] = bf16::from_f32(x[j]);
+    }
+}
+
+/// An int8 row (`qs [n]`, `scales [n / 64]`) dequantized and rounded to bf16 into
+/// `out [n]`: the bits [`crate::tensor::quant::dequantize_q8`] then
+/// [`round_bf16_avx512`] give, in one pass.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn q8_row_bf16(qs: &[i8], scales: &[f32], out: &mut [bf16]) {
+    assert!(qs.len() == out.len() && qs.len() == scales.len() * BLOCK);
+    for (b, &s) in scales.iter().enumerate() {
+        let s = _mm512_set1_ps(s);
+        for k in 0..BLOCK / 16 {
+            let i = b * BLOCK + 16 * k;
+            let q = _mm_loadu_si128(qs.as_ptr().add(i) as *const __m128i);
+            let v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), s);
+            store_bf16x16(out.as_mut_ptr().add(i), v);
+        }
+    }
+}
+
+/// An nf4 row (`packed [n / 2]`, `scales [n / 64]`) dequantized and rounded to bf16
+/// into `out [n]`, as [`q8_row_bf16`]: codes looked up in the code book by `vpermps`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn nf4_row_bf16(packed: &[u8], scales: &[bf16], out: &mut [bf16]) {
+    assert!(2 * packed.len() == out.len() && out.len() == scales.len() * BLOCK);
+    let book = _mm512_loadu_ps(NF4.as_ptr());
+    for (b, s) in scales.iter().enumerate() {
+        let s = _mm512_set1_ps(s.to_f32());
+        // byte j of a block holds weights j (low nibble) and j + 32 (high)
+        for k in 0..2 {
+            let p = packed.as_ptr().add(b * BLOCK / 2 + 16 * k) as *const __m128i;
+            let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(p));
+            // `vpermps` reads the low four bits of an index
+            let lo = _mm512_permutexvar_ps(bytes, book);
+            let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(bytes), book);
+            let o = out.as_mut_ptr().add(b * BLOCK + 16 * k);
+            store_bf16x16(o, _mm512_mul_ps(lo, s));
+            store_bf16x16(o.add(BLOCK / 2), _mm512_mul_ps(hi, s));
+        }
+    }
+}
+
+/// Pack `n` (at most [`PANEL_ROWS`]) rows of bf16 weights for [`panel_kernel`]: row `r`
+/// starts at `base + r * stride` (`stride` even) and holds `2 * pairs` weights; pair
+/// `kk` (columns `2kk`, `2kk + 1`) of row `r` goes to `panel[kk * 32 + r]` as one u32,
+/// rows past `n` are zero. Sixteen rows by sixteen pairs at a time, transposed in
+/// registers.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn pack_panel_avx512(
+    base: *const bf16,
+    stride: usize,
+    n: usize,
+    pairs: usize,
+    panel: &mut [u32],
+) {
+    assert!(stride.is_multiple_of(2) && n <= PANEL_ROWS && panel.len() >= pairs * 32);
+    let (words, s) = (base as *const i32, stride / 2);
+    let out = panel.as_mut_ptr() as *mut __m512i;
+    for k0 in (0..pairs).step_by(16) {
+        let cols = (pairs - k0).min(16);
+        let mask = ((1u32 << cols) - 1) as __mmask16;
+        for half in 0..2 {
+            let here = n.saturating_sub(16 * half).min(16);
+            let rows: [__m512i; 16] = std::array::from_fn(|i| {
+                if i < here {
+                    _mm512_maskz_loadu_epi32(mask, words.add((16 * half + i) * s + k0))
+                } else {
+                    _mm512_setzero_si512()
+                }
+            });
+            let t = transpose16(rows);
+            for (c, v) in t.iter().enumerate().take(cols) {
+                _mm512_storeu_si512(out.add(2 * (k0 + c) + half), *v);
+            }
+        }
+    }
+}
+
+/// `y[j][r] = sum_kk panel[kk][r] . x[j][kk]` for `N` (at most [`BF16_PANEL_TOKENS`])
+/// tokens and the first `n` rows of a panel ([`pack_panel_avx512`]): `x[j]` points at token
+/// `j`'s bf16 activations as `pairs` u32 pairs, `y[j]` at its 32 outputs. Each output is
+/// one f32 lane summing its pairs in order, so it does not depend on `N`, on the panel or
+/// on the thread. `ahead`: `(p, lines)`, cache lines from `p` to ask for into L2 along
+/// the way (the next panel's weights).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn panel_kernel<const N: usize>(
+    panel: &[u32],
+    pairs: usize,
+    x: [*const u32; N],
+    y: [*mut f32; N],
+    n: usize,
+    ahead: (*const u8, usize),
+) {
+    const { assert!(N <= BF16_PANEL_TOKENS) };
+    assert!(panel.len() >= pairs * 32);
+    let p = panel.as_ptr() as *const __m512i;
+    let mut acc = [[_mm512_setzero_ps(); N]; 2];
+    // `ahead`: cache lines to ask for, one every `every` pairs, spread over the call.
+    let (pf, lines) = ahead;
+    let every = (pairs / lines.max(1)).max(1);
+    let (mut asked, mut at) = (0, 0);
+    for kk in 0..pairs {
+        if kk == at && asked < lines {
+            prefetch_l2(pf.wrapping_add(64 * asked));
+            (asked, at) = (asked + 1, at + every);
+        }
+        let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(p.add(2 * kk)));
+        let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(p.add(2 * kk + 1)));
+        for j in 0..N {
+            let xv = _mm512_set1_epi32(std::ptr::read_unaligned(x[j].add(kk)) as i32);
+            let xv: __m512bh = std::mem::transmute(xv);
+            acc[0][j] = _mm512_dpbf16_ps(acc[0][j], w0, xv);
+            acc[1][j] = _mm512_dpbf16_ps(acc[1][j], w1, xv);
+        }
+    }
+    let [m0, m1] = lane_masks(n);
+    for j in 0..N {
+        _mm512_mask_storeu_ps(y[j], m0, acc[0][j]);
+        _mm512_mask_storeu_ps(y[j].add(16), m1, acc[1][j]);
+    }
+}

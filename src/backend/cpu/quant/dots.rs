@@ -1,0 +1,63 @@
+//! One token's products with int8 or nf4 rows: the AVX-512 kernels where the CPU has
+//! them (VNNI and VBMI for nf4), AVX2, else the scalar twin.
+
+use super::{QRow, QTok};
+use crate::backend::cpu::scalar::quant_dot;
+use crate::isa::{features, Isa};
+
+/// Whether the AVX-512 kernels can run for `w`: byte and word instructions, and for nf4
+/// VNNI and byte permutes.
+fn avx512(w: &QRow) -> bool {
+    let f = features();
+    f.avx512bw && (matches!(w, QRow::Q8 { .. }) || (f.avx512vnni && f.avx512vbmi))
+}
+/// `w . x` on `isa`.
+#[inline]
+pub fn dot(isa: Isa, w: QRow, x: QTok) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::backend::cpu::arch::x86::quant::*;
+        // SAFETY: `isa` was detected on this CPU (Isa::detect), the AVX-512 extensions are
+        // checked, and every AVX-512 CPU has AVX2 and FMA.
+        unsafe {
+            match (isa, w) {
+                (Isa::Avx512, QRow::Q8 { qs, scales }) if avx512(&w) => {
+                    return dot_q8_avx512(qs, scales, x)
+                }
+                (Isa::Avx512, QRow::Nf4 { packed, scales }) if avx512(&w) => {
+                    return dot_nf4_vnni(packed, scales, x)
+                }
+                (Isa::Avx512 | Isa::Avx2, QRow::Q8 { qs, scales }) => {
+                    return dot_q8_avx2(qs, scales, x)
+                }
+                (Isa::Avx512 | Isa::Avx2, QRow::Nf4 { packed, scales }) => {
+                    return dot_nf4_avx2(packed, scales, x)
+                }
+                (Isa::Portable, _) => {}
+            }
+        }
+    }
+    quant_dot(w, x)
+}
+
+/// `out[k] = dot(isa, row k, x)` for the `n = out.len()` rows stored one after another in
+/// `rows` ([`QRow::row`]), each the bits [`dot`] gives it: one call for a task's rows, so
+/// that generation spends nothing a row on dispatch (the AVX-512 kernels loop inside).
+pub fn dots(isa: Isa, rows: QRow, x: QTok, out: &mut [f32]) {
+    let n = out.len();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && avx512(&rows) {
+        use crate::backend::cpu::arch::x86::quant::*;
+        // SAFETY: `isa` was detected on this CPU and the AVX-512 extensions are checked.
+        unsafe {
+            match rows {
+                QRow::Q8 { qs, scales } => dots_q8_avx512(qs, scales, x, out),
+                QRow::Nf4 { packed, scales } => dots_nf4_vnni(packed, scales, x, out),
+            }
+        }
+        return;
+    }
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = dot(isa, rows.row(k, n), x);
+    }
+}

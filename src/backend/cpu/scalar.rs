@@ -1,0 +1,163 @@
+//! The scalar twins: plain loops that say what each vectorised or OpenCL kernel computes.
+//! The tests hold every kernel to its twin (bit for bit where the kernel promises the
+//! twin's order, within rounding elsewhere).
+
+use super::quant::acts::{block_scale, QActs, TokenCodes};
+use super::quant::{code_unit, q8_index, qrow, Act, QRow, QTok, CLASSES};
+use crate::isa::Isa;
+use crate::tensor::quant::BLOCK;
+use crate::tensor::Matrix;
+use half::bf16;
+
+/// `a . b` over `[n]`.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `W [out, in]`, `x [t, in]` -> `y [t, out]`.
+pub fn matmul(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+    let wf = w.to_f32();
+    let (out, inp) = (w.rows, w.cols);
+    for ti in 0..t {
+        for o in 0..out {
+            y[ti * out + o] = dot(&wf[o * inp..(o + 1) * inp], &x[ti * inp..(ti + 1) * inp]);
+        }
+    }
+}
+
+/// Sequence products at bf16 precision: weights and activations rounded to bf16, then
+/// summed a pair of columns at a time in f32.
+pub fn matmul_bf16(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+    let (out, inp) = (w.rows, w.cols);
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+    let mut row = vec![0.0; inp];
+    for o in 0..out {
+        w.row_f32(o, &mut row);
+        let wr = round(&row);
+        for ti in 0..t {
+            let xr = round(&x[ti * inp..(ti + 1) * inp]);
+            let mut acc = 0.0f32;
+            for (a, b) in wr.chunks(2).zip(xr.chunks(2)) {
+                acc += a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
+            }
+            y[ti * out + o] = acc;
+        }
+    }
+}
+
+/// int8 and nf4 matrices: activations rounded as the kernels round them, then
+/// [`quant_dot`].
+pub fn matmul_quant(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+    let (unit, act) = code_unit(w).expect("matmul_quant: the matrix is not quantized");
+    let mut acts = QActs::default();
+    acts.quantize(Isa::Portable, x, w.cols, unit, act);
+    for ti in 0..t {
+        for o in 0..w.rows {
+            y[ti * w.rows + o] = quant_dot(qrow(w, o), acts.token(ti));
+        }
+    }
+}
+
+/// Sixteen f32 sums reduced as a tree, by halves: lane `i` plus lane `i + 8`, then `i + 4`,
+/// `i + 2` and `i + 1`, the order of the AVX-512 reduction.
+pub fn tree16(mut v: [f32; CLASSES]) -> f32 {
+    for h in [8, 4, 2, 1] {
+        for i in 0..h {
+            v[i] += v[i + h];
+        }
+    }
+    v[0]
+}
+
+/// One int8 or nf4 row against one token's integer activations, in the order every
+/// quantized kernel sums: block `b`'s exact integer sum `s`, as f32, times `ws[b] * xs[b]`
+/// is added to class `b % 16`, then the classes are reduced by [`tree16`].
+pub fn quant_dot(w: QRow, x: QTok) -> f32 {
+    let mut class = [0.0f32; CLASSES];
+    for (b, &xs) in x.scale.iter().enumerate().take(w.nb()) {
+        let ws = w.scale(b);
+        let xq = |i: usize| match w {
+            QRow::Q8 { .. } => x.q16[b * BLOCK + i] as i32,
+            QRow::Nf4 { .. } => x.q8[q8_index(b, i)] as i32,
+        };
+        let s: i32 = (0..BLOCK).map(|i| w.code(b, i) * xq(i)).sum();
+        class[b % CLASSES] += s as f32 * (ws * xs);
+    }
+    tree16(class)
+}
+
+/// One token's activations rounded to integer codes `round(x * inv)`, ties to even (what
+/// `vcvtps2dq` does), in blocks of 64 (the block corrections are added by the caller).
+pub fn quantize_token(x: &[f32], act: Act, unit: f32, out: TokenCodes) {
+    let max = act.max();
+    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let inv;
+        (out.scale[b], inv) = block_scale(amax, act, unit);
+        let code = |v: &f32| (v * inv).clamp(-max, max).round_ties_even();
+        match act {
+            Act::I16 => {
+                for (o, v) in out.q16[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xb) {
+                    *o = code(v) as i16;
+                }
+            }
+            Act::I8 => {
+                for (i, v) in xb.iter().enumerate() {
+                    out.q8[q8_index(b, i)] = code(v) as i8;
+                }
+            }
+        }
+    }
+    if act == Act::I8 && x.len() / BLOCK % 2 == 1 {
+        // the absent second block of the last pair multiplies as zeros
+        let nb = x.len() / BLOCK;
+        (0..BLOCK).for_each(|i| out.q8[q8_index(nb, i)] = 0);
+    }
+}
+
+/// Per row of `x [t, D]`: `(x - mean) / sqrt(var + eps) * weight + bias`, in place.
+pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let d = weight.len();
+    for row in x.chunks_mut(d) {
+        let mean = row.iter().sum::<f32>() / d as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = (*v - mean) * inv * w + b;
+        }
+    }
+}
+
+/// The RWKV-6 recurrence over `t` tokens, `D = H * S`: `r, k, v, w [t, D]`, `u [H, S]`,
+/// `state [H, S, S]` (`[head, key i, value j]`, updated), `out [t, D]`. Per head and token:
+/// `out[j] = sum_i r[i] (u[i] k[i] v[j] + s[i][j])`, then `s[i][j] = k[i] v[j] + w[i] s[i][j]`.
+#[allow(clippy::too_many_arguments)]
+pub fn wkv6(
+    heads: usize,
+    r: &[f32],
+    k: &[f32],
+    v: &[f32],
+    w: &[f32],
+    u: &[f32],
+    state: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = u.len();
+    let s = d / heads;
+    let t = r.len() / d;
+    for ti in 0..t {
+        for h in 0..heads {
+            let st = &mut state[h * s * s..(h + 1) * s * s];
+            for j in 0..s {
+                let mut acc = 0.0;
+                for i in 0..s {
+                    let c = ti * d + h * s + i;
+                    let a = k[c] * v[ti * d + h * s + j];
+                    acc += r[c] * (u[h * s + i] * a + st[i * s + j]);
+                    st[i * s + j] = a + w[c] * st[i * s + j];
+                }
+                out[ti * d + h * s + j] = acc;
+            }
+        }
+    }
+}
