@@ -59,11 +59,6 @@ impl State {
         State::from_values(shape, v)
     }
 
-    /// A state a backend made.
-    pub(crate) fn from_data(shape: StateShape, data: StateData) -> State {
-        State { shape, data }
-    }
-
     pub fn shape(&self) -> StateShape {
         self.shape
     }

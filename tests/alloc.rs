@@ -43,7 +43,7 @@ fn a_token_allocates_only_its_logits() {
     for quant in [None, Some(Quant::Int8), Some(Quant::Nf4)] {
         let opts = LoadOptions {
             quant,
-            quant_layers: None,
+            ..LoadOptions::default()
         };
         let m = Model::load_with(&model_path("shakespeare-rwkv6.safetensors"), opts).unwrap();
         // The first tokens on each thread of the pool size that thread's scratch.

@@ -1,5 +1,5 @@
-//! The World tokenizer against `../shared/golden/world-tokenizer.jsonl`: exactly the
-//! official ids for every case, and decoding gives the bytes back.
+//! The World tokenizer against `world-tokenizer.jsonl` (the official tokenizer's ids):
+//! exactly those ids for every case, and decoding gives the bytes back.
 
 mod common;
 use rwkv::tokenizer::Tokenizer;
@@ -14,8 +14,11 @@ fn unhex(s: &str) -> Vec<u8> {
 #[test]
 fn world_matches_every_golden_case() {
     let t = Tokenizer::from_spec("world").unwrap();
-    let text =
-        std::fs::read_to_string(common::shared().join("golden/world-tokenizer.jsonl")).unwrap();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/golden/world-tokenizer.jsonl"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
     let mut cases = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -49,12 +52,20 @@ fn default_tokenizer_follows_the_vocab() {
     assert!(e.contains("--tokenizer"), "{e}");
 }
 
+/// The World models' golden prompt encodes to the tokens their goldens feed (copied from
+/// `rand-rwkv6-world-d64-bf16.golden.safetensors`, which checks them when present).
 #[test]
 fn world_model_golden_prompt_encodes_to_its_tokens() {
-    let g = common::golden("rand-rwkv6-world-d64-bf16");
     let t = Tokenizer::from_spec("world").unwrap();
     let prompt = "User: RWKV-6 是一种 RNN 语言模型。Tell me more!\n\nAssistant:";
-    assert_eq!(t.encode(prompt.as_bytes()).unwrap(), g.tokens);
+    let want = [
+        24281, 59, 4171, 1184, 46, 55, 33, 13091, 10250, 15033, 4163, 79, 33, 16728, 16537, 13499,
+        11496, 10080, 24232, 4660, 31458, 34, 261, 5585, 41693, 59,
+    ];
+    assert_eq!(t.encode(prompt.as_bytes()).unwrap(), want);
+    if let Some(g) = common::try_golden("rand-rwkv6-world-d64-bf16") {
+        assert_eq!(g.tokens, want);
+    }
 }
 
 /// Encoding a text in blocks through `encode_prefix` gives the ids of one call.

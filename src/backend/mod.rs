@@ -215,6 +215,38 @@ pub struct Wkv6<'a, B: Backend> {
     pub from: usize,
 }
 
+/// What a device backend did since it was opened: kernel launches and transfers between
+/// host and device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub launches: u64,
+    /// Host to device writes.
+    pub uploads: u64,
+    /// Device to host reads.
+    pub downloads: u64,
+}
+
+/// A weight matrix's shape, format and size where a backend keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatrixInfo {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: crate::tensor::DType,
+    /// Bytes of its values and block scales.
+    pub bytes: usize,
+}
+
+impl MatrixInfo {
+    pub fn of(m: &Matrix) -> MatrixInfo {
+        MatrixInfo {
+            rows: m.rows,
+            cols: m.cols,
+            dtype: m.dtype(),
+            bytes: m.byte_len(),
+        }
+    }
+}
+
 /// Where each part of one layer's recurrent state lies in a stream's state: per layer
 /// `att_shift [D]`, the wkv matrix `[H, S, S]`, `ffn_shift [D]`, layers one after another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,10 +338,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// What runs the model, for `-v` and errors.
     fn describe(&self) -> String;
 
+    /// Launches and transfers so far, on a device backend.
+    fn counters(&self) -> Option<Counters> {
+        None
+    }
+
     /// The weights `m` where the backend computes.
     fn matrix(&self, m: Matrix) -> Result<Self::Matrix>;
     /// `m` in host memory, when the backend computes there (benchmarks read it).
     fn host_matrix(m: &Self::Matrix) -> Option<&Matrix>;
+    /// `m`'s shape, format and size.
+    fn matrix_info(m: &Self::Matrix) -> MatrixInfo;
     /// The per-channel vector `v` where the backend computes.
     fn vector(&self, v: &[f32]) -> Result<Self::Tensor>;
     /// An empty scratch tensor.
@@ -319,12 +358,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Copy `x` to the host, into `out` (resized).
     fn read(&self, x: Rows<Self::Tensor>, out: &mut Vec<f32>) -> Result<()>;
 
-    /// A zero state.
-    fn zero_state(&self, shape: StateShape) -> Result<Self::State>;
     /// `s` as this backend's state, moved here first if another backend holds it.
     fn state_mut<'s>(&self, s: &'s mut StateData) -> Result<&'s mut Self::State>;
-    /// A state of this backend as [`StateData`].
-    fn into_data(s: Self::State) -> StateData;
 
     /// A batch description to fill with [`Backend::set_batch`].
     fn batch(&self) -> Self::Batch;
@@ -342,8 +377,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
         f()
     }
 
-    /// `x`'s rows = rows `tokens` of the host embedding `emb [V, D]`, as f32.
-    fn embed(&self, emb: &Matrix, tokens: &[u32], x: RowsMut<Self::Tensor>) -> Result<()>;
+    /// `x`'s rows = LayerNorm(rows `tokens` of the host embedding `emb [V, D]`; `ln0`, whose
+    /// vectors are given on the host too), in f32.
+    fn embed(
+        &self,
+        emb: &Matrix,
+        ln0: Norm<Vec<f32>>,
+        tokens: &[u32],
+        x: RowsMut<Self::Tensor>,
+    ) -> Result<()>;
     /// LayerNorm of each row of `x`, in place.
     fn layer_norm(&self, x: RowsMut<Self::Tensor>, ln: Norm<Self::Tensor>) -> Result<()>;
     /// [`NormShift`].

@@ -27,8 +27,14 @@ pub trait Run: Send + Sync {
     /// Whether this engine runs on the CPU.
     fn on_cpu(&self) -> bool;
 
+    /// The backend's launches and transfers so far (a device's).
+    fn counters(&self) -> Option<crate::backend::Counters>;
+
     /// [`super::Model::host_matrices`].
     fn host_matrices(&self) -> Vec<&crate::tensor::Matrix>;
+
+    /// [`super::Model::matrices`].
+    fn matrices(&self) -> Vec<(String, crate::backend::MatrixInfo)>;
 }
 
 /// Weights `N` on backend `B`, with a pool of scratch sets (one per concurrent call).
@@ -98,11 +104,22 @@ impl<B: Backend, N: Net<B>> Run for Engine<B, N> {
         self.cpu
     }
 
+    fn counters(&self) -> Option<crate::backend::Counters> {
+        self.be.counters()
+    }
+
     fn host_matrices(&self) -> Vec<&crate::tensor::Matrix> {
-        self.net
-            .matrices()
-            .into_iter()
-            .filter_map(B::host_matrix)
+        let m = self.net.matrices();
+        m.into_iter()
+            .filter_map(|(_, m)| B::host_matrix(m))
+            .collect()
+    }
+
+    fn matrices(&self) -> Vec<(String, crate::backend::MatrixInfo)> {
+        let emb = crate::backend::MatrixInfo::of(self.net.embedding());
+        let all = self.net.matrices().into_iter();
+        std::iter::once(("emb.weight".to_string(), emb))
+            .chain(all.map(|(n, m)| (n, B::matrix_info(m))))
             .collect()
     }
 }

@@ -18,7 +18,7 @@ pub mod v6;
 use crate::backend::cpu::{bf16_products_here, Cpu};
 use crate::backend::opencl::{DeviceSpec, Ocl};
 pub use crate::backend::Precision;
-use crate::backend::{Backend, StateShape};
+use crate::backend::{Backend, MatrixInfo, StateShape};
 use crate::error::{Error, Result};
 use crate::state::State;
 pub use crate::tensor::quant::Quant;
@@ -124,8 +124,11 @@ pub trait Net<B: Backend>: Send + Sync + 'static {
 
     fn scratch(&self, be: &B) -> Self::Scratch;
 
-    /// Every weight matrix a token reads (all but the embedding).
-    fn matrices(&self) -> Vec<&B::Matrix>;
+    /// Every weight matrix a token reads (all but the embedding), by BlinkDL name.
+    fn matrices(&self) -> Vec<(String, &B::Matrix)>;
+
+    /// The embedding `[V, D]`, on the host.
+    fn embedding(&self) -> &crate::tensor::Matrix;
 
     /// Feed the rows `tokens` (stream `i` is rows `spans[i]` with state `states[i]`) and put
     /// the logits `want`s into `out`.
@@ -197,25 +200,10 @@ impl Model {
         names::check_version(&ck, &names)?;
         let cfg = v6::config(&ck, &names)?;
         let fingerprint = fingerprint(&ck, &names, &cfg, &v6::fingerprinted(&cfg))?;
-        let loader = |be| Loader {
-            ck: &ck,
-            names: &names,
-            be,
-            quant: opts.quant,
-            quant_layers: opts.quant_layers.unwrap_or(cfg.n_layer),
-            quantizable: v6::quantizable,
-        };
-        let shape = cfg.state_shape();
         let run: Box<dyn Run> = match Ocl::open(opts.device)? {
-            None => {
-                let w = v6::load(&loader(&Cpu), &cfg)?;
-                Box::new(Engine::new(Cpu, w, shape, true))
-            }
+            None => engine(Cpu, &ck, &names, &cfg, &opts, true)?,
             #[cfg(feature = "opencl")]
-            Some(ocl) => {
-                let w = v6::load(&loader(&ocl), &cfg)?;
-                Box::new(Engine::new(ocl, w, shape, false))
-            }
+            Some(ocl) => engine(ocl, &ck, &names, &cfg, &opts, false)?,
             #[cfg(not(feature = "opencl"))]
             Some(never) => match never {},
         };
@@ -253,6 +241,22 @@ impl Model {
     /// on a device): what a benchmark reads to measure the bandwidth they get.
     pub fn host_matrices(&self) -> Vec<&crate::tensor::Matrix> {
         self.run.host_matrices()
+    }
+
+    /// Every weight matrix by BlinkDL name (the embedding first), with its shape, format
+    /// and size where the model runs.
+    pub fn matrices(&self) -> Vec<(String, MatrixInfo)> {
+        self.run.matrices()
+    }
+
+    /// Bytes of the weights a token reads (every matrix but the embedding).
+    pub fn weight_bytes(&self) -> usize {
+        self.matrices().iter().skip(1).map(|(_, i)| i.bytes).sum()
+    }
+
+    /// Kernel launches and host transfers so far, when the model runs on a device.
+    pub fn counters(&self) -> Option<crate::backend::Counters> {
+        self.run.counters()
     }
 
     /// Whether the model runs on an OpenCL device.
@@ -341,6 +345,27 @@ impl Model {
         }
         Ok(logits)
     }
+}
+
+/// The weights of `ck` on `be`, ready to run.
+fn engine<B: Backend>(
+    be: B,
+    ck: &Checkpoint,
+    names: &Names,
+    cfg: &Config,
+    opts: &LoadOptions,
+    cpu: bool,
+) -> Result<Box<dyn Run>> {
+    let l = Loader {
+        ck,
+        names,
+        be: &be,
+        quant: opts.quant,
+        quant_layers: opts.quant_layers.unwrap_or(cfg.n_layer),
+        quantizable: v6::quantizable,
+    };
+    let w = v6::load(&l, cfg)?;
+    Ok(Box::new(Engine::new(be, w, cfg.state_shape(), cpu)))
 }
 
 /// FNV-1a over the shape and the exact f32 bits of the per-channel vectors `vectors`.

@@ -7,7 +7,7 @@
 use super::load::{in_layers, Affine, Loader};
 use super::{Arch, Config, Logits, Net};
 use crate::backend::{
-    Backend, Lora, Mix, NormShift, Precision, Product, Rows, RowsMut, Then, Up, Wkv6,
+    Backend, Lora, Mix, Norm, NormShift, Precision, Product, Rows, RowsMut, Then, Up, Wkv6,
 };
 use crate::error::Result;
 use crate::tensor::Matrix;
@@ -70,7 +70,8 @@ pub struct Weights<B: Backend> {
     pub cfg: Config,
     /// `[V, D]`, on the host: a call looks up its rows.
     pub emb: Matrix,
-    pub ln0: Affine<B>,
+    /// ln0's affine part, on the host: applied to the rows looked up.
+    pub ln0: (Vec<f32>, Vec<f32>),
     pub layers: Vec<Layer<B>>,
     pub ln_out: Affine<B>,
     /// `[V, D]`
@@ -233,7 +234,10 @@ pub fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
     Ok(Weights {
         cfg: *cfg,
         emb: l.host_matrix("emb.weight", &[v, d])?,
-        ln0: l.affine("blocks.0.ln0", d)?,
+        ln0: (
+            l.host_vector("blocks.0.ln0.weight", &[d])?,
+            l.host_vector("blocks.0.ln0.bias", &[d])?,
+        ),
         layers,
         ln_out: l.affine("ln_out", d)?,
         head,
@@ -298,17 +302,32 @@ impl<B: Backend> Net<B> for Weights<B> {
         }
     }
 
-    fn matrices(&self) -> Vec<&B::Matrix> {
+    fn matrices(&self) -> Vec<(String, &B::Matrix)> {
         let mut v = Vec::new();
-        for l in &self.layers {
+        for (i, l) in self.layers.iter().enumerate() {
             let (a, f) = (&l.att, &l.ffn);
-            v.extend([&a.maa_w1, &a.decay_w1, &a.decay_w2]);
-            v.extend(&a.maa_w2);
-            v.extend([&a.receptance, &a.key, &a.value, &a.gate, &a.output]);
-            v.extend([&f.key, &f.receptance, &f.value]);
+            let mut add = |name: &str, m| v.push((format!("blocks.{i}.{name}"), m));
+            add("att.time_maa_w1", &a.maa_w1);
+            for (j, w) in ["w", "k", "v", "r", "g"].iter().zip(&a.maa_w2) {
+                add(&format!("att.time_maa_w2.{j}"), w);
+            }
+            add("att.time_decay_w1", &a.decay_w1);
+            add("att.time_decay_w2", &a.decay_w2);
+            add("att.receptance.weight", &a.receptance);
+            add("att.key.weight", &a.key);
+            add("att.value.weight", &a.value);
+            add("att.gate.weight", &a.gate);
+            add("att.output.weight", &a.output);
+            add("ffn.key.weight", &f.key);
+            add("ffn.receptance.weight", &f.receptance);
+            add("ffn.value.weight", &f.value);
         }
-        v.push(&self.head);
+        v.push(("head.weight".into(), &self.head));
         v
+    }
+
+    fn embedding(&self) -> &Matrix {
+        &self.emb
     }
 
     fn forward(
@@ -353,8 +372,12 @@ impl<B: Backend> Net<B> for Weights<B> {
         be.reserve(&mut sc.kk, t * c.ffn)?;
         be.set_batch(&mut sc.batch, spans, states)?;
 
-        be.embed(&self.emb, tokens, RowsMut::new(&mut sc.x, 0, t, d))?;
-        be.layer_norm(RowsMut::new(&mut sc.x, 0, t, d), self.ln0.norm(LN_EPS))?;
+        let ln0 = Norm {
+            w: &self.ln0.0,
+            b: &self.ln0.1,
+            eps: LN_EPS,
+        };
+        be.embed(&self.emb, ln0, tokens, RowsMut::new(&mut sc.x, 0, t, d))?;
         // With one stream, the last layer computes only the rows that the logits and the
         // state read (the state takes every token all the same).
         let last = self.layers.len() - 1;

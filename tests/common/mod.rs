@@ -1,18 +1,62 @@
-//! Shared test helpers: paths of the reference material and golden-file readers.
+//! Shared test helpers: where fixtures are, golden-file readers, running the binaries.
 #![allow(dead_code)]
 
 use rwkv::State;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// `../shared` beside the checkout (CI lays it there too).
-pub fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The fuller reference material: `RWKV_SHARED` if set (empty: none), else `../shared`
+/// beside the checkout when it is there.
+pub fn shared() -> Option<PathBuf> {
+    let p = match std::env::var_os("RWKV_SHARED") {
+        Some(v) if v.is_empty() => return None,
+        Some(v) => PathBuf::from(v),
+        None => root().join("../shared"),
+    };
+    p.join("golden").is_dir().then_some(p)
+}
+
+/// A fixture: the demo model in `models/`, then `tests/fixtures/models`, then the shared
+/// models. `None` when only `../shared` has it and it is absent.
+pub fn fixture(name: &str) -> Option<PathBuf> {
+    let here = [
+        root().join("models").join(name),
+        root().join("tests/fixtures/models").join(name),
+    ];
+    if let Some(p) = here.into_iter().find(|p| p.is_file()) {
+        return Some(p);
+    }
+    shared()
+        .map(|s| s.join("models").join(name))
+        .filter(|p| p.is_file())
+}
+
+/// A fixture every checkout has (`tests/fixtures`, `models/`).
 pub fn model_path(name: &str) -> PathBuf {
-    shared().join("models").join(name)
+    fixture(name).unwrap_or_else(|| panic!("fixture {name} is missing from tests/fixtures"))
+}
+
+/// Say that a test's subject is only in `../shared`, which is absent: the test checks
+/// nothing then (CI runs it with `../shared` too).
+pub fn skip(what: &str) {
+    eprintln!("skipped: {what} is only in ../shared, which is absent");
+}
+
+/// Golden file `stem`: `tests/fixtures/golden`, then the shared goldens.
+fn golden_path(stem: &str) -> Option<PathBuf> {
+    let name = format!("{stem}.golden.safetensors");
+    let here = root().join("tests/fixtures/golden").join(&name);
+    if here.is_file() {
+        return Some(here);
+    }
+    shared()
+        .map(|s| s.join("golden").join(name))
+        .filter(|p| p.is_file())
 }
 
 /// One golden file: the tokens fed, the logits after each, the sequence logits and the
@@ -31,10 +75,14 @@ fn f32s(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// Golden file `stem`, which every checkout has.
 pub fn golden(stem: &str) -> Golden {
-    let p = shared()
-        .join("golden")
-        .join(format!("{stem}.golden.safetensors"));
+    try_golden(stem).unwrap_or_else(|| panic!("golden {stem} is missing from tests/fixtures"))
+}
+
+/// Golden file `stem`, if this checkout (or `../shared`) has it.
+pub fn try_golden(stem: &str) -> Option<Golden> {
+    let p = golden_path(stem)?;
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let tokens: Vec<u32> = st
@@ -54,12 +102,12 @@ pub fn golden(stem: &str) -> Golden {
         .filter(|(n, _)| n.starts_with("state."))
         .map(|(n, t)| (n, f32s(t.data())))
         .collect();
-    Golden {
+    Some(Golden {
         tokens,
         logits,
         seq_logits,
         state,
-    }
+    })
 }
 
 /// max |a - b| <= 1e-4 * max |b| (or 1e-3 absolute): golden/README.md's tolerance.
@@ -83,7 +131,7 @@ pub fn assert_logits_close(what: &str, got: &[f32], want: &[f32]) {
 
 /// Compare a state against the golden `state.L.*` tensors.
 pub fn assert_state_close(what: &str, got: &State, g: &Golden) {
-    for (l, ls) in got.layers().iter().enumerate() {
+    for (l, ls) in got.layers().unwrap().iter().enumerate() {
         for (name, v) in [
             ("att_shift", &ls.att_shift),
             ("wkv", &ls.wkv),
@@ -215,4 +263,69 @@ pub fn heldout_bits_per_byte(m: &rwkv::Model) -> f64 {
     let mut s = rwkv::score::Stream::new(m, m.new_state(), None, true, 256).unwrap();
     s.score(&ids).unwrap();
     rwkv::score::bits_per_byte(s.totals.nll, text.len() as u64)
+}
+
+/// Write the safetensors `src` again under another naming layout: `hf` (Hugging Face:
+/// `rwkv.embeddings`, `rwkv.blocks.N.attention`, `feed_forward`, `pre_ln`) or `ai00` (names
+/// lower-cased, `time_maa` -> `time_mix`, `time_faaaa` -> `time_first`, and the last two
+/// dimensions of the four RWKV-6 LoRA matrices transposed), as `shared/golden/README.md`
+/// describes the official converters' output.
+pub fn convert_layout(src: &Path, dst: &Path, layout: &str) {
+    use safetensors::tensor::TensorView;
+    let bytes = std::fs::read(src).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in st.tensors() {
+        let (mut shape, mut data) = (t.shape().to_vec(), t.data().to_vec());
+        let new = match layout {
+            "hf" => {
+                let n = name
+                    .replace("emb.weight", "embeddings.weight")
+                    .replace(".att.", ".attention.")
+                    .replace(".ffn.", ".feed_forward.")
+                    .replace(".ln0.", ".pre_ln.");
+                if n == "head.weight" {
+                    n
+                } else {
+                    format!("rwkv.{n}")
+                }
+            }
+            "ai00" => {
+                let lora = [
+                    "time_maa_w1",
+                    "time_maa_w2",
+                    "time_decay_w1",
+                    "time_decay_w2",
+                ];
+                if lora.iter().any(|l| name.ends_with(l)) {
+                    let es = data.len() / shape.iter().product::<usize>();
+                    let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+                    let mut tr = vec![0u8; data.len()];
+                    for (m, chunk) in data.chunks(r * c * es).enumerate() {
+                        for i in 0..r {
+                            for j in 0..c {
+                                let from = (i * c + j) * es;
+                                let to = m * r * c * es + (j * r + i) * es;
+                                tr[to..to + es].copy_from_slice(&chunk[from..from + es]);
+                            }
+                        }
+                    }
+                    data = tr;
+                    let n = shape.len();
+                    shape.swap(n - 2, n - 1);
+                }
+                name.to_lowercase()
+                    .replace("time_maa", "time_mix")
+                    .replace("time_faaaa", "time_first")
+            }
+            other => panic!("no layout {other}"),
+        };
+        out.push((new, t.dtype(), shape, data));
+    }
+    let views: Vec<(String, TensorView)> = out
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let bytes = safetensors::serialize(views, &None::<HashMap<String, String>>).unwrap();
+    std::fs::write(dst, bytes).unwrap();
 }

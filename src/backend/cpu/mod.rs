@@ -26,9 +26,7 @@ pub(crate) mod tests;
 pub mod tuning;
 pub mod wkv;
 
-use super::{
-    Backend, Lora, NormShift, Precision, Product, Rows, RowsMut, StateData, StateShape, Then, Wkv6,
-};
+use super::{Backend, Lora, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6};
 use crate::error::Result;
 use crate::isa::Isa;
 use crate::tensor::Matrix;
@@ -109,6 +107,10 @@ impl Backend for Cpu {
         Some(m)
     }
 
+    fn matrix_info(m: &Matrix) -> super::MatrixInfo {
+        super::MatrixInfo::of(m)
+    }
+
     fn vector(&self, v: &[f32]) -> Result<Vec<f32>> {
         Ok(v.to_vec())
     }
@@ -130,10 +132,6 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn zero_state(&self, shape: StateShape) -> Result<Vec<f32>> {
-        Ok(vec![0.0; shape.len()])
-    }
-
     fn state_mut<'s>(&self, s: &'s mut StateData) -> Result<&'s mut Vec<f32>> {
         #[cfg(feature = "opencl")]
         if let StateData::Device(d) = s {
@@ -144,10 +142,6 @@ impl Backend for Cpu {
             #[cfg(feature = "opencl")]
             StateData::Device(_) => unreachable!("moved to the host above"),
         }
-    }
-
-    fn into_data(s: Vec<f32>) -> StateData {
-        StateData::Host(s)
     }
 
     fn batch(&self) -> CpuBatch {
@@ -172,11 +166,19 @@ impl Backend for Cpu {
         rayon::scope(|_| f())
     }
 
-    fn embed(&self, emb: &Matrix, tokens: &[u32], x: RowsMut<Vec<f32>>) -> Result<()> {
+    fn embed(
+        &self,
+        emb: &Matrix,
+        ln0: super::Norm<Vec<f32>>,
+        tokens: &[u32],
+        x: RowsMut<Vec<f32>>,
+    ) -> Result<()> {
         let d = x.cols;
-        for (row, &tok) in slice_mut(x).chunks_mut(d).zip(tokens) {
+        let x = slice_mut(x);
+        for (row, &tok) in x.chunks_mut(d).zip(tokens) {
             emb.row_f32(tok as usize, row);
         }
+        norm::layer_norm(x, ln0.w, ln0.b, ln0.eps);
         Ok(())
     }
 

@@ -8,7 +8,7 @@ mod imp;
 #[cfg(feature = "opencl")]
 pub use device::{list_devices, DeviceState};
 #[cfg(feature = "opencl")]
-pub use imp::{Counters, Ocl};
+pub use imp::Ocl;
 
 /// Where to run: `cpu`, `opencl[:PLATFORM[:DEVICE]]` or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
