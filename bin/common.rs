@@ -1,5 +1,5 @@
-//! The `main` every binary shares: parse flags, run, print at most one line on stderr, exit
-//! with the documented code.
+//! The `main` every binary shares: parse flags, run, print errors on stderr, exit with the
+//! documented code.
 
 use rwkv::cli::{self, signal, CliError};
 
@@ -11,7 +11,7 @@ pub fn main_with<A: clap::Parser>(name: &str, run: fn(&A) -> Result<(), CliError
             if code == cli::exit::OK {
                 print!("{msg}");
             } else {
-                eprintln!("{name}: {msg}");
+                eprint!("{msg}");
             }
             std::process::exit(code);
         }

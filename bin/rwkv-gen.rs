@@ -3,65 +3,29 @@
 mod common;
 
 use rwkv::cli::gen::{Args, Format};
-use rwkv::cli::{self, signal, CliError, Output};
-use rwkv::model::{Precision, PROMPT_CHUNK};
-use rwkv::sample::{self, Sampler, StopMatcher};
-use rwkv::state_file::{self, StateFile};
-use rwkv::tokenizer::{Detokenizer, Tokenizer, Utf8Stream};
-use rwkv::{Model, State};
-use serde_json::json;
-use std::io::BufRead;
+use rwkv::cli::{self, signal, CliError, Line, Output};
+use rwkv::generate::batch::{self, InOrder, Next, Outcome};
+use rwkv::generate::request::{self, Defaults, Prompt, Request};
+use rwkv::generate::{Finish, Generation, Options, Step};
+use rwkv::model::Precision;
+use rwkv::state_file::{self, Start, StateFile};
+use rwkv::tokenizer::Tokenizer;
+use rwkv::Model;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::sync::mpsc::TryRecvError;
 use std::time::Instant;
 
 fn main() {
     common::main_with("rwkv-gen", run)
 }
 
-/// How one answer ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Finish {
-    Length,
-    Stop,
-    Eos,
-    Interrupted,
-}
-
-impl Finish {
-    fn name(self) -> &'static str {
-        match self {
-            Finish::Length => "length",
-            Finish::Stop => "stop",
-            Finish::Eos => "eos",
-            Finish::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// Everything one run keeps between prompts.
-struct Gen<'a> {
+/// What one run shares.
+struct Ctx<'a> {
     args: &'a Args,
     model: &'a Model,
     tok: &'a Tokenizer,
-    sampler: Sampler,
-    out: Output,
-    stops: Vec<Vec<u8>>,
-    /// Tokens the current state has been fed since the zero state.
-    fed: u64,
-}
-
-/// The model's running position: its state and the logits for the next token.
-struct Cursor {
-    state: State,
-    logits: Option<Vec<f32>>,
-}
-
-impl Cursor {
-    fn try_clone(&self) -> Result<Cursor, CliError> {
-        Ok(Cursor {
-            state: self.state.try_clone()?,
-            logits: self.logits.clone(),
-        })
-    }
+    seed: u64,
 }
 
 fn run(args: &Args) -> Result<(), CliError> {
@@ -70,299 +34,506 @@ fn run(args: &Args) -> Result<(), CliError> {
         for line in rwkv::backend::opencl::list_devices()? {
             out.write(format!("{line}\n").as_bytes())?;
         }
-        out.flush()?;
-        return Ok(());
+        return Ok(out.flush()?);
     }
-    if args.save_state.is_some() && args.lines {
+    let many = args.lines || args.jsonl;
+    if args.save_state.is_some() && many {
         return Err(CliError::usage(
-            "--save-state cannot be used with --lines (each line starts afresh)".into(),
+            "--save-state goes with one prompt or --chat (a --jsonl request has `save_state`)"
+                .into(),
         ));
     }
     let state_on_stdin = args.state.as_ref().is_some_and(|p| p.as_os_str() == "-");
-    if state_on_stdin
-        && (args.lines || args.chat || (args.prompt.is_none() && args.prompt_file.is_none()))
-    {
+    let prompt_given = args.prompt.is_some() || args.prompt_file.is_some();
+    if state_on_stdin && (many || args.chat || !prompt_given) {
         return Err(CliError::usage(
             "--state - reads the state from stdin: give the prompt with -p or -f".into(),
         ));
     }
-    if args.top_logprobs > 0 && args.format != Format::Jsonl {
+    if args.top_logprobs > 0 && args.format != Format::Jsonl && !args.jsonl {
         return Err(CliError::usage(
-            "--top-logprobs needs --format jsonl".into(),
+            "--top-logprobs needs --format jsonl or --jsonl".into(),
         ));
+    }
+    if let Some(p) = &args.save_state {
+        rwkv::atomic::check_writable(p)?;
     }
     let t0 = Instant::now();
     let (model, tok) = args.model.load(Precision::Bf16)?;
     if args.verbose {
         let c = &model.cfg;
+        let prec = match model.sequence_precision() {
+            Precision::Bf16 => "bf16",
+            Precision::F32 => "f32",
+        };
         eprintln!(
-            "rwkv-gen: loaded {} ({} names, {} layers, width {}, vocab {}, tokenizer {}, {} \
-             prompt products) in {:.0} ms",
+            "rwkv-gen: loaded {} ({}, {} names, {} layers, width {}, vocab {}, tokenizer {}, \
+             {prec} prompt products, on {}) in {:.0} ms",
             model.path.display(),
+            c.arch.name(),
             model.layout.name(),
             c.n_layer,
             c.n_embd,
             c.vocab,
             tok.name(),
-            match model.sequence_precision() {
-                Precision::Bf16 => "bf16",
-                Precision::F32 => "f32",
-            },
+            model.device(),
             t0.elapsed().as_secs_f64() * 1e3
         );
     }
     let start = state_file::start_for(args.state.as_deref(), &model, args.force)?;
-    let seed = args.seed.unwrap_or_else(|| {
+    let seed = args.sampling.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
+            .map_or(0, |d| d.as_nanos() as u64)
     });
-    let mut stops: Vec<Vec<u8>> = args.stop.iter().map(|s| s.as_bytes().to_vec()).collect();
-    if args.chat {
-        stops.push(b"\n\n".to_vec());
-    }
-    let mut g = Gen {
+    let ctx = Ctx {
         args,
         model: &model,
         tok: &tok,
-        sampler: Sampler::new(args.sampler(), model.cfg.vocab, seed),
-        out: Output::stdout(args.format == Format::Jsonl || args.lines || args.chat),
-        stops,
-        fed: start.tokens,
+        seed,
     };
-    let initial = Cursor {
-        state: start.state,
-        logits: start.logits,
-    };
-
-    if args.lines || args.chat {
-        let mut cur = initial.try_clone()?;
-        let base_fed = g.fed;
-        let stdin = std::io::stdin();
-        let mut input = stdin.lock();
-        let mut line = Vec::new();
-        let mut n = 0u64;
-        loop {
-            line.clear();
-            let got = input
-                .read_until(b'\n', &mut line)
-                .map_err(|e| CliError::runtime(format!("reading stdin: {e}")))?;
-            if got == 0 {
-                break;
-            }
-            n += 1;
-            while matches!(line.last(), Some(b'\n' | b'\r')) {
-                line.pop();
-            }
-            let finish = if args.chat {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let mut prompt = b"User: ".to_vec();
-                prompt.extend_from_slice(&line);
-                prompt.extend_from_slice(b"\n\nAssistant:");
-                g.answer(&prompt, &mut cur, Some(n))?
-            } else {
-                let mut fresh = initial.try_clone()?;
-                g.fed = base_fed;
-                g.sampler.reset_counts();
-                g.answer(&line, &mut fresh, Some(n))?
-            };
-            if g.args.format == Format::Text {
-                // A record per line; in a chat a blank line, which no reply contains.
-                g.out.write(if args.chat { b"\n\n" } else { b"\n" })?;
-            }
-            g.out.flush()?;
-            if finish == Finish::Interrupted {
-                return Err(CliError::interrupted());
-            }
-        }
-        if let Some(p) = &args.save_state {
-            g.save(p, &cur)?;
-        }
+    if many {
+        many_prompts(&ctx, start)
+    } else if args.chat {
+        chat(&ctx, start)
     } else {
         let prompt = match (&args.prompt, &args.prompt_file) {
             (Some(p), _) => p.as_bytes().to_vec(),
-            (None, Some(f)) => {
-                std::fs::read(f).map_err(|e| CliError::runtime(format!("{}: {e}", f.display())))?
+            (None, Some(f)) => cli::read_input(f)?,
+            (None, None) => {
+                cli::stdin_hint("rwkv-gen", "the prompt", args.quiet);
+                cli::read_stdin()?
             }
-            (None, None) => cli::read_stdin()?,
         };
-        let mut cur = initial;
-        let finish = g.answer(&prompt, &mut cur, None)?;
-        g.out.flush()?;
-        if finish == Finish::Interrupted {
-            return Err(CliError::interrupted());
-        }
-        if let Some(p) = &args.save_state {
-            g.save(p, &cur)?;
+        one_prompt(&ctx, start, &prompt)
+    }
+}
+
+impl Ctx<'_> {
+    /// The options of a prompt given on the command line.
+    fn options(&self, chat: bool) -> Options {
+        let a = self.args;
+        Options {
+            max_tokens: a.max_tokens,
+            sampler: a.sampler().config(chat),
+            stop: a.stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            ignore_eos: a.ignore_eos,
+            seed: self.seed,
+            top_logprobs: a.top_logprobs,
+            per_token: a.format == Format::Jsonl || a.top_logprobs > 0,
+            keep_state: a.save_state.is_some() || chat,
         }
     }
-    g.out.flush()?;
+
+    /// One token's `--format jsonl` object.
+    fn token_line(&self, step: &Step) -> Vec<u8> {
+        format!("{}\n", step.token.record(self.tok)).into_bytes()
+    }
+
+    /// Say so when the model ended the text at once.
+    fn hint_if_empty(&self, g: &Generation) {
+        let out = g.generated();
+        if !self.args.quiet && out.tokens.is_empty() && out.finish == Some(Finish::Eos) {
+            eprintln!(
+                "rwkv-gen: the model ended the text at once (end-of-text token); \
+                 --ignore-eos goes on past it"
+            );
+        }
+    }
+
+    fn verbose(&self, g: &Generation) {
+        if self.args.verbose {
+            let o = g.generated();
+            let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+            eprintln!(
+                "rwkv-gen: prompt {} tokens in {:.0} ms ({:.1} tokens/s); generated {} tokens \
+                 in {:.0} ms ({:.2} tokens/s); {}",
+                o.prompt_tokens,
+                o.prompt_time.as_secs_f64() * 1e3,
+                rate(o.prompt_tokens, o.prompt_time),
+                o.tokens.len(),
+                o.gen_time.as_secs_f64() * 1e3,
+                rate(o.tokens.len(), o.gen_time),
+                o.finish.unwrap_or(Finish::Length).name()
+            );
+        }
+    }
+
+    /// Stream one answer to `out` (each token as it comes), then its record (jsonl).
+    fn answer(
+        &self,
+        g: &mut Generation,
+        out: &mut Output,
+        echo: Option<&[u8]>,
+    ) -> Result<(), CliError> {
+        let jsonl = self.args.format == Format::Jsonl;
+        if let (Some(p), false) = (echo, jsonl) {
+            out.write(p)?;
+        }
+        let _deferred = signal::defer();
+        loop {
+            if signal::interrupted() {
+                g.interrupt();
+            }
+            let Some(step) = g.step()? else { break };
+            out.write(&if jsonl {
+                self.token_line(&step)
+            } else {
+                step.emit
+            })?;
+            out.tick()?;
+        }
+        let tail = g.drain();
+        if jsonl {
+            let mut rec = g.generated().record(self.tok);
+            if let Some(p) = echo {
+                rec["prompt"] = json!(String::from_utf8_lossy(p));
+            }
+            out.write(format!("{rec}\n").as_bytes())?;
+        } else {
+            out.write(&tail)?;
+        }
+        out.tick()?;
+        self.hint_if_empty(g);
+        self.verbose(g);
+        Ok(())
+    }
+
+    fn save(&self, start: &Start) -> Result<(), CliError> {
+        if let Some(p) = &self.args.save_state {
+            let sf = StateFile::of(
+                self.model,
+                &start.state,
+                start.logits.clone(),
+                start.tokens,
+                self.tok.name(),
+            )?;
+            sf.save(p)?;
+        }
+        Ok(())
+    }
+}
+
+fn one_prompt(ctx: &Ctx, start: Start, prompt: &[u8]) -> Result<(), CliError> {
+    let mut out = Output::stdout(true);
+    let mut g = Generation::new(ctx.model, ctx.tok, start, ctx.options(false));
+    g.prompt(&ctx.tok.encode(prompt)?)?;
+    ctx.answer(&mut g, &mut out, ctx.args.echo.then_some(prompt))?;
+    out.flush()?;
+    let interrupted = g.generated().finish == Some(Finish::Interrupted);
+    ctx.save(&g.finish().1)?;
+    if interrupted {
+        return Err(CliError::interrupted());
+    }
     Ok(())
 }
 
-impl Gen<'_> {
-    /// Feed `ids` (chunked, sequence mode) and keep the logits after the last one.
-    fn feed(&mut self, ids: &[u32], cur: &mut Cursor) -> Result<(), CliError> {
-        cur.logits = Some(self.model.feed(ids, &mut cur.state, PROMPT_CHUNK)?);
-        self.fed += ids.len() as u64;
-        Ok(())
+/// One conversation: each stdin line a user turn, each reply ending at a blank line.
+fn chat(ctx: &Ctx, mut cur: Start) -> Result<(), CliError> {
+    let mut out = Output::stdout(true);
+    cli::stdin_hint("rwkv-gen", "chat turns, a line each,", ctx.args.quiet);
+    let mut input = std::io::stdin().lock();
+    let mut turn = 0u64;
+    let max = ctx.args.max_line_bytes;
+    while let Some(line) = cli::read_line(&mut input, max)
+        .map_err(|e| CliError::runtime(format!("reading stdin: {e}")))?
+    {
+        let line = match line {
+            Line::Text(l) => l,
+            Line::TooLong(n) => {
+                let msg = format!("a chat turn of {n} bytes, longer than --max-line-bytes ({max})");
+                return Err(CliError::runtime(msg));
+            }
+            Line::Unreadable(e) => return Err(CliError::runtime(format!("reading stdin: {e}"))),
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let prompt = [b"User: ".as_slice(), &line, b"\n\nAssistant:"].concat();
+        let mut opts = ctx.options(true);
+        opts.stop.push(b"\n\n".to_vec());
+        opts.seed = ctx.seed.wrapping_add(turn);
+        turn += 1;
+        let mut g = Generation::new(ctx.model, ctx.tok, cur, opts);
+        g.prompt(&ctx.tok.encode(&prompt)?)?;
+        ctx.answer(&mut g, &mut out, None)?;
+        if ctx.args.format == Format::Text {
+            out.write(b"\n\n")?;
+        }
+        out.flush()?;
+        let interrupted = g.generated().finish == Some(Finish::Interrupted);
+        cur = g.finish().1;
+        if interrupted {
+            ctx.save(&cur)?;
+            return Err(CliError::interrupted());
+        }
     }
+    ctx.save(&cur)
+}
 
-    /// Answer one prompt from `cur`, leaving `cur` after the prompt and the answer.
-    fn answer(
-        &mut self,
-        prompt: &[u8],
-        cur: &mut Cursor,
-        line: Option<u64>,
-    ) -> Result<Finish, CliError> {
-        let args = self.args;
-        let jsonl = args.format == Format::Jsonl;
-        let t0 = Instant::now();
-        let ids = self.tok.encode(prompt)?;
-        if !ids.is_empty() {
-            self.feed(&ids, cur)?;
-        } else if cur.logits.is_none() {
-            // Nothing to continue from: start a document, as the models are trained.
-            self.feed(&[0], cur)?;
-        }
-        let prompt_s = t0.elapsed().as_secs_f64();
-        if args.echo && !jsonl {
-            self.out.write(prompt)?;
-        }
+/// Why an input line gives no answer (its request id and the message, on its record), or
+/// why the run stops (writing stdout failed).
+enum Failed {
+    Input { id: Option<Value>, msg: String },
+    Output(CliError),
+}
 
-        let t1 = Instant::now();
-        let mut stop = StopMatcher::new(self.stops.clone());
-        let mut utf8 = Utf8Stream::default();
-        let mut detok = Detokenizer::new(self.tok);
-        let mut text = Vec::new();
-        let mut generated = 0usize;
-        let mut finish = Finish::Length;
-        let need_state = args.save_state.is_some() || args.chat;
-        let _deferred = signal::defer();
-        while generated < args.max_tokens {
-            if signal::interrupted() {
-                finish = Finish::Interrupted;
-                break;
-            }
-            let raw = cur.logits.take().expect("logits after feeding");
-            let mut logits = raw.clone();
-            let token = self.sampler.sample(&mut logits);
-            if token == 0 && !args.ignore_eos {
-                cur.logits = Some(raw);
-                finish = Finish::Eos;
-                break;
-            }
-            let bytes = detok.push(token)?;
-            self.sampler.observe(token, &bytes);
-            generated += 1;
-            if jsonl {
-                self.token_record(token, &bytes, &raw)?;
-            }
-            let step = stop.push(&bytes);
-            let emit = utf8.push(&step.emit);
-            text.extend_from_slice(&step.emit);
-            if !jsonl {
-                self.out.write(&emit)?;
-            }
-            self.out.tick()?;
-            // Feed the token unless this is the end and nobody needs the state after it.
-            let last = step.stopped || generated == args.max_tokens;
-            if !last || need_state {
-                self.feed(&[token], cur)?;
-            } else {
-                cur.logits = Some(raw);
-            }
-            if step.stopped {
-                finish = Finish::Stop;
-                break;
-            }
+impl Failed {
+    fn input(id: Option<&Value>, msg: impl std::fmt::Display) -> Failed {
+        Failed::Input {
+            id: id.cloned(),
+            msg: msg.to_string(),
         }
-        if finish != Finish::Stop {
-            let rest = stop.finish();
-            text.extend_from_slice(&rest);
-            let emit = utf8.push(&rest);
-            if !jsonl {
-                self.out.write(&emit)?;
-            }
+    }
+}
+
+impl From<rwkv::Error> for Failed {
+    fn from(e: rwkv::Error) -> Self {
+        Failed::input(None, e)
+    }
+}
+
+impl From<std::io::Error> for Failed {
+    fn from(e: std::io::Error) -> Self {
+        Failed::Output(e.into())
+    }
+}
+
+/// `--lines` and `--jsonl`: every input line a prompt (or a request), up to `--batch` of
+/// them decoded together; one record per line, each written as soon as it and every one
+/// before it are complete.
+fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
+    let a = ctx.args;
+    let text = a.lines && a.format == Format::Text;
+    // One stream at a time, in input order: a text answer's bytes go out as they come.
+    let streamed = text && a.batch == 1 && !a.echo;
+    let record_end = a.record_end();
+    let defaults = Defaults {
+        max_tokens: a.max_tokens,
+        sampler: a.sampler(),
+        stop: a.stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        seed: ctx.seed,
+        state: None,
+        vocab: ctx.model.cfg.vocab,
+    };
+    cli::stdin_hint("rwkv-gen", "prompts, a line each,", a.quiet);
+    let lines = cli::lines_of_stdin(a.max_line_bytes, 2 * a.batch as usize);
+    // What each line asked for, kept until its record is written.
+    let requests = RefCell::new(Vec::<Option<Request>>::new());
+    let mut index = 0;
+    let mut inputs = |wait: bool| {
+        let line = match (wait, lines.try_recv()) {
+            (_, Ok(l)) => l,
+            (true, Err(TryRecvError::Empty)) => match lines.recv() {
+                Ok(l) => l,
+                Err(_) => return Next::End,
+            },
+            (false, Err(TryRecvError::Empty)) => return Next::Later,
+            (_, Err(TryRecvError::Disconnected)) => return Next::End,
+        };
+        let i = index;
+        index += 1;
+        requests.borrow_mut().push(None);
+        Next::Input((
+            i,
+            begin(ctx, &initial, &defaults, line, i, &record_end, &requests),
+        ))
+    };
+    let out = RefCell::new(Output::stdout(true));
+    let mut order = InOrder::<Vec<u8>>::default();
+    let (mut failed, mut answered, mut generated) = (false, 0usize, 0usize);
+    let started = Instant::now();
+    let mut on_step = |_: usize, step: &Step| -> Result<(), Failed> {
+        if streamed {
+            let mut out = out.borrow_mut();
+            out.write(&step.emit)?;
+            out.tick()?;
         }
-        if !jsonl {
-            self.out.write(&utf8.finish())?;
-        }
-        let gen_s = t1.elapsed().as_secs_f64();
-        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-        if jsonl {
-            let mut rec = json!({
-                "finish_reason": finish.name(),
-                "prompt_tokens": ids.len(),
-                "tokens": generated,
-                "text": String::from_utf8_lossy(&text),
-                "prompt_ms": prompt_s * 1e3,
-                "gen_ms": gen_s * 1e3,
-                "prompt_tokens_per_s": rate(ids.len(), prompt_s),
-                "tokens_per_s": rate(generated, gen_s),
-            });
-            if let Some(n) = line {
-                rec["line"] = json!(n);
+        Ok(())
+    };
+    let mut done = |i: usize, o: Outcome<'_, Failed>| -> Result<(), Failed> {
+        let req = requests.borrow_mut()[i].take();
+        let rec = match o.and_then(|mut g| {
+            answered += 1;
+            generated += g.generated().tokens.len();
+            finished(ctx, &mut g, req.as_ref(), i, streamed, &record_end)
+        }) {
+            Ok(rec) => rec,
+            Err(Failed::Output(e)) => return Err(Failed::Output(e)),
+            Err(Failed::Input { id, msg }) => {
+                failed = true;
+                if a.jsonl {
+                    format!("{}\n", request::error(id.as_ref(), &msg)).into_bytes()
+                } else {
+                    eprintln!("rwkv-gen: line {}: {msg}", i + 1);
+                    if text {
+                        record_end.clone()
+                    } else {
+                        Vec::new()
+                    }
+                }
             }
-            if args.echo {
-                rec["prompt"] = json!(String::from_utf8_lossy(prompt));
-            }
-            self.out.write(format!("{rec}\n").as_bytes())?;
+        };
+        let mut out = out.borrow_mut();
+        for r in order.put(i, rec) {
+            out.write(&r)?;
         }
-        self.out.tick()?;
-        if args.verbose {
-            eprintln!(
-                "rwkv-gen: prompt {} tokens in {:.0} ms ({:.1} tokens/s); generated {} tokens in {:.0} ms ({:.2} tokens/s); {}",
-                ids.len(),
-                prompt_s * 1e3,
-                rate(ids.len(), prompt_s),
-                generated,
-                gen_s * 1e3,
-                rate(generated, gen_s),
-                finish.name()
+        out.tick()?;
+        Ok(())
+    };
+    let _deferred = signal::defer();
+    let result = batch::run(
+        ctx.model,
+        a.batch as usize,
+        &mut inputs,
+        &mut on_step,
+        &mut done,
+        &signal::interrupted,
+    );
+    out.borrow_mut().flush()?;
+    match result {
+        Ok(()) => {}
+        Err(Failed::Output(e)) => return Err(e),
+        Err(Failed::Input { msg, .. }) => return Err(CliError::runtime(msg)),
+    }
+    if a.verbose {
+        let s = started.elapsed().as_secs_f64();
+        eprintln!(
+            "rwkv-gen: {answered} prompts, {generated} tokens in {s:.1} s ({:.2} tokens/s, \
+             batch {})",
+            generated as f64 / s.max(1e-9),
+            a.batch
+        );
+    }
+    if signal::interrupted() {
+        return Err(CliError::interrupted());
+    }
+    if failed {
+        return Err(CliError::reported());
+    }
+    Ok(())
+}
+
+/// A stream for input line `i`, its prompt fed.
+fn begin<'a>(
+    ctx: &Ctx<'a>,
+    initial: &Start,
+    defaults: &Defaults,
+    line: Line,
+    i: usize,
+    record_end: &[u8],
+    requests: &RefCell<Vec<Option<Request>>>,
+) -> Outcome<'a, Failed> {
+    let a = ctx.args;
+    let line = match line {
+        Line::Text(l) => l,
+        Line::TooLong(n) => {
+            let msg = format!(
+                "{n} bytes, longer than --max-line-bytes ({})",
+                a.max_line_bytes
             );
+            return Err(Failed::input(None, msg));
         }
-        Ok(finish)
-    }
-
-    /// One `--format jsonl` token object.
-    fn token_record(&mut self, token: u32, bytes: &[u8], raw: &[f32]) -> Result<(), CliError> {
-        let lse = sample::log_sum_exp(raw);
-        let mut rec = json!({
-            "token": token,
-            "text": String::from_utf8_lossy(bytes),
-            "logprob": raw[token as usize] as f64 - lse,
+        Line::Unreadable(e) => return Err(Failed::input(None, format!("reading stdin: {e}"))),
+    };
+    let mut opts = ctx.options(false);
+    let (start, ids) = if a.jsonl {
+        let r =
+            request::parse(&line, defaults).map_err(|r| Failed::input(r.id.as_ref(), r.error))?;
+        let fail = |e: rwkv::Error| Failed::input(r.id.as_ref(), e);
+        if let Some(p) = &r.save_state {
+            rwkv::atomic::check_writable(p).map_err(fail)?;
+        }
+        let start = match &r.state {
+            Some(p) => state_file::load_for(p, ctx.model, a.force).map_err(fail)?,
+            None => initial.try_clone().map_err(fail)?,
+        };
+        let ids = match &r.prompt {
+            Prompt::Text(t) => ctx.tok.encode(t).map_err(fail)?,
+            Prompt::Ids(ids) => ids.clone(),
+        };
+        opts.max_tokens = r.max_tokens;
+        opts.sampler = r.sampler.config(false);
+        opts.stop = r.stop.clone();
+        opts.seed = r.seed;
+        opts.keep_state = r.save_state.is_some();
+        requests.borrow_mut()[i] = Some(r);
+        (start, ids)
+    } else {
+        if a.format == Format::Text {
+            opts.stop.push(record_end.to_vec());
+        }
+        let prompt = if a.echo { line.clone() } else { Vec::new() };
+        requests.borrow_mut()[i] = Some(Request {
+            id: None,
+            prompt: Prompt::Text(prompt),
+            max_tokens: 0,
+            sampler: a.sampler(),
+            stop: Vec::new(),
+            seed: 0,
+            state: None,
+            save_state: None,
         });
-        if self.args.top_logprobs > 0 {
-            let top: Vec<_> = sample::top_logprobs(raw, self.args.top_logprobs)
-                .into_iter()
-                .map(|(id, lp)| {
-                    let text = self
-                        .tok
-                        .token_bytes(id)
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
-                    json!({"token": id, "text": text, "logprob": lp})
-                })
-                .collect();
-            rec["top_logprobs"] = json!(top);
-        }
-        self.out.write(format!("{rec}\n").as_bytes())?;
-        Ok(())
-    }
+        (initial.try_clone()?, ctx.tok.encode(&line)?)
+    };
+    let mut g = Generation::new(ctx.model, ctx.tok, start, opts);
+    g.prompt(&ids).map_err(|e| {
+        let reqs = requests.borrow();
+        Failed::input(reqs[i].as_ref().and_then(|r| r.id.as_ref()), e)
+    })?;
+    Ok(g)
+}
 
-    fn save(&self, path: &std::path::Path, cur: &Cursor) -> Result<(), CliError> {
-        let sf = StateFile::of(
-            self.model,
-            &cur.state,
-            cur.logits.clone(),
-            self.fed,
-            self.tok.name(),
-        )?;
-        sf.save(path)?;
-        Ok(())
+/// The record of a finished line: the answer (text, or its jsonl objects), or the
+/// request's result (`--jsonl`), its state saved when asked.
+fn finished(
+    ctx: &Ctx,
+    g: &mut Generation,
+    req: Option<&Request>,
+    i: usize,
+    streamed: bool,
+    record_end: &[u8],
+) -> Result<Vec<u8>, Failed> {
+    let a = ctx.args;
+    let tail = g.drain();
+    let out = g.generated();
+    if a.jsonl {
+        let id = req.and_then(|r| r.id.as_ref());
+        if let Some(p) = req.and_then(|r| r.save_state.as_ref()) {
+            let (state, logits) = (&g.state, g.logits().map(<[f32]>::to_vec));
+            StateFile::of(ctx.model, state, logits, g.fed, ctx.tok.name())
+                .and_then(|sf| sf.save(p))
+                .map_err(|e| Failed::input(id, e))?;
+        }
+        return Ok(format!("{}\n", request::result(id, out, ctx.tok)).into_bytes());
     }
+    let echo = req.map(|r| match &r.prompt {
+        Prompt::Text(t) => t.clone(),
+        Prompt::Ids(_) => Vec::new(),
+    });
+    if a.format == Format::Jsonl {
+        let mut s = String::new();
+        for t in &out.per_token {
+            s += &format!("{}\n", t.record(ctx.tok));
+        }
+        let mut rec = out.record(ctx.tok);
+        rec.as_object_mut()
+            .expect("a record is an object")
+            .remove("per_token");
+        rec["line"] = json!(i + 1);
+        if a.echo {
+            rec["prompt"] = json!(String::from_utf8_lossy(&echo.unwrap_or_default()));
+        }
+        s += &format!("{rec}\n");
+        return Ok(s.into_bytes());
+    }
+    let mut rec = Vec::new();
+    if !streamed {
+        rec.extend(echo.unwrap_or_default());
+        rec.extend_from_slice(&out.text);
+    } else {
+        rec.extend(tail);
+    }
+    rec.extend_from_slice(record_end);
+    Ok(rec)
 }

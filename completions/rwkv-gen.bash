@@ -23,48 +23,12 @@ _rwkv__gen() {
 
     case "${cmd}" in
         rwkv__gen)
-            opts="-m -p -f -n -t -v -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --precision --device --prompt --prompt-file --lines --chat --max-tokens --stop --ignore-eos --temperature --top-p --top-k --presence-penalty --frequency-penalty --penalty-decay --ban-token --seed --format --top-logprobs --echo --verbose --state --force --save-state --list-devices --help --version"
+            opts="-p -f -n -t -0 -m -v -q -h -V --prompt --prompt-file --max-tokens --temperature --lines --jsonl --batch --chat --top-p --top-k --presence-penalty --frequency-penalty --penalty-decay --ban-token --seed --stop --ignore-eos --format --top-logprobs --separator --null --echo --max-line-bytes --state --force --save-state --model --tokenizer --quant --quant-layers --save-quantized --precision --device --threads --verbose --quiet --list-devices --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --model)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -m)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --tokenizer)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --threads)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --quant)
-                    COMPREPLY=($(compgen -W "int8 nf4" -- "${cur}"))
-                    return 0
-                    ;;
-                --quant-layers)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --save-quantized)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --precision)
-                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
-                    return 0
-                    ;;
-                --device)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --prompt)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -89,15 +53,15 @@ _rwkv__gen() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --stop)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --temperature)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -129,6 +93,10 @@ _rwkv__gen() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --stop)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text jsonl" -- "${cur}"))
                     return 0
@@ -137,11 +105,55 @@ _rwkv__gen() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --separator)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-line-bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --state)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --save-state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --model)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -m)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tokenizer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --quant)
+                    COMPREPLY=($(compgen -W "int8 nf4" -- "${cur}"))
+                    return 0
+                    ;;
+                --quant-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --save-quantized)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --precision)
+                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
+                    return 0
+                    ;;
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -23,12 +23,32 @@ _rwkv__score() {
 
     case "${cmd}" in
         rwkv__score)
-            opts="-m -q -h -V --model --tokenizer --threads --quant --quant-layers --save-quantized --precision --device --lines --jsonl --per-token --top-logprobs --no-bos --state --force --summary --view --color --tokenize --merge --chunk --quiet --help --version"
+            opts="-m -v -q -h -V --lines --jsonl --summary --per-token --top-logprobs --view --color --no-bos --state --force --tokenize --merge --chunk --max-line-bytes --model --tokenizer --quant --quant-layers --save-quantized --precision --device --threads --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --top-logprobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chunk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-line-bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --model)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -38,10 +58,6 @@ _rwkv__score() {
                     return 0
                     ;;
                 --tokenizer)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -65,19 +81,7 @@ _rwkv__score() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --top-logprobs)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --state)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --color)
-                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
-                    return 0
-                    ;;
-                --chunk)
+                --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -22,29 +22,11 @@ _rwkv__state() {
             rwkv__state,feed)
                 cmd="rwkv__state__subcmd__feed"
                 ;;
-            rwkv__state,help)
-                cmd="rwkv__state__subcmd__help"
-                ;;
             rwkv__state,import)
                 cmd="rwkv__state__subcmd__import"
                 ;;
             rwkv__state,info)
                 cmd="rwkv__state__subcmd__info"
-                ;;
-            rwkv__state__subcmd__help,diff)
-                cmd="rwkv__state__subcmd__help__subcmd__diff"
-                ;;
-            rwkv__state__subcmd__help,feed)
-                cmd="rwkv__state__subcmd__help__subcmd__feed"
-                ;;
-            rwkv__state__subcmd__help,help)
-                cmd="rwkv__state__subcmd__help__subcmd__help"
-                ;;
-            rwkv__state__subcmd__help,import)
-                cmd="rwkv__state__subcmd__help__subcmd__import"
-                ;;
-            rwkv__state__subcmd__help,info)
-                cmd="rwkv__state__subcmd__help__subcmd__info"
                 ;;
             *)
                 ;;
@@ -53,7 +35,7 @@ _rwkv__state() {
 
     case "${cmd}" in
         rwkv__state)
-            opts="-h -V --help --version feed info import diff help"
+            opts="-v -q -h -V --verbose --quiet --help --version feed info import diff"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -67,7 +49,7 @@ _rwkv__state() {
             return 0
             ;;
         rwkv__subcmd__state__subcmd__diff)
-            opts="-h --json --help"
+            opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -81,12 +63,40 @@ _rwkv__state() {
             return 0
             ;;
         rwkv__subcmd__state__subcmd__feed)
-            opts="-m -p -f -o -h --model --tokenizer --threads --quant --quant-layers --save-quantized --precision --device --state --force --text --file --ids --output --help"
+            opts="-p -f -o -m -v -q -h --prompt --prompt-file --ids --output --state --force --model --tokenizer --quant --quant-layers --save-quantized --precision --device --threads --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --prompt)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prompt-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --model)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -96,10 +106,6 @@ _rwkv__state() {
                     return 0
                     ;;
                 --tokenizer)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -123,118 +129,10 @@ _rwkv__state() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --state)
+                --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --text)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -p)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --file)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -f)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --output)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -o)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        rwkv__subcmd__state__subcmd__help)
-            opts="feed info import diff help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        rwkv__subcmd__state__subcmd__help__subcmd__diff)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        rwkv__subcmd__state__subcmd__help__subcmd__feed)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        rwkv__subcmd__state__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        rwkv__subcmd__state__subcmd__help__subcmd__import)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        rwkv__subcmd__state__subcmd__help__subcmd__info)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -243,7 +141,7 @@ _rwkv__state() {
             return 0
             ;;
         rwkv__subcmd__state__subcmd__import)
-            opts="-m -o -h --model --output --help"
+            opts="-m -o -v -q -h --model --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -273,7 +171,7 @@ _rwkv__state() {
             return 0
             ;;
         rwkv__subcmd__state__subcmd__info)
-            opts="-h --json --help"
+            opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

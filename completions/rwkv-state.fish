@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_rwkv_state_global_optspecs
-    string join \n h/help V/version
+    string join \n v/verbose q/quiet h/help V/version
 end
 
 function __fish_rwkv_state_needs_command
@@ -24,16 +24,20 @@ function __fish_rwkv_state_using_subcommand
     contains -- $cmd[1] $argv
 end
 
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s v -l verbose -d 'Load time and speed on stderr'
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s q -l quiet -d 'No hints on stderr (only errors)'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s h -l help -d 'Print help'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s V -l version -d 'Print version'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "feed" -d 'Feed text (stdin, -p or -f) or token ids to a model and write the state'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "info" -d 'Show a state file: shape, model fingerprint, tokens fed, per-layer norms'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "import" -d 'Convert a state-tuning file (RWKV-PEFT .pth, Ai00 .st) into a state file'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "diff" -d 'Per-tensor max and mean absolute difference of two state files'
-complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s m -l model -d 'Model file: .safetensors, Ai00 .st or PyTorch .pth (BlinkDL, Hugging Face or Ai00 names)' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s p -l prompt -d 'Text to feed (instead of stdin)' -r
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s f -l prompt-file -d 'Feed this file\'s contents (instead of stdin; `-` is stdin)' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s o -l output -d 'Output file; `-` is stdout, the default when stdout is not a terminal' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l state -d 'Start from this state (`-` reads it from stdin; then the text comes from -p or -f)' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s m -l model -d 'Model file: .pth, .safetensors or Ai00 .st (BlinkDL, Hugging Face or Ai00 names)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l threads -d 'Worker threads [default: all cores]' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant -d 'Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay as stored)' -r -f -a "int8\t'8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)'
 nf4\t'4-bit normal float, blocks of 64 with a bf16 scale (0.53125 bytes per weight)'"
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant-layers -d 'Quantize only the first N layers' -r
@@ -41,22 +45,22 @@ complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l save-quan
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l precision -d 'Activations of the products over many tokens (prompts, scoring): bf16 multiplies twice as fast on CPUs with AVX-512 BF16 (f32 elsewhere and on OpenCL) and makes the numbers depend on how text is split into chunks; f32 gives exact products. Generation is f32 either way [default: bf16 for rwkv-gen; f32 for rwkv-score and rwkv-state, whose numbers and states are kept]' -r -f -a "bf16\t'Activations rounded to bf16, `vdpbf16ps` products'
 f32\t'f32 activations'"
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l device -d 'Where to run: cpu, opencl[:PLATFORM[:DEVICE]] (see rwkv-gen --list-devices), or auto (a GPU when one is found, else the CPU)' -r
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l state -d 'Start from this state (`-` reads it from stdin; then the text comes from -p or -f)' -r -F
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s p -l text -d 'Text to feed (instead of stdin)' -r
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s f -l file -d 'Feed this file\'s contents (instead of stdin)' -r -F
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s o -l output -d 'Output file; `-` is stdout, the default when stdout is not a terminal' -r -F
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l force -d 'Use --state even when it was made with other weights of the same shape'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l threads -d 'Worker threads [default: all cores]' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l ids -d 'The input is token ids (separated by spaces, commas or newlines), not text'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l force -d 'Use --state even when it was made with other weights of the same shape'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s v -l verbose -d 'Load time and speed on stderr'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s q -l quiet -d 'No hints on stderr (only errors)'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -l json -d 'One JSON object instead of text'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -s v -l verbose -d 'Load time and speed on stderr'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -s q -l quiet -d 'No hints on stderr (only errors)'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -s h -l help -d 'Print help'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s m -l model -d 'Check the state against this model and record its fingerprint' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s o -l output -d 'Output file; `-` is stdout' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s v -l verbose -d 'Load time and speed on stderr'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s q -l quiet -d 'No hints on stderr (only errors)'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s h -l help -d 'Print help'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand diff" -l json -d 'JSON lines instead of a table'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand diff" -s v -l verbose -d 'Load time and speed on stderr'
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand diff" -s q -l quiet -d 'No hints on stderr (only errors)'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand diff" -s h -l help -d 'Print help'
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "feed" -d 'Feed text (stdin, -p or -f) or token ids to a model and write the state'
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "info" -d 'Show a state file: shape, model fingerprint, tokens fed, per-layer norms'
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "import" -d 'Convert a state-tuning file (RWKV-PEFT .pth, Ai00 .st) into a state file'
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "diff" -d 'Per-tensor max and mean absolute difference of two state files'
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand help; and not __fish_seen_subcommand_from feed info import diff help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

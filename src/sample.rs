@@ -78,6 +78,59 @@ impl Default for SamplerConfig {
     }
 }
 
+/// Sampling settings as given: the penalties may be left unset, and then follow the
+/// temperature ([`SamplerArgs::config`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerArgs {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub penalty_decay: f32,
+    pub ban: Vec<u32>,
+}
+
+impl SamplerArgs {
+    /// The settings: a penalty left unset is the World models' usual one (0.25) when
+    /// sampling (temperature > 0) or chatting, and 0 at temperature 0, where the next token
+    /// is then the model's own argmax.
+    pub fn config(&self, chat: bool) -> SamplerConfig {
+        let usual = SamplerConfig::default();
+        let default = |given: Option<f32>, usual: f32| {
+            given.unwrap_or(if chat || self.temperature > 0.0 {
+                usual
+            } else {
+                0.0
+            })
+        };
+        SamplerConfig {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            presence_penalty: default(self.presence_penalty, usual.presence_penalty),
+            frequency_penalty: default(self.frequency_penalty, usual.frequency_penalty),
+            penalty_decay: self.penalty_decay,
+            ban: self.ban.clone(),
+        }
+    }
+}
+
+impl Default for SamplerArgs {
+    fn default() -> Self {
+        let c = SamplerConfig::default();
+        SamplerArgs {
+            temperature: c.temperature,
+            top_p: c.top_p,
+            top_k: c.top_k,
+            presence_penalty: None,
+            frequency_penalty: None,
+            penalty_decay: c.penalty_decay,
+            ban: Vec::new(),
+        }
+    }
+}
+
 /// A sampler with its occurrence counts and random stream.
 pub struct Sampler {
     pub cfg: SamplerConfig,
@@ -411,6 +464,27 @@ mod tests {
         let mut l = [0.0, 0.0, 0.0, 1.0];
         s.penalize(&mut l);
         assert_eq!(l[3], 0.0);
+    }
+
+    #[test]
+    fn penalties_follow_the_temperature_unless_given() {
+        let greedy = SamplerArgs {
+            temperature: 0.0,
+            ..SamplerArgs::default()
+        };
+        let c = greedy.config(false);
+        assert_eq!((c.presence_penalty, c.frequency_penalty), (0.0, 0.0));
+        let c = greedy.config(true);
+        assert_eq!((c.presence_penalty, c.frequency_penalty), (0.25, 0.25));
+        let c = SamplerArgs::default().config(false);
+        assert_eq!((c.presence_penalty, c.frequency_penalty), (0.25, 0.25));
+        let given = SamplerArgs {
+            temperature: 0.0,
+            presence_penalty: Some(0.5),
+            ..SamplerArgs::default()
+        };
+        let c = given.config(false);
+        assert_eq!((c.presence_penalty, c.frequency_penalty), (0.5, 0.0));
     }
 
     #[test]

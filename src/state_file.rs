@@ -541,7 +541,11 @@ pub fn load_for(path: &Path, model: &Model, force: bool) -> Result<Start> {
             Err(e) if is_not_state(&e) => {
                 // Not ours: maybe a state-tuning file.
                 let Ok(shape) = tuning_shape(path) else {
-                    return Err(e);
+                    return Err(Error::format(
+                        path,
+                        "neither a state file (from rwkv-state feed or --save-state) nor a \
+                         state-tuning file",
+                    ));
                 };
                 if model.cfg.arch.name() != "rwkv6" {
                     return Err(Error::StateMismatch(format!(

@@ -1,5 +1,5 @@
 //! rwkv-gen run as a program: exact greedy output, seeds, stop strings, --lines, --chat,
-//! JSON lines, Unix manners and error messages.
+//! batches and JSON-lines requests, Unix manners and error messages.
 
 mod common;
 use common::*;
@@ -10,23 +10,12 @@ const PROMPT: &str = "ROMEO:\nWhat light";
 /// logits; the rest came from a one-token-at-a-time library loop (argmax, fed back).
 const GREEDY: &str = " is the matter?\n\nELBOW:\nI will not be a soldier ";
 
-/// Plain argmax: temperature 0 and no repetition penalties (the official pipeline applies
-/// penalties before the argmax too).
-const GREEDY_ARGS: [&str; 6] = [
-    "-t",
-    "0",
-    "--presence-penalty",
-    "0",
-    "--frequency-penalty",
-    "0",
-];
+/// Plain argmax: at temperature 0 the penalties are 0 unless given.
+const GREEDY_ARGS: [&str; 2] = ["-t", "0"];
 
 fn gen(args: &[&str], stdin: &[u8]) -> Run {
     let m = model_arg(SHAKESPEARE);
     let mut all = vec!["-m", m.as_str()];
-    if args.contains(&"-t") && args.contains(&"0") {
-        all.extend_from_slice(&GREEDY_ARGS[2..]);
-    }
     all.extend_from_slice(args);
     run("rwkv-gen", &all, stdin)
 }
@@ -59,6 +48,47 @@ fn greedy_output_is_exact() {
     assert_eq!(r4.text(), GREEDY);
 }
 
+/// `-t 0` is the model's own argmax: penalties apply only when given.
+#[test]
+fn greedy_is_the_plain_argmax_unless_penalties_are_given() {
+    let plain = gen(&["-p", PROMPT, "-t", "0", "-n", "48", "--ignore-eos"], b"");
+    let zero = gen(
+        &[
+            "-p",
+            PROMPT,
+            "-t",
+            "0",
+            "-n",
+            "48",
+            "--ignore-eos",
+            "--presence-penalty",
+            "0",
+            "--frequency-penalty",
+            "0",
+        ],
+        b"",
+    );
+    assert_eq!(
+        (plain.text(), zero.text()),
+        (GREEDY.to_string(), GREEDY.to_string())
+    );
+    let penalised = gen(
+        &[
+            "-p",
+            PROMPT,
+            "-t",
+            "0",
+            "-n",
+            "48",
+            "--ignore-eos",
+            "--presence-penalty",
+            "2",
+        ],
+        b"",
+    );
+    assert_ne!(penalised.text(), GREEDY);
+}
+
 #[test]
 fn tiny_model_greedy_and_end_of_text() {
     // The tiny model predicts byte 0 after every character (it was trained so).
@@ -67,6 +97,7 @@ fn tiny_model_greedy_and_end_of_text() {
     let m = model_arg("tiny-rwkv6-1m.safetensors");
     let mut args = vec!["-m", m.as_str(), "-n", "10", "--ignore-eos"];
     args.extend_from_slice(&GREEDY_ARGS);
+    args.push("-q");
     let r = run("rwkv-gen", &args, &prompt);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, b"\0e\0n\0 \0t\0h");
@@ -137,12 +168,35 @@ fn stop_string_spanning_tokens_is_cut() {
     assert_eq!(r.text(), &GREEDY[..9]);
 }
 
+/// `--lines`: one record per line. In text format an answer ends at its first newline
+/// (the record separator); `-0` and `--separator` keep newlines and end records otherwise.
 #[test]
 fn lines_answers_each_line_in_order() {
-    let r = gen(&["--lines", "-t", "0", "-n", "12"], b"ROMEO:\nJULIET:\n");
+    let prompts = "What light\nIt is the east\nAnd Juliet is\n";
+    let r = gen(&["--lines", "-t", "0", "-n", "24"], prompts.as_bytes());
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let one = |p: &str| gen(&["-p", p, "-t", "0", "-n", "12"], b"").text();
-    assert_eq!(r.text(), format!("{}\n{}\n", one("ROMEO:"), one("JULIET:")));
+    let one = |p: &str| gen(&["-p", p, "-t", "0", "-n", "24"], b"").text();
+    let cut = |s: String| s.split('\n').next().unwrap().to_string();
+    let want: Vec<String> = prompts.lines().map(|p| cut(one(p))).collect();
+    assert_eq!(r.text(), format!("{}\n", want.join("\n")));
+    assert_eq!(r.text().lines().count(), 3);
+    // NUL-separated, answers whole
+    let r = gen(
+        &["--lines", "-t", "0", "-n", "24", "-0"],
+        prompts.as_bytes(),
+    );
+    let recs: Vec<&[u8]> = r.stdout.split(|&b| b == 0).collect();
+    assert_eq!(recs.len(), 4);
+    let whole: Vec<String> = prompts.lines().map(one).collect();
+    for (got, want) in recs.iter().zip(&whole) {
+        assert_eq!(String::from_utf8_lossy(got), *want);
+    }
+    // a chosen separator, which also ends an answer
+    let r = gen(
+        &["--lines", "-t", "0", "-n", "24", "--separator", "\\n--\\n"],
+        b"What light\n",
+    );
+    assert_eq!(r.text(), format!("{}\n--\n", whole[0]));
     let r = gen(
         &["--lines", "-t", "0", "-n", "5", "--format", "jsonl"],
         b"a\nb\nc\n",
@@ -165,6 +219,7 @@ fn lines_answers_before_stdin_closes() {
             "-m",
             &model_arg(SHAKESPEARE),
             "--lines",
+            "-0",
             "-t",
             "0",
             "-n",
@@ -180,9 +235,9 @@ fn lines_answers_before_stdin_closes() {
     stdin.flush().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut answer = [0u8; 6];
-    // Blocks until the first answer (5 bytes and a newline) while stdin is still open.
+    // Blocks until the first answer (5 bytes and a NUL) while stdin is still open.
     std::io::Read::read_exact(&mut out, &mut answer).unwrap();
-    assert_eq!(answer[5], b'\n');
+    assert_eq!(answer[5], 0);
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
@@ -296,12 +351,6 @@ fn errors_are_one_line_with_the_documented_code() {
         b"",
     );
     assert_fails(&r, 1, &["/nonexistent/model.pth", "No such file"]);
-    let r = gen(&["-p", "x", "--temperature", "hot"], b"");
-    assert_fails(&r, 2, &["--temperature", "hot"]);
-    let r = gen(&["-p", "x", "--top-p", "1.5"], b"");
-    assert_fails(&r, 2, &["top-p", "1.5"]);
-    let r = gen(&["-p", "x", "--precision", "f16"], b"");
-    assert_fails(&r, 2, &["--precision", "f16"]);
     let r = run("rwkv-gen", &["-p", "x"], b"");
     assert_fails(&r, 2, &["RWKV_MODEL"]);
     // Not a model.
@@ -316,12 +365,13 @@ fn errors_are_one_line_with_the_documented_code() {
     std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
     let r = run("rwkv-gen", &["-m", cut.to_str().unwrap(), "-p", "x"], b"");
     assert_fails(&r, 1, &["cut.safetensors", "truncated"]);
+    let d256 = model_arg("rand-rwkv6-d256-fp16.safetensors");
     // Sampled ids above 255 have no byte form: said, not a crash.
     let r = run(
         "rwkv-gen",
         &[
             "-m",
-            &model_arg("rand-rwkv6-d256-bf16.safetensors"),
+            &d256,
             "--tokenizer",
             "bytes",
             "-p",
@@ -335,26 +385,296 @@ fn errors_are_one_line_with_the_documented_code() {
     );
     assert_fails(&r, 1, &["token id", "bytes tokenizer"]);
     // A vocab without a default tokenizer asks for one.
-    let r = run(
-        "rwkv-gen",
+    let r = run("rwkv-gen", &["-m", &d256, "-p", "hi"], b"");
+    assert_fails(&r, 1, &["--tokenizer"]);
+}
+
+/// Usage errors print clap's whole message: the missing arguments, the similar flag, the
+/// allowed values; exit 2.
+#[test]
+fn usage_errors_keep_claps_detail() {
+    assert_usage(
+        &gen(&["-p", "x", "--temprature", "0"], b""),
+        &["--temperature"],
+    );
+    assert_usage(
+        &gen(&["-p", "x", "--format", "json"], b""),
+        &["text", "jsonl"],
+    );
+    assert_usage(
+        &gen(&["-p", "x", "--temperature", "hot"], b""),
+        &["--temperature", "hot"],
+    );
+    assert_usage(&gen(&["-p", "x", "--top-p", "1.5"], b""), &["top-p", "1.5"]);
+    assert_usage(
+        &gen(&["-p", "x", "--precision", "f16"], b""),
+        &["--precision", "f16"],
+    );
+    let r = run("rwkv-state", &["diff", "a.state"], b"");
+    assert_usage(&r, &["<B>"]);
+}
+
+/// As with ripgrep and fd, a repeated flag takes its last value (shell aliases rely on it).
+#[test]
+fn the_last_repeat_of_a_flag_wins() {
+    let r = gen(
+        &["-p", PROMPT, "-t", "1", "-t", "0", "-n", "9", "-n", "5"],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.text(), &GREEDY[..5]);
+}
+
+/// Things that would fail late are checked before any work, and named in our words.
+#[test]
+fn checks_come_first_and_name_the_thing() {
+    let dir = temp_dir("gen-early");
+    // a folder given as a model
+    let r = run("rwkv-gen", &["-m", "models", "-p", "x"], b"");
+    assert_fails(&r, 1, &["models", "is a folder"]);
+    // a text file given as a state
+    let txt = dir.join("notes.txt");
+    std::fs::write(&txt, "hello").unwrap();
+    let r = gen(&["--state", txt.to_str().unwrap(), "-p", "x"], b"");
+    assert_fails(
+        &r,
+        1,
         &[
-            "-m",
-            &model_arg("rand-rwkv6-d256-bf16.safetensors"),
+            "notes.txt",
+            "neither a state file",
+            "nor a state-tuning file",
+        ],
+    );
+    // an unwritable --save-state, before generating anything
+    let r = gen(
+        &[
             "-p",
-            "hi",
+            "x",
+            "-n",
+            "5",
+            "--save-state",
+            "/nonexistent/dir/x.state",
         ],
         b"",
     );
-    assert_fails(&r, 1, &["--tokenizer"]);
+    assert_fails(&r, 1, &["/nonexistent/dir/x.state"]);
+    assert!(r.stdout.is_empty());
+    // a tokenizer the model cannot read, at load
+    let r = gen(&["--tokenizer", "world", "-p", "x"], b"");
+    assert_fails(&r, 1, &["world tokenizer", "vocab of 65536", "256"]);
+}
+
+/// Each token's bytes reach a pipe as soon as they are complete, not when a buffer fills.
+#[test]
+fn tokens_reach_a_pipe_as_they_come() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rwkv-gen"))
+        .args([
+            "-m",
+            &model_arg(SHAKESPEARE),
+            "-p",
+            PROMPT,
+            "-t",
+            "0",
+            "-n",
+            "100000",
+        ])
+        .args(["--ignore-eos"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    // A watchdog: if the bytes wait for a full buffer (64 KiB, minutes of generation), the
+    // read fails instead of hanging.
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        // SAFETY: signalling our own child (gone already, if the test passed).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let mut first = [0u8; 20];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    assert_eq!(&first, &GREEDY.as_bytes()[..20]);
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(watchdog);
+}
+
+/// A stream's tokens depend on its own prompt and seed only: whatever the batch, the same
+/// records, sampled or greedy (f32 decoding: the bits of a single stream).
+#[test]
+fn batched_lines_equal_one_at_a_time() {
+    let prompts = "What light\nIt is the east\nAnd Juliet is the sun\nArise, fair sun\nROMEO:\n";
+    for extra in [&["--seed", "7"][..], &["-t", "0"][..]] {
+        let mut outs = Vec::new();
+        for b in ["1", "2", "3", "16"] {
+            let mut args = vec!["--lines", "-0", "-n", "24", "--batch", b, "--ignore-eos"];
+            args.extend_from_slice(extra);
+            let r = gen(&args, prompts.as_bytes());
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            outs.push(r.stdout);
+        }
+        assert!(outs.iter().all(|o| o == &outs[0]), "{extra:?}");
+        // and each record is that prompt run alone
+        let recs: Vec<&[u8]> = outs[0].split(|&b| b == 0).collect();
+        for (p, rec) in prompts.lines().zip(recs) {
+            let mut args = vec!["-p", p, "-n", "24", "--ignore-eos"];
+            args.extend_from_slice(extra);
+            assert_eq!(gen(&args, b"").stdout, rec, "{p}");
+        }
+    }
+}
+
+/// `--jsonl`: a result per request in order, fields defaulting to the flags, the id copied;
+/// a bad request gets an error object on its line, the others go on, and the exit status
+/// says some failed.
+#[test]
+fn jsonl_requests_answer_in_order() {
+    let dir = temp_dir("gen-jsonl");
+    let st = dir.join("romeo.state");
+    let r = run(
+        "rwkv-state",
+        &[
+            "feed",
+            "-m",
+            &model_arg(SHAKESPEARE),
+            "-o",
+            st.to_str().unwrap(),
+        ],
+        b"ROMEO:\n",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let other = dir.join("other.state");
+    let d256 = model_arg("rand-rwkv6-d256-fp16.safetensors");
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &d256, "--ids", "-o", other.to_str().unwrap()],
+        b"1 2",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let saved = dir.join("saved.state");
+    let requests = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}\n",
+        r#"{"id": "a", "prompt": "ROMEO:\nWhat light", "max_tokens": 9, "temperature": 0}"#,
+        r#"{"id": 2, "prompt": 7}"#,
+        r#"{"prompt": "What light", "state": "STATE", "temperature": 0, "max_tokens": 5, "save_state": "SAVED"}"#,
+        r#"{"id": "x", "prompt": "a", "state": "OTHER"}"#,
+        r#"{"ids": [87, 104, 97, 116], "max_tokens": 3, "temperature": 0, "stop": ["x"]}"#,
+        r#"{"prompt": "b", "colour": 1}"#,
+    )
+    .replace("STATE", st.to_str().unwrap())
+    .replace("SAVED", saved.to_str().unwrap())
+    .replace("OTHER", other.to_str().unwrap());
+    for batch in ["1", "4"] {
+        let r = gen(
+            &[
+                "--jsonl",
+                "--batch",
+                batch,
+                "-n",
+                "50",
+                "--top-logprobs",
+                "2",
+            ],
+            requests.as_bytes(),
+        );
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        let recs = r.json();
+        assert_eq!(recs.len(), 6);
+        assert_eq!(recs[0]["id"], "a");
+        assert_eq!(recs[0]["text"], &GREEDY[..9]);
+        assert_eq!(recs[0]["completion_tokens"], 9);
+        assert_eq!(recs[0]["tokens"].as_array().unwrap().len(), 9);
+        assert_eq!(recs[0]["finish_reason"], "length");
+        assert_eq!(recs[0]["prompt_tokens"], PROMPT.len());
+        assert_eq!(
+            recs[0]["logprobs"][0]["top_logprobs"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(recs[1]["id"], 2);
+        assert!(
+            recs[1]["error"].as_str().unwrap().contains("`prompt` is 7"),
+            "{}",
+            recs[1]
+        );
+        // from a state: the same as the whole prompt from zero
+        assert_eq!(recs[2]["text"], &GREEDY[..5]);
+        assert!(recs[2].get("id").is_none());
+        assert!(
+            recs[3]["error"]
+                .as_str()
+                .unwrap()
+                .contains("another model shape"),
+            "{}",
+            recs[3]
+        );
+        assert_eq!(recs[3]["id"], "x");
+        assert_eq!(recs[4]["completion_tokens"], 3);
+        assert!(recs[5]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"));
+        let sf = rwkv::state_file::StateFile::load(&saved).unwrap();
+        assert_eq!(sf.meta.tokens, 7 + 10 + 5);
+    }
+}
+
+/// Per-token records carry the token's bytes, which rebuild the text exactly.
+#[test]
+fn per_token_records_carry_bytes() {
+    let r = gen(
+        &["-p", PROMPT, "-n", "30", "--seed", "3", "--format", "jsonl"],
+        b"",
+    );
+    let recs = r.json();
+    let (tokens, fin) = recs.split_at(recs.len() - 1);
+    let bytes: Vec<u8> = tokens
+        .iter()
+        .flat_map(|t| {
+            t["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+        })
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        fin[0]["text"].as_str().unwrap()
+    );
+}
+
+/// When the model ends the text at once, stderr says so (unless -q).
+#[test]
+fn an_answer_that_ends_at_once_is_explained() {
+    // The tiny model predicts byte 0, its end of text, after every character.
+    let m = model_arg("tiny-rwkv6-1m.safetensors");
+    let r = run("rwkv-gen", &["-m", &m, "-p", "a", "-t", "0"], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert!(
+        r.stderr.contains("ended the text at once") && r.stderr.contains("--ignore-eos"),
+        "{}",
+        r.stderr
+    );
+    let r = run("rwkv-gen", &["-m", &m, "-p", "a", "-t", "0", "-q"], b"");
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
 }
 
 #[test]
 fn world_model_generates_text_from_text() {
+    let Some(world) = fixture("rand-rwkv6-world-d64-bf16.safetensors") else {
+        return skip("rand-rwkv6-world-d64-bf16.safetensors");
+    };
     let r = run(
         "rwkv-gen",
         &[
             "-m",
-            &model_arg("rand-rwkv6-world-d64-bf16.safetensors"),
+            world.to_str().unwrap(),
             "-p",
             "User: hi\n\nAssistant:",
             "-n",

@@ -163,8 +163,12 @@ fn bad_lines_stop_with_the_line_named() {
     );
     assert_fails(&r, 1, &["line 1", "continuation", "empty"]);
     let r = score(&["--jsonl"], b"{\"ids\": [1, 2]}\n{\"ids\": [1, 999]}\n");
-    assert_fails(&r, 1, &["line 2", "999", "vocab 256"]);
+    assert_fails(&r, 1, &["line 2", "999", "vocab of 256"]);
     assert_eq!(r.json().len(), 1);
+    // a line past --max-line-bytes is refused, in bounded memory
+    let long = format!("{{\"text\": \"{}\"}}\n", "x".repeat(5000));
+    let r = score(&["--jsonl", "--max-line-bytes", "1000"], long.as_bytes());
+    assert_fails(&r, 1, &["line 1", "longer than --max-line-bytes (1000)"]);
 }
 
 #[test]
@@ -186,15 +190,106 @@ fn an_unreadable_file_is_reported_and_the_rest_scored() {
     assert_eq!(recs[2]["documents"], 2);
 }
 
+/// `--view` shades the text; without colour (a pipe, NO_COLOR, --color never) it is the
+/// same text unshaded; a character split across tokens prints whole.
 #[test]
 fn view_shades_tokens_and_honours_no_color() {
-    let r = score(&["--view", "--color", "always"], b"ROMEO:");
+    let text = "ROMEO: 😀 ok";
+    let r = score(&["--view", "--color", "always"], text.as_bytes());
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.text().contains("\x1b[48;5;"), "{}", r.text());
     assert!(r.text().contains("surprisal"));
-    let r = score(&["--view"], b"ROMEO:"); // not a terminal: no color
-    assert!(!r.text().contains('\x1b'));
-    assert_eq!(r.text().lines().filter(|l| l.contains("\"")).count(), 6 + 1);
+    assert!(!r.text().contains('\u{FFFD}'));
+    let strip = |s: String| {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                chars.by_ref().take_while(|&c| c != 'm').for_each(drop);
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let shaded = strip(r.text());
+    let plain = score(&["--view"], text.as_bytes()); // not a terminal: no colour
+    assert!(!plain.text().contains('\x1b'));
+    assert!(
+        plain.text().starts_with(&format!("{text}\n-- ")),
+        "{}",
+        plain.text()
+    );
+    let never = score(&["--view", "--color", "never"], text.as_bytes());
+    assert_eq!(never.text(), plain.text());
+    // the same text with and without colour: the legend line is all it adds
+    assert_eq!(
+        shaded.lines().take(2).collect::<Vec<_>>(),
+        plain.text().lines().collect::<Vec<_>>()
+    );
+}
+
+/// `--per-token` records carry each token's bytes: they rebuild the text exactly, even
+/// where a token holds part of a character.
+#[test]
+fn per_token_bytes_rebuild_the_text() {
+    let text = "naïve 😀 café";
+    let r = score(&["--per-token"], text.as_bytes());
+    let rec = &r.json()[0];
+    let bytes: Vec<u8> = rec["per_token"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            t["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+        })
+        .collect();
+    assert_eq!(bytes, text.as_bytes());
+    assert!(rec["per_token"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["text"] == "\u{FFFD}"));
+}
+
+/// `--tokenize` uses the model's tokenizer when one is given (here bytes, not World), and
+/// tokenizes every text field of a JSON line.
+#[test]
+fn tokenize_follows_the_model_and_every_field() {
+    let m = model_arg(SHAKESPEARE);
+    let r = run(
+        "rwkv-score",
+        &["--tokenize", "-m", &m, "--lines"],
+        b"Hello\n",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.json()[0]["ids"],
+        serde_json::json!([72, 101, 108, 108, 111])
+    );
+    let r = run(
+        "rwkv-score",
+        &["--tokenize", "--jsonl"],
+        br#"{"context": "Hello,", "continuation": " world!", "choices": ["a", "b c"]}"#,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rec = &r.json()[0];
+    assert_eq!(rec["context"]["ids"], serde_json::json!([33155, 45]));
+    assert_eq!(rec["continuation"]["tokens"], 2);
+    assert_eq!(rec["choices.1"]["bytes"], 3);
+    // a whole document streams through in blocks: the same ids as one call
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(3000);
+    let r = run("rwkv-score", &["--tokenize"], text.as_bytes());
+    let want = rwkv::tokenizer::Tokenizer::from_spec("world")
+        .unwrap()
+        .encode(text.as_bytes())
+        .unwrap();
+    assert_eq!(r.json()[0]["ids"], serde_json::json!(want));
+    assert_eq!(r.json()[0]["bytes"], text.len());
 }
 
 /// The README's sharding example, run as written: split, score the parts in parallel,

@@ -14,23 +14,104 @@ fn commands() -> Vec<clap::Command> {
     ]
 }
 
+/// Text for a roff page: backslashes escaped, no line starting with a control character.
+fn roff_text(s: &str) -> String {
+    s.lines()
+        .map(|l| {
+            let l = l.replace('\\', "\\e").replace('-', "\\-");
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A man page: clap's title, name, synopsis, description, options and subcommands, then
+/// the after-help text as EXAMPLES, EXIT STATUS and NOTES, and SEE ALSO.
+fn man_page(cmd: &clap::Command, see_also: &[String]) -> Vec<u8> {
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut page = Vec::new();
+    man.render_title(&mut page).unwrap();
+    man.render_name_section(&mut page).unwrap();
+    man.render_synopsis_section(&mut page).unwrap();
+    man.render_description_section(&mut page).unwrap();
+    man.render_options_section(&mut page).unwrap();
+    if cmd.get_subcommands().next().is_some() {
+        man.render_subcommands_section(&mut page).unwrap();
+    }
+    let after = cmd
+        .get_after_help()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let mut notes = String::new();
+    for para in after.split("\n\n") {
+        let (title, body) = if let Some(rest) = para.strip_prefix("Examples:\n") {
+            (
+                "EXAMPLES",
+                rest.lines().map(str::trim).collect::<Vec<_>>().join("\n"),
+            )
+        } else if para.contains("Exit status:") {
+            ("EXIT STATUS", para.to_string())
+        } else {
+            notes += para;
+            notes += "\n";
+            continue;
+        };
+        let body = roff_text(&body);
+        let nofill = title == "EXAMPLES";
+        page.extend_from_slice(format!(".SH \"{title}\"\n").as_bytes());
+        if nofill {
+            page.extend_from_slice(format!(".nf\n{body}\n.fi\n").as_bytes());
+        } else {
+            page.extend_from_slice(format!("{body}\n").as_bytes());
+        }
+    }
+    if !notes.trim().is_empty() {
+        page.extend_from_slice(format!(".SH NOTES\n{}\n", roff_text(notes.trim())).as_bytes());
+    }
+    let refs: Vec<String> = see_also.iter().map(|p| format!("\\fB{p}\\fR(1)")).collect();
+    page.extend_from_slice(format!(".SH \"SEE ALSO\"\n{}\n", refs.join(", ")).as_bytes());
+    if let Some(v) = cmd.get_version() {
+        page.extend_from_slice(format!(".SH VERSION\nv{v}\n").as_bytes());
+    }
+    page
+}
+
 /// Every generated file: path relative to the crate root, and contents.
 fn generated() -> Vec<(PathBuf, Vec<u8>)> {
     let mut files = Vec::new();
-    for cmd in commands() {
+    let cmds = commands();
+    let mut pages: Vec<String> = Vec::new();
+    for cmd in &cmds {
+        pages.push(cmd.get_name().to_string());
+        for sub in cmd.get_subcommands() {
+            pages.push(format!("{}-{}", cmd.get_name(), sub.get_name()));
+        }
+    }
+    for cmd in cmds {
         let name = cmd.get_name().to_string();
-        let mut page = Vec::new();
-        clap_mangen::Man::new(cmd.clone())
-            .render(&mut page)
-            .unwrap();
-        files.push((PathBuf::from(format!("man/{name}.1")), page));
+        let others = |me: &str| {
+            pages
+                .iter()
+                .filter(|p| *p != me)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        files.push((
+            PathBuf::from(format!("man/{name}.1")),
+            man_page(&cmd, &others(&name)),
+        ));
         for sub in cmd.get_subcommands() {
             let sub_name = format!("{name}-{}", sub.get_name());
-            let mut page = Vec::new();
             let leaked: &'static str = Box::leak(sub_name.clone().into_boxed_str());
-            let sub = sub.clone().name(leaked);
-            clap_mangen::Man::new(sub).render(&mut page).unwrap();
-            files.push((PathBuf::from(format!("man/{sub_name}.1")), page));
+            let sub = sub.clone().name(leaked).version(env!("CARGO_PKG_VERSION"));
+            files.push((
+                PathBuf::from(format!("man/{sub_name}.1")),
+                man_page(&sub, &others(&sub_name)),
+            ));
         }
         for (shell, file) in [
             (Shell::Bash, format!("{name}.bash")),
@@ -43,6 +124,44 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     files
+}
+
+/// Every page cited in SEE ALSO exists; no section is left as clap's "EXTRA".
+#[test]
+fn man_pages_cite_pages_that_exist() {
+    let files = generated();
+    let names: Vec<String> = files
+        .iter()
+        .filter_map(|(p, _)| {
+            p.strip_prefix("man")
+                .ok()?
+                .to_str()?
+                .strip_suffix(".1")
+                .map(|n| n.trim_start_matches('/').to_string())
+        })
+        .collect();
+    for (path, page) in files.iter().filter(|(p, _)| p.starts_with("man")) {
+        let text = String::from_utf8_lossy(page);
+        assert!(!text.contains(".SH EXTRA"), "{}", path.display());
+        for cited in text
+            .split("\\fB")
+            .skip(1)
+            .filter_map(|s| s.split_once("\\fR(1)"))
+            .map(|(n, _)| n)
+        {
+            assert!(
+                names.iter().any(|n| n == cited),
+                "{} cites {cited}(1)",
+                path.display()
+            );
+        }
+        assert!(
+            text.contains(".SH \"EXIT STATUS\"") || path.to_string_lossy().contains('-'),
+            "{}",
+            path.display()
+        );
+    }
+    assert!(!names.iter().any(|n| n.ends_with("-help")));
 }
 
 #[test]

@@ -220,7 +220,7 @@ fn cli_quant_flags() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = run("rwkv-gen", &["-m", &m, "--quant", "int4", "-p", "x"], b"");
-    assert_fails(&r, 2, &["int4"]);
+    assert_usage(&r, &["int4", "possible values: int8, nf4"]);
 }
 
 /// What quantization costs on the trained model, in bits per byte of held-out text (a

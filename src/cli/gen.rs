@@ -1,7 +1,7 @@
 //! `rwkv-gen` flags.
 
 use super::ModelArgs;
-use crate::sample::SamplerConfig;
+use crate::sample::SamplerArgs;
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
@@ -13,58 +13,139 @@ pub enum Format {
     Jsonl,
 }
 
-/// Generate text with an RWKV-6 model: the prompt comes on stdin (or -p / -f), the
-/// continuation goes to stdout.
+/// Generate text with an RWKV model: the prompt comes on stdin (or -p / -f), the
+/// continuation goes to stdout, each token's bytes as soon as they are complete.
 #[derive(Debug, Parser)]
 #[command(
     name = "rwkv-gen",
     version,
+    args_override_self = true,
     after_help = concat!(
         "Examples:\n",
         "  echo 'ROMEO:' | rwkv-gen -m models/shakespeare-rwkv6.safetensors -n 200\n",
-        "  rwkv-gen -m model.pth --lines --temperature 0 < questions.txt\n",
+        "  rwkv-gen -m model.pth -p 'The capital of France is' -t 0 -n 20\n",
+        "  rwkv-gen -m model.pth --lines --batch 16 -n 50 < questions.txt\n",
+        "  rwkv-gen -m model.pth --jsonl < requests.jsonl > results.jsonl\n",
         "  rwkv-gen -m model.pth --state sys.state --save-state sys.state -p 'Next question'\n\n",
+        "A repeated flag takes its last value.\n\n",
         super::exit_status_help!()
     )
 )]
 pub struct Args {
-    #[command(flatten)]
-    pub model: ModelArgs,
-
     /// Prompt text (instead of stdin)
     #[arg(short = 'p', long, value_name = "TEXT", conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
 
-    /// Read the prompt from a file (instead of stdin)
+    /// Read the prompt from a file (instead of stdin; `-` is stdin)
     #[arg(short = 'f', long, value_name = "PATH")]
     pub prompt_file: Option<PathBuf>,
 
-    /// Every stdin line is its own prompt, answered in order as it arrives, one output record
-    /// per line
-    #[arg(long, conflicts_with_all = ["prompt", "prompt_file", "chat"])]
+    /// Most tokens to generate per prompt
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 256)]
+    pub max_tokens: usize,
+
+    /// Sampling temperature; 0 is greedy (the most likely token)
+    #[arg(short = 't', long, value_name = "T", default_value_t = 1.0, value_parser = non_negative)]
+    pub temperature: f32,
+
+    /// Every stdin line is its own prompt: one record per line, in input order; in text
+    /// format an answer ends at its first newline (see --separator)
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_file", "chat", "jsonl"])]
     pub lines: bool,
+
+    /// Every stdin line is a JSON request (`prompt` or `ids`, and any of max_tokens,
+    /// temperature, top_p, top_k, presence_penalty, frequency_penalty, penalty_decay, stop,
+    /// seed, state, save_state, id); one JSON result per request, in order
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_file", "chat"])]
+    pub jsonl: bool,
+
+    /// With --lines or --jsonl: prompts decoded together, each step reading every weight
+    /// once for all of them; a stream's output does not depend on it
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub batch: u32,
 
     /// Chat: every stdin line is a user turn of one conversation (`User: ...\n\nAssistant:`);
     /// each reply ends at a blank line
     #[arg(long, conflicts_with_all = ["prompt", "prompt_file"])]
     pub chat: bool,
 
-    /// Most tokens to generate per prompt
-    #[arg(short = 'n', long, value_name = "N", default_value_t = 256)]
-    pub max_tokens: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
     /// Stop when the output contains STR (repeatable); STR itself is not printed
-    #[arg(long, value_name = "STR")]
+    #[arg(long, value_name = "STR", action = clap::ArgAction::Append, help_heading = "Sampling")]
     pub stop: Vec<String>,
 
     /// Do not stop at token 0 (end of text)
-    #[arg(long)]
+    #[arg(long, help_heading = "Sampling")]
     pub ignore_eos: bool,
 
-    /// Sampling temperature; 0 is greedy (always the most likely token)
-    #[arg(short = 't', long, value_name = "T", default_value_t = 1.0, value_parser = non_negative)]
-    pub temperature: f32,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text, help_heading = "Output")]
+    pub format: Format,
 
+    /// With --format jsonl or --jsonl: the K most likely alternatives of every token
+    #[arg(long, value_name = "K", default_value_t = 0, help_heading = "Output")]
+    pub top_logprobs: usize,
+
+    /// With --lines: what ends a record in text format; an answer ends where it would
+    /// appear (an escape such as `\n` or `\t` is read as that byte)
+    #[arg(
+        long,
+        value_name = "STR",
+        default_value = "\\n",
+        conflicts_with = "null",
+        help_heading = "Output"
+    )]
+    pub separator: String,
+
+    /// With --lines: records end with a NUL byte, and answers keep their newlines
+    #[arg(short = '0', long, help_heading = "Output")]
+    pub null: bool,
+
+    /// Print the prompt before the answer
+    #[arg(long, help_heading = "Output")]
+    pub echo: bool,
+
+    /// The longest input line read with --lines, --jsonl and --chat; a longer one is an
+    /// error for that line
+    #[arg(long, value_name = "BYTES", default_value_t = super::MAX_LINE_BYTES, help_heading = "Output")]
+    pub max_line_bytes: usize,
+
+    /// Start from this state file (from `rwkv-state feed` or --save-state; `-` is stdin)
+    /// or state-tuning file (.pth from RWKV-PEFT, Ai00 .st)
+    #[arg(long, value_name = "PATH", help_heading = "State")]
+    pub state: Option<PathBuf>,
+
+    /// Use --state even when it was made with other weights of the same shape
+    #[arg(long, help_heading = "State")]
+    pub force: bool,
+
+    /// After generating, write the state (prompt and answer fed) here; may be the --state
+    /// file
+    #[arg(long, value_name = "PATH", help_heading = "State")]
+    pub save_state: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Load time, the precision prompts run in, and prompt / generation speed on stderr
+    #[arg(short = 'v', long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// No hints on stderr (only errors)
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// Print the OpenCL platforms and devices (for --device) and exit
+    #[arg(long)]
+    pub list_devices: bool,
+}
+
+/// The sampling flags, shared with the JSON-lines requests' defaults.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Sampling")]
+pub struct SamplingArgs {
     /// Nucleus sampling: keep the most likely tokens up to this total probability (0..1]
     #[arg(long, value_name = "P", default_value_t = 0.7, value_parser = unit_interval)]
     pub top_p: f32,
@@ -73,73 +154,74 @@ pub struct Args {
     #[arg(long, value_name = "K", default_value_t = 100)]
     pub top_k: usize,
 
-    /// Subtracted from the logit of every token already generated
-    #[arg(long, value_name = "X", default_value_t = 0.25, value_parser = finite)]
-    pub presence_penalty: f32,
+    /// Subtracted from the logit of every token already generated [default: 0.25 when
+    /// sampling (-t > 0) or with --chat, 0 at -t 0]
+    #[arg(long, value_name = "X", value_parser = finite)]
+    pub presence_penalty: Option<f32>,
 
-    /// Subtracted from a token's logit once per (decayed) occurrence
-    #[arg(long, value_name = "X", default_value_t = 0.25, value_parser = finite)]
-    pub frequency_penalty: f32,
+    /// Subtracted from a token's logit once per (decayed) occurrence [default: as
+    /// --presence-penalty]
+    #[arg(long, value_name = "X", value_parser = finite)]
+    pub frequency_penalty: Option<f32>,
 
     /// Occurrence counts are multiplied by this after every token
     #[arg(long, value_name = "X", default_value_t = 0.996, value_parser = unit_closed)]
     pub penalty_decay: f32,
 
     /// Never generate token ID (repeatable)
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", action = clap::ArgAction::Append)]
     pub ban_token: Vec<u32>,
 
-    /// Random seed: the same seed gives the same output on every run and thread count
-    /// [default: from the clock]
+    /// Random seed: the same seed gives the same output on every run, thread count and
+    /// batch; with --lines every prompt starts from it, as if run alone [default: from the
+    /// clock]
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-
-    /// With --format jsonl: the K most likely alternatives of every token
-    #[arg(long, value_name = "K", default_value_t = 0)]
-    pub top_logprobs: usize,
-
-    /// Print the prompt before the answer
-    #[arg(long)]
-    pub echo: bool,
-
-    /// Load time and prompt / generation speed on stderr
-    #[arg(short = 'v', long)]
-    pub verbose: bool,
-
-    /// Start from this state file (from `rwkv-state feed` or `--save-state`) or state-tuning
-    /// file (.pth from RWKV-PEFT, Ai00 .st)
-    #[arg(long, value_name = "PATH")]
-    pub state: Option<PathBuf>,
-
-    /// Use --state even when it was made with other weights of the same shape
-    #[arg(long)]
-    pub force: bool,
-
-    /// After generating, write the state (prompt and answer fed) here; may be the --state file
-    #[arg(long, value_name = "PATH")]
-    pub save_state: Option<PathBuf>,
-
-    /// Print the OpenCL platforms and devices (for --device) and exit
-    #[arg(long)]
-    pub list_devices: bool,
 }
 
 impl Args {
-    pub fn sampler(&self) -> SamplerConfig {
-        SamplerConfig {
+    pub fn sampler(&self) -> SamplerArgs {
+        let s = &self.sampling;
+        SamplerArgs {
             temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            penalty_decay: self.penalty_decay,
-            ban: self.ban_token.clone(),
+            top_p: s.top_p,
+            top_k: s.top_k,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            penalty_decay: s.penalty_decay,
+            ban: s.ban_token.clone(),
         }
     }
+
+    /// What ends a `--lines` record in text format (and so each answer).
+    pub fn record_end(&self) -> Vec<u8> {
+        if self.null {
+            return vec![0];
+        }
+        unescape(&self.separator)
+    }
+}
+
+/// `s` with `\n`, `\t`, `\r`, `\0` and `\\` read as the bytes they name.
+pub fn unescape(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chars = s.bytes();
+    while let Some(c) = chars.next() {
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(b'n') => out.push(b'\n'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b'0') => out.push(0),
+            Some(b'\\') => out.push(b'\\'),
+            Some(other) => out.extend([b'\\', other]),
+            None => out.push(b'\\'),
+        }
+    }
+    out
 }
 
 fn finite(s: &str) -> Result<f32, String> {
@@ -167,5 +249,24 @@ fn unit_closed(s: &str) -> Result<f32, String> {
     match finite(s)? {
         v if (0.0..=1.0).contains(&v) => Ok(v),
         _ => Err(format!("`{s}` is not in [0, 1]")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separators_unescape() {
+        assert_eq!(unescape("\\n"), b"\n");
+        assert_eq!(unescape("--\\t\\\\"), b"--\t\\");
+        assert_eq!(unescape("a\\qb\\"), b"a\\qb\\");
+    }
+
+    #[test]
+    fn the_last_repeat_of_a_flag_wins() {
+        let a = Args::try_parse_from(["rwkv-gen", "-t", "0", "-t", "0.5", "-n", "3", "-n", "4"])
+            .unwrap();
+        assert_eq!((a.temperature, a.max_tokens), (0.5, 4));
     }
 }

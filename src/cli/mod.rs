@@ -1,45 +1,56 @@
-//! What the three binaries share: flag groups, the exit-code convention, the stdout writer
-//! (flushed per token on a terminal, block-buffered in a pipe, a closed pipe is a quiet
-//! exit) and Ctrl-C handling. The binaries own stderr; nothing here prints.
+//! What the three binaries share: flag groups, the exit-code convention, loading a model
+//! with its checks done before any work, the stdout writer (a closed pipe is a quiet
+//! exit), input lines of bounded length, the progress bar and Ctrl-C. The binaries own
+//! stderr; nothing here prints but the progress bar, which draws on stderr only when it is
+//! a terminal.
 
 pub mod gen;
+pub mod progress;
 pub mod score;
-
 pub mod signal;
 pub mod state;
+pub mod view;
 
 use crate::backend::opencl::DeviceSpec;
 use crate::error::Error;
 use crate::model::quant_file::quantize_file;
 use crate::model::{LoadOptions, Model, Precision, Quant};
 use crate::tokenizer::Tokenizer;
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 /// Exit codes, documented in every `--help`.
 pub mod exit {
     pub const OK: i32 = 0;
-    /// A runtime error: unreadable file, bad model, bad input data.
+    /// A runtime error: unreadable file, bad model, bad input data (or, for `rwkv-state
+    /// diff`, states that differ).
     pub const RUNTIME: i32 = 1;
     /// A usage error: unknown flag, invalid flag value.
     pub const USAGE: i32 = 2;
     /// Interrupted by Ctrl-C (SIGINT).
     pub const INTERRUPTED: i32 = 130;
+    /// Terminated (SIGTERM).
+    pub const TERMINATED: i32 = 143;
 }
 
 /// The exit-status paragraph every `--help` ends with (a macro, for `concat!`).
 macro_rules! exit_status_help {
     () => {
         "Exit status: 0 success (also when stdout is closed early, as by `| head`), 1 runtime \
-error (unreadable or invalid file or input), 2 usage error, 130 interrupted by Ctrl-C."
+error (unreadable or invalid file or input), 2 usage error, 130 interrupted by Ctrl-C, 143 \
+terminated."
     };
 }
 pub(crate) use exit_status_help;
 
+/// The longest input line read by default (`--max-line-bytes`).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
 /// Flags every model-running binary takes.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Model")]
 pub struct ModelArgs {
-    /// Model file: .safetensors, Ai00 .st or PyTorch .pth (BlinkDL, Hugging Face or Ai00 names)
+    /// Model file: .pth, .safetensors or Ai00 .st (BlinkDL, Hugging Face or Ai00 names)
     #[arg(short = 'm', long, env = "RWKV_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
 
@@ -47,10 +58,6 @@ pub struct ModelArgs {
     /// vocab, bytes for 256]
     #[arg(long, value_name = "world|bytes|FILE")]
     pub tokenizer: Option<String>,
-
-    /// Worker threads [default: all cores]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
 
     /// Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay
     /// as stored)
@@ -78,6 +85,10 @@ pub struct ModelArgs {
     /// (a GPU when one is found, else the CPU)
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
+
+    /// Worker threads [default: all cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 /// `--quant` values.
@@ -117,8 +128,22 @@ impl From<QuantArg> for Quant {
 }
 
 impl ModelArgs {
-    /// Size the thread pool, load the model and pick its tokenizer; `precision` unless
-    /// `--precision` says otherwise.
+    /// The model path, checked: given, and a file.
+    pub fn path(&self) -> Result<&Path, CliError> {
+        let path = self.model.as_deref().ok_or_else(|| {
+            CliError::usage("no model: pass -m PATH or set RWKV_MODEL".to_string())
+        })?;
+        if path.is_dir() {
+            return Err(CliError::runtime(format!(
+                "{}: is a folder, not a model file",
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// Size the thread pool, load the model and pick its tokenizer (checked against the
+    /// model's vocabulary); `precision` unless `--precision` says otherwise.
     pub fn load(&self, precision: Precision) -> Result<(Model, Tokenizer), CliError> {
         let model = self.load_model(precision)?;
         let tok = self.tokenizer(model.cfg.vocab)?;
@@ -130,27 +155,30 @@ impl ModelArgs {
     pub fn load_model(&self, precision: Precision) -> Result<Model, CliError> {
         let precision = self.precision.map_or(precision, Precision::from);
         self.init_threads();
-        let path = self.model.as_ref().ok_or_else(|| {
-            CliError::usage("no model: pass -m PATH or set RWKV_MODEL".to_string())
-        })?;
+        let path = self.path()?;
         let quant = self.quant.map(Quant::from);
         let device = self.device;
-        if let (Some(dst), Some(q)) = (&self.save_quantized, quant) {
-            quantize_file(path, dst, q, self.quant_layers)?;
-            let opts = LoadOptions {
-                device,
-                ..LoadOptions::default()
-            };
-            let mut model = Model::load_with(dst, opts)?;
-            model.set_precision(precision);
-            return Ok(model);
+        if let Some(dst) = &self.save_quantized {
+            crate::atomic::check_writable(dst)?;
         }
-        let opts = LoadOptions {
-            quant,
-            quant_layers: self.quant_layers,
-            device,
+        let mut model = match (&self.save_quantized, quant) {
+            (Some(dst), Some(q)) => {
+                quantize_file(path, dst, q, self.quant_layers)?;
+                let opts = LoadOptions {
+                    device,
+                    ..LoadOptions::default()
+                };
+                Model::load_with(dst, opts)?
+            }
+            _ => {
+                let opts = LoadOptions {
+                    quant,
+                    quant_layers: self.quant_layers,
+                    device,
+                };
+                Model::load_with(path, opts)?
+            }
         };
-        let mut model = Model::load_with(path, opts)?;
         model.set_precision(precision);
         Ok(model)
     }
@@ -170,11 +198,11 @@ impl ModelArgs {
     }
 }
 
-/// An error on its way to `main`: the one line to print and the exit code.
+/// An error on its way to `main`: what to print and the exit code.
 #[derive(Debug)]
 pub struct CliError {
     pub code: i32,
-    /// Empty for a quiet exit (closed stdout).
+    /// Empty for a quiet exit (closed stdout, or errors already reported).
     pub msg: String,
 }
 
@@ -199,6 +227,11 @@ impl CliError {
             msg: String::new(),
         }
     }
+
+    /// Exit 1 quietly: the errors were reported as they happened.
+    pub fn reported() -> Self {
+        CliError::runtime(String::new())
+    }
 }
 
 impl From<Error> for CliError {
@@ -221,30 +254,22 @@ impl From<std::io::Error> for CliError {
     }
 }
 
-/// Parse flags, mapping clap's errors to one line and exit code 2 (help and version print
-/// as usual and exit 0). Returns the message to print on error.
+/// Parse flags. On error: clap's whole message (it names missing arguments, suggests
+/// similar flags, lists allowed values) and exit code 2; help and version print as usual
+/// and exit 0.
 pub fn parse_args<P: clap::Parser>() -> Result<P, (i32, String)> {
-    match P::try_parse() {
-        Ok(p) => Ok(p),
-        Err(e) => {
-            use clap::error::ErrorKind::*;
-            match e.kind() {
-                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => {
-                    Err((exit::OK, e.render().to_string()))
-                }
-                _ => {
-                    let text = e.render().to_string();
-                    let first = text.lines().next().unwrap_or("invalid arguments");
-                    let first = first.trim_start_matches("error: ");
-                    Err((exit::USAGE, format!("{first} (see --help)")))
-                }
-            }
-        }
-    }
+    P::try_parse().map_err(|e| {
+        use clap::error::ErrorKind::*;
+        let code = match e.kind() {
+            DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => exit::OK,
+            _ => exit::USAGE,
+        };
+        (code, e.render().to_string())
+    })
 }
 
-/// stdout, flushed after every record when it is a terminal (or when asked), buffered
-/// otherwise.
+/// stdout: block-buffered, flushed after every record when it is a terminal (or when
+/// asked, as `rwkv-gen` does after every token).
 pub struct Output {
     inner: std::io::BufWriter<std::io::Stdout>,
     flush_each: bool,
@@ -264,7 +289,7 @@ impl Output {
         self.inner.write_all(bytes)
     }
 
-    /// End of a token or record: flush if interactive.
+    /// End of a token or record: flush if asked.
     pub fn tick(&mut self) -> std::io::Result<()> {
         if self.flush_each {
             self.inner.flush()?;
@@ -277,10 +302,139 @@ impl Output {
     }
 }
 
+/// Say on stderr that the program waits on a terminal for `what`, unless `quiet` or stdin
+/// is not a terminal.
+pub fn stdin_hint(name: &str, what: &str, quiet: bool) {
+    if !quiet && std::io::stdin().is_terminal() {
+        eprintln!("{name}: reading {what} from the terminal; end it with Ctrl-D");
+    }
+}
+
 /// Read all of stdin, naming it in the error.
 pub fn read_stdin() -> Result<Vec<u8>, CliError> {
     let mut buf = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
         .map_err(|e| CliError::runtime(format!("reading stdin: {e}")))?;
     Ok(buf)
+}
+
+/// A file's contents, or stdin's for `-`.
+pub fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
+    if path.as_os_str() == "-" {
+        return read_stdin();
+    }
+    if path.is_dir() {
+        return Err(CliError::runtime(format!(
+            "{}: is a folder, not a file",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))
+}
+
+/// One line of input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// The line, without its line end (`\n` or `\r\n`).
+    Text(Vec<u8>),
+    /// A line longer than the limit: its bytes were read and dropped.
+    TooLong(usize),
+    /// Reading failed (the error's message).
+    Unreadable(String),
+}
+
+/// stdin's lines (each at most `max` bytes), read on a thread of their own as they arrive,
+/// at most `ahead` of them waiting: a consumer can take what has arrived without waiting
+/// for more. A read error is the last line.
+pub fn lines_of_stdin(max: usize, ahead: usize) -> std::sync::mpsc::Receiver<Line> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(ahead.max(1));
+    std::thread::spawn(move || {
+        let mut input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
+        loop {
+            let line = match read_line(&mut input, max) {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => Line::Unreadable(e.to_string()),
+            };
+            let last = matches!(line, Line::Unreadable(_));
+            if tx.send(line).is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Read the next line of `r` in memory bounded by `max` bytes; `None` at the end.
+pub fn read_line(r: &mut dyn BufRead, max: usize) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let (mut seen, mut any, mut ended) = (0usize, false, false);
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            break;
+        }
+        any = true;
+        let (take, end) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        // room for `max` bytes and a line end
+        let room = (max + 2).saturating_sub(line.len());
+        line.extend_from_slice(&buf[..take.min(room)]);
+        seen += take;
+        r.consume(take);
+        if end {
+            ended = true;
+            break;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    let stored_all = seen == line.len();
+    if ended && stored_all {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    let content = if stored_all {
+        line.len()
+    } else {
+        seen - usize::from(ended)
+    };
+    if content > max {
+        return Ok(Some(Line::TooLong(content)));
+    }
+    Ok(Some(Line::Text(line)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_in_bounded_memory() {
+        let text = b"ab\r\ncdefgh\n\nlast\nabcd\r\n";
+        let mut r = std::io::BufReader::with_capacity(3, &text[..]);
+        let mut got = Vec::new();
+        while let Some(l) = read_line(&mut r, 4).unwrap() {
+            got.push(l);
+        }
+        assert_eq!(
+            got,
+            vec![
+                Line::Text(b"ab".to_vec()),
+                Line::TooLong(6),
+                Line::Text(vec![]),
+                Line::Text(b"last".to_vec()),
+                Line::Text(b"abcd".to_vec()),
+            ]
+        );
+    }
 }

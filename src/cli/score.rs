@@ -11,7 +11,7 @@ pub enum Color {
     Never,
 }
 
-/// Score text with an RWKV-6 model: log-likelihood, perplexity, bits per byte, per-token
+/// Score text with an RWKV model: log-likelihood, perplexity, bits per byte, per-token
 /// log-probabilities, continuations and multiple-choice ranking. One JSON object per
 /// document on stdout, in input order.
 ///
@@ -24,26 +24,26 @@ pub enum Color {
 #[command(
     name = "rwkv-score",
     version,
+    args_override_self = true,
     after_help = concat!(
         "Output fields: source, tokens, bytes, nll (nats), ppl (exp of nll per token), \
-bits_per_byte; continuations: logprob, greedy; choices: choices[], best, best_per_byte.\n\n",
+bits_per_byte; continuations: logprob, logprob_per_byte, greedy; choices: choices[], best, \
+best_per_byte (correct with a label); --per-token: per_token[] of token, text, bytes, \
+logprob.\n\n",
         "--jsonl input, one object per line:\n",
         "  {\"text\": \"...\"}  {\"ids\": [1, 2]}  {\"context\": \"...\", \"continuation\": \"...\"}\n",
-        "  {\"context\": \"...\", \"choices\": [\"...\", \"...\"]}\n\n",
+        "  {\"context\": \"...\", \"choices\": [\"...\", \"...\"], \"label\": 0}\n\n",
         "Examples:\n",
         "  rwkv-score -m model.pth --summary book1.txt book2.txt\n",
         "  rwkv-score -m model.pth --jsonl < lambada.jsonl\n",
         "  rwkv-score -m model.pth --view < essay.txt\n",
         "  cat part.*.jsonl | rwkv-score --merge\n\n",
-        "An unreadable file is reported and the other files are still scored.
-",
+        "An unreadable file is reported and the other files are still scored; a bad line \
+stops the run after the records before it. A repeated flag takes its last value.\n\n",
         super::exit_status_help!()
     )
 )]
 pub struct Args {
-    #[command(flatten)]
-    pub model: ModelArgs,
-
     /// Documents, one per file; none or `-` reads stdin
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -57,13 +57,26 @@ pub struct Args {
     #[arg(long)]
     pub jsonl: bool,
 
-    /// Add every token with its text and log-probability
+    /// Add a final object with the totals over all documents
+    #[arg(long)]
+    pub summary: bool,
+
+    /// Add every token with its text, bytes and log-probability
     #[arg(long)]
     pub per_token: bool,
 
     /// With --per-token: the K most likely alternatives at each position
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub top_logprobs: usize,
+
+    /// Show the text for a person, each character shaded by its surprisal
+    #[arg(long, conflicts_with_all = ["jsonl", "tokenize", "merge"])]
+    pub view: bool,
+
+    /// Colours for --view [auto: when stdout is a terminal and NO_COLOR is unset]; without
+    /// colour the text is the same, unshaded
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
 
     /// Do not feed token 0 first: the first token is context only
     #[arg(long)]
@@ -77,19 +90,8 @@ pub struct Args {
     #[arg(long)]
     pub force: bool,
 
-    /// Add a final object with the totals over all documents
-    #[arg(long)]
-    pub summary: bool,
-
-    /// Show the text for a person, each token shaded by its surprisal
-    #[arg(long, conflicts_with_all = ["jsonl", "tokenize", "merge"])]
-    pub view: bool,
-
-    /// Colors for --view [auto: when stdout is a terminal and NO_COLOR is unset]
-    #[arg(long, value_enum, default_value_t = Color::Auto)]
-    pub color: Color,
-
-    /// No model: print each document's token ids and counts
+    /// Print each document's token ids and counts (the model's tokenizer when -m is given,
+    /// else --tokenizer, else World); with --jsonl, every text field's
     #[arg(long)]
     pub tokenize: bool,
 
@@ -102,7 +104,18 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk: Option<u32>,
 
-    /// No progress bar (it shows only when stderr is a terminal)
+    /// The longest input line read with --lines and --jsonl; a longer one is an error
+    #[arg(long, value_name = "BYTES", default_value_t = super::MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Load time and scoring speed on stderr
+    #[arg(short = 'v', long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// No progress bar and no hints (the bar shows only when stderr is a terminal)
     #[arg(short = 'q', long)]
     pub quiet: bool,
 }

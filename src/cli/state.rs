@@ -10,18 +10,30 @@ use std::path::PathBuf;
 #[command(
     name = "rwkv-state",
     version,
+    args_override_self = true,
+    disable_help_subcommand = true,
     after_help = concat!(
         "Examples:\n",
         "  rwkv-state feed -m model.pth < system.txt > sys.state\n",
         "  rwkv-state feed -m model.pth --state sys.state -p 'More context' -o next.state\n",
         "  rwkv-state info sys.state\n",
-        "  rwkv-state import rwkv-peft-state.pth -m model.pth -o tuned.state\n\n",
+        "  rwkv-state import rwkv-peft-state.pth -m model.pth -o tuned.state\n",
+        "  rwkv-state diff a.state b.state && echo same\n\n",
+        "`diff` exits 0 when the states are equal, 1 when they differ. ",
         super::exit_status_help!()
     )
 )]
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Load time and speed on stderr
+    #[arg(short = 'v', long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// No hints on stderr (only errors)
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,8 +50,27 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct Feed {
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// Text to feed (instead of stdin)
+    #[arg(
+        short = 'p',
+        long,
+        alias = "text",
+        value_name = "TEXT",
+        conflicts_with = "prompt_file"
+    )]
+    pub prompt: Option<String>,
+
+    /// Feed this file's contents (instead of stdin; `-` is stdin)
+    #[arg(short = 'f', long, alias = "file", value_name = "PATH")]
+    pub prompt_file: Option<PathBuf>,
+
+    /// The input is token ids (separated by spaces, commas or newlines), not text
+    #[arg(long)]
+    pub ids: bool,
+
+    /// Output file; `-` is stdout, the default when stdout is not a terminal
+    #[arg(short = 'o', long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
 
     /// Start from this state (`-` reads it from stdin; then the text comes from -p or -f)
     #[arg(long, value_name = "PATH")]
@@ -49,26 +80,13 @@ pub struct Feed {
     #[arg(long)]
     pub force: bool,
 
-    /// Text to feed (instead of stdin)
-    #[arg(short = 'p', long, value_name = "TEXT", conflicts_with = "file")]
-    pub text: Option<String>,
-
-    /// Feed this file's contents (instead of stdin)
-    #[arg(short = 'f', long, value_name = "PATH")]
-    pub file: Option<PathBuf>,
-
-    /// The input is token ids (separated by spaces, commas or newlines), not text
-    #[arg(long)]
-    pub ids: bool,
-
-    /// Output file; `-` is stdout, the default when stdout is not a terminal
-    #[arg(short = 'o', long, value_name = "PATH")]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct Info {
-    /// A state file (or a state-tuning file)
+    /// A state file or a state-tuning file; `-` reads stdin
     pub file: PathBuf,
 
     /// One JSON object instead of text
@@ -92,7 +110,9 @@ pub struct Import {
 
 #[derive(Debug, clap::Args)]
 pub struct Diff {
+    /// A state file (`-` reads stdin)
     pub a: PathBuf,
+    /// Another state file (`-` reads stdin)
     pub b: PathBuf,
 
     /// JSON lines instead of a table

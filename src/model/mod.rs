@@ -217,6 +217,15 @@ impl Model {
         })
     }
 
+    /// The hyper-parameters of the checkpoint at `path`, read from its header and tensor
+    /// shapes without loading the weights.
+    pub fn inspect(path: &Path) -> Result<Config> {
+        let ck = Checkpoint::open(path)?;
+        let names = Names::new(&ck);
+        names::check_version(&ck, &names)?;
+        v6::config(&ck, &names)
+    }
+
     /// Round the activations of sequence products (prompts, scoring) as `p` says; the CPU
     /// only (an OpenCL device always multiplies in f32).
     pub fn set_precision(&mut self, p: Precision) {
@@ -286,8 +295,14 @@ impl Model {
         }
         self.check(tokens, std::slice::from_ref(state))?;
         let prec = self.sequence_precision();
-        let spans = [0..tokens.len()];
-        self.run.forward(tokens, &spans, &mut [state], prec, want)
+        let whole = 0..tokens.len();
+        self.run.forward(
+            tokens,
+            std::slice::from_ref(&whole),
+            &mut [state],
+            prec,
+            want,
+        )
     }
 
     /// One token for each stream, `tokens[i]` after `states[i]` (each advanced in place):

@@ -51,12 +51,35 @@ impl Tokenizer {
         }
     }
 
-    /// `--tokenizer` if given, else the default for the model's vocab.
+    /// `--tokenizer` if given (checked against the vocab), else the default for the
+    /// model's vocab.
     pub fn choose(spec: Option<&str>, vocab: usize) -> Result<Tokenizer> {
         match spec {
-            Some(s) => Tokenizer::from_spec(s),
+            Some(s) => {
+                let t = Tokenizer::from_spec(s)?;
+                t.check_fits(vocab)?;
+                Ok(t)
+            }
             None => Tokenizer::for_vocab(vocab),
         }
+    }
+
+    /// Refuse a tokenizer whose ids a model of vocab `vocab` cannot read (a World
+    /// tokenizer needs 65536, bytes 256 or more, a tokenizer.json no more ids than the
+    /// model has).
+    pub fn check_fits(&self, vocab: usize) -> Result<()> {
+        let needs = match self {
+            Tokenizer::World(_) => 65536,
+            Tokenizer::Bytes => 256,
+            Tokenizer::Hf(t) => t.get_vocab_size(true),
+        };
+        if needs > vocab {
+            return Err(Error::Tokenizer(format!(
+                "the {} tokenizer needs a model vocab of {needs}, this model's is {vocab}",
+                self.name()
+            )));
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &'static str {

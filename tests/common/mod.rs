@@ -211,6 +211,15 @@ pub fn assert_fails(r: &Run, code: i32, needles: &[&str]) {
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
 
+/// A usage error: exit 2 and clap's whole message (it may span lines), naming what is wrong.
+pub fn assert_usage(r: &Run, needles: &[&str]) {
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for n in needles {
+        assert!(r.stderr.contains(n), "{:?} lacks {n:?}", r.stderr);
+    }
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
 /// A fresh temporary folder under target/.
 pub fn temp_dir(name: &str) -> PathBuf {
     let d =
@@ -321,6 +330,30 @@ pub fn convert_layout(src: &Path, dst: &Path, layout: &str) {
             other => panic!("no layout {other}"),
         };
         out.push((new, t.dtype(), shape, data));
+    }
+    let views: Vec<(String, TensorView)> = out
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let bytes = safetensors::serialize(views, &None::<HashMap<String, String>>).unwrap();
+    std::fs::write(dst, bytes).unwrap();
+}
+
+/// Write `src` again with other weights of the same shape (one norm's weights negated), so
+/// that its fingerprint differs.
+pub fn other_weights(src: &Path, dst: &Path) {
+    use safetensors::tensor::TensorView;
+    let bytes = std::fs::read(src).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in st.tensors() {
+        let mut data = t.data().to_vec();
+        if name == "blocks.0.ln1.weight" {
+            // flip the sign bit of every f16/bf16/f32 value (little-endian: the last byte)
+            let es = data.len() / t.shape().iter().product::<usize>();
+            data.chunks_mut(es).for_each(|v| v[es - 1] ^= 0x80);
+        }
+        out.push((name, t.dtype(), t.shape().to_vec(), data));
     }
     let views: Vec<(String, TensorView)> = out
         .iter()

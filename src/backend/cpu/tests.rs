@@ -335,7 +335,8 @@ fn wkv_matches_scalar() {
         let mut ob = vec![0.0; t * d];
         scalar::wkv6(h, &r, &k, &v, &w, &u, &mut st_b, &mut ob);
         let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
-        let one = [0..t];
+        let whole = 0..t;
+        let one = std::slice::from_ref(&whole);
         for isa in Isa::available() {
             let mut st_a = st0.clone();
             let mut oa = vec![0.0; t * d];
@@ -345,7 +346,7 @@ fn wkv_matches_scalar() {
                 wkv6_with(
                     isa,
                     h,
-                    &one,
+                    one,
                     r,
                     k,
                     v,
@@ -414,7 +415,7 @@ fn wkv_matches_scalar() {
                 wkv6_with(
                     isa,
                     h,
-                    &[0..t - 1],
+                    std::slice::from_ref(&(0..t - 1)),
                     r1,
                     k1,
                     v1,

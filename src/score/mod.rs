@@ -1,4 +1,6 @@
-//! Scoring: log-likelihood of token streams, continuations and choices.
+//! Scoring: log-likelihood of token streams, continuations and choices. [`Stream`] runs a
+//! document; [`docs`] turns input (files, lines, JSON objects) into documents and records;
+//! [`summary`] adds records up, as one run or `--merge` over many.
 //!
 //! A [`Stream`] carries the state through a document of any length in chunks: each chunk is
 //! fed in sequence mode with the logits of every position, position `i` is scored with the
@@ -9,6 +11,9 @@
 //! models are trained with, so every token including the first is predicted; without it
 //! (`bos = false`) the first token is context only, unless the starting state carries
 //! logits, which then predict it.
+
+pub mod docs;
+pub mod summary;
 
 use crate::error::Result;
 use crate::model::{Logits, Model};
@@ -119,7 +124,7 @@ impl<'m> Stream<'m> {
         Ok(())
     }
 
-    /// Feed and score `ids`.
+    /// Feed and score `ids` (every one below the model's vocabulary).
     pub fn score(&mut self, ids: &[u32]) -> Result<()> {
         let v = self.model.cfg.vocab;
         for part in ids.chunks(self.chunk) {
@@ -134,14 +139,20 @@ impl<'m> Stream<'m> {
                 } else {
                     &all[(i - 1) * v..i * v]
                 };
-                self.add(tok, logits);
+                self.add(tok, logits)?;
             }
             self.next = Some(all[(part.len() - 1) * v..].to_vec());
         }
         Ok(())
     }
 
-    fn add(&mut self, tok: u32, logits: &[f32]) {
+    fn add(&mut self, tok: u32, logits: &[f32]) -> Result<()> {
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            return Err(crate::Error::Invalid(format!(
+                "the model gave a non-finite logit (token id {i}) at token {}",
+                self.totals.tokens + 1
+            )));
+        }
         let lp = logits[tok as usize] as f64 - log_sum_exp(logits);
         let greedy = crate::sample::argmax(logits) == tok;
         self.totals.tokens += 1;
@@ -160,6 +171,7 @@ impl<'m> Stream<'m> {
                 top,
             });
         }
+        Ok(())
     }
 
     /// A stream at the same position with fresh totals: one context, several continuations.

@@ -1,0 +1,71 @@
+//! `rwkv-score`'s progress bar: on stderr, only when it is a terminal and not `-q`; it
+//! moves with every chunk scored (bytes done of the total, tokens a second, time left), is
+//! erased before anything is written to the same terminal, and is gone after Ctrl-C.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    tokens: AtomicU64,
+    start: Instant,
+}
+
+impl Progress {
+    /// A bar over `total` bytes (0: unknown, as for stdin), shown only on a terminal.
+    pub fn new(show: bool, total: u64) -> Progress {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let bar = if total > 0 {
+                ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+            } else {
+                ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+            };
+            let template = if total > 0 {
+                "{bar:30} {bytes} of {total_bytes}, {msg}, {eta} left"
+            } else {
+                "{spinner} {bytes}, {msg}"
+            };
+            bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
+            super::signal::set_progress(true);
+            bar
+        });
+        Progress {
+            bar,
+            tokens: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    /// `bytes` and `tokens` more done.
+    pub fn add(&self, bytes: u64, tokens: u64) {
+        let Some(bar) = &self.bar else { return };
+        let t = self.tokens.fetch_add(tokens, Ordering::Relaxed) + tokens;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-6);
+        bar.set_message(format!("{:.0} tokens/s", t as f64 / secs));
+        bar.inc(bytes);
+    }
+
+    /// Run `f` (which writes to the terminal) with the bar erased, then draw it again.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(bar) => bar.suspend(f),
+            None => f(),
+        }
+    }
+
+    /// Erase the bar for good.
+    pub fn clear(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+            super::signal::set_progress(false);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
