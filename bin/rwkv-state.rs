@@ -257,10 +257,7 @@ fn info(a: &Info) -> Result<(), CliError> {
         let mut s = String::new();
         s += &format!("file         {}\n", a.file.display());
         s += &format!("format       {} ({})\n", shown.kind, m.arch);
-        s += &format!(
-            "shape        {} layers, width {}, {} heads of {}, vocab {vocab}\n",
-            c.layers, c.embd, c.heads, c.head_size
-        );
+        s += &format!("shape        {c}, vocab {vocab}\n");
         s += &format!("model        {}\n", unknown(&m.fingerprint));
         s += &format!("tokens fed   {}\n", m.tokens);
         s += &format!("tokenizer    {}\n", unknown(&m.tokenizer));
@@ -283,7 +280,7 @@ fn import(a: &Import) -> Result<(), CliError> {
     let sf = match &a.model {
         Some(m) => {
             let model = Model::load(m)?;
-            let state = state_file::import_tuning(&a.file, model.cfg.state_shape())?;
+            let state = state_file::import_for(&a.file, &model)?;
             StateFile::of(&model, &state, None, 0, "")?
         }
         None => read_any(&a.file)?.0,

@@ -4,6 +4,7 @@
 //! tokenizer throughput.
 //!
 //!     cargo run --release --example bench                  # 1.6B shape, 2 threads
+//!     cargo run --release --example bench -- --arch v7     # RWKV-7 at the same shape
 //!     cargo run --release --example bench -- --layers 61 --embd 4096 --formats nf4,int8
 //!
 //! The synthetic model is written with `synth-model` when missing. Each format runs in its
@@ -24,13 +25,17 @@ use std::time::Instant;
 
 #[derive(Parser)]
 struct Args {
+    /// The synthetic model's generation: v6 or v7
+    #[arg(long, default_value = "v6", value_parser = ["v6", "v7"])]
+    arch: String,
     #[arg(long, default_value_t = 24)]
     layers: usize,
     #[arg(long, default_value_t = 2048)]
     embd: usize,
     #[arg(long, default_value_t = 65536)]
     vocab: usize,
-    /// Model file [default: bench-models/rwkv6-L{layers}-D{embd}-bf16.st, written if missing]
+    /// Model file [default: bench-models/rwkv{6,7}-L{layers}-D{embd}-bf16.st, written if
+    /// missing]
     #[arg(long)]
     model: Option<PathBuf>,
     #[arg(long, default_value = "bf16,int8,nf4")]
@@ -380,8 +385,10 @@ fn main() {
     let args = Args::parse();
     let path = args.model.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
-            "bench-models/rwkv6-L{}-D{}-bf16.st",
-            args.layers, args.embd
+            "bench-models/rwkv{}-L{}-D{}-bf16.st",
+            &args.arch[1..],
+            args.layers,
+            args.embd
         ))
     });
     if let Some(f) = &args.one {
@@ -395,6 +402,7 @@ fn main() {
         eprintln!("writing {} ...", path.display());
         let ok = Command::new("cargo")
             .args(["run", "--release", "--example", "synth-model", "--"])
+            .args(["--arch", &args.arch])
             .args([
                 "--layers",
                 &args.layers.to_string(),
@@ -410,8 +418,9 @@ fn main() {
     }
     let cfg = Model::load(&path).unwrap().cfg;
     println!(
-        "model {} ({} layers, width {}), {} threads, {}-token prompt, {} generated",
+        "model {} ({}, {} layers, width {}), {} threads, {}-token prompt, {} generated",
         path.display(),
+        cfg.arch.title(),
         cfg.n_layer,
         cfg.n_embd,
         args.threads,

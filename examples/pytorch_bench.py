@@ -2,10 +2,12 @@
 
     python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch rwkv safetensors numpy
     /tmp/tv/bin/python examples/pytorch_bench.py bench-models/rwkv6-L24-D2048-bf16.st "cpu bf16"
+    /tmp/tv/bin/python examples/pytorch_bench.py bench-models/rwkv7-L24-D2048-bf16.st "cpu bf16"
 
-Converts the safetensors file to a .pth beside /tmp once (the `rwkv` package reads .pth),
-then prints load time, 512-token prompt tokens/s and generation tokens/s on 2 threads, with
-the same prompt ids as `bench`.
+Converts the safetensors file to a .pth in /tmp once (the `rwkv` package reads .pth), turns
+on the package's RWKV-7 class for an x070 file (`blocks.0.att.k_k`), then prints load time,
+512-token prompt tokens/s and generation tokens/s on 2 threads, with the same prompt ids as
+`bench`.
 """
 import os
 import sys
@@ -19,11 +21,16 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 src = sys.argv[1]
 strategy = sys.argv[2] if len(sys.argv) > 2 else "cpu bf16"
-pth = "/tmp/rwkv-pytorch-bench.pth"
+pth = "/tmp/rwkv-pytorch-bench-" + os.path.basename(src) + ".pth"
 if not os.path.exists(pth):
     from safetensors.torch import load_file
 
     torch.save(load_file(src), pth)
+from safetensors import safe_open  # noqa: E402
+
+with safe_open(src, "pt") as f:
+    if "blocks.0.att.k_k" in f.keys():
+        os.environ["RWKV_V7_ON"] = "1"
 
 from rwkv.model import RWKV  # noqa: E402
 

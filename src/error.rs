@@ -20,10 +20,10 @@ pub enum Error {
     Format { path: PathBuf, msg: String },
 
     /// A model we recognise but do not run.
-    #[error("{}: this is an RWKV {version} model ({evidence}); only RWKV-6 is supported", path.display())]
+    #[error("{}: {what} ({evidence}); these tools run RWKV-6 and RWKV-7 (x070) models", path.display())]
     UnsupportedVersion {
         path: PathBuf,
-        version: &'static str,
+        what: &'static str,
         evidence: String,
     },
 

@@ -239,9 +239,7 @@ impl Parsed {
         let data = bytes.len() as u64 - 8 - n;
         let too_big = || {
             bad(format!(
-                "metadata declares a state ({} layers, width {}, {} heads of {}) larger than \
-                 the file",
-                shape.layers, shape.embd, shape.heads, shape.head_size
+                "metadata declares a state ({shape}) larger than the file"
             ))
         };
         let wkv = (shape.heads as u64)
@@ -448,15 +446,8 @@ pub fn import_tuning(path: &Path, shape: StateShape) -> Result<State> {
     let found = tuning_shape_of(&ck)?;
     if found != shape {
         return Err(Error::StateMismatch(format!(
-            "{}: a state-tuning file of {} layers, {} heads of {}; the model has {} layers, \
-             {} heads of {}",
+            "{}: a state-tuning file for {found}; the model has {shape}",
             path.display(),
-            found.layers,
-            found.heads,
-            found.head_size,
-            shape.layers,
-            shape.heads,
-            shape.head_size
         )));
     }
     let transposed = ck.map.starts_with(b"PK\x03\x04");
@@ -512,6 +503,20 @@ impl Start {
     }
 }
 
+/// The state-tuning file `path` as a state of `model`: RWKV-6 models only, the one
+/// version whose state-tuning layout the official package pins.
+pub fn import_for(path: &Path, model: &Model) -> Result<State> {
+    if model.cfg.arch.version() != crate::model::names::Version::V6 {
+        return Err(Error::StateMismatch(format!(
+            "{}: state-tuning files are read for RWKV-6 models only, and {} is an {} model",
+            path.display(),
+            model.path.display(),
+            model.cfg.arch.title()
+        )));
+    }
+    import_tuning(path, model.cfg.state_shape())
+}
+
 /// The state a run starts from: `path` read by [`load_for`], or the zero state.
 pub fn start_for(path: Option<&Path>, model: &Model, force: bool) -> Result<Start> {
     match path {
@@ -540,25 +545,15 @@ pub fn load_for(path: &Path, model: &Model, force: bool) -> Result<Start> {
             Ok(m) => m.read()?,
             Err(e) if is_not_state(&e) => {
                 // Not ours: maybe a state-tuning file.
-                let Ok(shape) = tuning_shape(path) else {
+                if tuning_shape(path).is_err() {
                     return Err(Error::format(
                         path,
                         "neither a state file (from rwkv-state feed or --save-state) nor a \
                          state-tuning file",
                     ));
-                };
-                if model.cfg.arch.name() != "rwkv6" {
-                    return Err(Error::StateMismatch(format!(
-                        "{}: a state-tuning file; importing them is supported for RWKV-6 \
-                         models only ({} is {})",
-                        path.display(),
-                        model.path.display(),
-                        model.cfg.arch.name()
-                    )));
                 }
-                let _ = shape;
                 return Ok(Start {
-                    state: import_tuning(path, model.cfg.state_shape())?,
+                    state: import_for(path, model)?,
                     logits: None,
                     tokens: 0,
                 });
@@ -585,29 +580,21 @@ pub fn check_fits(shown: &Path, m: &StateMeta, model: &Model, force: bool) -> Re
     let c = &model.cfg;
     if m.arch != c.arch.name() {
         return Err(Error::StateMismatch(format!(
-            "{}: a {} state, but {} is an {} model",
+            "{}: a state of an {} model, but {} is an {} model",
             shown.display(),
-            m.arch,
+            arch_title(&m.arch),
             model.path.display(),
-            c.arch.name()
+            c.arch.title()
         )));
     }
     let s = m.shape;
     if s != c.state_shape() || (m.vocab != 0 && m.vocab != c.vocab) {
         return Err(Error::StateMismatch(format!(
-            "{}: state of another model shape ({} layers, width {}, {} heads of {}, vocab {}) \
-             than {} ({} layers, width {}, {} heads of {}, vocab {})",
+            "{}: state of another model shape ({s}, vocab {}) than {} ({}, vocab {})",
             shown.display(),
-            s.layers,
-            s.embd,
-            s.heads,
-            s.head_size,
             m.vocab,
             model.path.display(),
-            c.n_layer,
-            c.n_embd,
-            c.n_head,
-            c.head_size,
+            c.state_shape(),
             c.vocab
         )));
     }
@@ -622,4 +609,12 @@ pub fn check_fits(shown: &Path, m: &StateMeta, model: &Model, force: bool) -> Re
         )));
     }
     Ok(())
+}
+
+/// `RWKV-6` for `rwkv6`: the name a state file's `arch` stands for.
+fn arch_title(arch: &str) -> String {
+    match arch.strip_prefix("rwkv") {
+        Some(n) => format!("RWKV-{n}"),
+        None => arch.to_string(),
+    }
 }

@@ -114,26 +114,58 @@ fn world_vocab_random_bf16() {
     );
 }
 
-/// Feeding in chunks of 1, 7 and 64 tokens gives the logits and state of one call.
+#[test]
+fn v7_tiny_trained_fp32() {
+    check("tiny-rwkv7-834k.safetensors", "tiny-rwkv7-834k");
+}
+
+#[test]
+fn v7_random_bf16_pth() {
+    check("rand-rwkv7-d256-bf16.pth", "rand-rwkv7-d256-bf16");
+}
+
+#[test]
+fn v7_random_bf16_safetensors() {
+    check("rand-rwkv7-d256-bf16.safetensors", "rand-rwkv7-d256-bf16");
+}
+
+#[test]
+fn v7_random_fp16_safetensors() {
+    check("rand-rwkv7-d256-fp16.safetensors", "rand-rwkv7-d256-fp16");
+}
+
+#[test]
+fn v7_world_vocab_random_bf16() {
+    check(
+        "rand-rwkv7-world-d64-bf16.safetensors",
+        "rand-rwkv7-world-d64-bf16",
+    );
+}
+
+/// Feeding in chunks of 1, 7 and 64 tokens gives the logits and state of one call (both
+/// versions: RWKV-7 carries its state across chunks, and recomputes `v_first` in each).
 #[test]
 fn chunked_feeding_equals_one_call() {
-    let g = golden("shakespeare-rwkv6");
-    let m = Model::load(&model_path("shakespeare-rwkv6.safetensors")).unwrap();
-    let tokens: Vec<u32> = g.tokens.iter().cycle().take(150).copied().collect();
-    let mut st = m.new_state();
-    let whole = m.forward(&tokens, &mut st, Logits::Last).unwrap();
-    for chunk in [1, 7, 64] {
-        let mut st2 = m.new_state();
-        let got = m.feed(&tokens, &mut st2, chunk).unwrap();
-        assert_logits_close(&format!("chunk {chunk}"), &got, &whole);
-        for (a, b) in st.layers().unwrap().iter().zip(st2.layers().unwrap()) {
-            assert_logits_close(&format!("chunk {chunk} wkv"), &a.wkv, &b.wkv);
+    for stem in ["shakespeare-rwkv6", "tiny-rwkv7-834k"] {
+        let g = golden(stem);
+        let m = Model::load(&model_path(&format!("{stem}.safetensors"))).unwrap();
+        let tokens: Vec<u32> = g.tokens.iter().cycle().take(150).copied().collect();
+        let mut st = m.new_state();
+        let whole = m.forward(&tokens, &mut st, Logits::Last).unwrap();
+        for chunk in [1, 7, 64] {
+            let mut st2 = m.new_state();
+            let got = m.feed(&tokens, &mut st2, chunk).unwrap();
+            assert_logits_close(&format!("{stem} chunk {chunk}"), &got, &whole);
+            for (a, b) in st.layers().unwrap().iter().zip(st2.layers().unwrap()) {
+                assert_logits_close(&format!("{stem} chunk {chunk} wkv"), &a.wkv, &b.wkv);
+            }
         }
     }
 }
 
 /// `Logits::Last` and `Logits::None` compute only the rows of the last layer that the
-/// logits or the state read (its receptance, gate, output and FFN products skip the rest):
+/// logits or the state read (its receptance, gate, output and FFN products skip the rest),
+/// in both versions:
 /// the logits and the whole state are exactly those of a call that computes every row, for
 /// stored and quantized weights, and however the sequence ends (1 to 3 tokens are
 /// products of under 4 rows all along).
@@ -141,12 +173,19 @@ fn chunked_feeding_equals_one_call() {
 fn skipped_rows_change_no_bit() {
     let text = b"ROMEO:\nWhat light through yonder window breaks?";
     let all_tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
-    for quant in [None, Some(Quant::Int8), Some(Quant::Nf4)] {
+    let models = [
+        "shakespeare-rwkv6.safetensors",
+        "tiny-rwkv7-834k.safetensors",
+    ];
+    for (quant, file) in [None, Some(Quant::Int8), Some(Quant::Nf4)]
+        .into_iter()
+        .flat_map(|q| models.map(|f| (q, f)))
+    {
         let opts = LoadOptions {
             quant,
             ..LoadOptions::default()
         };
-        let m = Model::load_with(&model_path("shakespeare-rwkv6.safetensors"), opts).unwrap();
+        let m = Model::load_with(&model_path(file), opts).unwrap();
         let v = m.cfg.vocab;
         for n in [1, 2, 3, 5, all_tokens.len()] {
             let tokens = &all_tokens[..n];
@@ -161,16 +200,16 @@ fn skipped_rows_change_no_bit() {
                 .is_empty());
             assert!(
                 got[..] == every[(n - 1) * v..],
-                "{quant:?}, {n} tokens: logits"
+                "{file} {quant:?}, {n} tokens: logits"
             );
             let values = |s: &rwkv::State| s.values().unwrap();
             assert!(
                 values(&last) == values(&all),
-                "{quant:?}, {n} tokens: state after Last"
+                "{file} {quant:?}, {n} tokens: state after Last"
             );
             assert!(
                 values(&none) == values(&all),
-                "{quant:?}, {n} tokens: state after None"
+                "{file} {quant:?}, {n} tokens: state after None"
             );
         }
     }

@@ -37,44 +37,68 @@ fn load_err(path: &Path) -> String {
     Model::load(path).err().expect("the load fails").to_string()
 }
 
+/// Other generations and RWKV-7 variants are refused in one line that says what the file
+/// is; a preview file carrying RWKV-6's marker is not taken for RWKV-6.
 #[test]
 fn other_rwkv_versions_are_named() {
     let dir = temp_dir("load-versions");
+    let emb = ("emb.weight", vec![4, 8]);
     let cases = [
         (
-            "v7",
-            vec![
-                ("emb.weight", vec![4, 8]),
-                ("blocks.0.att.w0", vec![1, 1, 8]),
-            ],
-        ),
-        (
             "v5",
+            "an RWKV-5 model",
             vec![
-                ("emb.weight", vec![4, 8]),
+                emb.clone(),
                 ("blocks.0.att.ln_x.weight", vec![8]),
                 ("blocks.0.att.time_faaaa", vec![1, 8]),
             ],
         ),
         (
             "v4",
+            "an RWKV-4 model",
             vec![
-                ("emb.weight", vec![4, 8]),
+                emb.clone(),
                 ("blocks.0.att.time_first", vec![8]),
                 ("blocks.0.att.time_mix_k", vec![1, 1, 8]),
             ],
         ),
+        (
+            "deepembed",
+            "DeepEmbed",
+            vec![
+                emb.clone(),
+                ("blocks.0.att.k_k", vec![1, 1, 8]),
+                ("blocks.0.ffn.s_emb.weight", vec![4, 1024]),
+            ],
+        ),
+        (
+            "rc4a",
+            "pre-release names",
+            vec![emb.clone(), ("blocks.0.att.time_misc_kkk", vec![1, 1, 8])],
+        ),
+        (
+            "early",
+            "early RWKV-7 preview",
+            vec![
+                emb.clone(),
+                ("blocks.0.att.time_maa_x", vec![1, 1, 8]),
+                ("blocks.0.att.time_aaaaa", vec![1, 1, 8]),
+            ],
+        ),
     ];
-    for (version, tensors) in cases {
-        let p = dir.join(format!("{version}.safetensors"));
+    for (file, says, tensors) in cases {
+        let p = dir.join(format!("{file}.safetensors"));
         write(&p, &tensors);
         let e = load_err(&p);
         assert!(
-            e.contains(&format!("RWKV {version} model")) && e.contains("only RWKV-6"),
+            e.contains(says) && e.contains("these tools run RWKV-6 and RWKV-7"),
             "{e}"
         );
-        assert!(e.contains(&format!("{version}.safetensors")), "{e}");
+        assert!(e.contains(&format!("{file}.safetensors")), "{e}");
     }
+    let p = dir.join("fla.safetensors");
+    write(&p, &[("model.layers.0.attn.k_k", vec![8])]);
+    assert!(load_err(&p).contains("Hugging Face (flash-linear-attention) names"));
     let p = dir.join("other.safetensors");
     write(&p, &[("model.layers.0.weight", vec![2, 2])]);
     assert!(load_err(&p).contains("not an RWKV model"));
@@ -166,29 +190,33 @@ fn synth_model_writes_a_working_model() {
         );
     }
     let dir = temp_dir("load-synth");
-    let out = dir.join("m.st");
-    let s = std::process::Command::new(&exe)
-        .args([
-            "--layers", "3", "--embd", "128", "--vocab", "512", "--dtype", "f16", "-o",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-    let m = Model::load(&out).unwrap();
-    let c = m.cfg;
-    assert_eq!(
-        (c.n_layer, c.n_embd, c.n_head, c.head_size, c.ffn, c.vocab),
-        (3, 128, 2, 64, 448, 512)
-    );
-    let mut st = m.new_state();
-    let logits = m
-        .forward(&[1, 2, 3, 4, 5], &mut st, rwkv::Logits::Last)
-        .unwrap();
-    assert!(logits.iter().all(|l| l.is_finite()));
-    let mean = logits.iter().sum::<f32>() / 512.0;
-    let sd = (logits.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / 512.0).sqrt();
-    assert!(sd > 0.05 && sd < 50.0, "logit spread {sd}");
+    for (arch, ffn) in [("v6", 448), ("v7", 512)] {
+        let out = dir.join(format!("{arch}.st"));
+        let s = std::process::Command::new(&exe)
+            .args([
+                "--arch", arch, "--layers", "3", "--embd", "128", "--vocab", "512",
+            ])
+            .args(["--dtype", "f16", "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+        let m = Model::load(&out).unwrap();
+        let c = m.cfg;
+        assert_eq!(c.arch.name(), format!("rwkv{}", &arch[1..]));
+        assert_eq!(
+            (c.n_layer, c.n_embd, c.n_head, c.head_size, c.ffn, c.vocab),
+            (3, 128, 2, 64, ffn, 512)
+        );
+        let mut st = m.new_state();
+        let logits = m
+            .forward(&[1, 2, 3, 4, 5], &mut st, rwkv::Logits::Last)
+            .unwrap();
+        assert!(logits.iter().all(|l| l.is_finite()));
+        let mean = logits.iter().sum::<f32>() / 512.0;
+        let sd = (logits.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / 512.0).sqrt();
+        assert!(sd > 0.05 && sd < 50.0, "{arch}: logit spread {sd}");
+    }
 }
 
 /// A byte-level BPE tokenizer.json splits "é" into two tokens; the stream decoder gives the

@@ -7,7 +7,7 @@
 //! The operations are products against stored weights, each followed by a named
 //! elementwise step ([`Then`]) that the backend fuses its own way (in the task that summed
 //! the rows on the CPU, in the product's kernel on a device); the layer norm with its token
-//! shift ([`NormShift`]); a LoRA ([`Lora`]); and the wkv recurrences.
+//! shift ([`NormShift`]); a LoRA ([`Lora`]); and the wkv recurrences ([`Wkv6`], [`Wkv7`]).
 //!
 //! A call feeds one or more streams at once: the rows of the activations are the streams'
 //! tokens one after another ([`Batch`](Backend::Batch)), each stream with its own state.
@@ -215,6 +215,47 @@ pub struct Wkv6<'a, B: Backend> {
     pub from: usize,
 }
 
+/// The RWKV-7 time mix's recurrence, `D = H * N`, each stream's rows in order from its
+/// state `[H, N, N]` (`[head, value i, key j]`, the official order; updated). Per row and
+/// head, on the head's `N` channels:
+///
+/// ```text
+/// kk = (k * k_k) / max(|k * k_k|, 1e-12)               the unit removal key
+/// k  = k * (1 + (a - 1) * k_a)
+/// v  = v + (v_first - v) * vg                          with `vg`; without it (layer 0),
+///                                                      v_first = v
+/// s[i][j] = s[i][j] w[j] + (sum_q s[i][q] (-kk[q])) kk[j] a[j] + v[i] k[j]
+/// out[i]  = sum_j s[i][j] r[j]                         with the updated s
+/// out = (GroupNorm(out; H groups, ln_x) + (sum_j r[j] k[j] r_k[j]) v) * g
+/// ```
+///
+/// Outputs only for the rows from `from` on (`g`'s row 0 is row `from`); `r` is read only
+/// there.
+pub struct Wkv7<'a, B: Backend> {
+    pub heads: usize,
+    pub r: Rows<'a, B::Tensor>,
+    /// The decay, `exp(-0.606531 sigmoid(.))`, in (0.545, 1).
+    pub w: Rows<'a, B::Tensor>,
+    pub k: Rows<'a, B::Tensor>,
+    pub v: Rows<'a, B::Tensor>,
+    /// The in-context learning rate, in (0, 1).
+    pub a: Rows<'a, B::Tensor>,
+    /// The value-residual gate (every layer but the first).
+    pub vg: Option<Rows<'a, B::Tensor>>,
+    /// Layer 0's values of the same rows: written by layer 0, read by the others.
+    pub v_first: RowsMut<'a, B::Tensor>,
+    /// `[D]` each.
+    pub k_k: &'a B::Tensor,
+    pub k_a: &'a B::Tensor,
+    /// `[H, N]`: the current token's bonus.
+    pub r_k: &'a B::Tensor,
+    pub state: Range<usize>,
+    pub out: RowsMut<'a, B::Tensor>,
+    pub ln_x: Norm<'a, B::Tensor>,
+    pub g: Rows<'a, B::Tensor>,
+    pub from: usize,
+}
+
 /// What a device backend did since it was opened: kernel launches and transfers between
 /// host and device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -249,12 +290,26 @@ impl MatrixInfo {
 
 /// Where each part of one layer's recurrent state lies in a stream's state: per layer
 /// `att_shift [D]`, the wkv matrix `[H, S, S]`, `ffn_shift [D]`, layers one after another.
+/// (The wkv matrix is `[head, key, value]` in RWKV-6 and `[head, value, key]` in RWKV-7,
+/// each version's official order.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateShape {
     pub layers: usize,
     pub embd: usize,
     pub heads: usize,
     pub head_size: usize,
+}
+
+impl std::fmt::Display for StateShape {
+    /// `24 layers, width 2048, 32 heads of 64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let heads = if self.heads == 1 { "head" } else { "heads" };
+        write!(
+            f,
+            "{} layers, width {}, {} {heads} of {}",
+            self.layers, self.embd, self.heads, self.head_size
+        )
+    }
 }
 
 impl StateShape {
@@ -404,6 +459,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
         &self,
         prec: Precision,
         op: Wkv6<Self>,
+        batch: &Self::Batch,
+        states: &mut [&mut Self::State],
+    ) -> Result<()>;
+    /// [`Wkv7`].
+    fn wkv7(
+        &self,
+        op: Wkv7<Self>,
         batch: &Self::Batch,
         states: &mut [&mut Self::State],
     ) -> Result<()>;

@@ -3,7 +3,7 @@
 //! [`Model::load_with`] maps a checkpoint (safetensors, Ai00 `.st` or PyTorch `.pth`),
 //! detects the naming layout and the RWKV version from the tensor names, reads every
 //! hyper-parameter from the tensor shapes and puts the version's weights on the chosen
-//! backend. Nothing is hard-coded to a size. Each version is one file ([`v6`]) holding its
+//! backend. Nothing is hard-coded to a size. Each version is one file ([`v6`], [`v7`]) holding its
 //! weights and its forward pass, written once over [`crate::backend::Backend`].
 
 pub mod checkpoint;
@@ -14,6 +14,7 @@ pub mod pth;
 pub mod quant_file;
 pub mod table;
 pub mod v6;
+pub mod v7;
 
 use crate::backend::cpu::{bf16_products_here, Cpu};
 use crate::backend::opencl::{DeviceSpec, Ocl};
@@ -25,7 +26,7 @@ pub use crate::tensor::quant::Quant;
 use checkpoint::Checkpoint;
 use engine::{Engine, Run};
 use load::Loader;
-use names::{Layout, Names};
+use names::{Layout, Names, Version};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -39,13 +40,38 @@ pub const PROMPT_CHUNK: usize = 512;
 pub enum Arch {
     /// RWKV-6 ("Finch", x060): the mix LoRA `M` and the decay LoRA `K`.
     V6 { mix_lora: usize, decay_lora: usize },
+    /// RWKV-7 ("Goose", x070): the decay, learning-rate, value-residual and gate LoRAs
+    /// (`Dv` is 0 in a one-layer model, which has no value residual).
+    V7 {
+        w_lora: usize,
+        a_lora: usize,
+        v_lora: usize,
+        g_lora: usize,
+    },
 }
 
 impl Arch {
-    /// `rwkv6`: the name state files and messages use.
+    /// The generation.
+    pub fn version(self) -> Version {
+        match self {
+            Arch::V6 { .. } => Version::V6,
+            Arch::V7 { .. } => Version::V7,
+        }
+    }
+
+    /// `RWKV-6` or `RWKV-7`, for people.
+    pub fn title(self) -> &'static str {
+        match self {
+            Arch::V6 { .. } => "RWKV-6",
+            Arch::V7 { .. } => "RWKV-7",
+        }
+    }
+
+    /// `rwkv6` or `rwkv7`: the name state files and messages use.
     pub fn name(self) -> &'static str {
         match self {
             Arch::V6 { .. } => "rwkv6",
+            Arch::V7 { .. } => "rwkv7",
         }
     }
 }
@@ -79,30 +105,43 @@ impl Config {
         }
     }
 
-    /// RWKV-6's LoRA widths `(M, K)`.
+    /// RWKV-6's LoRA widths `(M, K)` (zero for another version).
     pub fn v6_loras(&self) -> (usize, usize) {
         match self.arch {
             Arch::V6 {
                 mix_lora,
                 decay_lora,
             } => (mix_lora, decay_lora),
+            Arch::V7 { .. } => (0, 0),
         }
     }
 
     /// Parameters, counting every matrix and vector.
     pub fn n_params(&self) -> usize {
-        let (d, f, v) = (self.n_embd, self.ffn, self.vocab);
-        let layer = match self.arch {
+        let (d, f, v, l) = (self.n_embd, self.ffn, self.vocab, self.n_layer);
+        let layers = match self.arch {
             Arch::V6 {
                 mix_lora: m,
                 decay_lora: k,
             } => {
                 let att = 5 * d * d + d * 5 * m + 5 * m * d + 2 * d * k + 12 * d;
                 let ffn = 2 * d * f + d * d + 2 * d;
-                att + ffn + 4 * d
+                l * (att + ffn + 4 * d)
+            }
+            Arch::V7 {
+                w_lora,
+                a_lora,
+                v_lora,
+                g_lora,
+            } => {
+                let att = 4 * d * d + 2 * d * (w_lora + a_lora + g_lora) + 13 * d;
+                let ffn = 2 * d * f + d;
+                // layers 1.. add the value residual's LoRA and bias
+                let residual = 2 * d * v_lora + d;
+                l * (att + ffn + 4 * d) + l.saturating_sub(1) * residual
             }
         };
-        2 * v * d + 4 * d + self.n_layer * layer
+        2 * v * d + 4 * d + layers
     }
 }
 
@@ -197,9 +236,12 @@ impl Model {
     pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Model> {
         let ck = Checkpoint::open(path)?;
         let names = Names::new(&ck);
-        names::check_version(&ck, &names)?;
-        let cfg = v6::config(&ck, &names)?;
-        let fingerprint = fingerprint(&ck, &names, &cfg, &v6::fingerprinted(&cfg))?;
+        let cfg = config(&ck, &names)?;
+        let vectors = match cfg.arch {
+            Arch::V6 { .. } => v6::fingerprinted(&cfg),
+            Arch::V7 { .. } => v7::fingerprinted(&cfg),
+        };
+        let fingerprint = fingerprint(&ck, &names, &cfg, &vectors)?;
         let run: Box<dyn Run> = match Ocl::open(opts.device)? {
             None => engine(Cpu, &ck, &names, &cfg, &opts, true)?,
             #[cfg(feature = "opencl")]
@@ -222,8 +264,7 @@ impl Model {
     pub fn inspect(path: &Path) -> Result<Config> {
         let ck = Checkpoint::open(path)?;
         let names = Names::new(&ck);
-        names::check_version(&ck, &names)?;
-        v6::config(&ck, &names)
+        config(&ck, &names)
     }
 
     /// Round the activations of sequence products (prompts, scoring) as `p` says; the CPU
@@ -377,10 +418,36 @@ fn engine<B: Backend>(
         be: &be,
         quant: opts.quant,
         quant_layers: opts.quant_layers.unwrap_or(cfg.n_layer),
-        quantizable: v6::quantizable,
+        quantizable: quantizable(cfg.arch.version()),
     };
-    let w = v6::load(&l, cfg)?;
-    Ok(Box::new(Engine::new(be, w, cfg.state_shape(), cpu)))
+    let shape = cfg.state_shape();
+    Ok(match cfg.arch {
+        Arch::V6 { .. } => {
+            let w = v6::load(&l, cfg)?;
+            Box::new(Engine::new(be, w, shape, cpu))
+        }
+        Arch::V7 { .. } => {
+            let w = v7::load(&l, cfg)?;
+            Box::new(Engine::new(be, w, shape, cpu))
+        }
+    })
+}
+
+/// The hyper-parameters of `ck`, by the version its names say.
+fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
+    match names::version(ck, names)? {
+        Version::V6 => v6::config(ck, names),
+        Version::V7 => v7::config(ck, names),
+    }
+}
+
+/// Which matrices `--quant` quantizes in a model of version `v` (by BlinkDL name and the
+/// number of layers quantized).
+pub fn quantizable(v: Version) -> fn(&str, usize) -> bool {
+    match v {
+        Version::V6 => v6::quantizable,
+        Version::V7 => v7::quantizable,
+    }
 }
 
 /// FNV-1a over the shape and the exact f32 bits of the per-channel vectors `vectors`.

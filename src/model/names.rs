@@ -122,35 +122,82 @@ pub fn canonical(layout: Layout, name: &str) -> String {
     }
 }
 
-/// Refuse checkpoints of other RWKV generations with a message that says which one it is.
-pub fn check_version(ck: &Checkpoint, names: &Names) -> Result<()> {
+/// The RWKV generation a checkpoint holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V6,
+    V7,
+}
+
+/// The version of `ck`, from its tensor names (`docs/RWKV7.md`); other generations and
+/// variants are refused with a message that says what the file is.
+pub fn version(ck: &Checkpoint, names: &Names) -> Result<Version> {
     let has = |s: &str| names.contains(s);
-    if has("blocks.0.att.time_maa_x") {
-        return Ok(());
-    }
-    let unsupported = |version: &'static str, evidence: &str| Error::UnsupportedVersion {
+    let unsupported = |what: &'static str, evidence: &str| Error::UnsupportedVersion {
         path: ck.path.clone(),
-        version,
+        what,
         evidence: format!("it has `{}`", names.stored(evidence)),
     };
+    // RWKV-7 previews may carry RWKV-6's `time_maa_x`: look for them first.
+    let preview = ck.tensors.keys().find(|k| {
+        let k = k.as_str();
+        ["time_aaa", "time_misc_", "mv_w"]
+            .iter()
+            .any(|p| k.starts_with(&format!("blocks.0.att.{p}")))
+    });
+    if has("blocks.0.ffn.s_emb.weight") {
+        return Err(unsupported(
+            "an RWKV-7a \"DeepEmbed\" model, which adds token-indexed tensors to the FFN",
+            "blocks.0.ffn.s_emb.weight",
+        ));
+    }
+    if has("blocks.0.att.k_k") {
+        return Ok(Version::V7);
+    }
+    if has("blocks.0.att.time_misc_kkk") && !has("blocks.0.att.time_maa_x") {
+        return Err(unsupported(
+            "an RWKV-7 preview under the pre-release names of the 2024-11 training code",
+            "blocks.0.att.time_misc_kkk",
+        ));
+    }
+    if let Some(p) = preview {
+        return Err(unsupported(
+            "an early RWKV-7 preview (2024-11), whose math differs from the released x070",
+            p,
+        ));
+    }
+    if has("blocks.0.att.time_maa_x") {
+        return Ok(Version::V6);
+    }
     for v7 in ["blocks.0.att.w0", "blocks.0.att.x_r", "blocks.0.att.r_k"] {
         if has(v7) {
-            return Err(unsupported("v7", v7));
+            return Err(Error::format(
+                &ck.path,
+                format!("an RWKV-7 checkpoint without `blocks.0.att.k_k` (it has `{v7}`)"),
+            ));
         }
     }
     if has("blocks.0.att.ln_x.weight") {
-        return Err(unsupported("v5", "blocks.0.att.ln_x.weight"));
+        return Err(unsupported("an RWKV-5 model", "blocks.0.att.ln_x.weight"));
     }
     if has("blocks.0.att.time_faaaa") {
-        return Err(unsupported("v4", "blocks.0.att.time_faaaa"));
+        return Err(unsupported("an RWKV-4 model", "blocks.0.att.time_faaaa"));
     }
     if has("blocks.0.att.time_mix_k") || has("blocks.0.att.time_maa_k") {
-        return Err(unsupported("v4", "blocks.0.att.time_maa_k"));
+        return Err(unsupported("an RWKV-4 model", "blocks.0.att.time_maa_k"));
+    }
+    if ck.tensors.contains_key("model.layers.0.attn.k_k") {
+        return Err(Error::format(
+            &ck.path,
+            "an RWKV-7 model under Hugging Face (flash-linear-attention) names, which these \
+             tools do not read; use the released .pth, or a safetensors copy of it",
+        ));
     }
     if has("emb.weight") {
         return Err(Error::format(
             &ck.path,
-            "an RWKV checkpoint of an unknown version: no `blocks.0.att.time_maa_x`",
+            "an RWKV checkpoint of an unknown version: neither `blocks.0.att.time_maa_x` \
+             (RWKV-6) nor `blocks.0.att.k_k` (RWKV-7)",
         ));
     }
     Err(Error::format(

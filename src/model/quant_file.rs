@@ -7,8 +7,7 @@
 //! file, then renamed.
 
 use super::checkpoint::Checkpoint;
-use super::names::{canonical, check_version, Names};
-use super::v6;
+use super::names::{canonical, version, Names};
 use crate::error::{Error, Result};
 use crate::tensor::quant::{self, Quant};
 use crate::tensor::Data;
@@ -48,7 +47,7 @@ fn dtype_name(s: &str) -> Option<&'static str> {
 pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) -> Result<()> {
     let ck = Checkpoint::open(src)?;
     let names = Names::new(&ck);
-    check_version(&ck, &names)?;
+    let quantizable = super::quantizable(version(&ck, &names)?);
     let layers = layers.unwrap_or(usize::MAX);
     let mut entries = Vec::new();
     for (stored, t) in &ck.tensors {
@@ -59,8 +58,7 @@ pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) ->
         })?;
         let canon = canonical(names.layout, stored);
         let float = matches!(dtype, "F32" | "F16" | "BF16");
-        if float && t.shape.len() == 2 && quant::fits(t.shape[1]) && v6::quantizable(&canon, layers)
-        {
+        if float && t.shape.len() == 2 && quant::fits(t.shape[1]) && quantizable(&canon, layers) {
             let (r, c) = (t.shape[0], t.shape[1]);
             let (suffix, qt, qshape, st) = match q {
                 Quant::Int8 => ("q8", "I8", vec![r, c], "F32"),

@@ -5,7 +5,7 @@
 //! - [`plan`]: which kernel runs a product;
 //! - [`dense`]: f32, f16 and bf16 weights; [`bf16`]: bf16 activations and panels;
 //! - [`quant`]: int8 and nf4 weights against integer activations;
-//! - [`wkv`]: the recurrences; [`norm`]: norms, token shift, mixes; [`epilogue`]: the
+//! - [`wkv`], [`wkv7`]: the recurrences; [`norm`]: norms, token shift, mixes; [`epilogue`]: the
 //!   elementwise steps after products;
 //! - [`arch`]: the per-ISA kernels; [`scalar`]: the twins; [`tuning`]: the constants.
 //!
@@ -25,8 +25,11 @@ pub mod schedule;
 pub(crate) mod tests;
 pub mod tuning;
 pub mod wkv;
+pub mod wkv7;
 
-use super::{Backend, Lora, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6};
+use super::{
+    Backend, Lora, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6, Wkv7,
+};
 use crate::error::Result;
 use crate::isa::Isa;
 use crate::tensor::Matrix;
@@ -332,6 +335,61 @@ impl Backend for Cpu {
             from,
             Some(&gated),
         );
+        Ok(())
+    }
+
+    fn wkv7(&self, op: Wkv7<Self>, batch: &CpuBatch, states: &mut [&mut Vec<f32>]) -> Result<()> {
+        let Wkv7 {
+            heads,
+            r,
+            w,
+            k,
+            v,
+            a,
+            vg,
+            v_first,
+            k_k,
+            k_a,
+            r_k,
+            state,
+            out,
+            ln_x,
+            g,
+            from,
+        } = op;
+        let v_first = slice_mut(v_first);
+        let (k, v) = (slice(&k), slice(&v));
+        let residual = match &vg {
+            Some(vg) => Some((slice(vg), &*v_first)),
+            None => {
+                v_first.copy_from_slice(v);
+                None
+            }
+        };
+        let x = wkv7::Wkv7In {
+            r: slice(&r),
+            w: slice(&w),
+            k,
+            v,
+            a: slice(&a),
+            residual,
+            k_k,
+            k_a,
+            r_k,
+            ln: (ln_x.w, ln_x.b, ln_x.eps),
+            g: slice(&g),
+        };
+        let out = slice_mut(out);
+        let isa = Isa::detect();
+        match states {
+            // one stream: no list to allocate
+            [s] => wkv7::wkv7_with(isa, heads, &batch.spans, x, &mut [&mut s[state]], out, from),
+            _ => {
+                let mut parts: Vec<&mut [f32]> =
+                    states.iter_mut().map(|s| &mut s[state.clone()]).collect();
+                wkv7::wkv7_with(isa, heads, &batch.spans, x, &mut parts, out, from)
+            }
+        }
         Ok(())
     }
 }

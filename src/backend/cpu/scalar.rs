@@ -161,3 +161,64 @@ pub fn wkv6(
         }
     }
 }
+
+/// The RWKV-7 recurrence over the `t` tokens of one stream with its GroupNorm, bonus and
+/// gate (see [`crate::backend::Wkv7`]), `D = H * N`: `state [H, N, N]` (`[head, value i,
+/// key j]`, updated); `out [t, D]` written for rows from `from` on (`x.g`'s row 0 is row
+/// `from`). Per head and token, with `kk`, `k`, `v` adjusted first:
+/// `sa[i] = sum_j s[i][j] (-kk[j])`, `s[i][j] = s[i][j] w[j] + sa[i] (kk[j] a[j]) + v[i] k[j]`,
+/// `out[i] = sum_j s[i][j] r[j]`.
+pub fn wkv7(
+    heads: usize,
+    x: &super::wkv7::Wkv7In,
+    state: &mut [f32],
+    out: &mut [f32],
+    from: usize,
+) {
+    let d = x.k_k.len();
+    let n = d / heads;
+    let t = x.r.len() / d;
+    for ti in 0..t {
+        for h in 0..heads {
+            let c0 = h * n;
+            let at = |j: usize| ti * d + c0 + j;
+            let raw: Vec<f32> = (0..n).map(|j| x.k[at(j)] * x.k_k[c0 + j]).collect();
+            let len = raw.iter().fold(0.0f32, |s, q| s + q * q).sqrt();
+            let kk: Vec<f32> = raw
+                .iter()
+                .map(|q| q / len.max(super::wkv7::NORM_EPS))
+                .collect();
+            let a = |j: usize| x.a[at(j)];
+            let k: Vec<f32> = (0..n)
+                .map(|j| x.k[at(j)] * (1.0 + (a(j) - 1.0) * x.k_a[c0 + j]))
+                .collect();
+            let v: Vec<f32> = (0..n)
+                .map(|i| match x.residual {
+                    None => x.v[at(i)],
+                    Some((vg, first)) => x.v[at(i)] + (first[at(i)] - x.v[at(i)]) * vg[at(i)],
+                })
+                .collect();
+            let s = &mut state[h * n * n..(h + 1) * n * n];
+            let sa: Vec<f32> = (0..n)
+                .map(|i| (0..n).fold(0.0f32, |acc, j| acc + s[i * n + j] * -kk[j]))
+                .collect();
+            let mut o = vec![0.0f32; n];
+            for i in 0..n {
+                for j in 0..n {
+                    let c = &mut s[i * n + j];
+                    *c = *c * x.w[at(j)] + sa[i] * (kk[j] * a(j)) + v[i] * k[j];
+                    o[i] += *c * x.r[at(j)];
+                }
+            }
+            if ti < from {
+                continue;
+            }
+            let (lw, lb, eps) = x.ln;
+            layer_norm(&mut o, &lw[c0..c0 + n], &lb[c0..c0 + n], eps);
+            let bonus = (0..n).fold(0.0f32, |acc, j| acc + x.r[at(j)] * k[j] * x.r_k[c0 + j]);
+            for i in 0..n {
+                out[at(i)] = (o[i] + bonus * v[i]) * x.g[(ti - from) * d + c0 + i];
+            }
+        }
+    }
+}

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The kernel sources, in the order they are compiled as one program (formats.cl first:
 /// the others use its helpers).
-const SOURCES: [&str; 5] = [
+const SOURCES: [&str; 6] = [
     include_str!("../../../kernels/formats.cl"),
     include_str!("../../../kernels/norm.cl"),
     include_str!("../../../kernels/products.cl"),
     include_str!("../../../kernels/lora.cl"),
-    include_str!("../../../kernels/wkv.cl"),
+    include_str!("../../../kernels/wkv6.cl"),
+    include_str!("../../../kernels/wkv7.cl"),
 ];
 
 /// An `ocl` error (a framed, multi-line report) as one line.

@@ -11,7 +11,7 @@ use super::device::{cl, discovery, Arg, Device, DeviceState};
 use super::{Device as DevicePick, DeviceSpec};
 use crate::backend::cpu::Cpu;
 use crate::backend::{
-    Backend, Lora, Norm, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6,
+    Backend, Lora, Norm, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6, Wkv7,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Data, Matrix};
@@ -29,7 +29,7 @@ const MM_JOBS: usize = 8;
 /// Up-projections a LoRA launch takes, and its widest hidden layer.
 const LORA_UPS: usize = 5;
 const LORA_MAX_HIDDEN: usize = 1024;
-/// The largest head the recurrence kernel keeps in registers (`WKV_MAX_S`).
+/// The largest head the recurrence kernels keep in registers (`WKV_MAX_S`, `WKV7_MAX_N`).
 const WKV_MAX_S: usize = 64;
 
 /// Weight formats, as `formats.cl` numbers them.
@@ -530,6 +530,78 @@ impl Backend for Ocl {
                 Arg::Int(s as i32),
             ];
             self.dev.launch("wkv6", heads * s, s, &args)?;
+        }
+        Ok(())
+    }
+
+    fn wkv7(
+        &self,
+        op: Wkv7<Self>,
+        batch: &OclBatch,
+        states: &mut [&mut DeviceState],
+    ) -> Result<()> {
+        let Wkv7 {
+            heads,
+            r,
+            w,
+            k,
+            v,
+            a,
+            vg,
+            v_first,
+            k_k,
+            k_a,
+            r_k,
+            state,
+            out,
+            ln_x,
+            g,
+            from,
+        } = op;
+        let d = r.cols;
+        let n = d / heads;
+        if n > WKV_MAX_S {
+            return Err(Error::Device(format!(
+                "heads of {n} channels: the OpenCL recurrence takes at most {WKV_MAX_S}"
+            )));
+        }
+        let row = r.row;
+        let rows_agree = [w.row, k.row, v.row, a.row, v_first.row]
+            .iter()
+            .all(|&x| x == row)
+            && vg.as_ref().is_none_or(|x| x.row == row);
+        assert!(rows_agree, "wkv7: the inputs at different rows");
+        let none = &self.dev.none_f;
+        for (span, st) in batch.spans.iter().zip(states.iter()) {
+            let local_from = from.saturating_sub(span.start);
+            let g_row = g.row + span.start + local_from - from;
+            let args = [
+                Arg::F(self.buf(r.t)),
+                Arg::F(self.buf(w.t)),
+                Arg::F(self.buf(k.t)),
+                Arg::F(self.buf(v.t)),
+                Arg::F(self.buf(a.t)),
+                Arg::F(vg.as_ref().map_or(none, |x| self.buf(x.t))),
+                Arg::F(self.buf(v_first.t)),
+                Arg::Int(((row + span.start) * d) as i32),
+                Arg::Int(vg.is_some() as i32),
+                Arg::F(self.buf(k_k)),
+                Arg::F(self.buf(k_a)),
+                Arg::F(self.buf(r_k)),
+                Arg::F(&st.buf),
+                Arg::Int(state.start as i32),
+                Arg::F(self.buf(out.t)),
+                Arg::Int(((out.row + span.start) * d) as i32),
+                Arg::F(self.buf(ln_x.w)),
+                Arg::F(self.buf(ln_x.b)),
+                Arg::Real(ln_x.eps),
+                Arg::F(self.buf(g.t)),
+                Arg::Int((g_row * d) as i32),
+                Arg::Int(local_from as i32),
+                Arg::Int(span.len() as i32),
+                Arg::Int(n as i32),
+            ];
+            self.dev.launch("wkv7", heads * n, n, &args)?;
         }
         Ok(())
     }

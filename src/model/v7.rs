@@ -1,0 +1,725 @@
+//! RWKV-7 ("Goose", x070): the weights, read from a checkpoint by name, and the forward
+//! pass, written once over the [`Backend`] interface. The math is `docs/RWKV7.md`.
+//!
+//! Notation: `D` width, `H` heads of size `N`, `F` FFN width, `V` vocab, `T` rows of the
+//! call (tokens of all its streams); `Dw`, `Da`, `Dv`, `Dg` the widths of the decay,
+//! learning-rate, value-residual and gate LoRAs, read from each tensor's shape.
+
+use super::load::{in_layers, Affine, Loader};
+use super::{Arch, Config, Logits, Net};
+use crate::backend::{
+    Backend, Mix, Norm, NormShift, Precision, Product, Rows, RowsMut, Then, Wkv7,
+};
+use crate::error::Result;
+use crate::tensor::Matrix;
+use std::ops::Range;
+
+/// LayerNorm epsilon.
+pub const LN_EPS: f32 = 1e-5;
+/// GroupNorm (ln_x) epsilon.
+pub const GN_EPS: f32 = 64e-5;
+
+/// A LoRA used as `x @ w1 @ w2`: `down [W, D]` and `up [D, W]` as `Linear`s.
+pub struct LoraPair<B: Backend> {
+    pub down: B::Matrix,
+    pub up: B::Matrix,
+    /// `W`
+    pub width: usize,
+}
+
+/// The value residual of layers 1 and on: `vg = sigmoid(v0 + (xv @ v1) @ v2)`.
+pub struct ValueResidual<B: Backend> {
+    /// `[D]`
+    pub v0: B::Tensor,
+    pub lora: LoraPair<B>,
+}
+
+/// Time mix (attention) weights of one layer.
+pub struct Att<B: Backend> {
+    /// `[6][D]`: the r, w, k, v, a, g token-shift mixes, in that order.
+    pub x: [B::Tensor; 6],
+    /// `[D]` each: the decay's and the learning rate's biases.
+    pub w0: B::Tensor,
+    pub a0: B::Tensor,
+    pub w: LoraPair<B>,
+    pub a: LoraPair<B>,
+    pub g: LoraPair<B>,
+    /// `None` in layer 0.
+    pub v: Option<ValueResidual<B>>,
+    /// `[D]` each: the removal key's scale, and how much `a` scales the key.
+    pub k_k: B::Tensor,
+    pub k_a: B::Tensor,
+    /// `[H, N]`: the current token's bonus.
+    pub r_k: B::Tensor,
+    /// `[D, D]` each.
+    pub receptance: B::Matrix,
+    pub key: B::Matrix,
+    pub value: B::Matrix,
+    pub output: B::Matrix,
+    /// GroupNorm's affine part.
+    pub ln_x: Affine<B>,
+}
+
+/// Channel mix (FFN) weights of one layer.
+pub struct Ffn<B: Backend> {
+    /// `[D]`
+    pub x_k: B::Tensor,
+    /// `[F, D]`
+    pub key: B::Matrix,
+    /// `[D, F]`
+    pub value: B::Matrix,
+}
+
+pub struct Layer<B: Backend> {
+    pub ln1: Affine<B>,
+    pub ln2: Affine<B>,
+    pub att: Att<B>,
+    pub ffn: Ffn<B>,
+}
+
+pub struct Weights<B: Backend> {
+    pub cfg: Config,
+    /// `[V, D]`, on the host: a call looks up its rows.
+    pub emb: Matrix,
+    /// ln0's affine part, on the host: applied to the rows looked up.
+    pub ln0: (Vec<f32>, Vec<f32>),
+    pub layers: Vec<Layer<B>>,
+    pub ln_out: Affine<B>,
+    /// `[V, D]`
+    pub head: B::Matrix,
+}
+
+/// The hyper-parameters, read from the tensor shapes (`H, N` from `r_k`, the LoRA widths
+/// from their up-projections; `Dv` from layer 1, as layer 0 has no value residual).
+pub fn config(ck: &super::checkpoint::Checkpoint, names: &super::names::Names) -> Result<Config> {
+    let shape = |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
+    let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
+        path: ck.path.clone(),
+        name: names.stored(name).to_string(),
+        expected,
+        found: found.to_vec(),
+    };
+    let emb = shape("emb.weight")?;
+    let [vocab, d] = emb[..] else {
+        return Err(bad("emb.weight", &emb, vec![0, 0]));
+    };
+    let r_k = shape("blocks.0.att.r_k")?;
+    let [h, n] = r_k[..] else {
+        return Err(bad("blocks.0.att.r_k", &r_k, vec![d / 64, 64]));
+    };
+    if h.checked_mul(n) != Some(d) {
+        return Err(bad("blocks.0.att.r_k", &r_k, vec![d / 64, 64]));
+    }
+    let ffn_key = shape("blocks.0.ffn.key.weight")?;
+    let [f, _] = ffn_key[..] else {
+        return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![4 * d, d]));
+    };
+    let width = |name: &str| -> Result<usize> {
+        match shape(name)?[..] {
+            [_, w] => Ok(w),
+            ref s => Err(bad(name, s, vec![d, 64])),
+        }
+    };
+    let layers = names.n_layers();
+    Ok(Config {
+        arch: Arch::V7 {
+            w_lora: width("blocks.0.att.w1")?,
+            a_lora: width("blocks.0.att.a1")?,
+            v_lora: if layers > 1 {
+                width("blocks.1.att.v1")?
+            } else {
+                0
+            },
+            g_lora: width("blocks.0.att.g1")?,
+        },
+        n_layer: layers,
+        n_embd: d,
+        n_head: h,
+        head_size: n,
+        ffn: f,
+        vocab,
+    })
+}
+
+/// The matrices `--quant` quantizes: every projection of the first `layers` layers, and
+/// the head. The embedding, the LoRA matrices and the vectors keep their stored precision.
+pub fn quantizable(canon: &str, layers: usize) -> bool {
+    const PROJECTIONS: [&str; 6] = [
+        "att.receptance.weight",
+        "att.key.weight",
+        "att.value.weight",
+        "att.output.weight",
+        "ffn.key.weight",
+        "ffn.value.weight",
+    ];
+    canon == "head.weight" || in_layers(canon, layers, &PROJECTIONS)
+}
+
+/// The per-channel vectors the model fingerprint hashes, in order.
+pub fn fingerprinted(cfg: &Config) -> Vec<String> {
+    let mut v: Vec<String> = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"]
+        .into_iter()
+        .chain(["ln_out.weight", "ln_out.bias"])
+        .map(String::from)
+        .collect();
+    for i in 0..cfg.n_layer {
+        for t in [
+            "ln1.weight",
+            "ln2.weight",
+            "att.w0",
+            "att.a0",
+            "att.k_k",
+            "att.k_a",
+            "att.r_k",
+            "att.x_r",
+            "att.ln_x.weight",
+            "ffn.x_k",
+        ] {
+            v.push(format!("blocks.{i}.{t}"));
+        }
+    }
+    v
+}
+
+/// A LoRA `prefix1 [D, W]`, `prefix2 [W, D]`, its width read from the tensor.
+fn lora_pair<B: Backend>(l: &Loader<B>, prefix: &str, d: usize) -> Result<LoraPair<B>> {
+    let down = format!("{prefix}1");
+    let shape = l.ck.logical_shape_of(l.names.stored(&down))?;
+    let width = match shape[..] {
+        [_, w] => w,
+        _ => {
+            return Err(crate::Error::Shape {
+                path: l.ck.path.clone(),
+                name: l.names.stored(&down).to_string(),
+                expected: vec![d, 64],
+                found: shape,
+            })
+        }
+    };
+    Ok(LoraPair {
+        down: l.lora(&down, d, width)?,
+        up: l.lora(&format!("{prefix}2"), width, d)?,
+        width,
+    })
+}
+
+/// Build the weights of every layer on `l`'s backend, checking every shape against `cfg`.
+pub fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
+    let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
+    // The head first: quantizing it holds its mapped pages for a moment, best done while
+    // little else is resident.
+    let head = l.matrix("head.weight", &[v, d])?;
+    let mut layers = Vec::with_capacity(cfg.n_layer);
+    for i in 0..cfg.n_layer {
+        let p = |s: &str| format!("blocks.{i}.{s}");
+        let vec = |s: &str| l.vector(&p(s), d);
+        let value_residual = if i == 0 {
+            None
+        } else {
+            Some(ValueResidual {
+                v0: vec("att.v0")?,
+                lora: lora_pair(l, &p("att.v"), d)?,
+            })
+        };
+        let att = Att {
+            x: [
+                vec("att.x_r")?,
+                vec("att.x_w")?,
+                vec("att.x_k")?,
+                vec("att.x_v")?,
+                vec("att.x_a")?,
+                vec("att.x_g")?,
+            ],
+            w0: vec("att.w0")?,
+            a0: vec("att.a0")?,
+            w: lora_pair(l, &p("att.w"), d)?,
+            a: lora_pair(l, &p("att.a"), d)?,
+            g: lora_pair(l, &p("att.g"), d)?,
+            v: value_residual,
+            k_k: vec("att.k_k")?,
+            k_a: vec("att.k_a")?,
+            r_k: l
+                .be
+                .vector(&l.host_vector(&p("att.r_k"), &[cfg.n_head, cfg.head_size])?)?,
+            receptance: l.matrix(&p("att.receptance.weight"), &[d, d])?,
+            key: l.matrix(&p("att.key.weight"), &[d, d])?,
+            value: l.matrix(&p("att.value.weight"), &[d, d])?,
+            output: l.matrix(&p("att.output.weight"), &[d, d])?,
+            ln_x: l.affine(&p("att.ln_x"), d)?,
+        };
+        let ffn = Ffn {
+            x_k: vec("ffn.x_k")?,
+            key: l.matrix(&p("ffn.key.weight"), &[f, d])?,
+            value: l.matrix(&p("ffn.value.weight"), &[d, f])?,
+        };
+        layers.push(Layer {
+            ln1: l.affine(&p("ln1"), d)?,
+            ln2: l.affine(&p("ln2"), d)?,
+            att,
+            ffn,
+        });
+    }
+    Ok(Weights {
+        cfg: *cfg,
+        emb: l.host_matrix("emb.weight", &[v, d])?,
+        ln0: (
+            l.host_vector("blocks.0.ln0.weight", &[d])?,
+            l.host_vector("blocks.0.ln0.bias", &[d])?,
+        ),
+        layers,
+        ln_out: l.affine("ln_out", d)?,
+        head,
+    })
+}
+
+/// The activations of a forward pass, grown to the largest call and reused, so that
+/// generating a token allocates nothing but the logits it returns.
+pub struct Scratch<B: Backend> {
+    /// The residual stream `[T, D]`.
+    x: B::Tensor,
+    /// The normed input and its token shift `[T, D]`.
+    xx: B::Tensor,
+    sx: B::Tensor,
+    /// The mixed inputs `[6][T, D]` (`r w k v a g`; the channel mix uses the first).
+    mixed: [B::Tensor; 6],
+    /// The LoRAs' hidden layers `[T, W]` (`w a v g`).
+    hidden: [B::Tensor; 4],
+    /// `r w k v a vg g [T, D]`, and layer 0's values.
+    r: B::Tensor,
+    w: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    a: B::Tensor,
+    vg: B::Tensor,
+    g: B::Tensor,
+    v_first: B::Tensor,
+    /// The recurrence's output, a projection's, `[T, D]`.
+    out: B::Tensor,
+    y: B::Tensor,
+    /// Channel mix: the key `[T, F]`.
+    kf: B::Tensor,
+    /// `[rows, V]`.
+    logits: B::Tensor,
+    batch: B::Batch,
+}
+
+impl<B: Backend> Net<B> for Weights<B> {
+    type Scratch = Scratch<B>;
+
+    fn scratch(&self, be: &B) -> Scratch<B> {
+        let t = || be.tensor();
+        Scratch {
+            x: t(),
+            xx: t(),
+            sx: t(),
+            mixed: std::array::from_fn(|_| t()),
+            hidden: std::array::from_fn(|_| t()),
+            r: t(),
+            w: t(),
+            k: t(),
+            v: t(),
+            a: t(),
+            vg: t(),
+            g: t(),
+            v_first: t(),
+            out: t(),
+            y: t(),
+            kf: t(),
+            logits: t(),
+            batch: be.batch(),
+        }
+    }
+
+    fn matrices(&self) -> Vec<(String, &B::Matrix)> {
+        let mut v = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, f) = (&l.att, &l.ffn);
+            let mut add = |name: &str, m| v.push((format!("blocks.{i}.{name}"), m));
+            for (name, lora) in [("w", &a.w), ("a", &a.a), ("g", &a.g)]
+                .into_iter()
+                .chain(a.v.as_ref().map(|r| ("v", &r.lora)))
+            {
+                add(&format!("att.{name}1"), &lora.down);
+                add(&format!("att.{name}2"), &lora.up);
+            }
+            add("att.receptance.weight", &a.receptance);
+            add("att.key.weight", &a.key);
+            add("att.value.weight", &a.value);
+            add("att.output.weight", &a.output);
+            add("ffn.key.weight", &f.key);
+            add("ffn.value.weight", &f.value);
+        }
+        v.push(("head.weight".into(), &self.head));
+        v
+    }
+
+    fn embedding(&self) -> &Matrix {
+        &self.emb
+    }
+
+    fn forward(
+        &self,
+        be: &B,
+        sc: &mut Scratch<B>,
+        tokens: &[u32],
+        spans: &[Range<usize>],
+        states: &mut [&mut B::State],
+        prec: Precision,
+        want: Logits,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let (t, d) = (tokens.len(), c.n_embd);
+        for x in [
+            &mut sc.x, &mut sc.xx, &mut sc.sx, &mut sc.r, &mut sc.w, &mut sc.k,
+        ] {
+            be.reserve(x, t * d)?;
+        }
+        for x in [&mut sc.v, &mut sc.a, &mut sc.vg, &mut sc.g, &mut sc.v_first] {
+            be.reserve(x, t * d)?;
+        }
+        for x in [&mut sc.out, &mut sc.y] {
+            be.reserve(x, t * d)?;
+        }
+        for x in &mut sc.mixed {
+            be.reserve(x, t * d)?;
+        }
+        let widest = self.layers.iter().flat_map(|l| {
+            let a = &l.att;
+            [
+                a.w.width,
+                a.a.width,
+                a.g.width,
+                a.v.as_ref().map_or(0, |r| r.lora.width),
+            ]
+        });
+        let widest = widest.max().unwrap_or(0);
+        for x in &mut sc.hidden {
+            be.reserve(x, t * widest)?;
+        }
+        be.reserve(&mut sc.kf, t * c.ffn)?;
+        be.set_batch(&mut sc.batch, spans, states)?;
+
+        let ln0 = Norm {
+            w: &self.ln0.0,
+            b: &self.ln0.1,
+            eps: LN_EPS,
+        };
+        be.embed(&self.emb, ln0, tokens, RowsMut::new(&mut sc.x, 0, t, d))?;
+        // With one stream, the last layer computes only the rows that the logits and the
+        // state read (the state takes every token all the same).
+        let last = self.layers.len() - 1;
+        let one = spans.len() == 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let need = match want {
+                _ if i < last || !one => t,
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => t,
+            };
+            // the channel mix also reads, through its token shift, the row before
+            self.time_mix(be, layer, i, t, sc, states, prec, t - (need + 1).min(t))?;
+            self.channel_mix(be, layer, i, t, sc, states, prec, t - need)?;
+        }
+        let rows = match want {
+            Logits::None => return Ok(()),
+            Logits::Last if one => t - 1..t,
+            Logits::Last | Logits::All => 0..t,
+        };
+        let n = rows.len();
+        be.reserve(&mut sc.logits, n * c.vocab)?;
+        be.layer_norm(
+            RowsMut::new(&mut sc.x, rows.start, n, d),
+            self.ln_out.norm(LN_EPS),
+        )?;
+        be.products(
+            prec,
+            &mut [Product {
+                w: &self.head,
+                x: Rows::new(&sc.x, rows.start, n, d),
+                y: RowsMut::new(&mut sc.logits, 0, n, c.vocab),
+                then: Then::None,
+            }],
+        )?;
+        be.read(Rows::new(&sc.logits, 0, n, c.vocab), out)?;
+        if want == Logits::Last && !one {
+            super::last_rows(out, spans, c.vocab);
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Weights<B> {
+    /// `x [T, D] += Wo wkv7(...)` for the rows from `from` on (`from < T`); rows before it
+    /// stay as they are, though the state (and `v_first`) take every token.
+    #[allow(clippy::too_many_arguments)]
+    fn time_mix(
+        &self,
+        be: &B,
+        l: &Layer<B>,
+        layer: usize,
+        t: usize,
+        sc: &mut Scratch<B>,
+        states: &mut [&mut B::State],
+        prec: Precision,
+        from: usize,
+    ) -> Result<()> {
+        let (at, c) = (&l.att, &self.cfg);
+        let (d, n) = (c.n_embd, t - from);
+        let Scratch {
+            x,
+            xx,
+            sx,
+            mixed,
+            hidden,
+            r,
+            w,
+            k,
+            v,
+            a,
+            vg,
+            g,
+            v_first,
+            out,
+            y,
+            batch,
+            ..
+        } = sc;
+        // xx = LayerNorm(x), sx = the previous row's xx - xx, x_j = xx + sx * mix_j
+        {
+            let mut ys = mixed.iter_mut().zip(&at.x);
+            let mut mixes: [Mix<B>; 6] = std::array::from_fn(|_| {
+                let (out, maa) = ys.next().expect("six mixes");
+                Mix {
+                    maa,
+                    out: RowsMut::new(out, 0, t, d),
+                }
+            });
+            be.norm_shift(
+                NormShift {
+                    x: Rows::new(x, 0, t, d),
+                    ln: l.ln1.norm(LN_EPS),
+                    shift: c.state_shape().att_shift(layer),
+                    xx: RowsMut::new(xx, 0, t, d),
+                    sx: RowsMut::new(sx, 0, t, d),
+                    from: 0,
+                    mixes: &mut mixes,
+                },
+                batch,
+                states,
+            )?;
+        }
+        let [xr, xw, xk, xv, xa, xg] = mixed.each_ref();
+        let [hw, ha, hv, hg] = hidden;
+        // k, v and the LoRAs' hidden layers over every row; r and the gate's from `from`.
+        {
+            let kp = prod(
+                &at.key,
+                first(xk, t, d),
+                RowsMut::new(k, 0, t, d),
+                Then::None,
+            );
+            let vp = prod(
+                &at.value,
+                first(xv, t, d),
+                RowsMut::new(v, 0, t, d),
+                Then::None,
+            );
+            let wp = prod(
+                &at.w.down,
+                first(xw, t, d),
+                RowsMut::new(&mut *hw, 0, t, at.w.width),
+                Then::Tanh,
+            );
+            let ap = prod(
+                &at.a.down,
+                first(xa, t, d),
+                RowsMut::new(&mut *ha, 0, t, at.a.width),
+                Then::None,
+            );
+            let rp = prod(
+                &at.receptance,
+                Rows::new(xr, from, n, d),
+                RowsMut::new(r, from, n, d),
+                Then::None,
+            );
+            let gp = prod(
+                &at.g.down,
+                Rows::new(xg, from, n, d),
+                RowsMut::new(&mut *hg, 0, n, at.g.width),
+                Then::Sigmoid,
+            );
+            let vres = at.v.as_ref().map(|res| {
+                let y = RowsMut::new(&mut *hv, 0, t, res.lora.width);
+                prod(&res.lora.down, first(xv, t, d), y, Then::None)
+            });
+            match (vres, from == 0) {
+                (Some(hp), true) => be.products(prec, &mut [kp, vp, wp, ap, hp, rp, gp])?,
+                (None, true) => be.products(prec, &mut [kp, vp, wp, ap, rp, gp])?,
+                (Some(hp), false) => {
+                    be.products(prec, &mut [kp, vp, wp, ap, hp])?;
+                    be.products(prec, &mut [rp, gp])?;
+                }
+                (None, false) => {
+                    be.products(prec, &mut [kp, vp, wp, ap])?;
+                    be.products(prec, &mut [rp, gp])?;
+                }
+            }
+        }
+        // w = exp(-0.606531 sigmoid(w0 + hw @ w2)), a = sigmoid(a0 + ha @ a2),
+        // vg = sigmoid(v0 + hv @ v2), g = hg @ g2
+        {
+            let wp = prod(
+                &at.w.up,
+                first(hw, t, at.w.width),
+                RowsMut::new(w, 0, t, d),
+                Then::SigmoidDecay(&at.w0),
+            );
+            let ap = prod(
+                &at.a.up,
+                first(ha, t, at.a.width),
+                RowsMut::new(a, 0, t, d),
+                Then::SigmoidPlus(&at.a0),
+            );
+            let gp = prod(
+                &at.g.up,
+                first(hg, n, at.g.width),
+                RowsMut::new(g, 0, n, d),
+                Then::None,
+            );
+            let vres = at.v.as_ref().map(|res| {
+                let y = RowsMut::new(&mut *vg, 0, t, d);
+                prod(
+                    &res.lora.up,
+                    first(hv, t, res.lora.width),
+                    y,
+                    Then::SigmoidPlus(&res.v0),
+                )
+            });
+            match (vres, from == 0) {
+                (Some(vp), true) => be.products(prec, &mut [wp, ap, vp, gp])?,
+                (None, true) => be.products(prec, &mut [wp, ap, gp])?,
+                (Some(vp), false) => {
+                    be.products(prec, &mut [wp, ap, vp])?;
+                    be.products(prec, &mut [gp])?;
+                }
+                (None, false) => {
+                    be.products(prec, &mut [wp, ap])?;
+                    be.products(prec, &mut [gp])?;
+                }
+            }
+        }
+        let all = |m| first(m, t, d);
+        be.wkv7(
+            Wkv7 {
+                heads: c.n_head,
+                r: all(r),
+                w: all(w),
+                k: all(k),
+                v: all(v),
+                a: all(a),
+                vg: at.v.as_ref().map(|_| first(vg, t, d)),
+                v_first: RowsMut::new(v_first, 0, t, d),
+                k_k: &at.k_k,
+                k_a: &at.k_a,
+                r_k: &at.r_k,
+                state: c.state_shape().wkv(layer),
+                out: RowsMut::new(out, 0, t, d),
+                ln_x: at.ln_x.norm(GN_EPS),
+                g: Rows::new(g, 0, n, d),
+                from,
+            },
+            batch,
+            states,
+        )?;
+        be.products(
+            prec,
+            &mut [Product {
+                w: &at.output,
+                x: Rows::new(out, from, n, d),
+                y: RowsMut::new(y, 0, n, d),
+                then: Then::Residual(RowsMut::new(x, from, n, d)),
+            }],
+        )
+    }
+
+    /// `x [T, D] += Wv relu(Wk xk)^2` for the rows from `from` on (`from <= T`); rows
+    /// before it stay as they are (the token shift still reads row `from - 1`, and the
+    /// state takes the last row).
+    #[allow(clippy::too_many_arguments)]
+    fn channel_mix(
+        &self,
+        be: &B,
+        l: &Layer<B>,
+        layer: usize,
+        t: usize,
+        sc: &mut Scratch<B>,
+        states: &mut [&mut B::State],
+        prec: Precision,
+        from: usize,
+    ) -> Result<()> {
+        let (f, c) = (&l.ffn, &self.cfg);
+        let (d, n) = (c.n_embd, t - from);
+        let Scratch {
+            x,
+            xx,
+            sx,
+            mixed: [xk, ..],
+            kf,
+            y,
+            batch,
+            ..
+        } = sc;
+        be.norm_shift(
+            NormShift {
+                x: Rows::new(x, 0, t, d),
+                ln: l.ln2.norm(LN_EPS),
+                shift: c.state_shape().ffn_shift(layer),
+                xx: RowsMut::new(xx, 0, t, d),
+                sx: RowsMut::new(sx, 0, t, d),
+                from,
+                mixes: &mut [Mix {
+                    maa: &f.x_k,
+                    out: RowsMut::new(xk, 0, n, d),
+                }],
+            },
+            batch,
+            states,
+        )?;
+        if n == 0 {
+            return Ok(());
+        }
+        be.products(
+            prec,
+            &mut [Product {
+                w: &f.key,
+                x: Rows::new(xk, 0, n, d),
+                y: RowsMut::new(kf, 0, n, c.ffn),
+                then: Then::ReluSquared,
+            }],
+        )?;
+        be.products(
+            prec,
+            &mut [Product {
+                w: &f.value,
+                x: Rows::new(kf, 0, n, c.ffn),
+                y: RowsMut::new(y, 0, n, d),
+                then: Then::Residual(RowsMut::new(x, from, n, d)),
+            }],
+        )
+    }
+}
+
+/// The first `rows` rows of `cols` values of `x`.
+fn first<T>(x: &T, rows: usize, cols: usize) -> Rows<'_, T> {
+    Rows::new(x, 0, rows, cols)
+}
+
+fn prod<'a, B: Backend>(
+    w: &'a B::Matrix,
+    x: Rows<'a, B::Tensor>,
+    y: RowsMut<'a, B::Tensor>,
+    then: Then<'a, B::Tensor>,
+) -> Product<'a, B> {
+    Product { w, x, y, then }
+}
