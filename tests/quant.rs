@@ -25,17 +25,59 @@ fn info(m: &Model, name: &str) -> rwkv::backend::MatrixInfo {
     all.into_iter().find(|(n, _)| n == name).expect(name).1
 }
 
-/// Measured on these fixtures (README table): int8 0.8-2.4 %, nf4 15-43 % of the largest
-/// logit. The bounds leave a margin and still catch a broken kernel or code book.
+/// The largest logit error over the largest logit, int8 and nf4, as measured on each
+/// fixture (`docs/QUANTIZATION.md`); a quarter more fails, which catches a broken kernel
+/// or code book. (The random d64 models have one 64-weight block a row, nf4's worst case.)
 #[test]
 fn quantized_logits_stay_within_measured_bounds() {
-    for (file, stem) in [
-        ("shakespeare-rwkv6.safetensors", "shakespeare-rwkv6"),
-        ("rand-rwkv6-d256-fp16.safetensors", "rand-rwkv6-d256-fp16"),
-        ("rand-rwkv6-d256-bf16.safetensors", "rand-rwkv6-d256-bf16"),
+    for (file, stem, int8, nf4) in [
+        (
+            "shakespeare-rwkv6.safetensors",
+            "shakespeare-rwkv6",
+            0.0082,
+            0.156,
+        ),
+        (
+            "rand-rwkv6-d256-fp16.safetensors",
+            "rand-rwkv6-d256-fp16",
+            0.0217,
+            0.337,
+        ),
+        (
+            "rand-rwkv6-d256-bf16.safetensors",
+            "rand-rwkv6-d256-bf16",
+            0.0187,
+            0.338,
+        ),
         (
             "rand-rwkv6-world-d64-bf16.safetensors",
             "rand-rwkv6-world-d64-bf16",
+            0.0238,
+            0.428,
+        ),
+        (
+            "tiny-rwkv7-834k.safetensors",
+            "tiny-rwkv7-834k",
+            0.0040,
+            0.064,
+        ),
+        (
+            "rand-rwkv7-d256-bf16.pth",
+            "rand-rwkv7-d256-bf16",
+            0.0192,
+            0.420,
+        ),
+        (
+            "rand-rwkv7-d256-fp16.safetensors",
+            "rand-rwkv7-d256-fp16",
+            0.0226,
+            0.493,
+        ),
+        (
+            "rand-rwkv7-world-d64-bf16.safetensors",
+            "rand-rwkv7-world-d64-bf16",
+            0.0175,
+            0.921,
         ),
     ] {
         let (Some(path), Some(g)) = (fixture(file), try_golden(stem)) else {
@@ -44,8 +86,8 @@ fn quantized_logits_stay_within_measured_bounds() {
         };
         let e8 = worst_error(&load_path(&path, Quant::Int8), &g);
         let e4 = worst_error(&load_path(&path, Quant::Nf4), &g);
-        assert!(e8 > 0.0 && e8 < 0.04, "{stem} int8: {e8}");
-        assert!(e4 > e8 && e4 < 0.6, "{stem} nf4: {e4}");
+        assert!(e8 > 0.0 && e8 <= 1.25 * int8, "{stem} int8: {e8}");
+        assert!(e4 > e8 && e4 <= 1.25 * nf4, "{stem} nf4: {e4}");
     }
 }
 
@@ -223,14 +265,14 @@ fn cli_quant_flags() {
     assert_usage(&r, &["int4", "possible values: int8, nf4"]);
 }
 
-/// What quantization costs on the trained model, in bits per byte of held-out text (a
-/// public-domain King James passage, outside its Shakespeare and Milton training set).
-/// Measured: bf16 1.7792, int8 1.7796, nf4 1.8090 (README table).
+/// What quantization costs on the trained models, in bits per byte of held-out text (a
+/// public-domain King James passage, outside the Shakespeare model's Shakespeare and Milton
+/// training set). Measured: bf16 1.7792, int8 1.7796, nf4 1.8090 (`docs/QUANTIZATION.md`).
 #[test]
 fn quantization_cost_in_bits_per_byte() {
-    let bpb = |q: Option<Quant>| {
+    let bpb = |file: &str, q: Option<Quant>| {
         let m = Model::load_with(
-            &model_path("shakespeare-rwkv6.safetensors"),
+            &model_path(file),
             LoadOptions {
                 quant: q,
                 ..LoadOptions::default()
@@ -239,8 +281,20 @@ fn quantization_cost_in_bits_per_byte() {
         .unwrap();
         heldout_bits_per_byte(&m)
     };
-    let (b16, b8, b4) = (bpb(None), bpb(Some(Quant::Int8)), bpb(Some(Quant::Nf4)));
+    let all = |file| {
+        (
+            bpb(file, None),
+            bpb(file, Some(Quant::Int8)),
+            bpb(file, Some(Quant::Nf4)),
+        )
+    };
+    let (b16, b8, b4) = all("shakespeare-rwkv6.safetensors");
     assert!((b16 - 1.7792).abs() < 2e-3, "bf16 {b16}");
     assert!(b8 >= b16 - 1e-3 && b8 < b16 * 1.005, "int8 {b8} vs {b16}");
     assert!(b4 > b8 && b4 < b16 * 1.05, "nf4 {b4} vs {b16}");
+    // The tiny RWKV-7 (barely trained, f32): 4.9214, 4.9214, 4.9774.
+    let (b32, b8, b4) = all("tiny-rwkv7-834k.safetensors");
+    assert!((b32 - 4.9214).abs() < 2e-3, "f32 {b32}");
+    assert!((b8 - b32).abs() < 1e-3, "int8 {b8} vs {b32}");
+    assert!(b4 > b8 && b4 < b32 * 1.02, "nf4 {b4} vs {b32}");
 }
