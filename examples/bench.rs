@@ -53,6 +53,9 @@ struct Args {
     /// Skip the kernel and tokenizer sections
     #[arg(long)]
     model_only: bool,
+    /// Batched generation: streams decoded together, aggregate tokens/s for each count
+    #[arg(long, default_value = "1,4,8,16,32", value_delimiter = ',')]
+    batch: Vec<usize>,
     /// Run only the kernel micro-benchmarks
     #[arg(long, conflicts_with = "model_only")]
     kernels_only: bool,
@@ -180,6 +183,7 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
     let on_cpu = args.device == "cpu";
     let rounds = rounds(args.gen);
     let (mut gen_s, mut measured) = (0.0, Vec::new());
+    let counted_from = m.counters();
     for r in 0..rounds {
         let n = args.gen * (r + 1) / rounds - args.gen * r / rounds;
         let t2 = Instant::now();
@@ -197,6 +201,43 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
             }));
         }
     }
+    // A device's launches and transfers per generated token.
+    let device = counted_from.zip(m.counters()).map(|(a, b)| {
+        let per = |x: u64, y: u64| (y - x) as f64 / args.gen as f64;
+        serde_json::json!({
+            "launches": per(a.launches, b.launches),
+            "transfers": per(a.uploads + a.downloads, b.uploads + b.downloads),
+            "layers": m.cfg.n_layer,
+            "weight_bytes": m.weight_bytes(),
+        })
+    });
+    // Batched generation: n streams, each from its own first token, one step for all.
+    let batched: Vec<serde_json::Value> = args
+        .batch
+        .iter()
+        .map(|&n| {
+            let mut states: Vec<rwkv::State> = (0..n).map(|_| m.new_state()).collect();
+            let mut toks: Vec<u32> = (0..n as u32)
+                .map(|i| prompt[i as usize % prompt.len()])
+                .collect();
+            let mut step = |toks: &mut Vec<u32>| {
+                let mut refs: Vec<&mut rwkv::State> = states.iter_mut().collect();
+                let logits = m.step(toks, &mut refs).unwrap();
+                for (i, t) in toks.iter_mut().enumerate() {
+                    *t = rwkv::sample::argmax(&logits[i * v as usize..(i + 1) * v as usize]);
+                }
+            };
+            step(&mut toks); // sizes the scratch
+            let steps = (args.gen / 4).max(4);
+            let t = Instant::now();
+            for _ in 0..steps {
+                step(&mut toks);
+            }
+            let tps = (n * steps) as f64 / t.elapsed().as_secs_f64();
+            let state_bytes = m.cfg.state_shape().len() * 4 * n;
+            serde_json::json!({"n": n, "tps": tps, "state_bytes": state_bytes})
+        })
+        .collect();
     let peak_rss = peak_rss_bytes();
     let c = m.cfg;
     let read_weights = c.n_params() - c.vocab * c.n_embd; // the embedding is looked up, not read
@@ -207,8 +248,19 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
             "prompt_tps": args.prompt as f64 / prompt_s,
             "prompt_bf16_tps": prompt_bf16_tps, "gen_tps": args.gen as f64 / gen_s,
             "peak_rss": peak_rss, "read_weights": read_weights, "rounds": measured,
+            "batched": batched, "device": device,
         })
     );
+}
+
+/// The state memory of one stream, in MB, from the first batched row.
+fn rows_state_mb(rows: &[(String, serde_json::Value)]) -> f64 {
+    rows.iter()
+        .find_map(|(_, r)| {
+            let first = r.as_array()?.first()?;
+            Some(first["state_bytes"].as_f64()? / first["n"].as_f64()? / 1e6)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 fn kernels(threads: usize) {
@@ -442,6 +494,7 @@ fn main() {
          peak RSS    load   achieved"
     );
     let me = std::env::current_exe().unwrap();
+    let mut batch_rows = Vec::new();
     for f in args.formats.split(',') {
         let out = Command::new(&me)
             .args([
@@ -457,6 +510,13 @@ fn main() {
                 &args.threads.to_string(),
                 "--device",
                 &args.device,
+                "--batch",
+                &args
+                    .batch
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 "--model",
             ])
             .arg(&path)
@@ -504,6 +564,45 @@ fn main() {
             r["peak_rss"].as_f64().unwrap() / 1e9,
             r["load_s"].as_f64().unwrap()
         );
+        batch_rows.push((f.to_string(), r["batched"].clone()));
+        if let Some(d) = r["device"].as_object() {
+            let num = |k: &str| d[k].as_f64().unwrap_or(f64::NAN);
+            let per_token = num("launches");
+            // the head is two launches: its norm and its product
+            println!("       launches per token: {per_token:.0}");
+            println!(
+                "       launches per layer: {:.0}",
+                (per_token - 2.0) / num("layers")
+            );
+            println!("       transfers per token: {:.0}", num("transfers"));
+            println!("       weight bytes per token: {:.0}", num("weight_bytes"));
+        }
+    }
+    if !args.batch.is_empty() {
+        println!("\nbatched generation (--lines --batch N): aggregate tokens/s, and x one stream");
+        let head: String = args
+            .batch
+            .iter()
+            .map(|n| format!("{:>16}", format!("N={n}")))
+            .collect();
+        println!("format{head}");
+        for (f, rows) in &batch_rows {
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            let one = rows
+                .first()
+                .and_then(|r| r["tps"].as_f64())
+                .unwrap_or(f64::NAN);
+            let cells: String = rows
+                .iter()
+                .map(|r| {
+                    let t = r["tps"].as_f64().unwrap_or(f64::NAN);
+                    format!("{:>16}", format!("{t:.1} ({:.1}x)", t / one))
+                })
+                .collect();
+            println!("{f:<6}{cells}");
+        }
+        let per = rows_state_mb(&batch_rows);
+        println!("state memory: {per:.1} MB a stream");
     }
     if !args.model_only {
         kernels(args.threads);

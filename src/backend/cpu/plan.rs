@@ -4,7 +4,8 @@
 use super::bf16::bf16_dot_on;
 use super::quant::panel::Panel;
 use super::tuning::{
-    MIN_TASKS, MIN_TASK_ROWS, NARROW, ONE_TOKEN_TASK_WEIGHTS, PANEL_ROWS, SEQUENCE_TASK_WEIGHTS,
+    MIN_TASKS, MIN_TASK_ROWS, NARROW, ONE_TOKEN_TASK_WEIGHTS, PANEL_ROWS, QUANT_PANELS_FROM,
+    SEQUENCE_TASK_WEIGHTS,
 };
 use crate::backend::Precision;
 use crate::isa::Isa;
@@ -29,7 +30,8 @@ pub enum Kernel {
     /// Activations rounded to bf16, 32 rows packed into a panel, `vdpbf16ps`
     /// ([`Precision::Bf16`] on AVX-512 BF16).
     Bf16Panels,
-    /// int8 or nf4 rows against integer activations, a token at a time.
+    /// int8 or nf4 rows against integer activations, a token at a time (under
+    /// [`QUANT_PANELS_FROM`] tokens: a batch of streams, a short chunk).
     QuantDots,
     /// int8 or nf4 rows packed 32 at a time, against eight tokens at a time.
     QuantPanels,
@@ -53,7 +55,7 @@ pub fn kernel(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> Kernel {
         return Kernel::Bf16Panels;
     }
     if quant {
-        return if sequence && int_panels {
+        return if t >= QUANT_PANELS_FROM && int_panels {
             Kernel::QuantPanels
         } else {
             Kernel::QuantDots

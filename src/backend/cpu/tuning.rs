@@ -33,6 +33,11 @@ pub const PANEL_ROWS: usize = 32;
 /// rest for the broadcasts.
 pub const BF16_PANEL_TOKENS: usize = 12;
 
+/// Tokens from which int8 and nf4 products pack their rows into panels: below it, packing
+/// a product's rows costs more than dotting each row, from L1, with every token (batches of
+/// 4 to 8 streams ran 1.4-2x faster on dots; from 16 the two are even, and panels win at 32).
+pub const QUANT_PANELS_FROM: usize = 16;
+
 /// Tokens one integer panel call multiplies: two integer sums each in registers, beside
 /// two vectors of weights (twelve left too few registers for the broadcasts).
 pub const QUANT_PANEL_TOKENS: usize = 8;
