@@ -341,7 +341,7 @@ fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
     };
     let out = RefCell::new(Output::stdout(true));
     let mut order = InOrder::<Vec<u8>>::default();
-    let (mut failed, mut answered, mut generated) = (false, 0usize, 0usize);
+    let (mut failed, mut answered, mut generated) = (0usize, 0usize, 0usize);
     let started = Instant::now();
     let mut on_step = |_: usize, step: &Step| -> Result<(), Failed> {
         if streamed {
@@ -361,7 +361,7 @@ fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
             Ok(rec) => rec,
             Err(Failed::Output(e)) => return Err(Failed::Output(e)),
             Err(Failed::Input { id, msg }) => {
-                failed = true;
+                failed += 1;
                 if a.jsonl {
                     format!("{}\n", request::error(id.as_ref(), &msg)).into_bytes()
                 } else {
@@ -408,10 +408,15 @@ fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
     if signal::interrupted() {
         return Err(CliError::interrupted());
     }
-    if failed {
-        return Err(CliError::reported());
+    match failed {
+        0 => Ok(()),
+        // each --jsonl error is in its result; stderr says how many
+        n if a.jsonl => Err(CliError::runtime(format!(
+            "{n} of {} requests failed (their results carry the error)",
+            answered + n
+        ))),
+        _ => Err(CliError::reported()),
     }
-    Ok(())
 }
 
 /// A stream for input line `i`, its prompt fed.

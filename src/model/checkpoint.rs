@@ -8,7 +8,7 @@ use super::pth;
 pub use super::table::RawTensor;
 use crate::error::{Error, Result};
 use crate::tensor::{quant, Buf, DType, Data, Matrix};
-use half::{bf16, f16};
+use half::bf16;
 use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,13 +36,7 @@ impl Checkpoint {
             read_safetensors(path, &map)?
         };
         for (name, t) in &tensors {
-            let end = t.offset.checked_add(t.len);
-            if end.is_none_or(|e| e > map.len()) {
-                return Err(Error::format(
-                    path,
-                    format!("truncated: tensor `{name}` ends past the end of the file"),
-                ));
-            }
+            check_entry(path, name, t, map.len())?;
         }
         Ok(Checkpoint {
             path: path.to_path_buf(),
@@ -94,20 +88,16 @@ impl Checkpoint {
         }
         let t = self.get(name)?;
         self.check_shape(name, t, shape)?;
-        let (rows, cols) = match *shape {
-            [r, c] => (r, c),
-            _ => (
-                shape[..shape.len() - 1].iter().product(),
-                shape[shape.len() - 1],
-            ),
-        };
-        let n = rows * cols;
+        // a tensor of any rank as [everything but the last dimension, the last]
+        let cols = shape.last().copied().unwrap_or(1);
+        let rows = t.numel() / cols.max(1);
+        let n = t.numel();
         let data = match self.dtype_of(name, t)? {
-            DType::F32 => Data::F32(Buf::<f32>::from_map(&self.map, t.offset, n)),
-            DType::F16 => Data::F16(Buf::<f16>::from_map(&self.map, t.offset, n)),
-            DType::BF16 => Data::BF16(Buf::<bf16>::from_map(&self.map, t.offset, n)),
+            DType::F32 => self.window(name, t, n).map(Data::F32),
+            DType::F16 => self.window(name, t, n).map(Data::F16),
+            DType::BF16 => self.window(name, t, n).map(Data::BF16),
             DType::Int8 | DType::Nf4 => unreachable!("dtype_of gives stored float types"),
-        };
+        }?;
         Ok(Matrix { rows, cols, data })
     }
 
@@ -137,7 +127,13 @@ impl Checkpoint {
             (&qname, q, &qshape, qtype, 1),
             (&sname, sc, &sshape, stype, ssize),
         ] {
-            if t.shape != *want || t.dtype != ty || t.len != t.numel() * es || !quant::fits(cols) {
+            if t.dtype != ty {
+                return Err(Error::format(
+                    &self.path,
+                    format!("tensor `{n}` is {}, expected {ty}", t.dtype),
+                ));
+            }
+            if t.shape != *want || t.len != t.numel() * es || !quant::fits(cols) {
                 return Err(Error::Shape {
                     path: self.path.clone(),
                     name: n.clone(),
@@ -146,20 +142,20 @@ impl Checkpoint {
                 });
             }
         }
-        let f32_scales = || Buf::<f32>::from_map(&self.map, sc.offset, sc.numel());
+        let f32_scales = || self.window::<f32>(&sname, sc, sc.numel());
         let data = if qtype == "I8" {
             Data::Q8(quant::Q8 {
-                qs: Buf::<i8>::from_map(&self.map, q.offset, q.numel()),
-                scales: f32_scales(),
+                qs: self.window(&qname, q, q.numel())?,
+                scales: f32_scales()?,
             })
         } else {
             let scales = if stype == "F32" {
-                Buf::Owned(f32_scales().iter().map(|&s| bf16::from_f32(s)).collect())
+                Buf::Owned(f32_scales()?.iter().map(|&s| bf16::from_f32(s)).collect())
             } else {
-                Buf::<bf16>::from_map(&self.map, sc.offset, sc.numel())
+                self.window(&sname, sc, sc.numel())?
             };
             Data::Nf4(quant::Nf4 {
-                packed: Buf::<u8>::from_map(&self.map, q.offset, q.numel()),
+                packed: self.window(&qname, q, q.numel())?,
                 scales,
             })
         };
@@ -175,7 +171,7 @@ impl Checkpoint {
             return Some(t.shape.clone());
         }
         let t = self.tensors.get(&format!("{name}.nf4"))?;
-        Some(vec![t.shape[0], t.shape.get(1)? * 2])
+        Some(vec![*t.shape.first()?, t.shape.get(1)?.checked_mul(2)?])
     }
 
     /// [`Checkpoint::logical_shape`], or the error naming the missing tensor.
@@ -221,6 +217,16 @@ impl Checkpoint {
         self.tensors.get(name).map(|t| t.shape.as_slice())
     }
 
+    /// `n` elements of `T` at `t`'s offset, over the map.
+    fn window<T: Copy + 'static>(&self, name: &str, t: &RawTensor, n: usize) -> Result<Buf<T>> {
+        Buf::from_map(&self.map, t.offset, n).ok_or_else(|| {
+            Error::format(
+                &self.path,
+                format!("tensor `{name}` lies past the end of the file"),
+            )
+        })
+    }
+
     fn check_shape(&self, name: &str, t: &RawTensor, shape: &[usize]) -> Result<()> {
         if t.shape != shape {
             return Err(self.shape_error(name, t, shape));
@@ -258,24 +264,43 @@ fn read_safetensors(path: &Path, map: &Mmap) -> Result<Table> {
             "truncated: the safetensors header is longer than the file",
         ));
     }
-    let (_, meta) = safetensors::SafeTensors::read_metadata(map).map_err(|e| match e {
-        safetensors::SafeTensorError::MetadataIncompleteBuffer => Error::format(
-            path,
-            "truncated: the tensor data ends before the header says it does",
-        ),
-        e => Error::format(path, format!("bad safetensors header: {e}")),
+    let (_, meta) = safetensors::SafeTensors::read_metadata(map).map_err(|e| {
+        use safetensors::SafeTensorError as E;
+        let msg = match e {
+            E::MetadataIncompleteBuffer => {
+                "truncated: the tensor data ends before the header says it does".to_string()
+            }
+            E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
+                "the safetensors header is not valid JSON of tensors".to_string()
+            }
+            E::JsonError(_) => "the safetensors header is not valid JSON".to_string(),
+            E::HeaderTooLarge | E::HeaderTooSmall | E::InvalidHeaderLength => {
+                "the safetensors header's length is impossible".to_string()
+            }
+            E::TensorInvalidInfo | E::InvalidOffset(_) | E::ValidationOverflow => {
+                "a tensor's shape, dtype and byte range in the header disagree".to_string()
+            }
+            e => format!("the safetensors header is invalid ({e})"),
+        };
+        Error::format(path, msg)
     })?;
     let base = 8 + n as usize;
     let mut tensors = BTreeMap::new();
     for (name, info) in meta.tensors() {
         let (a, b) = info.data_offsets;
+        let (Some(offset), Some(len)) = (base.checked_add(a), b.checked_sub(a)) else {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}`: byte range {a}..{b} is impossible"),
+            ));
+        };
         tensors.insert(
             name.clone(),
             RawTensor {
                 dtype: format!("{:?}", info.dtype),
                 shape: info.shape.clone(),
-                offset: base + a,
-                len: b - a,
+                offset,
+                len,
             },
         );
     }
@@ -285,4 +310,40 @@ fn read_safetensors(path: &Path, map: &Mmap) -> Result<Table> {
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
     Ok((tensors, metadata))
+}
+
+/// One table entry, before anything trusts it: its element count in checked arithmetic,
+/// its byte length that of its shape and dtype, its bytes inside the file.
+fn check_entry(path: &Path, name: &str, t: &RawTensor, file: usize) -> Result<()> {
+    let bad = |what: String| Error::format(path, format!("tensor `{name}` {what}"));
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad(format!("has an impossible shape {:?}", t.shape)))?;
+    let size = match t.dtype.as_str() {
+        "F64" | "I64" | "U64" => Some(8),
+        "F32" | "I32" | "U32" => Some(4),
+        "F16" | "BF16" | "I16" | "U16" => Some(2),
+        "I8" | "U8" | "BOOL" => Some(1),
+        _ => None,
+    };
+    if let Some(size) = size {
+        if numel.checked_mul(size) != Some(t.len) {
+            return Err(bad(format!(
+                "holds {} bytes, but shape {:?} of {} takes {}",
+                t.len,
+                t.shape,
+                t.dtype,
+                numel.saturating_mul(size)
+            )));
+        }
+    }
+    if t.offset.checked_add(t.len).is_none_or(|e| e > file) {
+        return Err(Error::format(
+            path,
+            format!("truncated: tensor `{name}` ends past the end of the file"),
+        ));
+    }
+    Ok(())
 }

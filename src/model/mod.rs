@@ -433,12 +433,27 @@ fn engine<B: Backend>(
     })
 }
 
-/// The hyper-parameters of `ck`, by the version its names say.
+/// The hyper-parameters of `ck`, by the version its names say; none of them zero.
 fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
-    match names::version(ck, names)? {
-        Version::V6 => v6::config(ck, names),
-        Version::V7 => v7::config(ck, names),
+    let c = match names::version(ck, names)? {
+        Version::V6 => v6::config(ck, names)?,
+        Version::V7 => v7::config(ck, names)?,
+    };
+    let sizes = [
+        ("layers", c.n_layer),
+        ("width", c.n_embd),
+        ("heads", c.n_head),
+        ("head size", c.head_size),
+        ("FFN width", c.ffn),
+        ("vocabulary", c.vocab),
+    ];
+    if let Some((what, _)) = sizes.iter().find(|(_, n)| *n == 0) {
+        return Err(Error::format(
+            &ck.path,
+            format!("a model with no {what} (its tensor shapes say 0)"),
+        ));
     }
+    Ok(c)
 }
 
 /// Which matrices `--quant` quantizes in a model of version `v` (by BlinkDL name and the

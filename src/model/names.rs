@@ -73,20 +73,27 @@ impl Names {
         self.map.contains_key(canon)
     }
 
-    /// Number of blocks: one past the highest `blocks.N.` index.
-    pub fn n_layers(&self) -> usize {
-        self.map
-            .keys()
-            .filter_map(|k| {
-                k.strip_prefix("blocks.")?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .map(|n| n + 1)
-            .max()
-            .unwrap_or(0)
+    /// Number of blocks: one past the highest `blocks.N.` index, every index below it
+    /// present (a name cannot make the loader allocate layers the file does not hold).
+    pub fn n_layers(&self, path: &std::path::Path) -> Result<usize> {
+        let mut seen = std::collections::BTreeSet::new();
+        for k in self.map.keys() {
+            let index = k.strip_prefix("blocks.").and_then(|r| r.split('.').next());
+            if let Some(n) = index.and_then(|n| n.parse::<usize>().ok()) {
+                seen.insert(n);
+            }
+        }
+        match seen.last() {
+            None => Ok(0),
+            Some(&last) if last + 1 == seen.len() => Ok(seen.len()),
+            Some(&last) => {
+                let missing = (0..last).find(|n| !seen.contains(n)).unwrap_or(0);
+                Err(Error::format(
+                    path,
+                    format!("tensors name layer {last}, but layer {missing} has none"),
+                ))
+            }
+        }
     }
 }
 

@@ -9,8 +9,10 @@
 
 use super::table::RawTensor;
 use crate::error::{Error, Result};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::rc::Rc;
 
 /// One zip member: where its (stored, uncompressed) bytes start and how many.
 struct Member {
@@ -37,8 +39,8 @@ fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
         .rev()
         .find(|&i| b[i..].starts_with(b"PK\x05\x06"))
         .ok_or_else(|| bad("no end of central directory (truncated?)"))?;
-    let mut count = le16(b, eocd + 10).unwrap();
-    let mut cd = le32(b, eocd + 16).unwrap();
+    let mut count = le16(b, eocd + 10).unwrap_or(0);
+    let mut cd = le32(b, eocd + 16).unwrap_or(0);
     if count == 0xFFFF || cd == 0xFFFF_FFFF {
         // zip64: locator just before the EOCD points to the zip64 EOCD record.
         let loc = eocd
@@ -47,7 +49,7 @@ fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
         if !b[loc..].starts_with(b"PK\x06\x07") {
             return Err(bad("zip64 locator missing"));
         }
-        let rec = le64(b, loc + 8).unwrap() as usize;
+        let rec = le64(b, loc + 8).map_or(usize::MAX, |r| usize::try_from(r).unwrap_or(usize::MAX));
         if !b.get(rec..).is_some_and(|r| r.starts_with(b"PK\x06\x06")) {
             return Err(bad("zip64 end record missing"));
         }
@@ -55,22 +57,24 @@ fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
         cd = le64(b, rec + 48).ok_or_else(|| bad("zip64 end record truncated"))?;
     }
     let mut members = HashMap::new();
-    let mut p = cd as usize;
+    let mut p = usize::try_from(cd).unwrap_or(usize::MAX);
     for _ in 0..count {
         let hdr = b
-            .get(p..p + 46)
+            .get(p..)
+            .filter(|h| h.len() >= 46)
             .ok_or_else(|| bad("central directory truncated"))?;
         if !hdr.starts_with(b"PK\x01\x02") {
             return Err(bad("central directory entry corrupt"));
         }
-        let method = le16(b, p + 10).unwrap();
-        let mut size = le32(b, p + 24).unwrap();
-        let name_len = le16(b, p + 28).unwrap() as usize;
-        let extra_len = le16(b, p + 30).unwrap() as usize;
-        let comment_len = le16(b, p + 32).unwrap() as usize;
-        let mut local = le32(b, p + 42).unwrap();
-        let name = b
-            .get(p + 46..p + 46 + name_len)
+        let field16 = |at: usize| le16(hdr, at).unwrap_or(0);
+        let method = field16(10);
+        let mut size = le32(hdr, 24).unwrap_or(0);
+        let name_len = field16(28) as usize;
+        let extra_len = field16(30) as usize;
+        let comment_len = field16(32) as usize;
+        let mut local = le32(hdr, 42).unwrap_or(0);
+        let name = hdr
+            .get(46..46 + name_len)
             .ok_or_else(|| bad("central directory truncated"))?;
         let name = String::from_utf8_lossy(name).into_owned();
         // zip64 extra field (id 1): the 0xFFFFFFFF fields, in order usize, csize, offset.
@@ -85,7 +89,7 @@ fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
                     size = le64(b, q).ok_or_else(|| bad("zip64 field truncated"))?;
                     q += 8;
                 }
-                if le32(b, p + 20) == Some(0xFFFF_FFFF) {
+                if le32(hdr, 20) == Some(0xFFFF_FFFF) {
                     q += 8;
                 }
                 if local == 0xFFFF_FFFF {
@@ -97,57 +101,103 @@ fn zip_members(path: &Path, b: &[u8]) -> Result<HashMap<String, Member>> {
         if method != 0 {
             return Err(bad(&format!("member {name} is compressed")));
         }
-        let l = local as usize;
-        if !b.get(l..).is_some_and(|r| r.starts_with(b"PK\x03\x04")) {
+        let l = usize::try_from(local).unwrap_or(usize::MAX);
+        let header = b
+            .get(l..)
+            .filter(|r| r.len() >= 30 && r.starts_with(b"PK\x03\x04"));
+        let Some(header) = header else {
             return Err(bad(&format!(
                 "member {name}: local header missing (truncated?)"
             )));
+        };
+        let lname = le16(header, 26).unwrap_or(0);
+        let lextra = le16(header, 28).unwrap_or(0);
+        // the member's bytes, in checked arithmetic, within the file
+        let start = local + 30 + lname + lextra;
+        let inside = start
+            .checked_add(size)
+            .is_some_and(|end| end <= b.len() as u64);
+        if !inside {
+            return Err(bad(&format!(
+                "member {name} lies past the end (truncated?)"
+            )));
         }
-        let lname = le16(b, l + 26).unwrap() as usize;
-        let lextra = le16(b, l + 28).unwrap() as usize;
         members.insert(
             name,
             Member {
-                offset: l + 30 + lname + lextra,
+                offset: start as usize,
                 size: size as usize,
             },
         );
-        p += 46 + name_len + extra_len + comment_len;
+        p = p
+            .checked_add(46 + name_len + extra_len + comment_len)
+            .ok_or_else(|| bad("central directory corrupt"))?;
     }
     Ok(members)
 }
 
-/// Values of the pickle subset a state dict uses.
+/// Values of the pickle subset a state dict uses. Every value a memo may hand out again is
+/// shared, never copied, so what a pickle builds is bounded by its own size.
 #[derive(Debug, Clone)]
 enum Val {
     None,
-
     Int(i64),
-    Str(String),
-    Tuple(Vec<Val>),
-    Dict(Vec<(Val, Val)>),
-    Global(String),
+    Str(Rc<str>),
+    Tuple(Rc<Children>),
+    /// Keys and values, alternating; shared with the memo, as in Python.
+    Dict(Rc<RefCell<Children>>),
+    Global(Rc<str>),
     /// `('storage', dtype, key, device, numel)` after BINPERSID.
     Storage {
-        dtype: String,
-        key: String,
+        dtype: Rc<str>,
+        key: Rc<str>,
     },
-    Tensor(Box<PickledTensor>),
+    Tensor(Rc<PickledTensor>),
     /// An object we do not interpret (OrderedDict(), metadata): kept as a placeholder.
     Other,
     Mark,
 }
 
-#[derive(Debug, Clone)]
-struct PickledTensor {
-    dtype: String,
-    key: String,
-    offset: usize,
-    shape: Vec<usize>,
-    stride: Vec<usize>,
+/// A tuple's items or a dict's keys and values, dropped without recursion: a hostile pickle
+/// may nest them a million deep.
+#[derive(Debug, Default)]
+struct Children(Vec<Val>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        let mut stack = std::mem::take(&mut self.0);
+        while let Some(v) = stack.pop() {
+            match v {
+                Val::Tuple(rc) => {
+                    if let Ok(mut c) = Rc::try_unwrap(rc) {
+                        stack.append(&mut c.0);
+                    }
+                }
+                Val::Dict(rc) => {
+                    if let Ok(cell) = Rc::try_unwrap(rc) {
+                        stack.append(&mut cell.into_inner().0);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
-fn storage_dtype(global: &str) -> String {
+fn tuple(items: Vec<Val>) -> Val {
+    Val::Tuple(Rc::new(Children(items)))
+}
+
+#[derive(Debug)]
+struct PickledTensor {
+    dtype: Rc<str>,
+    key: Rc<str>,
+    offset: u64,
+    shape: Vec<u64>,
+    stride: Vec<u64>,
+}
+
+fn storage_dtype(global: &str) -> Rc<str> {
     match global {
         "torch FloatStorage" => "F32",
         "torch HalfStorage" => "F16",
@@ -157,11 +207,11 @@ fn storage_dtype(global: &str) -> String {
         "torch IntStorage" => "I32",
         other => other,
     }
-    .to_string()
+    .into()
 }
 
 /// Run the pickle and return the top-level dict.
-fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
+fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<Val>> {
     let bad = |m: String| Error::format(path, format!("unsupported .pth pickle: {m}"));
     let mut stack: Vec<Val> = Vec::new();
     let mut memo: HashMap<u64, Val> = HashMap::new();
@@ -188,8 +238,8 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
             0x80 => {
                 take(&mut i, 1)?;
             } // PROTO
-            b'}' => stack.push(Val::Dict(Vec::new())),
-            b')' => stack.push(Val::Tuple(Vec::new())),
+            b'}' => stack.push(Val::Dict(Rc::default())),
+            b')' => stack.push(tuple(Vec::new())),
             b'N' => stack.push(Val::None),
             0x88 | 0x89 => stack.push(Val::Other),
             b'(' => stack.push(Val::Mark),
@@ -240,13 +290,13 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
             b'X' => {
                 let n = u32::from_le_bytes(take(&mut i, 4)?.try_into().unwrap()) as usize;
                 let s = take(&mut i, n)?;
-                stack.push(Val::Str(String::from_utf8_lossy(s).into_owned()));
+                stack.push(Val::Str(String::from_utf8_lossy(s).into()));
             }
             0x8c => {
                 // SHORT_BINUNICODE
                 let n = take(&mut i, 1)?[0] as usize;
                 let s = take(&mut i, n)?;
-                stack.push(Val::Str(String::from_utf8_lossy(s).into_owned()));
+                stack.push(Val::Str(String::from_utf8_lossy(s).into()));
             }
             b'c' => {
                 let end1 = p[i..].iter().position(|&c| c == b'\n').map(|e| i + e);
@@ -259,11 +309,11 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
                     String::from_utf8_lossy(&p[end1 + 1..end2])
                 );
                 i = end2 + 1;
-                stack.push(Val::Global(g));
+                stack.push(Val::Global(g.into()));
             }
             b't' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(Val::Tuple(items));
+                stack.push(tuple(items));
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
@@ -271,7 +321,7 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
                     return Err(bad("stack underflow".into()));
                 }
                 let items = stack.split_off(stack.len() - n);
-                stack.push(Val::Tuple(items));
+                stack.push(tuple(items));
             }
             b'Q' => {
                 // BINPERSID: ('storage', Global(dtype), key, device, numel)
@@ -279,7 +329,7 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
                 let Val::Tuple(t) = pid else {
                     return Err(bad("persistent id is not a tuple".into()));
                 };
-                match (t.get(1), t.get(2)) {
+                match (t.0.get(1), t.0.get(2)) {
                     (Some(Val::Global(g)), Some(Val::Str(key))) => stack.push(Val::Storage {
                         dtype: storage_dtype(g),
                         key: key.clone(),
@@ -291,8 +341,12 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
                 let args = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
                 let func = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
                 let v = match (&func, args) {
-                    (Val::Global(g), Val::Tuple(a)) if g == "torch._utils _rebuild_tensor_v2" => {
-                        rebuild_tensor(&a).ok_or_else(|| bad("malformed tensor".into()))?
+                    (Val::Global(g), Val::Tuple(a))
+                        if &**g == "torch._utils _rebuild_tensor_v2" =>
+                    {
+                        rebuild_tensor(&a.0).ok_or_else(|| {
+                            bad("a tensor's storage, offset, shape or stride is malformed".into())
+                        })?
                     }
                     _ => Val::Other,
                 };
@@ -301,17 +355,15 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
             b's' => {
                 let v = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
                 let k = stack.pop().ok_or_else(|| bad("stack underflow".into()))?;
-                if let Some(Val::Dict(d)) = stack.last_mut() {
-                    d.push((k, v));
+                if let Some(Val::Dict(d)) = stack.last() {
+                    d.borrow_mut().0.extend([k, v]);
                 }
             }
             b'u' => {
                 let items = pop_mark(&mut stack)?;
-                if let Some(Val::Dict(d)) = stack.last_mut() {
-                    let mut it = items.into_iter();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        d.push((k, v));
-                    }
+                if let Some(Val::Dict(d)) = stack.last() {
+                    let pairs = items.len() / 2 * 2;
+                    d.borrow_mut().0.extend(items.into_iter().take(pairs));
                 }
             }
             b'.' => break,
@@ -319,37 +371,38 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<(Val, Val)>> {
         }
     }
     match stack.pop() {
-        Some(Val::Dict(d)) => Ok(d),
+        Some(Val::Dict(d)) => Ok(std::mem::take(&mut d.borrow_mut().0)),
         _ => Err(bad("the pickle is not a dict of tensors".into())),
     }
 }
 
 fn rebuild_tensor(a: &[Val]) -> Option<Val> {
-    let ints = |v: &Val| -> Option<Vec<usize>> {
+    let ints = |v: &Val| -> Option<Vec<u64>> {
         match v {
-            Val::Tuple(t) => t
-                .iter()
-                .map(|x| match x {
-                    Val::Int(i) if *i >= 0 => Some(*i as usize),
-                    _ => None,
-                })
-                .collect(),
+            Val::Tuple(t) => {
+                t.0.iter()
+                    .map(|x| match x {
+                        Val::Int(i) => u64::try_from(*i).ok(),
+                        _ => None,
+                    })
+                    .collect()
+            }
             _ => None,
         }
     };
     let (Val::Storage { dtype, key }, Val::Int(off)) = (a.first()?, a.get(1)?) else {
         return None;
     };
-    Some(Val::Tensor(Box::new(PickledTensor {
+    Some(Val::Tensor(Rc::new(PickledTensor {
         dtype: dtype.clone(),
         key: key.clone(),
-        offset: usize::try_from(*off).ok()?,
+        offset: u64::try_from(*off).ok()?,
         shape: ints(a.get(2)?)?,
         stride: ints(a.get(3)?)?,
     })))
 }
 
-fn elem_size(dtype: &str) -> usize {
+fn elem_size(dtype: &str) -> u64 {
     match dtype {
         "F16" | "BF16" => 2,
         "F64" | "I64" => 8,
@@ -365,51 +418,56 @@ pub fn read_tensors(path: &Path, b: &[u8]) -> Result<BTreeMap<String, RawTensor>
         .find(|(n, _)| n.ends_with("/data.pkl") || n.as_str() == "data.pkl")
         .ok_or_else(|| Error::format(path, "not a PyTorch checkpoint: no data.pkl in the zip"))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let pkl_bytes = b
-        .get(pkl.offset..pkl.offset + pkl.size)
-        .ok_or_else(|| Error::format(path, "truncated: data.pkl lies past the end"))?;
+    // zip_members checked that every member lies inside the file
+    let pkl_bytes = &b[pkl.offset..pkl.offset + pkl.size];
     let dict = unpickle(path, pkl_bytes)?;
     let mut out = BTreeMap::new();
-    for (k, v) in dict {
-        let (Val::Str(name), Val::Tensor(t)) = (k, v) else {
+    for pair in dict.chunks_exact(2) {
+        let (Val::Str(name), Val::Tensor(t)) = (&pair[0], &pair[1]) else {
             continue;
         };
+        let bad = |what: &str| Error::format(path, format!("tensor `{name}` {what}"));
         // Only contiguous row-major tensors map without a copy; torch.save of a state dict
-        // writes them that way.
-        let mut expect = 1usize;
+        // writes them that way. Every size in u64, checked.
+        let mut expect = 1u64;
         for (d, s) in t.shape.iter().zip(&t.stride).rev() {
             if *d > 1 && *s != expect {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "tensor `{name}` is not contiguous (shape {:?}, stride {:?})",
-                        t.shape, t.stride
-                    ),
-                ));
+                return Err(bad(&format!(
+                    "is not contiguous (shape {:?}, stride {:?})",
+                    t.shape, t.stride
+                )));
             }
-            expect *= d;
+            expect = expect
+                .checked_mul(*d)
+                .ok_or_else(|| bad(&format!("has an impossible shape {:?}", t.shape)))?;
+        }
+        if t.stride.len() != t.shape.len() {
+            return Err(bad("has a stride of another rank than its shape"));
         }
         let storage = members
             .get(&format!("{prefix}data/{}", t.key))
-            .ok_or_else(|| {
-                Error::format(path, format!("tensor `{name}`: storage {} missing", t.key))
-            })?;
+            .ok_or_else(|| bad(&format!("has no storage (`data/{}` missing)", t.key)))?;
         let es = elem_size(&t.dtype);
-        let numel: usize = t.shape.iter().product();
-        let start = t.offset * es;
-        if start + numel * es > storage.size {
-            return Err(Error::format(
-                path,
-                format!("tensor `{name}` lies outside its storage"),
-            ));
-        }
+        let range = t
+            .offset
+            .checked_mul(es)
+            .and_then(|start| Some((start, expect.checked_mul(es)?)))
+            .filter(|&(start, len)| {
+                start
+                    .checked_add(len)
+                    .is_some_and(|e| e <= storage.size as u64)
+            });
+        let Some((start, len)) = range else {
+            return Err(bad("lies outside its storage"));
+        };
+        let shape = t.shape.iter().map(|&d| d as usize).collect();
         out.insert(
-            name,
+            name.to_string(),
             RawTensor {
-                dtype: t.dtype.clone(),
-                shape: t.shape.clone(),
-                offset: storage.offset + start,
-                len: numel * es,
+                dtype: t.dtype.to_string(),
+                shape,
+                offset: storage.offset + start as usize,
+                len: len as usize,
             },
         );
     }

@@ -117,7 +117,7 @@ pub fn config(ck: &super::checkpoint::Checkpoint, names: &super::names::Names) -
             mix_lora: m,
             decay_lora: k,
         },
-        n_layer: names.n_layers(),
+        n_layer: names.n_layers(&ck.path)?,
         n_embd: d,
         n_head: h,
         head_size: s,

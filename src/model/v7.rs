@@ -120,7 +120,7 @@ pub fn config(ck: &super::checkpoint::Checkpoint, names: &super::names::Names) -
             ref s => Err(bad(name, s, vec![d, 64])),
         }
     };
-    let layers = names.n_layers();
+    let layers = names.n_layers(&ck.path)?;
     Ok(Config {
         arch: Arch::V7 {
             w_lora: width("blocks.0.att.w1")?,

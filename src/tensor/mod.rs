@@ -105,29 +105,28 @@ impl<T: Plain> Buf<T> {
 
 impl<T: Copy + 'static> Buf<T> {
     /// A window of `len` elements at byte `offset` of `map`, or an owned copy when the offset
-    /// is not aligned for `T` (safetensors does not promise alignment).
-    pub fn from_map(map: &Arc<Mmap>, offset: usize, len: usize) -> Self {
-        let bytes = &map[offset..offset + len * std::mem::size_of::<T>()];
+    /// is not aligned for `T` (safetensors does not promise alignment); `None` when the
+    /// window does not lie inside the map.
+    pub fn from_map(map: &Arc<Mmap>, offset: usize, len: usize) -> Option<Self> {
+        let end = len
+            .checked_mul(std::mem::size_of::<T>())
+            .and_then(|n| n.checked_add(offset))?;
+        let bytes = map.get(offset..end)?;
         if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
-            Buf::Mapped {
+            return Some(Buf::Mapped {
                 map: Arc::clone(map),
                 offset,
                 len,
-            }
-        } else {
-            let mut v = Vec::<T>::with_capacity(len);
-            // SAFETY: `v` has capacity for `len` elements; the bytes are plain little-endian
-            // numbers of T's size, and every bit pattern of f32/u16 is a valid value.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    v.as_mut_ptr() as *mut u8,
-                    bytes.len(),
-                );
-                v.set_len(len);
-            }
-            Buf::Owned(v)
+            });
         }
+        let mut v = Vec::<T>::with_capacity(len);
+        // SAFETY: `v` has capacity for `len` elements; the bytes are plain little-endian
+        // numbers of T's size, and every bit pattern of f32/u16 is a valid value.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len());
+            v.set_len(len);
+        }
+        Some(Buf::Owned(v))
     }
 }
 
