@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The many-machine recipes against one local run, on the demo model: the Spark job in
+# local[2] mode (score by lines and by files, and generate) and GNU parallel. Any
+# difference fails. Needs spark-submit (pip install pyspark; Java 17) and GNU parallel.
+#
+#   BIN_DIR=target/release examples/spark/check.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=$(realpath "${BIN_DIR:-target/release}")
+M=$PWD/models/shakespeare-rwkv6.safetensors
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+
+# A corpus of 60 lines, and the same text as 12 documents of 5 lines.
+for i in $(seq 1 60); do
+  echo "Line $i: $(sed -n "$((i % 8 + 1))p" tests/data/heldout.txt)"
+done >"$W/corpus.txt"
+mkdir "$W/docs"
+split -l 5 -d "$W/corpus.txt" "$W/docs/doc."
+
+same() { cmp "$1" "$2" && echo "ok: $3"; }
+
+# Score by lines: records and totals against one local run.
+"$BIN/rwkv-score" -m "$M" --lines -q --summary "$W/corpus.txt" >"$W/local.jsonl"
+head -n -1 "$W/local.jsonl" >"$W/local-records.jsonl"
+tail -n 1 "$W/local.jsonl" >"$W/local-summary.json"
+spark-submit --master 'local[2]' examples/spark/rwkv_spark.py score --model "$M" \
+  --input "$W/corpus.txt" --output "$W/spark" --bin-dir "$BIN" --partitions 3 2>"$W/spark.log" ||
+  { tail -20 "$W/spark.log"; exit 1; }
+same "$W/spark/records.jsonl" "$W/local-records.jsonl" "spark score records"
+same "$W/spark/summary.json" "$W/local-summary.json" "spark score totals"
+
+# Score by files, the model and binary shipped with the job.
+(cd "$W/docs" && "$BIN/rwkv-score" -m "$M" -q --summary doc.*) >"$W/local-files.jsonl"
+spark-submit --master 'local[2]' examples/spark/rwkv_spark.py score --model "$M" \
+  --input "$W/docs" --documents files --output "$W/spark-files" --bin-dir "$BIN" \
+  --partitions 4 --ship 2>"$W/spark.log" || { tail -20 "$W/spark.log"; exit 1; }
+same "$W/spark-files/records.jsonl" <(head -n -1 "$W/local-files.jsonl") "spark files records"
+same "$W/spark-files/summary.json" <(tail -n 1 "$W/local-files.jsonl") "spark files totals"
+
+# Generate: every line a request numbered from 1, sampled with a seed.
+python3 -c '
+import json, sys
+for n, line in enumerate(open(sys.argv[1], "rb"), 1):
+    text = line.rstrip(b"\n").decode("utf-8", "replace")
+    print(json.dumps({"id": n, "prompt": text}))
+' "$W/corpus.txt" | "$BIN/rwkv-gen" -m "$M" --jsonl -n 12 --seed 3 >"$W/local-results.jsonl"
+spark-submit --master 'local[2]' examples/spark/rwkv_spark.py generate --model "$M" \
+  --input "$W/corpus.txt" --output "$W/spark-gen" --bin-dir "$BIN" --partitions 3 \
+  -- -n 12 --seed 3 2>"$W/spark.log" || { tail -20 "$W/spark.log"; exit 1; }
+same "$W/spark-gen/results.jsonl" "$W/local-results.jsonl" "spark generate results"
+
+# GNU parallel: blocks of the file in parallel, in order; the totals merged.
+parallel --pipepart -a "$W/corpus.txt" --keep-order --block 1k \
+  "$BIN/rwkv-score" -m "$M" --lines -q >"$W/parallel.jsonl"
+"$BIN/rwkv-score" --merge "$W/parallel.jsonl" >"$W/parallel-summary.json"
+same "$W/parallel-summary.json" "$W/local-summary.json" "parallel totals"
+[ "$(wc -l <"$W/parallel.jsonl")" = 60 ] && echo "ok: parallel records, one a line"
