@@ -34,8 +34,8 @@ pub const PANEL_ROWS: usize = 32;
 pub const BF16_PANEL_TOKENS: usize = 12;
 
 /// Tokens from which int8 and nf4 products pack their rows into panels: below it, packing
-/// a product's rows costs more than dotting each row, from L1, with every token (batches of
-/// 4 to 8 streams ran 1.4-2x faster on dots; from 16 the two are even, and panels win at 32).
+/// a product's rows costs more than dotting each row, from L1, with every token (small
+/// batches of streams; the runs are in `docs/PERFORMANCE.md`).
 pub const QUANT_PANELS_FROM: usize = 16;
 
 /// Tokens one integer panel call multiplies: two integer sums each in registers, beside
