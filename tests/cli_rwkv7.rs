@@ -206,3 +206,24 @@ fn quantized_rwkv7_scores_close() {
         assert!((got - exact).abs() < 0.05 * exact, "{q}: {got} vs {exact}");
     }
 }
+
+/// Prompts decoded together give what each gives alone, greedy and sampled.
+#[test]
+fn batched_lines_equal_one_at_a_time() {
+    let prompts = b"The cat\nA dog sat on\nIn the beginning\nOnce\n";
+    for sampling in [&["-t", "0"][..], &["--seed", "5"][..]] {
+        let out = |batch: &str| {
+            let mut a = vec!["-m", TINY, "--lines", "-n", "12", "--batch", batch];
+            let m = tiny();
+            a[1] = &m;
+            a.extend_from_slice(sampling);
+            let r = run("rwkv-gen", &a, prompts);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            r.stdout
+        };
+        let one = out("1");
+        assert_eq!(one.iter().filter(|&&b| b == b'\n').count(), 4);
+        assert_eq!(out("3"), one, "{sampling:?}");
+        assert_eq!(out("16"), one, "{sampling:?}");
+    }
+}

@@ -1014,3 +1014,45 @@ fn state_files_and_scores_from_the_device_equal_the_cpus() {
         assert!((x - y).abs() < 1e-3 * x.abs().max(1.0), "{x} vs {y}");
     }
 }
+
+/// Streams decoded together on the device (one N-token product per weight, a norm and a
+/// recurrence launch per stream) give each stream what it gets alone, both versions.
+#[test]
+fn batched_streams_on_the_device_equal_single_streams() {
+    for file in [
+        "shakespeare-rwkv6.safetensors",
+        "tiny-rwkv7-834k.safetensors",
+    ] {
+        let m = on_device(&model_path(file));
+        let v = m.cfg.vocab;
+        let prompts: [&[u32]; 3] = [&[10, 20, 30], &[40], &[50, 60]];
+        let mut alone = Vec::new();
+        let mut states = Vec::new();
+        for p in prompts {
+            let mut st = m.new_state();
+            m.forward(p, &mut st, Logits::Last).unwrap();
+            states.push(st);
+        }
+        for (p, st) in prompts.iter().zip(&states) {
+            let mut st = st.try_clone().unwrap();
+            let mut rows = Vec::new();
+            for tok in [7, 8, 9] {
+                rows.push(m.forward(&[tok + p[0]], &mut st, Logits::Last).unwrap());
+            }
+            alone.push(rows);
+        }
+        for step in 0..3 {
+            let toks: Vec<u32> = prompts.iter().map(|p| 7 + step as u32 + p[0]).collect();
+            let mut refs: Vec<&mut rwkv::State> = states.iter_mut().collect();
+            let all = m.step(&toks, &mut refs).unwrap();
+            for (i, rows) in alone.iter().enumerate() {
+                close(
+                    &format!("{file} stream {i} step {step}"),
+                    &all[i * v..(i + 1) * v],
+                    &rows[step],
+                    1e-5,
+                );
+            }
+        }
+    }
+}
