@@ -7,6 +7,7 @@
 //! weights and its forward pass, written once over [`crate::backend::Backend`].
 
 pub mod checkpoint;
+pub mod ends;
 mod engine;
 pub mod load;
 pub mod names;

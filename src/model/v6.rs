@@ -4,17 +4,18 @@
 //! Notation: `D` width, `H` heads of size `S`, `F` FFN width, `V` vocab, `M` mix-LoRA
 //! width, `K` decay-LoRA width, `T` rows of the call (tokens of all its streams).
 
+use super::ends::{rows_from, Ends};
 use super::load::{in_layers, Affine, Loader};
 use super::{Arch, Config, Logits, Net};
 use crate::backend::{
-    Backend, Lora, Mix, Norm, NormShift, Precision, Product, Rows, RowsMut, Then, Up, Wkv6,
+    Backend, Lora, Mix, NormShift, Precision, Product, Rows, RowsMut, Then, Up, Wkv6,
 };
 use crate::error::Result;
 use crate::tensor::Matrix;
 use std::ops::Range;
 
 /// LayerNorm epsilon.
-pub const LN_EPS: f32 = 1e-5;
+pub use super::ends::LN_EPS;
 /// GroupNorm (ln_x) epsilon.
 pub const GN_EPS: f32 = 64e-5;
 
@@ -68,14 +69,9 @@ pub struct Layer<B: Backend> {
 
 pub struct Weights<B: Backend> {
     pub cfg: Config,
-    /// `[V, D]`, on the host: a call looks up its rows.
-    pub emb: Matrix,
-    /// ln0's affine part, on the host: applied to the rows looked up.
-    pub ln0: (Vec<f32>, Vec<f32>),
     pub layers: Vec<Layer<B>>,
-    pub ln_out: Affine<B>,
-    /// `[V, D]`
-    pub head: B::Matrix,
+    /// The embedding and the head.
+    pub ends: Ends<B>,
 }
 
 /// The hyper-parameters, read from the tensor shapes.
@@ -172,9 +168,7 @@ pub fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
     let (m, k) = cfg.v6_loras();
     let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
     let out_in = l.names.layout.lora_is_out_in();
-    // The head first: quantizing it holds its mapped pages for a moment, best done while
-    // little else is resident.
-    let head = l.matrix("head.weight", &[v, d])?;
+    let head = Ends::head(l, v, d)?;
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
         let p = |s: &str| format!("blocks.{i}.{s}");
@@ -233,14 +227,8 @@ pub fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
     }
     Ok(Weights {
         cfg: *cfg,
-        emb: l.host_matrix("emb.weight", &[v, d])?,
-        ln0: (
-            l.host_vector("blocks.0.ln0.weight", &[d])?,
-            l.host_vector("blocks.0.ln0.bias", &[d])?,
-        ),
         layers,
-        ln_out: l.affine("ln_out", d)?,
-        head,
+        ends: Ends::load(l, head, v, d)?,
     })
 }
 
@@ -322,12 +310,12 @@ impl<B: Backend> Net<B> for Weights<B> {
             add("ffn.receptance.weight", &f.receptance);
             add("ffn.value.weight", &f.value);
         }
-        v.push(("head.weight".into(), &self.head));
+        v.push(("head.weight".into(), &self.ends.head));
         v
     }
 
     fn embedding(&self) -> &Matrix {
-        &self.emb
+        &self.ends.emb
     }
 
     fn forward(
@@ -372,52 +360,15 @@ impl<B: Backend> Net<B> for Weights<B> {
         be.reserve(&mut sc.kk, t * c.ffn)?;
         be.set_batch(&mut sc.batch, spans, states)?;
 
-        let ln0 = Norm {
-            w: &self.ln0.0,
-            b: &self.ln0.1,
-            eps: LN_EPS,
-        };
-        be.embed(&self.emb, ln0, tokens, RowsMut::new(&mut sc.x, 0, t, d))?;
-        // With one stream, the last layer computes only the rows that the logits and the
-        // state read (the state takes every token all the same).
-        let last = self.layers.len() - 1;
-        let one = spans.len() == 1;
+        self.ends.embed(be, tokens, &mut sc.x)?;
+        let layers = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            let need = match want {
-                _ if i < last || !one => t,
-                Logits::None => 0,
-                Logits::Last => 1,
-                Logits::All => t,
-            };
-            // the channel mix also reads, through its token shift, the row before
-            self.time_mix(be, layer, i, t, sc, states, prec, t - (need + 1).min(t))?;
-            self.channel_mix(be, layer, i, t, sc, states, prec, t - need)?;
+            let (time, channel) = rows_from(i, layers, t, spans.len(), want);
+            self.time_mix(be, layer, i, t, sc, states, prec, time)?;
+            self.channel_mix(be, layer, i, t, sc, states, prec, channel)?;
         }
-        let rows = match want {
-            Logits::None => return Ok(()),
-            Logits::Last if one => t - 1..t,
-            Logits::Last | Logits::All => 0..t,
-        };
-        let n = rows.len();
-        be.reserve(&mut sc.logits, n * c.vocab)?;
-        be.layer_norm(
-            RowsMut::new(&mut sc.x, rows.start, n, d),
-            self.ln_out.norm(LN_EPS),
-        )?;
-        be.products(
-            prec,
-            &mut [Product {
-                w: &self.head,
-                x: Rows::new(&sc.x, rows.start, n, d),
-                y: RowsMut::new(&mut sc.logits, 0, n, c.vocab),
-                then: Then::None,
-            }],
-        )?;
-        be.read(Rows::new(&sc.logits, 0, n, c.vocab), out)?;
-        if want == Logits::Last && !one {
-            super::last_rows(out, spans, c.vocab);
-        }
-        Ok(())
+        let (x, logits) = (&mut sc.x, &mut sc.logits);
+        self.ends.logits(be, x, logits, spans, prec, want, out)
     }
 }
 
