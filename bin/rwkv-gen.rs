@@ -63,12 +63,12 @@ fn run(args: &Args) -> Result<(), CliError> {
     if args.verbose {
         let c = &model.cfg;
         let prec = match model.sequence_precision() {
-            Precision::Bf16 => "bf16",
             Precision::F32 => "f32",
+            Precision::Bf16 | Precision::Bf16Streams => "bf16",
         };
         eprintln!(
             "rwkv-gen: loaded {} ({}, {} names, {} layers, width {}, vocab {}, tokenizer {}, \
-             {prec} prompt products, on {}) in {:.0} ms",
+             {prec} products, on {}) in {:.0} ms",
             model.path.display(),
             c.arch.title(),
             model.layout.name(),

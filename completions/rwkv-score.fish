@@ -11,7 +11,7 @@ complete -c rwkv-score -l quant -d 'Quantize the large matrices at load (the hea
 nf4\t'4-bit normal float, blocks of 64 with a bf16 scale (0.53125 bytes per weight)'"
 complete -c rwkv-score -l quant-layers -d 'Quantize only the first N layers' -r
 complete -c rwkv-score -l save-quantized -d 'Write the model quantized to PATH (once), then run from it; later runs load PATH directly, without --quant' -r -F
-complete -c rwkv-score -l precision -d 'Activations of the products over many tokens (prompts, scoring): bf16 multiplies twice as fast on CPUs with AVX-512 BF16 (f32 elsewhere and on OpenCL) and makes the numbers depend on how text is split into chunks; f32 gives exact products. Generation is f32 either way [default: bf16 for rwkv-gen; f32 for rwkv-score and rwkv-state, whose numbers and states are kept]' -r -f -a "bf16\t'Activations rounded to bf16, `vdpbf16ps` products'
+complete -c rwkv-score -l precision -d 'Activations of the products: bf16 multiplies twice as fast on CPUs with AVX-512 BF16 (f32 elsewhere and on OpenCL) and makes a prompt\'s numbers depend on how text is split into chunks; generation rounds them only against bf16 weights, and a stream\'s output never depends on --batch. f32 gives exact products [default: bf16 for rwkv-gen; f32 for rwkv-score and rwkv-state, whose numbers and states are kept]' -r -f -a "bf16\t'Activations rounded to bf16, `vdpbf16ps` products'
 f32\t'f32 activations'"
 complete -c rwkv-score -l device -d 'Where to run: cpu, opencl[:PLATFORM[:DEVICE]] (see rwkv-gen --list-devices), or auto (a GPU when one is found, else the CPU)' -r
 complete -c rwkv-score -l threads -d 'Worker threads [default: all cores]' -r

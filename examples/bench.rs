@@ -211,7 +211,9 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
             "weight_bytes": m.weight_bytes(),
         })
     });
-    // Batched generation: n streams, each from its own first token, one step for all.
+    // Batched generation: n streams, each from its own first token, one step for all, at
+    // rwkv-gen's precision (bf16 products where the CPU has them).
+    m.set_precision(Precision::Bf16);
     let batched: Vec<serde_json::Value> = args
         .batch
         .iter()

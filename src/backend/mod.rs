@@ -21,18 +21,21 @@ use crate::error::Result;
 use crate::tensor::Matrix;
 use std::ops::Range;
 
-/// How sequence products (four tokens or more of one stream: prompts, scoring) round their
-/// activations. One-token products and batches of streams always keep f32 activations:
-/// they are bound by memory, and a stream's result must not depend on its company.
+/// How products round their activations. What it costs: `docs/PRECISION.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// f32 activations: the products of the stored weights, as exact as f32 sums get.
     #[default]
     F32,
-    /// Activations rounded to bf16 (and f16 and int8 weights widened to bf16), multiplied by
-    /// `vdpbf16ps` at twice the rate of f32 FMAs, on CPUs with AVX-512 BF16; f32 elsewhere
-    /// and on OpenCL devices. What it costs: `docs/PRECISION.md`.
+    /// Activations rounded to bf16 and multiplied by `vdpbf16ps` (twice the rate of f32
+    /// FMAs) on CPUs with AVX-512 BF16; f32 elsewhere and on OpenCL devices. Sequences of
+    /// one stream (four tokens or more) widen f16 and int8 weights to bf16 too; one to three
+    /// tokens round only against bf16 weights, summed as [`Precision::Bf16Streams`] sums.
     Bf16,
+    /// As [`Precision::Bf16`] for one token of each of many streams: bf16 weights only,
+    /// each (row, token) pair summed in one order whatever the token count, so that a
+    /// stream's result does not depend on its company.
+    Bf16Streams,
 }
 
 /// `rows` rows of `cols` values in a tensor, from row `row` (element `row * cols`).

@@ -129,7 +129,7 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Load time, the precision prompts run in, and prompt / generation speed on stderr
+    /// Load time, the precision products run in, and prompt / generation speed on stderr
     #[arg(short = 'v', long, conflicts_with = "quiet")]
     pub verbose: bool,
 

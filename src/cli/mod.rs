@@ -74,11 +74,11 @@ pub struct ModelArgs {
     #[arg(long, value_name = "PATH", requires = "quant")]
     pub save_quantized: Option<PathBuf>,
 
-    /// Activations of the products over many tokens (prompts, scoring): bf16 multiplies
-    /// twice as fast on CPUs with AVX-512 BF16 (f32 elsewhere and on OpenCL) and makes the
-    /// numbers depend on how text is split into chunks; f32 gives exact products. Generation
-    /// is f32 either way [default: bf16 for rwkv-gen; f32 for rwkv-score and rwkv-state,
-    /// whose numbers and states are kept]
+    /// Activations of the products: bf16 multiplies twice as fast on CPUs with AVX-512
+    /// BF16 (f32 elsewhere and on OpenCL) and makes a prompt's numbers depend on how text
+    /// is split into chunks; generation rounds them only against bf16 weights, and a
+    /// stream's output never depends on --batch. f32 gives exact products [default: bf16
+    /// for rwkv-gen; f32 for rwkv-score and rwkv-state, whose numbers and states are kept]
     #[arg(long, value_enum, value_name = "bf16|f32")]
     pub precision: Option<PrecisionArg>,
 

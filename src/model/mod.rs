@@ -268,17 +268,21 @@ impl Model {
         config(&ck, &names)
     }
 
-    /// Round the activations of sequence products (prompts, scoring) as `p` says; the CPU
-    /// only (an OpenCL device always multiplies in f32).
+    /// Round the activations of products as `p` says ([`Precision::Bf16Streams`] asks for
+    /// [`Precision::Bf16`]); the CPU only (an OpenCL device always multiplies in f32).
     pub fn set_precision(&mut self, p: Precision) {
         self.precision = p;
     }
 
-    /// The precision sequence products run in: [`Precision::Bf16`] only where it was asked
-    /// for and the CPU has it, and never on an OpenCL device.
+    /// The precision products run in: [`Precision::Bf16`] only where it was asked for and
+    /// the CPU has it, and never on an OpenCL device.
     pub fn sequence_precision(&self) -> Precision {
         match self.precision {
-            Precision::Bf16 if self.run.on_cpu() && bf16_products_here() => Precision::Bf16,
+            Precision::Bf16 | Precision::Bf16Streams
+                if self.run.on_cpu() && bf16_products_here() =>
+            {
+                Precision::Bf16
+            }
             _ => Precision::F32,
         }
     }
@@ -349,7 +353,7 @@ impl Model {
 
     /// One token for each stream, `tokens[i]` after `states[i]` (each advanced in place):
     /// the logits after each, `[N, V]`. The streams share every product, and a stream's
-    /// result is the same bits as [`Model::forward`] of its token alone in f32.
+    /// result is the same bits as [`Model::forward`] of its token alone.
     pub fn step(&self, tokens: &[u32], states: &mut [&mut State]) -> Result<Vec<f32>> {
         if tokens.is_empty() || tokens.len() != states.len() {
             return Err(Error::Invalid(format!(
@@ -362,10 +366,9 @@ impl Model {
             self.check(tokens, std::slice::from_ref(&**s))?;
         }
         let spans: Vec<Range<usize>> = (0..tokens.len()).map(|i| i..i + 1).collect();
-        let prec = if tokens.len() == 1 {
-            self.sequence_precision()
-        } else {
-            Precision::F32
+        let prec = match self.sequence_precision() {
+            Precision::F32 => Precision::F32,
+            _ => Precision::Bf16Streams,
         };
         self.run.forward(tokens, &spans, states, prec, Logits::Last)
     }

@@ -96,7 +96,7 @@ pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: Shar
             unsafe { pack_panel_avx512(base, stride, n, pairs, panel) };
             // The next panel's stored rows (most often this thread's next task's) are asked
             // for while the tokens keep the core busy, a line every few pairs of every call.
-            let (next, len) = stored_span(w, r0 + PANEL_ROWS, r0 + 2 * PANEL_ROWS);
+            let (next, len) = super::dense::stored_span(w, r0 + PANEL_ROWS, r0 + 2 * PANEL_ROWS);
             let calls = t.div_ceil(BF16_PANEL_TOKENS);
             let per_call = len.div_ceil(64 * calls);
             for (c, t0) in (0..t).step_by(BF16_PANEL_TOKENS).enumerate() {
@@ -114,6 +114,78 @@ pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: Shar
             }
         }
     })
+}
+
+/// Rows `rows` of `y [t, out] = x [t, in] . W^T` for bf16 rows as stored, `x` rounded to
+/// bf16 (`[t, x_stride(in)]`): each row dotted with each token ([`Kernel::Bf16Dots`]), or
+/// `tiles`, four rows by four tokens at a time ([`Kernel::Bf16Tiles`]). Either sums a
+/// (row, token) pair alike, so a token's result does not depend on the token count.
+///
+/// [`Kernel::Bf16Dots`]: super::plan::Kernel::Bf16Dots
+/// [`Kernel::Bf16Tiles`]: super::plan::Kernel::Bf16Tiles
+#[cfg(target_arch = "x86_64")]
+pub fn row_order_rows(
+    w: &Matrix,
+    rows: Range<usize>,
+    x: &[bf16],
+    t: usize,
+    tiles: bool,
+    y: SharedMut,
+) {
+    use super::arch::x86::bf16::{dot_bf16x2, tile4x4_bf16x2};
+    use super::tuning::TOKENS_PER_BLOCK;
+    let (out, inp, stride) = (w.rows, w.cols, x_stride(w.cols));
+    let Data::BF16(b) = &w.data else {
+        unreachable!("bf16 row products of {:?} weights", w.dtype())
+    };
+    let row = |r: usize| &b[r * inp..(r + 1) * inp];
+    let xr = |ti: usize| &x[ti * stride..ti * stride + inp];
+    // SAFETY (both kernels): the plan picks these kernels on AVX-512 BF16 only.
+    if !tiles {
+        for r in rows {
+            super::dense::prefetch_row(w, r + 2);
+            for ti in 0..t {
+                // SAFETY: as above; element (ti, r) is written by the task owning row r.
+                unsafe { y.write(ti * out + r, dot_bf16x2(row(r), xr(ti))) };
+            }
+        }
+        return;
+    }
+    // Each tile of a block of tokens asks for its share of the next four rows.
+    let tiles = t.min(TOKENS_PER_BLOCK) / 4;
+    let group_lines = (4 * inp * 2).div_ceil(64);
+    let share = group_lines.div_ceil(tiles.max(1));
+    let start = rows.start;
+    super::dense::tiled(
+        rows,
+        t,
+        out,
+        y,
+        |k| row(start + k),
+        |wr, ti, acc| {
+            let next = wr[0].as_ptr().wrapping_add(4 * inp) as *const u8;
+            let from = (ti % TOKENS_PER_BLOCK / 4 * share).min(group_lines);
+            let ahead = (next.wrapping_add(64 * from), share.min(group_lines - from));
+            let x = std::array::from_fn(|j| xr(ti + j));
+            unsafe { tile4x4_bf16x2(wr, x, acc, ahead) }
+        },
+        |wrow, ti| unsafe { dot_bf16x2(wrow, xr(ti)) },
+    );
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn row_order_rows(
+    w: &Matrix,
+    rows: Range<usize>,
+    x: &[bf16],
+    t: usize,
+    tiles: bool,
+    y: SharedMut,
+) {
+    unreachable!(
+        "bf16 rows without AVX-512 ({:?})",
+        (w.dtype(), rows, x.len(), t, tiles, y.ptr())
+    )
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -142,20 +214,6 @@ pub unsafe fn row_bf16(w: &Matrix, r: usize, f: &mut [f32], out: &mut [bf16]) {
             w.row_f32(r, f);
             round_bf16_avx512(f, out);
         }
-    }
-}
-
-/// Where the stored bytes of rows `r0..r1` of `w` start, and how many there are (none
-/// past the last row; scales left out).
-fn stored_span(w: &Matrix, r0: usize, r1: usize) -> (*const u8, usize) {
-    let (r0, r1) = (r0.min(w.rows), r1.min(w.rows));
-    let c = w.cols;
-    match &w.data {
-        Data::F32(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 4),
-        Data::F16(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 2),
-        Data::BF16(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 2),
-        Data::Q8(q) => (q.qs[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c),
-        Data::Nf4(q) => (q.packed[r0 * c / 2..].as_ptr(), (r1 - r0) * c / 2),
     }
 }
 

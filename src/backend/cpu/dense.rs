@@ -117,7 +117,7 @@ fn tile4x4(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 4], out: &mut [[f32; 4]; 4]) {
 /// Touch the start of row `r` of `w` ahead of use: a stored row of a wide matrix is a
 /// page of the file mapping, and hardware prefetchers stop at page boundaries.
 #[inline]
-fn prefetch_row(w: &Matrix, r: usize) {
+pub fn prefetch_row(w: &Matrix, r: usize) {
     if r < w.rows {
         let p = match &w.data {
             Data::F32(b) => b[r * w.cols..].as_ptr() as *const i8,
@@ -127,6 +127,20 @@ fn prefetch_row(w: &Matrix, r: usize) {
             Data::Nf4(q) => q.packed[r * w.cols / 2..].as_ptr() as *const i8,
         };
         prefetch_l1(p);
+    }
+}
+
+/// Where the stored bytes of rows `r0..r1` of `w` start, and how many there are (none
+/// past the last row; scales left out).
+pub fn stored_span(w: &Matrix, r0: usize, r1: usize) -> (*const u8, usize) {
+    let (r0, r1) = (r0.min(w.rows), r1.min(w.rows));
+    let c = w.cols;
+    match &w.data {
+        Data::F32(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 4),
+        Data::F16(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 2),
+        Data::BF16(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 2),
+        Data::Q8(q) => (q.qs[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c),
+        Data::Nf4(q) => (q.packed[r0 * c / 2..].as_ptr(), (r1 - r0) * c / 2),
     }
 }
 
@@ -270,7 +284,7 @@ fn tiled_stored<W: x86::Wide512>(
 /// The sequence loop: tokens in blocks of [`TOKENS_PER_BLOCK`], the task's rows four at a
 /// time against four tokens at a time (`tile(rows, first token, out)`), the tokens left
 /// over one at a time (`dot(row, token)`); `row(k)` is the task's row `k`.
-fn tiled<R: Copy>(
+pub fn tiled<R: Copy>(
     rows: Range<usize>,
     t: usize,
     out: usize,

@@ -30,6 +30,13 @@ pub enum Kernel {
     /// Activations rounded to bf16, 32 rows packed into a panel, `vdpbf16ps`
     /// ([`Precision::Bf16`] on AVX-512 BF16).
     Bf16Panels,
+    /// bf16 rows as stored against activations rounded to bf16, a lane a column pair
+    /// (`vdpbf16ps`): each stored row dotted with each token (one to three tokens at
+    /// [`Precision::Bf16`] or [`Precision::Bf16Streams`]).
+    Bf16Dots,
+    /// As [`Kernel::Bf16Dots`], four rows by four tokens at a time, each pair summed as
+    /// there ([`Precision::Bf16Streams`], four streams or more).
+    Bf16Tiles,
     /// int8 or nf4 rows against integer activations, a token at a time (under
     /// [`QUANT_PANELS_FROM`] tokens: a batch of streams, a short chunk).
     QuantDots,
@@ -46,6 +53,16 @@ pub fn kernel(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> Kernel {
     let nf4 = matches!(w.data, Data::Nf4(_));
     let quant = matches!(w.data, Data::Q8(_) | Data::Nf4(_));
     let int_panels = Panel::runs(isa, nf4);
+    // bf16 rows as stored, wider than the LoRA factors (whose rows are too short for
+    // a reduction each), at either bf16 precision
+    let bf16_rows = matches!(w.data, Data::BF16(_)) && w.cols > NARROW && bf16_dot_on(isa);
+    match prec {
+        Precision::Bf16 | Precision::Bf16Streams if !sequence && bf16_rows => {
+            return Kernel::Bf16Dots
+        }
+        Precision::Bf16Streams if bf16_rows => return Kernel::Bf16Tiles,
+        _ => {}
+    }
     if prec == Precision::Bf16
         && sequence
         && !matches!(w.data, Data::F32(_))

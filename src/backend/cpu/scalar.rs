@@ -45,6 +45,37 @@ pub fn matmul_bf16(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
     }
 }
 
+/// Generation products at bf16 precision ([`super::plan::Kernel::Bf16Dots`] and
+/// [`super::plan::Kernel::Bf16Tiles`]): bf16 weights against activations rounded to bf16,
+/// sixteen lanes, lane `l` adding the products of columns `32s + 2l + 1`, then `32s + 2l`,
+/// for each step `s` in turn (as `vdpbf16ps` does), the lanes reduced by [`tree16`].
+pub fn matmul_bf16_rows(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
+    let (out, inp) = (w.rows, w.cols);
+    let steps = inp.div_ceil(32);
+    let padded = |v: &mut dyn FnMut(&mut [f32])| {
+        let mut r = vec![0.0; steps * 32];
+        v(&mut r[..inp]);
+        r.iter()
+            .map(|&v| bf16::from_f32(v).to_f32())
+            .collect::<Vec<f32>>()
+    };
+    for o in 0..out {
+        let wr = padded(&mut |r| w.row_f32(o, r));
+        for ti in 0..t {
+            let xr = padded(&mut |r| r.copy_from_slice(&x[ti * inp..(ti + 1) * inp]));
+            let mut lanes = [0.0f32; CLASSES];
+            for s in 0..steps {
+                for (l, acc) in lanes.iter_mut().enumerate() {
+                    let i = 32 * s + 2 * l;
+                    *acc += wr[i + 1] * xr[i + 1];
+                    *acc += wr[i] * xr[i];
+                }
+            }
+            y[ti * out + o] = tree16(lanes);
+        }
+    }
+}
+
 /// int8 and nf4 matrices: activations rounded as the kernels round them, then
 /// [`quant_dot`].
 pub fn matmul_quant(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {

@@ -6,7 +6,7 @@
 //! depend on the thread count; a task's kernel and rows depend on the product alone, so
 //! they do not depend on which products share the region either.
 
-use super::bf16::{matmul_rows as bf16_rows, round_bf16};
+use super::bf16::{matmul_rows as bf16_rows, round_bf16, row_order_rows};
 use super::dense;
 use super::epilogue::Step;
 use super::plan::{kernel, rows_per_task, Kernel};
@@ -188,7 +188,9 @@ impl<'a> Region<'a> {
                 for i in 0..n {
                     let j = job(i);
                     match kernels[i] {
-                        Kernel::Bf16Panels => round_bf16(j.x, j.w.cols, &mut xbf[i]),
+                        Kernel::Bf16Panels | Kernel::Bf16Dots | Kernel::Bf16Tiles => {
+                            round_bf16(j.x, j.w.cols, &mut xbf[i])
+                        }
                         Kernel::QuantDots | Kernel::QuantPanels => {
                             let (unit, act) = code_unit(j.w).expect("a quantized matrix");
                             acts[i].quantize(isa, j.x, j.w.cols, unit, act)
@@ -249,6 +251,8 @@ fn run(
         Kernel::Tiles => dense::tile_rows(isa, w, rows, x, t, y),
         Kernel::StoredTiles => dense::stored_tile_rows(w, rows, x, t, y),
         Kernel::Bf16Panels => bf16_rows(w, rows, xbf, t, y),
+        Kernel::Bf16Dots => row_order_rows(w, rows, xbf, t, false, y),
+        Kernel::Bf16Tiles => row_order_rows(w, rows, xbf, t, true, y),
         Kernel::QuantDots => quant::matmul_rows(isa, w, rows, acts, t, false, y),
         Kernel::QuantPanels => quant::matmul_rows(isa, w, rows, acts, t, true, y),
     }

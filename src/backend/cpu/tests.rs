@@ -150,6 +150,51 @@ fn quantized_rows_widen_to_bf16_exactly() {
     }
 }
 
+/// Generation products at bf16 precision (bf16 rows wider than the LoRA factors): one to
+/// three tokens dot each row, four streams or more run four-by-four tiles, and both give
+/// the scalar twin's sums bit for bit, whatever the token count. f32 and f16 rows, and
+/// narrow bf16 rows, keep their f32 kernels; without AVX-512 BF16 every product is f32.
+#[test]
+fn bf16_stream_products_match_their_scalar_twin_whatever_the_count() {
+    let isa = Isa::detect();
+    let here = bf16_products_here();
+    for (out, inp) in [(9, 257), (37, 160), (70, 2048), (5, 130), (21, 64)] {
+        let [f, h, b] = mats(out, inp, 61);
+        let x = vals(13 * inp, 62);
+        let mut want = vec![0.0; 13 * out];
+        scalar::matmul_bf16_rows(&b, &x, 13, &mut want);
+        for t in [1, 2, 3, 4, 5, 8, 13] {
+            let x = &x[..t * inp];
+            let run = |m: &Matrix, p| {
+                let mut y = vec![0.0; t * out];
+                matmul_with(isa, p, m, x, t, &mut y);
+                y
+            };
+            let (k, y) = (
+                kernel(isa, Precision::Bf16Streams, &b, t),
+                run(&b, Precision::Bf16Streams),
+            );
+            if here && inp > 128 {
+                let tiles = if t < 4 {
+                    Kernel::Bf16Dots
+                } else {
+                    Kernel::Bf16Tiles
+                };
+                assert_eq!(k, tiles, "{out}x{inp}, {t} tokens");
+                assert_eq!(y, want[..t * out], "{out}x{inp}, {t} tokens");
+                if t < 4 {
+                    assert_eq!(run(&b, Precision::Bf16), y, "{out}x{inp}, {t} tokens");
+                }
+            } else {
+                assert_eq!(y, run(&b, Precision::F32), "{out}x{inp}, {t} tokens");
+            }
+            for m in [&f, &h] {
+                assert_eq!(run(m, Precision::Bf16Streams), run(m, Precision::F32));
+            }
+        }
+    }
+}
+
 /// At bf16 precision a token's outputs do not depend on which tokens share the call,
 /// as long as it is a sequence product (4 tokens or more).
 #[test]

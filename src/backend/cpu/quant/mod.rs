@@ -231,11 +231,18 @@ pub fn matmul_rows(
             let n = (rows.end - r0).min(PANEL_ROWS);
             let stored: [QRow; PANEL_ROWS] = std::array::from_fn(|k| qrow(w, r0 + k.min(n - 1)));
             panel.pack(isa, &stored[..n]);
-            for t0 in (0..t).step_by(QUANT_PANEL_TOKENS) {
+            // The next panel's stored rows are asked for while the tokens keep the core
+            // busy, a share every call.
+            let (next, len) = super::dense::stored_span(w, r0 + PANEL_ROWS, r0 + 2 * PANEL_ROWS);
+            let (lines, calls) = (len.div_ceil(64), t.div_ceil(QUANT_PANEL_TOKENS));
+            let share = lines.div_ceil(calls);
+            for (c, t0) in (0..t).step_by(QUANT_PANEL_TOKENS).enumerate() {
                 let nt = (t - t0).min(QUANT_PANEL_TOKENS);
+                let from = (c * share).min(lines);
+                let ahead = (next.wrapping_add(64 * from), share.min(lines - from));
                 // SAFETY: elements (t0 + j, r0..r0 + n) are written by the task owning
                 // rows r0..r0 + n only.
-                unsafe { panel.multiply(x, t0, nt, |j| y.ptr().add((t0 + j) * out + r0)) };
+                unsafe { panel.multiply(x, t0, nt, |j| y.ptr().add((t0 + j) * out + r0), ahead) };
             }
         }
     })

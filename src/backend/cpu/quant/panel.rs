@@ -74,10 +74,19 @@ impl Panel {
     /// and the tokens `t0..t0 + nt` (`nt` at most [`QUANT_PANEL_TOKENS`]): each equal to [`super::dots::dot`],
     /// bit for bit.
     ///
+    /// `ahead`: `(p, lines)`, cache lines from `p` to ask for into L2 meanwhile.
+    ///
     /// # Safety
     /// `y(j)` points at as many writable f32 as rows were packed, which no other thread
     /// reads or writes meanwhile.
-    pub unsafe fn multiply(&self, x: &QActs, t0: usize, nt: usize, y: impl Fn(usize) -> *mut f32) {
+    pub unsafe fn multiply(
+        &self,
+        x: &QActs,
+        t0: usize,
+        nt: usize,
+        y: impl Fn(usize) -> *mut f32,
+        ahead: (*const u8, usize),
+    ) {
         assert!(nt <= QUANT_PANEL_TOKENS, "Panel::multiply: {nt} tokens");
         assert!(self.nb > 0, "Panel::multiply before Panel::pack");
         assert!(
@@ -116,10 +125,10 @@ impl Panel {
                         // needs on this CPU; tokens t0..t0 + nt hold `nb` blocks of the
                         // panel's codes (checked above); the caller vouches for `y`.
                         $(($n, false) => x86q::panel_kernel::<$n, false>(
-                            w, s, nb, &tokens, std::array::from_fn(&y), rows,
+                            w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
                         ),
                         ($n, true) => x86q::panel_kernel::<$n, true>(
-                            w, s, nb, &tokens, std::array::from_fn(&y), rows,
+                            w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
                         ),)*
                         _ => unreachable!(),
                     }

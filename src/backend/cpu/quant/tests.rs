@@ -234,7 +234,15 @@ fn panels_match_the_one_token_kernel() {
             let mut out = [[f32::NAN; PANEL_ROWS]; PANEL_TOKENS];
             let base = out.as_mut_ptr() as *mut f32;
             // SAFETY: row j of `out` holds 32 f32, as many as a panel's rows.
-            unsafe { panel.multiply(&acts, 0, t, |j| base.add(j * PANEL_ROWS)) };
+            unsafe {
+                panel.multiply(
+                    &acts,
+                    0,
+                    t,
+                    |j| base.add(j * PANEL_ROWS),
+                    (std::ptr::null(), 0),
+                )
+            };
             for (j, got) in out[..t].iter().enumerate() {
                 for (r, &v) in got[..rows].iter().enumerate() {
                     let want = dot(isa, stored[r], tokens[j]);

@@ -1,9 +1,12 @@
-//! AVX-512 BF16: activations rounded to bf16 and multiplied by `vdpbf16ps`, 32 weight rows
-//! packed into a panel against up to [`BF16_PANEL_TOKENS`] tokens at a time.
+//! AVX-512 BF16: activations rounded to bf16 and multiplied by `vdpbf16ps`:
+//! - `panel_kernel`: 32 weight rows packed into a panel, a lane a row, against up to
+//!   [`BF16_PANEL_TOKENS`] tokens at a time (a prompt's sequence products);
+//! - `dot_bf16x2`, `tile4x4_bf16x2`: bf16 rows as stored, lanes over columns, one token or
+//!   four rows by four tokens, each pair summed in one order (generation, one stream or many).
 
-use super::{lane_masks, store_bf16x16, transpose16};
-use crate::backend::cpu::arch::prefetch_l2;
-use crate::backend::cpu::tuning::{BF16_PANEL_TOKENS, PANEL_ROWS};
+use super::{hsum512, lane_masks, store_bf16x16, transpose16};
+use crate::backend::cpu::arch::{prefetch_ahead, prefetch_l2};
+use crate::backend::cpu::tuning::{BF16_PANEL_TOKENS, PANEL_ROWS, PREFETCH_AHEAD};
 use crate::tensor::quant::{BLOCK, NF4};
 use half::bf16;
 use std::arch::x86_64::*;
@@ -144,5 +147,96 @@ pub unsafe fn panel_kernel<const N: usize>(
     for j in 0..N {
         _mm512_mask_storeu_ps(y[j], m0, acc[0][j]);
         _mm512_mask_storeu_ps(y[j].add(16), m1, acc[1][j]);
+    }
+}
+
+// ---- lanes over columns: one token, and four rows by four tokens ----
+
+/// Columns `i..i + 32` of a bf16 row as a `vdpbf16ps` operand.
+#[inline(always)]
+unsafe fn load_pairs(p: *const bf16, i: usize) -> __m512bh {
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.add(i) as *const __m512i))
+}
+
+/// Columns `i..n` (fewer than 32) of a bf16 row as a `vdpbf16ps` operand, zeros past `n`.
+#[inline(always)]
+unsafe fn load_pairs_tail(p: *const bf16, i: usize, n: usize) -> __m512bh {
+    let mask = ((1u64 << (n - i)) - 1) as __mmask32;
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(mask, p.add(i) as *const i16))
+}
+
+/// `w . x` for a bf16 row and activations rounded to bf16 (`[n]` each): lane `l` sums the
+/// column pairs `32s + 2l, 32s + 2l + 1` over the steps `s` with `vdpbf16ps` (the last
+/// step's columns past `n` read as zeros), then [`hsum512`]. [`tile4x4_bf16x2`] sums every
+/// pair in the same order, so a token's result does not depend on the token count.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn dot_bf16x2(w: &[bf16], x: &[bf16]) -> f32 {
+    let n = w.len();
+    assert!(
+        x.len() >= n,
+        "dot_bf16x2: {} activations for {n} weights",
+        x.len()
+    );
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 32 <= n {
+        prefetch_ahead(wp.add(i), PREFETCH_AHEAD);
+        acc = _mm512_dpbf16_ps(acc, load_pairs(wp, i), load_pairs(xp, i));
+        i += 32;
+    }
+    if i < n {
+        acc = _mm512_dpbf16_ps(acc, load_pairs_tail(wp, i, n), load_pairs_tail(xp, i, n));
+    }
+    hsum512(acc)
+}
+
+/// `out[r][t] = w[r] . x[t]` for four bf16 rows and four tokens rounded to bf16 (`[n]`
+/// each), each pair summed as [`dot_bf16x2`] sums it: every load meets four `vdpbf16ps`.
+/// `ahead`: `(p, lines)`, cache lines from `p` to ask for into L2 along the way (the next
+/// rows' weights, which would otherwise keep the first tokens of those rows waiting).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn tile4x4_bf16x2(
+    w: [&[bf16]; 4],
+    x: [&[bf16]; 4],
+    out: &mut [[f32; 4]; 4],
+    ahead: (*const u8, usize),
+) {
+    let n = w[0].len();
+    assert!(
+        w.iter().all(|r| r.len() == n) && x.iter().all(|r| r.len() >= n),
+        "tile4x4_bf16x2: rows of different widths"
+    );
+    let wp = w.map(|r| r.as_ptr());
+    let xp = x.map(|r| r.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let mut step = |wv: [__m512bh; 4], xv: [__m512bh; 4]| {
+        for t in 0..4 {
+            for r in 0..4 {
+                acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv[r], xv[t]);
+            }
+        }
+    };
+    let (pf, lines) = ahead;
+    let per_step = lines.div_ceil((n / 32).max(1));
+    let (mut i, mut asked) = (0, 0);
+    while i + 32 <= n {
+        for _ in 0..per_step.min(lines - asked) {
+            prefetch_l2(pf.wrapping_add(64 * asked));
+            asked += 1;
+        }
+        step(wp.map(|p| load_pairs(p, i)), xp.map(|p| load_pairs(p, i)));
+        i += 32;
+    }
+    if i < n {
+        step(
+            wp.map(|p| load_pairs_tail(p, i, n)),
+            xp.map(|p| load_pairs_tail(p, i, n)),
+        );
+    }
+    for r in 0..4 {
+        for t in 0..4 {
+            out[r][t] = hsum512(acc[r][t]);
+        }
     }
 }

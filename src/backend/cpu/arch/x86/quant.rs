@@ -8,7 +8,7 @@
 //! - the AVX-512 activation rounder, and AVX2 one-token dots.
 
 use super::{hsum512, lane_masks, sum_chunk_pairs, sum_chunks, sum_halves, transpose16, I32Lanes};
-use crate::backend::cpu::arch::{prefetch_ahead, prefetch_l1};
+use crate::backend::cpu::arch::{prefetch_ahead, prefetch_l1, prefetch_l2};
 use crate::backend::cpu::quant::acts::{block_scale, TokenCodes};
 use crate::backend::cpu::quant::{q8_index, Act, BlockScale, QRow, QTok, CLASSES, PAIR};
 use crate::backend::cpu::tuning::{PREFETCH_AHEAD, QUANT_PANEL_TOKENS};
@@ -423,6 +423,8 @@ const fn class_order(k: usize) -> usize {
 /// token wait. One broadcast of a token's codes meets two vectors of weights (32 rows).
 /// The first `N` of `x` must hold `nb` blocks of codes of the panel's kind
 /// ([`crate::backend::cpu::quant::panel::Panel`] checks them); row `r < rows` of token `j` is stored at `y[j] + r`.
+/// `ahead`: `(p, lines)`, cache lines from `p` to ask for into L2 along the way (the next
+/// panel's stored rows, which packing would otherwise wait for).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn panel_kernel<const N: usize, const NF4: bool>(
     words: &[u32],
@@ -431,17 +433,25 @@ pub unsafe fn panel_kernel<const N: usize, const NF4: bool>(
     x: &Tokens,
     y: [*mut f32; N],
     rows: usize,
+    ahead: (*const u8, usize),
 ) {
     let per = panel_words(NF4);
     assert!(words.len() >= nb * per * 32 && scales.len() >= nb * 32);
     let wp = words.as_ptr() as *const __m512i;
     let xq = &x.codes;
+    let (pf, lines) = ahead;
+    let per_block = lines.div_ceil(nb.max(1));
+    let mut asked = 0;
     // partial sums of the tree, by level: [token][half]
     let mut tree = [[[_mm512_setzero_ps(); 2]; N]; 4];
     for k in 0..CLASSES {
         let c = class_order(k);
         let mut acc = [[_mm512_setzero_ps(); 2]; N];
         for b in (c..nb).step_by(CLASSES) {
+            for _ in 0..per_block.min(lines - asked) {
+                prefetch_l2(pf.wrapping_add(64 * asked));
+                asked += 1;
+            }
             let mut s = [[_mm512_setzero_si512(); 2]; N];
             if NF4 {
                 for (s, corr) in s.iter_mut().zip(x.corr) {
