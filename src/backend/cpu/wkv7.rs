@@ -177,11 +177,7 @@ fn head(isa: Isa, h: Head, state: &mut [f32], out: SharedMut) {
     with_scratch(&SCRATCH, |buf| {
         buf.resize(n * n + 6 * n, 0.0);
         let (st, rest) = buf.split_at_mut(n * n);
-        for i in 0..n {
-            for j in 0..n {
-                st[j * n + i] = state[i * n + j];
-            }
-        }
+        transpose(isa, state, st, n);
         let (kk, rest) = rest.split_at_mut(n);
         let (ka, rest) = rest.split_at_mut(n);
         let (k, rest) = rest.split_at_mut(n);
@@ -209,12 +205,24 @@ fn head(isa: Isa, h: Head, state: &mut [f32], out: SharedMut) {
             let _ = isa;
             head_sized(h, st, &mut vs, out);
         }
-        for i in 0..n {
-            for j in 0..n {
-                state[i * n + j] = st[j * n + i];
-            }
-        }
+        transpose(isa, st, state, n);
     });
+}
+
+/// `dst [n, n]` = `src [n, n]` transposed: a token of one stream moves its head's state
+/// in and out of the kernel's `[key, value]` order, as much data as the token's own work.
+fn transpose(isa: Isa, src: &[f32], dst: &mut [f32], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && n.is_multiple_of(16) {
+        // SAFETY: `isa` was detected on this CPU (Isa::detect); both are `[n, n]`.
+        return unsafe { super::arch::x86::transpose_square(src, dst, n) };
+    }
+    let _ = isa;
+    for i in 0..n {
+        for j in 0..n {
+            dst[j * n + i] = src[i * n + j];
+        }
+    }
 }
 
 /// The RWKV-7 recurrence with its GroupNorm, bonus and gate on `isa`, `D = H * N`: stream
@@ -286,6 +294,22 @@ mod tests {
     use super::super::scalar;
     use super::super::tests::vals;
     use super::*;
+
+    /// The vector transpose moves every element where the loop does.
+    #[test]
+    fn transposes_agree() {
+        for n in [16, 48, 64, 8] {
+            let src = vals(n * n, 9);
+            let mut want = vec![0.0; n * n];
+            transpose(Isa::Portable, &src, &mut want, n);
+            assert_eq!(want[n + 2], src[2 * n + 1]);
+            for isa in Isa::available() {
+                let mut got = vec![0.0; n * n];
+                transpose(isa, &src, &mut got, n);
+                assert_eq!(got, want, "{isa:?}, n = {n}");
+            }
+        }
+    }
 
     /// Values in `lo..hi`.
     fn range(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
