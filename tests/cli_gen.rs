@@ -502,7 +502,7 @@ fn tokens_reach_a_pipe_as_they_come() {
 }
 
 /// A stream's tokens depend on its own prompt and seed only: whatever the batch, the same
-/// records, sampled or greedy (f32 decoding: the bits of a single stream).
+/// records, sampled or greedy (each the bits of that stream alone).
 #[test]
 fn batched_lines_equal_one_at_a_time() {
     let prompts = "What light\nIt is the east\nAnd Juliet is the sun\nArise, fair sun\nROMEO:\n";

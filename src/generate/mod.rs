@@ -2,8 +2,8 @@
 //! the end of text. A [`Generation`] is one stream; [`batch`] decodes many together, each
 //! step one product per weight for all of them; [`request`] reads JSON-lines requests.
 //!
-//! A stream's tokens depend only on its own prompt, options and seed: batched streams
-//! decode with f32 activations, as a single stream does, so they give its bits.
+//! A stream's tokens depend only on its own prompt, options and seed: a batched step sums
+//! each stream's products in the order the stream alone sums them, so it gives its bits.
 
 pub mod batch;
 pub mod request;
