@@ -152,9 +152,9 @@ pub fn row_order_rows(
         return;
     }
     // Each tile of a block of tokens asks for its share of the next four rows.
-    let tiles = t.min(TOKENS_PER_BLOCK) / 4;
+    let tiles_a_block = t.min(TOKENS_PER_BLOCK) / 4;
     let group_lines = (4 * inp * 2).div_ceil(64);
-    let share = group_lines.div_ceil(tiles.max(1));
+    let share = group_lines.div_ceil(tiles_a_block.max(1));
     let start = rows.start;
     super::dense::tiled(
         rows,
