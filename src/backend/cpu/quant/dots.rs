@@ -61,3 +61,39 @@ pub fn dots(isa: Isa, rows: QRow, x: QTok, out: &mut [f32]) {
         *o = dot(isa, rows.row(k, n), x);
     }
 }
+
+/// [`dots`] for up to four tokens at once (`x[t]` into `out[t]`), each output the bits
+/// [`dots`] gives it: on AVX-512 each row is widened or decoded once for all the tokens
+/// (a batch of streams); elsewhere, and for one token, a token at a time.
+pub fn dots_tokens(isa: Isa, rows: QRow, x: &[QTok], out: &mut [&mut [f32]]) {
+    assert!(
+        x.len() == out.len() && x.len() <= 4,
+        "dots_tokens: {} tokens",
+        x.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && avx512(&rows) && x.len() > 1 {
+        /// # Safety
+        /// AVX-512 BW, and VNNI and VBMI for nf4, on this CPU.
+        unsafe fn run<const T: usize>(rows: QRow, x: [QTok; T], out: [&mut [f32]; T]) {
+            use crate::backend::cpu::arch::x86::quant::*;
+            match rows {
+                QRow::Q8 { qs, scales } => dots_q8_avx512_tokens::<T>(qs, scales, x, out),
+                QRow::Nf4 { packed, scales } => dots_nf4_vnni_tokens::<T>(packed, scales, x, out),
+            }
+        }
+        // SAFETY: `isa` was detected on this CPU and the AVX-512 extensions are checked.
+        unsafe {
+            match out {
+                [a, b] => run::<2>(rows, [x[0], x[1]], [a, b]),
+                [a, b, c] => run::<3>(rows, [x[0], x[1], x[2]], [a, b, c]),
+                [a, b, c, d] => run::<4>(rows, [x[0], x[1], x[2], x[3]], [a, b, c, d]),
+                _ => unreachable!("dots_tokens: {} tokens", x.len()),
+            }
+        }
+        return;
+    }
+    for (x, o) in x.iter().zip(out.iter_mut()) {
+        dots(isa, rows, *x, o);
+    }
+}

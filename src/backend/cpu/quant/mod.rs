@@ -219,10 +219,16 @@ pub fn matmul_rows(
 ) {
     let out = w.rows;
     if !panels {
-        for ti in 0..t {
-            // SAFETY: elements (ti, rows) are written by the task owning the rows only.
-            let run = unsafe { y.run(ti * out + rows.start, rows.len()) };
-            dots::dots(isa, qrows(w, rows.clone()), x.token(ti), run);
+        for t0 in (0..t).step_by(4) {
+            let n = (t - t0).min(4);
+            let xs: [QTok; 4] = std::array::from_fn(|j| x.token(t0 + j.min(n - 1)));
+            let mut runs: [&mut [f32]; 4] = std::array::from_fn(|j| match j < n {
+                // SAFETY: elements (t0 + j, rows) are written by the task owning the rows
+                // only.
+                true => unsafe { y.run((t0 + j) * out + rows.start, rows.len()) },
+                false => Default::default(),
+            });
+            dots::dots_tokens(isa, qrows(w, rows.clone()), &xs[..n], &mut runs[..n]);
         }
         return;
     }

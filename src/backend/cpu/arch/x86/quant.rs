@@ -174,6 +174,91 @@ pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
     hsum512(acc)
 }
 
+/// [`q8_group`] for `T` tokens: each block widened once for all of them. A token's block
+/// sums are exact integers, so they are the bits [`q8_group`] gives it.
+#[inline(always)]
+// indices over several arrays of registers in step; no closures (see nf4_group_tokens)
+#[allow(clippy::needless_range_loop)]
+unsafe fn q8_group_tokens<const T: usize>(
+    qs: &[i8],
+    x: [QTok; T],
+    g: usize,
+    m: usize,
+) -> [__m512i; T] {
+    let zero = _mm512_setzero_si512();
+    let mut u = [[zero; 4]; T];
+    for k in 0..4 {
+        let mut h = [[zero; 2]; T];
+        for i in 0..2 {
+            let j = 4 * k + 2 * i;
+            if j < m {
+                let b = g + j;
+                q8_prefetch(qs, b);
+                let wa = q8_words512(qs, b);
+                let wc = if j + 1 < m {
+                    q8_words512(qs, b + 1)
+                } else {
+                    [zero; 2]
+                };
+                for t in 0..T {
+                    let a = q8_block512(wa, x[t], b);
+                    let c = if j + 1 < m {
+                        q8_block512(wc, x[t], b + 1)
+                    } else {
+                        zero
+                    };
+                    h[t][i] = halves(a, c);
+                }
+            }
+        }
+        for t in 0..T {
+            u[t][k] = chunk_pairs(h[t][0], h[t][1]);
+        }
+    }
+    let mut out = [zero; T];
+    for t in 0..T {
+        out[t] = chunks(u[t]);
+    }
+    out
+}
+
+/// [`dots_q8_avx512`] for `T` tokens at once (`out[t]` the rows' outputs for `x[t]`): each
+/// row widened once for all of them, every output the bits the one-token kernel gives.
+#[target_feature(enable = "avx512f,avx512bw")]
+// indices over several arrays of registers in step; no closures (see nf4_group_tokens)
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn dots_q8_avx512_tokens<const T: usize>(
+    qs: &[i8],
+    scales: &[f32],
+    x: [QTok; T],
+    out: [&mut [f32]; T],
+) {
+    let rows = out[0].len();
+    let nb = scales.len() / rows.max(1);
+    let n = nb * BLOCK;
+    assert!(
+        qs.len() == rows * n && out.iter().all(|o| o.len() == rows),
+        "dots: rows and outputs disagree"
+    );
+    for k in 0..rows {
+        prefetch_l1(qs.as_ptr().wrapping_add((k + 2) * n));
+        // in bounds: qs holds `rows` rows (asserted), scales at least as many
+        let row = qs.get_unchecked(k * n..(k + 1) * n);
+        let sc = scales.get_unchecked(k * nb..(k + 1) * nb);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for g in (0..nb).step_by(CLASSES) {
+            let m = (nb - g).min(CLASSES);
+            let s = q8_group_tokens::<T>(row, x, g, m);
+            for t in 0..T {
+                acc[t] = add_blocks(acc[t], s[t], sc, x[t].scale, g, m);
+            }
+        }
+        for t in 0..T {
+            out[t][k] = hsum512(acc[t]);
+        }
+    }
+}
+
 /// [`dot_q8_avx512`] over `out.len()` rows stored one after another in `qs` and
 /// `scales`, each row's start asked for into L1 two rows ahead.
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -319,6 +404,92 @@ unsafe fn nf4_row_vnni(packed: &[u8], scales: &[bf16], x: QTok, table: __m512i) 
         acc = add_blocks(acc, s, scales, x.scale, whole, m);
     }
     hsum512(acc)
+}
+
+/// [`nf4_group`] for `T` tokens: each pair of blocks decoded once for all of them. A
+/// token's block sums are exact integers, so they are the bits [`nf4_group`] gives it.
+/// (Plain loops: written with closures it was not inlined into the AVX-512 code and ran
+/// six times slower.)
+#[inline(always)]
+// indices over several arrays of registers in step; no closures (see nf4_group_tokens)
+#[allow(clippy::needless_range_loop)]
+unsafe fn nf4_group_tokens<const T: usize>(
+    packed: &[u8],
+    x: [QTok; T],
+    g: usize,
+    m: usize,
+    table: __m512i,
+) -> [__m512i; T] {
+    let zero = _mm512_setzero_si512();
+    let mut u = [[zero; 4]; T];
+    for k in 0..4 {
+        // pairs 2k and 2k + 1 of the group, decoded; past the group's blocks, none
+        let mut w = [[zero; 2]; 2];
+        let mut live = [false; 2];
+        for h in 0..2 {
+            let (j, p) = (2 * k + h, g / 2 + 2 * k + h);
+            prefetch_ahead(packed.as_ptr().wrapping_add(p * BLOCK), PREFETCH_AHEAD);
+            if 2 * j + 1 < m {
+                (w[h], live[h]) = (nf4_pair::<false>(packed, p, table), true);
+            } else if 2 * j < m {
+                (w[h], live[h]) = (nf4_pair::<true>(packed, p, table), true);
+            }
+        }
+        for t in 0..T {
+            let mut v = [zero; 2];
+            for h in 0..2 {
+                if live[h] {
+                    v[h] = nf4_pair_lanes(w[h], x[t], g / 2 + 2 * k + h);
+                }
+            }
+            u[t][k] = chunk_pairs(v[0], v[1]);
+        }
+    }
+    let mask = (u32::MAX >> (32 - m)) as __mmask16;
+    let mut out = [zero; T];
+    for t in 0..T {
+        let corr = _mm512_maskz_loadu_epi32(mask, x[t].block_corr.as_ptr().add(g));
+        out[t] = _mm512_add_epi32(chunks(u[t]), corr);
+    }
+    out
+}
+
+/// [`dots_nf4_vnni`] for `T` tokens at once (`out[t]` the rows' outputs for `x[t]`): each
+/// row decoded once for all of them, every output the bits the one-token kernel gives.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+// indices over several arrays of registers in step; no closures (see nf4_group_tokens)
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn dots_nf4_vnni_tokens<const T: usize>(
+    packed: &[u8],
+    scales: &[bf16],
+    x: [QTok; T],
+    out: [&mut [f32]; T],
+) {
+    let table = nf4_table_u8x4();
+    let rows = out[0].len();
+    let nb = scales.len() / rows.max(1);
+    let bytes = nb * BLOCK / 2;
+    assert!(
+        packed.len() == rows * bytes && out.iter().all(|o| o.len() == rows),
+        "dots: rows and outputs disagree"
+    );
+    for k in 0..rows {
+        prefetch_l1(packed.as_ptr().wrapping_add((k + 2) * bytes) as *const i8);
+        // in bounds: packed holds `rows` rows (asserted), scales at least as many
+        let row = packed.get_unchecked(k * bytes..(k + 1) * bytes);
+        let sc = scales.get_unchecked(k * nb..(k + 1) * nb);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for g in (0..nb).step_by(CLASSES) {
+            let m = (nb - g).min(CLASSES);
+            let s = nf4_group_tokens::<T>(row, x, g, m, table);
+            for t in 0..T {
+                acc[t] = add_blocks(acc[t], s[t], sc, x[t].scale, g, m);
+            }
+        }
+        for t in 0..T {
+            out[t][k] = hsum512(acc[t]);
+        }
+    }
 }
 
 // ---- AVX-512 VNNI: 32 rows against up to eight tokens ----
