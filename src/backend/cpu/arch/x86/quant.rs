@@ -125,57 +125,10 @@ fn q8_prefetch(qs: &[i8], b: usize) {
     prefetch_ahead(qs.as_ptr().wrapping_add(b * BLOCK + BLOCK), PREFETCH_AHEAD);
 }
 
-/// Blocks `g..g + m` (at most sixteen) of a row against `x`: lane `j` is block `g + j`'s
-/// integer sum (zero past `m`). Blocks are reduced in pairs as they come
-/// ([`sum_halves`], [`sum_chunk_pairs`], [`sum_chunks`]), so few vectors are live.
-#[inline(always)]
-unsafe fn q8_group(qs: &[i8], x: QTok, g: usize, m: usize) -> __m512i {
-    let mut u = [_mm512_setzero_si512(); 4];
-    for (k, u) in u.iter_mut().enumerate() {
-        let mut h = [_mm512_setzero_si512(); 2];
-        for (i, h) in h.iter_mut().enumerate() {
-            let j = 4 * k + 2 * i;
-            if j < m {
-                let b = g + j;
-                q8_prefetch(qs, b);
-                let a = q8_block512(q8_words512(qs, b), x, b);
-                let c = if j + 1 < m {
-                    q8_block512(q8_words512(qs, b + 1), x, b + 1)
-                } else {
-                    _mm512_setzero_si512()
-                };
-                *h = halves(a, c);
-            }
-        }
-        *u = chunk_pairs(h[0], h[1]);
-    }
-    chunks(u)
-}
-
-#[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
-    let nb = scales.len();
-    let mut acc = _mm512_setzero_ps();
-    let whole = nb / CLASSES * CLASSES;
-    for g in (0..whole).step_by(CLASSES) {
-        acc = add_blocks(
-            acc,
-            q8_group(qs, x, g, CLASSES),
-            scales,
-            x.scale,
-            g,
-            CLASSES,
-        );
-    }
-    if whole < nb {
-        let m = nb - whole;
-        acc = add_blocks(acc, q8_group(qs, x, whole, m), scales, x.scale, whole, m);
-    }
-    hsum512(acc)
-}
-
-/// [`q8_group`] for `T` tokens: each block widened once for all of them. A token's block
-/// sums are exact integers, so they are the bits [`q8_group`] gives it.
+/// Blocks `g..g + m` (at most sixteen) of a row against each token of `x`: lane `j` is
+/// block `g + j`'s integer sum (zero past `m`), each block widened once for all the
+/// tokens. Blocks are reduced in pairs as they come ([`sum_halves`], [`sum_chunk_pairs`],
+/// [`sum_chunks`]), so few vectors are live.
 #[inline(always)]
 // indices over several arrays of registers in step; no closures (see nf4_group_tokens)
 #[allow(clippy::needless_range_loop)]
@@ -222,8 +175,10 @@ unsafe fn q8_group_tokens<const T: usize>(
     out
 }
 
-/// [`dots_q8_avx512`] for `T` tokens at once (`out[t]` the rows' outputs for `x[t]`): each
-/// row widened once for all of them, every output the bits the one-token kernel gives.
+/// The rows stored one after another in `qs` and `scales` against `T` tokens at once
+/// (`out[t]` the outputs for `x[t]`), each row widened once for all of them and its start
+/// asked for into L1 two rows ahead. A token's block sums are exact integers, so its
+/// outputs do not depend on the tokens beside it.
 #[target_feature(enable = "avx512f,avx512bw")]
 // indices over several arrays of registers in step; no closures (see nf4_group_tokens)
 #[allow(clippy::needless_range_loop)]
@@ -246,8 +201,17 @@ pub unsafe fn dots_q8_avx512_tokens<const T: usize>(
         let row = qs.get_unchecked(k * n..(k + 1) * n);
         let sc = scales.get_unchecked(k * nb..(k + 1) * nb);
         let mut acc = [_mm512_setzero_ps(); T];
-        for g in (0..nb).step_by(CLASSES) {
-            let m = (nb - g).min(CLASSES);
+        // whole groups (no bounds tested), then the last, shorter one
+        let whole = nb / CLASSES * CLASSES;
+        for g in (0..whole).step_by(CLASSES) {
+            let m = CLASSES;
+            let s = q8_group_tokens::<T>(row, x, g, m);
+            for t in 0..T {
+                acc[t] = add_blocks(acc[t], s[t], sc, x[t].scale, g, m);
+            }
+        }
+        if whole < nb {
+            let (g, m) = (whole, nb - whole);
             let s = q8_group_tokens::<T>(row, x, g, m);
             for t in 0..T {
                 acc[t] = add_blocks(acc[t], s[t], sc, x[t].scale, g, m);
@@ -259,19 +223,18 @@ pub unsafe fn dots_q8_avx512_tokens<const T: usize>(
     }
 }
 
-/// [`dot_q8_avx512`] over `out.len()` rows stored one after another in `qs` and
-/// `scales`, each row's start asked for into L1 two rows ahead.
+/// One int8 row `qs [n]`, `scales [n / 64]` against one token.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn dot_q8_avx512(qs: &[i8], scales: &[f32], x: QTok) -> f32 {
+    let mut out = [0.0];
+    dots_q8_avx512_tokens::<1>(qs, scales, [x], [&mut out]);
+    out[0]
+}
+
+/// [`dot_q8_avx512`] over `out.len()` rows stored one after another in `qs` and `scales`.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub unsafe fn dots_q8_avx512(qs: &[i8], scales: &[f32], x: QTok, out: &mut [f32]) {
-    let nb = scales.len() / out.len().max(1);
-    let n = nb * BLOCK;
-    assert_eq!(qs.len(), out.len() * n, "dots: rows and outputs disagree");
-    for (k, o) in out.iter_mut().enumerate() {
-        prefetch_l1(qs.as_ptr().wrapping_add((k + 2) * n));
-        // in bounds: qs holds out.len() rows (asserted), scales at least as many
-        let row = qs.get_unchecked(k * n..(k + 1) * n);
-        *o = dot_q8_avx512(row, scales.get_unchecked(k * nb..(k + 1) * nb), x);
-    }
+    dots_q8_avx512_tokens::<1>(qs, scales, [x], [out])
 }
 
 // ---- AVX-512, nf4 weights and int8 activations: a pair of blocks at a time ----
@@ -322,94 +285,27 @@ unsafe fn nf4_pair_lanes(w: [__m512i; 2], x: QTok, p: usize) -> __m512i {
     _mm512_dpbusd_epi32(s, w[1], _mm512_loadu_si512(xp.add(1)))
 }
 
-/// Pair `p` of `packed` against `x`, its weights asked for ahead.
-#[inline(always)]
-unsafe fn nf4_dot_pair<const HALF: bool>(
-    packed: &[u8],
-    x: QTok,
-    p: usize,
-    table: __m512i,
-) -> __m512i {
-    prefetch_ahead(packed.as_ptr().wrapping_add(p * BLOCK), PREFETCH_AHEAD);
-    nf4_pair_lanes(nf4_pair::<HALF>(packed, p, table), x, p)
-}
-
-/// Blocks `g..g + m` (`g` even, `m` at most sixteen) of an nf4 row against `x`: lane `j`
-/// is block `g + j`'s integer sum with its correction (zero past `m`). A pair's two
-/// blocks share a vector, so one step fewer reduces them ([`sum_chunk_pairs`],
-/// [`sum_chunks`]).
-#[inline(always)]
-unsafe fn nf4_group(packed: &[u8], x: QTok, g: usize, m: usize, table: __m512i) -> __m512i {
-    let mut v = [_mm512_setzero_si512(); CLASSES / 2];
-    for (k, v) in v.iter_mut().enumerate() {
-        let p = g / 2 + k;
-        if 2 * k + 1 < m {
-            *v = nf4_dot_pair::<false>(packed, x, p, table);
-        } else if 2 * k < m {
-            *v = nf4_dot_pair::<true>(packed, x, p, table);
-        }
-    }
-    let mut u = [_mm512_setzero_si512(); 4];
-    for (k, u) in u.iter_mut().enumerate() {
-        *u = chunk_pairs(v[2 * k], v[2 * k + 1]);
-    }
-    let mask = (u32::MAX >> (32 - m)) as __mmask16;
-    let corr = _mm512_maskz_loadu_epi32(mask, x.block_corr.as_ptr().add(g));
-    _mm512_add_epi32(chunks(u), corr)
-}
-
-/// Sixteen blocks at a time ([`nf4_group`]): whole groups, then the last, shorter one,
-/// so that the loop over whole ones tests no bounds. The corrections are added once a
-/// group, to its sixteen sums.
+/// One nf4 row `packed [n / 2]`, `scales [n / 64]` against one token.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 pub unsafe fn dot_nf4_vnni(packed: &[u8], scales: &[bf16], x: QTok) -> f32 {
-    nf4_row_vnni(packed, scales, x, nf4_table_u8x4())
+    let mut out = [0.0];
+    dots_nf4_vnni_tokens::<1>(packed, scales, [x], [&mut out]);
+    out[0]
 }
 
 /// [`dot_nf4_vnni`] over `out.len()` rows stored one after another in `packed` and
-/// `scales`, the table loaded once, each row's start asked for into L1 two rows ahead
-/// (without that, generation lost two points of the bandwidth limit).
+/// `scales`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 pub unsafe fn dots_nf4_vnni(packed: &[u8], scales: &[bf16], x: QTok, out: &mut [f32]) {
-    let table = nf4_table_u8x4();
-    let nb = scales.len() / out.len().max(1);
-    let bytes = nb * BLOCK / 2;
-    assert_eq!(
-        packed.len(),
-        out.len() * bytes,
-        "dots: rows and outputs disagree"
-    );
-    for (k, o) in out.iter_mut().enumerate() {
-        let ahead = packed.as_ptr().wrapping_add((k + 2) * bytes) as *const i8;
-        prefetch_l1(ahead);
-        // in bounds: packed holds out.len() rows (asserted), scales at least as many
-        let row = packed.get_unchecked(k * bytes..(k + 1) * bytes);
-        *o = nf4_row_vnni(row, scales.get_unchecked(k * nb..(k + 1) * nb), x, table);
-    }
+    dots_nf4_vnni_tokens::<1>(packed, scales, [x], [out])
 }
 
-/// The body of [`dot_nf4_vnni`].
-#[inline(always)]
-unsafe fn nf4_row_vnni(packed: &[u8], scales: &[bf16], x: QTok, table: __m512i) -> f32 {
-    let nb = scales.len();
-    let mut acc = _mm512_setzero_ps();
-    let whole = nb / CLASSES * CLASSES;
-    for g in (0..whole).step_by(CLASSES) {
-        let s = nf4_group(packed, x, g, CLASSES, table);
-        acc = add_blocks(acc, s, scales, x.scale, g, CLASSES);
-    }
-    if whole < nb {
-        let m = nb - whole;
-        let s = nf4_group(packed, x, whole, m, table);
-        acc = add_blocks(acc, s, scales, x.scale, whole, m);
-    }
-    hsum512(acc)
-}
-
-/// [`nf4_group`] for `T` tokens: each pair of blocks decoded once for all of them. A
-/// token's block sums are exact integers, so they are the bits [`nf4_group`] gives it.
-/// (Plain loops: written with closures it was not inlined into the AVX-512 code and ran
-/// six times slower.)
+/// Blocks `g..g + m` (`g` even, `m` at most sixteen) of an nf4 row against each token of
+/// `x`: lane `j` is block `g + j`'s integer sum with its correction (zero past `m`), each
+/// pair of blocks decoded once for all the tokens. A pair's two blocks share a vector, so
+/// one step fewer reduces them ([`sum_chunk_pairs`], [`sum_chunks`]). (Plain loops:
+/// written with closures it was not inlined into the AVX-512 code and ran six times
+/// slower.)
 #[inline(always)]
 // indices over several arrays of registers in step; no closures (see nf4_group_tokens)
 #[allow(clippy::needless_range_loop)]
@@ -454,8 +350,11 @@ unsafe fn nf4_group_tokens<const T: usize>(
     out
 }
 
-/// [`dots_nf4_vnni`] for `T` tokens at once (`out[t]` the rows' outputs for `x[t]`): each
-/// row decoded once for all of them, every output the bits the one-token kernel gives.
+/// The nf4 rows stored one after another in `packed` and `scales` against `T` tokens at
+/// once (`out[t]` the outputs for `x[t]`), each row decoded once for all of them, the
+/// table loaded once, each row's start asked for into L1 two rows ahead (without that,
+/// generation lost two points of the bandwidth limit). A token's block sums are exact
+/// integers, so its outputs do not depend on the tokens beside it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 // indices over several arrays of registers in step; no closures (see nf4_group_tokens)
 #[allow(clippy::needless_range_loop)]
@@ -479,8 +378,17 @@ pub unsafe fn dots_nf4_vnni_tokens<const T: usize>(
         let row = packed.get_unchecked(k * bytes..(k + 1) * bytes);
         let sc = scales.get_unchecked(k * nb..(k + 1) * nb);
         let mut acc = [_mm512_setzero_ps(); T];
-        for g in (0..nb).step_by(CLASSES) {
-            let m = (nb - g).min(CLASSES);
+        // whole groups (no bounds tested), then the last, shorter one
+        let whole = nb / CLASSES * CLASSES;
+        for g in (0..whole).step_by(CLASSES) {
+            let m = CLASSES;
+            let s = nf4_group_tokens::<T>(row, x, g, m, table);
+            for t in 0..T {
+                acc[t] = add_blocks(acc[t], s[t], sc, x[t].scale, g, m);
+            }
+        }
+        if whole < nb {
+            let (g, m) = (whole, nb - whole);
             let s = nf4_group_tokens::<T>(row, x, g, m, table);
             for t in 0..T {
                 acc[t] = add_blocks(acc[t], s[t], sc, x[t].scale, g, m);
