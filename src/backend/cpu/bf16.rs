@@ -123,7 +123,6 @@ pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: Shar
 ///
 /// [`Kernel::Bf16Dots`]: super::plan::Kernel::Bf16Dots
 /// [`Kernel::Bf16Tiles`]: super::plan::Kernel::Bf16Tiles
-#[cfg(target_arch = "x86_64")]
 pub fn row_order_rows(
     w: &Matrix,
     rows: Range<usize>,
@@ -132,56 +131,49 @@ pub fn row_order_rows(
     tiles: bool,
     y: SharedMut,
 ) {
-    use super::arch::x86::bf16::{dot_bf16x2, tile4x4_bf16x2};
-    use super::tuning::TOKENS_PER_BLOCK;
-    let (out, inp, stride) = (w.rows, w.cols, x_stride(w.cols));
-    let Data::BF16(b) = &w.data else {
-        unreachable!("bf16 row products of {:?} weights", w.dtype())
-    };
-    let row = |r: usize| &b[r * inp..(r + 1) * inp];
-    let xr = |ti: usize| &x[ti * stride..ti * stride + inp];
-    // SAFETY (both kernels): the plan picks these kernels on AVX-512 BF16 only.
-    if !tiles {
-        for r in rows {
-            super::dense::prefetch_row(w, r + 2);
-            for ti in 0..t {
-                // SAFETY: as above; element (ti, r) is written by the task owning row r.
-                unsafe { y.write(ti * out + r, dot_bf16x2(row(r), xr(ti))) };
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::arch::x86::bf16::{dot_bf16x2, tile4x4_bf16x2};
+        use super::tuning::TOKENS_PER_BLOCK;
+        let (out, inp, stride) = (w.rows, w.cols, x_stride(w.cols));
+        let Data::BF16(b) = &w.data else {
+            unreachable!("bf16 row products of {:?} weights", w.dtype())
+        };
+        let row = |r: usize| &b[r * inp..(r + 1) * inp];
+        let xr = |ti: usize| &x[ti * stride..ti * stride + inp];
+        // SAFETY (both kernels): the plan picks these kernels on AVX-512 BF16 only.
+        if !tiles {
+            for r in rows {
+                super::dense::prefetch_row(w, r + 2);
+                for ti in 0..t {
+                    // SAFETY: as above; element (ti, r) is written by the task owning row r.
+                    unsafe { y.write(ti * out + r, dot_bf16x2(row(r), xr(ti))) };
+                }
             }
+            return;
         }
-        return;
+        // Each tile of a block of tokens asks for its share of the next four rows.
+        let tiles_a_block = t.min(TOKENS_PER_BLOCK) / 4;
+        let group_lines = (4 * inp * 2).div_ceil(64);
+        let share = group_lines.div_ceil(tiles_a_block.max(1));
+        let start = rows.start;
+        super::dense::tiled(
+            rows,
+            t,
+            out,
+            y,
+            |k| row(start + k),
+            |wr, ti, acc| {
+                let next = wr[0].as_ptr().wrapping_add(4 * inp) as *const u8;
+                let from = (ti % TOKENS_PER_BLOCK / 4 * share).min(group_lines);
+                let ahead = (next.wrapping_add(64 * from), share.min(group_lines - from));
+                let x = std::array::from_fn(|j| xr(ti + j));
+                unsafe { tile4x4_bf16x2(wr, x, acc, ahead) }
+            },
+            |wrow, ti| unsafe { dot_bf16x2(wrow, xr(ti)) },
+        );
     }
-    // Each tile of a block of tokens asks for its share of the next four rows.
-    let tiles_a_block = t.min(TOKENS_PER_BLOCK) / 4;
-    let group_lines = (4 * inp * 2).div_ceil(64);
-    let share = group_lines.div_ceil(tiles_a_block.max(1));
-    let start = rows.start;
-    super::dense::tiled(
-        rows,
-        t,
-        out,
-        y,
-        |k| row(start + k),
-        |wr, ti, acc| {
-            let next = wr[0].as_ptr().wrapping_add(4 * inp) as *const u8;
-            let from = (ti % TOKENS_PER_BLOCK / 4 * share).min(group_lines);
-            let ahead = (next.wrapping_add(64 * from), share.min(group_lines - from));
-            let x = std::array::from_fn(|j| xr(ti + j));
-            unsafe { tile4x4_bf16x2(wr, x, acc, ahead) }
-        },
-        |wrow, ti| unsafe { dot_bf16x2(wrow, xr(ti)) },
-    );
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn row_order_rows(
-    w: &Matrix,
-    rows: Range<usize>,
-    x: &[bf16],
-    t: usize,
-    tiles: bool,
-    y: SharedMut,
-) {
+    #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
         "bf16 rows without AVX-512 ({:?})",
         (w.dtype(), rows, x.len(), t, tiles, y.ptr())

@@ -52,17 +52,20 @@ pub fn matmul_bf16(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
 pub fn matmul_bf16_rows(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
     let (out, inp) = (w.rows, w.cols);
     let steps = inp.div_ceil(32);
-    let padded = |v: &mut dyn FnMut(&mut [f32])| {
+    // a row rounded to bf16, zeros past `inp` up to whole steps
+    let round = |v: &[f32]| -> Vec<f32> {
         let mut r = vec![0.0; steps * 32];
-        v(&mut r[..inp]);
-        r.iter()
-            .map(|&v| bf16::from_f32(v).to_f32())
-            .collect::<Vec<f32>>()
+        for (r, &v) in r.iter_mut().zip(v) {
+            *r = bf16::from_f32(v).to_f32();
+        }
+        r
     };
+    let mut row = vec![0.0; inp];
     for o in 0..out {
-        let wr = padded(&mut |r| w.row_f32(o, r));
+        w.row_f32(o, &mut row);
+        let wr = round(&row);
         for ti in 0..t {
-            let xr = padded(&mut |r| r.copy_from_slice(&x[ti * inp..(ti + 1) * inp]));
+            let xr = round(&x[ti * inp..(ti + 1) * inp]);
             let mut lanes = [0.0f32; CLASSES];
             for s in 0..steps {
                 for (l, acc) in lanes.iter_mut().enumerate() {
