@@ -59,7 +59,8 @@ fn run(args: &Args) -> Result<(), CliError> {
         rwkv::atomic::check_writable(p)?;
     }
     let t0 = Instant::now();
-    let (model, tok) = args.model.load(Precision::Bf16)?;
+    // A batch multiplies many tokens at a time; one stream, one token.
+    let (model, tok) = args.model.load(Precision::Bf16, many && args.batch > 1)?;
     if args.verbose {
         let c = &model.cfg;
         let prec = match model.sequence_precision() {

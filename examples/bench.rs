@@ -108,7 +108,7 @@ fn weight_bytes(m: &Model) -> Vec<&[u8]> {
             Data::F32(b) => [bytes(b), &[]],
             Data::F16(b) => [bytes(b), &[]],
             Data::BF16(b) => [bytes(b), &[]],
-            Data::Q8(q) => [bytes(&q.qs), bytes(&q.scales)],
+            Data::Q8(q) | Data::Q8Panels(q) => [bytes(&q.qs), bytes(&q.scales)],
             Data::Nf4(q) => [bytes(&q.packed), bytes(&q.scales)],
         };
         out.extend(parts.into_iter().flat_map(|p| p.chunks(256 * 1024)));
@@ -150,12 +150,13 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
         .build_global()
         .unwrap();
     let t0 = Instant::now();
-    let opts = LoadOptions {
+    let opts = |many_tokens| LoadOptions {
         quant: quant_of(format),
         quant_layers: None,
         device: args.device.parse().unwrap(),
+        many_tokens,
     };
-    let mut m = Model::load_with(path, opts).unwrap();
+    let mut m = Model::load_with(path, opts(false)).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     let v = m.cfg.vocab as u32;
     let prompt: Vec<u32> = (0..args.prompt as u32)
@@ -211,8 +212,11 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
             "weight_bytes": m.weight_bytes(),
         })
     });
-    // Batched generation: n streams, each from its own first token, one step for all, at
-    // rwkv-gen's precision (bf16 products where the CPU has them).
+    // Batched generation: n streams, each from its own first token, one step for all, as
+    // rwkv-gen --batch loads and runs the model (for many tokens at a time, bf16 products
+    // where the CPU has them).
+    drop(m);
+    let mut m = Model::load_with(path, opts(true)).unwrap();
     m.set_precision(Precision::Bf16);
     let batched: Vec<serde_json::Value> = args
         .batch

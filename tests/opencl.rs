@@ -206,7 +206,7 @@ fn clone(m: &Matrix) -> Matrix {
             cols,
             data: Data::BF16(Buf::Owned(b.to_vec())),
         },
-        Data::Q8(_) | Data::Nf4(_) => {
+        Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_) => {
             let f = Matrix::from_f32(rows, cols, m.to_f32());
             let q = if m.dtype() == DType::Int8 {
                 Quant::Int8
@@ -276,7 +276,7 @@ fn products_match_the_reference_for_every_format_and_step() {
             let (want, want_a) = reference(false);
             let (want_cpu, want_cpu_a) = reference(true);
             let (dev, dev_a) = products_on(&o, &mats, &xs, &ops, &steps, t);
-            let (cpu, cpu_a) = products_on(&Cpu, &mats, &xs, &ops, &steps, t);
+            let (cpu, cpu_a) = products_on(&Cpu::default(), &mats, &xs, &ops, &steps, t);
             for (i, m) in mats.iter().enumerate() {
                 let what = format!("{:?} {rows}x{cols} t={t} step {}", m.dtype(), steps[i]);
                 close(&format!("device {what}"), &dev[i], &want[i], 1e-4);
@@ -400,7 +400,7 @@ fn norm_shift_matches_the_reference() {
             ),
             (
                 "cpu",
-                run(&Cpu, &x, &w, &b, &maas, &states, &spans, shape, from),
+                run(&Cpu::default(), &x, &w, &b, &maas, &states, &spans, shape, from),
             ),
         ] {
             let what = format!("{name} {spans:?}");
@@ -503,7 +503,7 @@ fn lora_matches_the_reference() {
     }
     for (name, got) in [
         ("device", run(&o, &down, &ups, &x, &xx, &sx, &maas, t, m)),
-        ("cpu", run(&Cpu, &down, &ups, &x, &xx, &sx, &maas, t, m)),
+        ("cpu", run(&Cpu::default(), &down, &ups, &x, &xx, &sx, &maas, t, m)),
     ] {
         for j in 0..5 {
             close(&format!("{name} up {j}"), &got[j], &want[j], 1e-4);
@@ -620,7 +620,7 @@ fn wkv6_matches_the_reference() {
     let args = [&r[..], &kk, &v, &dl, &bias, &u, &lw, &lb, &g, &[]];
     for (name, (o_out, o_st)) in [
         ("device", run(&o, args, &up, &st0, h, t, from)),
-        ("cpu", run(&Cpu, args, &up, &st0, h, t, from)),
+        ("cpu", run(&Cpu::default(), args, &up, &st0, h, t, from)),
     ] {
         close(&format!("{name} out"), &o_out, &out[from * d..], 1e-4);
         close(&format!("{name} state"), &o_st, &st, 1e-4);
@@ -687,7 +687,7 @@ fn wkv7_matches_the_reference() {
         let want_first = if layer0 { &v } else { &first };
         for (name, (o_out, o_st, o_first)) in [
             ("device", wkv7_on(&o, inputs, &st0, h, t, from, layer0)),
-            ("cpu", wkv7_on(&Cpu, inputs, &st0, h, t, from, layer0)),
+            ("cpu", wkv7_on(&Cpu::default(), inputs, &st0, h, t, from, layer0)),
         ] {
             let what = format!("{name} layer0={layer0}");
             close(&format!("{what} out"), &o_out, &out[from * d..], 1e-4);

@@ -126,6 +126,47 @@ fn quantized_models_are_smaller_and_the_vectors_untouched() {
     assert_eq!(ffn_key(2), rwkv::tensor::DType::BF16);
 }
 
+/// int8 stored for many tokens at a time (panels, no packing) gives every logit the bits
+/// of int8 stored for one stream (rows): a sequence, one token at a time, and streams
+/// stepped together, in f32 and bf16 precision.
+#[test]
+fn int8_layouts_give_the_same_bits() {
+    let load = |many_tokens| {
+        let opts = LoadOptions {
+            quant: Some(Quant::Int8),
+            many_tokens,
+            ..LoadOptions::default()
+        };
+        Model::load_with(&model_path("shakespeare-rwkv6.safetensors"), opts).unwrap()
+    };
+    let (rows, mut panels) = (load(false), load(true));
+    let text: Vec<u32> = b"ROMEO:\nBut soft, what light through yonder window breaks?"
+        .iter()
+        .map(|&b| b as u32)
+        .collect();
+    let run = |m: &Model| {
+        let mut st = m.new_state();
+        let mut out = m.forward(&text, &mut st, Logits::All).unwrap();
+        for &tok in &text[..5] {
+            out.extend(m.forward(&[tok], &mut st, Logits::Last).unwrap());
+        }
+        let mut states: Vec<rwkv::State> = (0..5).map(|_| m.new_state()).collect();
+        let mut refs: Vec<&mut rwkv::State> = states.iter_mut().collect();
+        out.extend(m.step(&text[..5], &mut refs).unwrap());
+        out
+    };
+    let want = run(&rows);
+    assert!(run(&panels) == want, "f32: the layouts disagree");
+    let mut rows = rows;
+    rows.set_precision(rwkv::model::Precision::Bf16);
+    panels.set_precision(rwkv::model::Precision::Bf16);
+    assert!(run(&panels) == run(&rows), "bf16: the layouts disagree");
+    assert_eq!(
+        info(&panels, "blocks.0.ffn.key.weight").dtype,
+        rwkv::tensor::DType::Int8
+    );
+}
+
 #[test]
 fn a_saved_quantized_model_loads_to_the_same_logits() {
     let dir = temp_dir("quant-save");

@@ -215,6 +215,10 @@ pub struct LoadOptions {
     pub quant_layers: Option<usize>,
     /// Where to run.
     pub device: DeviceSpec,
+    /// The products will mostly be over many tokens at a time (batches of streams,
+    /// scoring, building states): on the CPU, int8 matrices are stored for that
+    /// ([`crate::backend::cpu::Cpu::int8_panels`]). The same results either way.
+    pub many_tokens: bool,
 }
 
 impl Default for LoadOptions {
@@ -223,6 +227,7 @@ impl Default for LoadOptions {
             quant: None,
             quant_layers: None,
             device: DeviceSpec::CPU,
+            many_tokens: false,
         }
     }
 }
@@ -244,7 +249,12 @@ impl Model {
         };
         let fingerprint = fingerprint(&ck, &names, &cfg, &vectors)?;
         let run: Box<dyn Run> = match Ocl::open(opts.device)? {
-            None => engine(Cpu, &ck, &names, &cfg, &opts, true)?,
+            None => {
+                let cpu = Cpu {
+                    int8_panels: opts.many_tokens,
+                };
+                engine(cpu, &ck, &names, &cfg, &opts, true)?
+            }
             #[cfg(feature = "opencl")]
             Some(ocl) => engine(ocl, &ck, &names, &cfg, &opts, false)?,
             #[cfg(not(feature = "opencl"))]

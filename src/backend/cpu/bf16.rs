@@ -66,9 +66,16 @@ pub fn round_bf16(x: &[f32], n: usize, out: &mut Vec<bf16>) {
 /// multiplied with up to 12 tokens at a time.
 #[cfg(target_arch = "x86_64")]
 pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: SharedMut) {
-    use super::arch::x86::bf16::pack_panel_avx512;
+    use super::arch::x86::bf16::{pack_panel_avx512, q8_panel_bf16};
     use super::tuning::{BF16_PANEL_TOKENS, PANEL_ROWS};
+    use crate::tensor::q8_panels::{block_order, panel_bytes};
+    use crate::tensor::quant::BLOCK;
     let (out, inp) = (w.rows, w.cols);
+    // int8 panels as stored: the order of their blocks
+    let order: Vec<usize> = match &w.data {
+        Data::Q8Panels(_) => block_order(inp / BLOCK).collect(),
+        _ => Vec::new(),
+    };
     let pairs = inp.div_ceil(2);
     let xw = 2 * pairs;
     let (xp, xs_u32) = (x.as_ptr() as *const u32, x_stride(inp) / 2);
@@ -76,24 +83,33 @@ pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: Shar
         panel.resize(pairs * PANEL_ROWS, 0);
         for r0 in rows.clone().step_by(PANEL_ROWS) {
             let n = (rows.end - r0).min(PANEL_ROWS);
-            let (base, stride) = match &w.data {
-                Data::BF16(b) if inp.is_multiple_of(2) => (b[r0 * inp..].as_ptr(), inp),
-                _ => with_scratch(&F32ROW, |f| {
-                    with_scratch(&BROWS, |brows| {
-                        f.resize(inp, 0.0);
-                        brows.resize(n * xw, bf16::ZERO);
-                        for (k, row) in brows.chunks_exact_mut(xw).enumerate() {
-                            // SAFETY: the plan gives bf16 panels only on AVX-512 BF16.
-                            unsafe { row_bf16(w, r0 + k, f, &mut row[..inp]) };
-                            row[inp..].fill(bf16::ZERO);
-                        }
-                        (brows.as_ptr(), xw)
-                    })
-                }),
-            };
-            // SAFETY: as above; the n rows of `stride` from `base` are in bounds (BROWS is
-            // not touched again before the panel is packed).
-            unsafe { pack_panel_avx512(base, stride, n, pairs, panel) };
+            if let Data::Q8Panels(q) = &w.data {
+                let (p, nb) = (r0 / PANEL_ROWS, inp / BLOCK);
+                let codes = &q.qs[p * panel_bytes(inp)..(p + 1) * panel_bytes(inp)];
+                let scales = &q.scales[p * nb * PANEL_ROWS..(p + 1) * nb * PANEL_ROWS];
+                // SAFETY: the plan gives bf16 panels only on AVX-512 BF16; tasks take whole
+                // panels (Kernel::panel_rows), so r0 starts one.
+                unsafe { q8_panel_bf16(codes, scales, &order, panel) };
+            } else {
+                let (base, stride) = match &w.data {
+                    Data::BF16(b) if inp.is_multiple_of(2) => (b[r0 * inp..].as_ptr(), inp),
+                    _ => with_scratch(&F32ROW, |f| {
+                        with_scratch(&BROWS, |brows| {
+                            f.resize(inp, 0.0);
+                            brows.resize(n * xw, bf16::ZERO);
+                            for (k, row) in brows.chunks_exact_mut(xw).enumerate() {
+                                // SAFETY: the plan gives bf16 panels only on AVX-512 BF16.
+                                unsafe { row_bf16(w, r0 + k, f, &mut row[..inp]) };
+                                row[inp..].fill(bf16::ZERO);
+                            }
+                            (brows.as_ptr(), xw)
+                        })
+                    }),
+                };
+                // SAFETY: as above; the n rows of `stride` from `base` are in bounds (BROWS is
+                // not touched again before the panel is packed).
+                unsafe { pack_panel_avx512(base, stride, n, pairs, panel) };
+            }
             // The next panel's stored rows (most often this thread's next task's) are asked
             // for while the tokens keep the core busy, a line every few pairs of every call.
             let (next, len) = super::dense::stored_span(w, r0 + PANEL_ROWS, r0 + 2 * PANEL_ROWS);

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::isa::Isa;
-use crate::tensor::Matrix;
+use crate::tensor::{Data, Matrix};
 use epilogue::Step;
 pub use schedule::{matmul_with, matmuls_with, MatJob};
 use schedule::{Region, SharedMut};
@@ -41,7 +41,13 @@ use std::ops::Range;
 
 /// The CPU backend.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Cpu;
+pub struct Cpu {
+    /// Store int8 matrices in panels where the integer panel kernel runs
+    /// ([`crate::tensor::q8_panels`]): for work over many tokens at a time (batches of
+    /// streams, scoring, building states), which then never packs them; one stream reads
+    /// rows a little faster.
+    pub int8_panels: bool,
+}
 
 /// The streams of a call: each stream's rows.
 #[derive(Debug, Default)]
@@ -102,8 +108,18 @@ impl Backend for Cpu {
         )
     }
 
+    /// int8 matrices go into panels if asked ([`Cpu::int8_panels`]) and the integer panel
+    /// kernel runs here; the rest stay as loaded.
     fn matrix(&self, m: Matrix) -> Result<Matrix> {
-        Ok(m)
+        let panels = self.int8_panels && quant::panel::Panel::runs(Isa::detect(), false);
+        Ok(match &m.data {
+            Data::Q8(q) if panels => Matrix {
+                rows: m.rows,
+                cols: m.cols,
+                data: Data::Q8Panels(crate::tensor::q8_panels::to_panels(q, m.rows, m.cols)),
+            },
+            _ => m,
+        })
     }
 
     fn host_matrix(m: &Matrix) -> Option<&Matrix> {

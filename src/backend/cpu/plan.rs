@@ -45,13 +45,18 @@ pub enum Kernel {
 }
 
 /// The kernel for `w [out, in]` times `t` tokens at `prec` on `isa`. bf16 panels take the
-/// sequence products of 16-bit and int8 weights at bf16 precision; nf4 weights stay in
-/// integers where their panel runs, since `vpdpbusd` does twice the products of
-/// `vdpbf16ps`.
+/// sequence products of 16-bit and int8 weights (rows or stored panels alike) at bf16
+/// precision; nf4 weights stay in integers where their panel runs, since `vpdpbusd` does
+/// twice the products of `vdpbf16ps`.
 pub fn kernel(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> Kernel {
     let sequence = t >= SEQUENCE_FROM;
     let nf4 = matches!(w.data, Data::Nf4(_));
-    let quant = matches!(w.data, Data::Q8(_) | Data::Nf4(_));
+    let quant = matches!(w.data, Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_));
+    // int8 stored in panels: the integer panel kernel but for bf16 prompts, as int8 rows
+    let bf16_sequence = prec == Precision::Bf16 && sequence && bf16_dot_on(isa);
+    if matches!(w.data, Data::Q8Panels(_)) && !bf16_sequence {
+        return Kernel::QuantPanels;
+    }
     let int_panels = Panel::runs(isa, nf4);
     // bf16 rows as stored, wider than the LoRA factors (whose rows are too short for
     // a reduction each), at either bf16 precision
@@ -63,12 +68,7 @@ pub fn kernel(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> Kernel {
         Precision::Bf16Streams if bf16_rows => return Kernel::Bf16Tiles,
         _ => {}
     }
-    if prec == Precision::Bf16
-        && sequence
-        && !matches!(w.data, Data::F32(_))
-        && !(nf4 && int_panels)
-        && bf16_dot_on(isa)
-    {
+    if bf16_sequence && !matches!(w.data, Data::F32(_)) && !(nf4 && int_panels) {
         return Kernel::Bf16Panels;
     }
     if quant {

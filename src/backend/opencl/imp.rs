@@ -179,6 +179,7 @@ impl Backend for Ocl {
             Data::BF16(b) => (F_BF16, as_bytes(b), &[]),
             Data::Q8(q) => (F_Q8, as_bytes(&q.qs), as_bytes(&q.scales)),
             Data::Nf4(q) => (F_NF4, as_bytes(&q.packed), as_bytes(&q.scales)),
+            Data::Q8Panels(_) => unreachable!("int8 panels are the CPU backend's layout"),
         };
         Ok(DevMatrix {
             info: crate::backend::MatrixInfo::of(&m),
@@ -264,7 +265,7 @@ impl Backend for Ocl {
         x: RowsMut<DevTensor>,
     ) -> Result<()> {
         let mut rows = vec![0.0f32; tokens.len() * x.cols];
-        Cpu.embed(
+        Cpu::default().embed(
             emb,
             ln0,
             tokens,

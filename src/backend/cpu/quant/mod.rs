@@ -153,7 +153,7 @@ pub struct QTok<'a> {
 /// Classes of blocks summed apart: block `b` goes to class `b % 16`, so that one token's
 /// kernel adds sixteen blocks' sums at once and the panel kernel keeps one sum per class
 /// and token.
-pub const CLASSES: usize = 16;
+pub use crate::tensor::q8_panels::CLASSES;
 
 /// Int8 activations of a pair of blocks.
 pub const PAIR: usize = 2 * BLOCK;
@@ -172,7 +172,7 @@ pub fn q8_index(b: usize, i: usize) -> usize {
 /// `q * s`, nf4 weights `NF4_I8[i] / 127 * s`), and how its activations are rounded.
 pub fn code_unit(w: &Matrix) -> Option<(f32, Act)> {
     match w.data {
-        Data::Q8(_) => Some((1.0, Act::I16)),
+        Data::Q8(_) | Data::Q8Panels(_) => Some((1.0, Act::I16)),
         Data::Nf4(_) => Some((1.0 / NF4_I8[15] as f32, Act::I8)),
         _ => None,
     }
@@ -218,6 +218,9 @@ pub fn matmul_rows(
     y: SharedMut,
 ) {
     let out = w.rows;
+    if let Data::Q8Panels(q) = &w.data {
+        return stored_rows(w, q, rows, x, t, y);
+    }
     if !panels {
         for t0 in (0..t).step_by(4) {
             let n = (t - t0).min(4);
@@ -252,4 +255,54 @@ pub fn matmul_rows(
             }
         }
     })
+}
+
+/// Rows `rows` (whole panels, but for the matrix's last) of `y [t, out] = x [t, in] . W^T`
+/// for an int8 `W` stored in panels: each panel against eight tokens at a time as stored,
+/// the next panel asked for along the way.
+fn stored_rows(
+    w: &Matrix,
+    q: &crate::tensor::quant::Q8,
+    rows: std::ops::Range<usize>,
+    x: &QActs,
+    t: usize,
+    y: SharedMut,
+) {
+    use super::plan::SEQUENCE_FROM;
+    use super::tuning::PREFETCH_AHEAD;
+    use crate::tensor::q8_panels::panel_bytes;
+    assert!(
+        rows.start.is_multiple_of(PANEL_ROWS),
+        "stored panels: rows from {}",
+        rows.start
+    );
+    let (out, bytes) = (w.rows, panel_bytes(w.cols));
+    for r0 in rows.clone().step_by(PANEL_ROWS) {
+        let (p, n) = (r0 / PANEL_ROWS, (w.rows - r0).min(PANEL_ROWS));
+        // One token streams the panels, asking a little ahead of its reads (memory bound);
+        // more ask for the whole next panel while the tokens keep the core busy.
+        let ahead_by = if t < SEQUENCE_FROM {
+            4 * PREFETCH_AHEAD
+        } else {
+            bytes
+        };
+        let next = q.qs.as_ptr().wrapping_add(p * bytes + ahead_by) as *const u8;
+        let lines = if r0 + PANEL_ROWS < w.rows {
+            bytes / 64
+        } else {
+            0
+        };
+        let share = lines.div_ceil(t.div_ceil(QUANT_PANEL_TOKENS));
+        for (c, t0) in (0..t).step_by(QUANT_PANEL_TOKENS).enumerate() {
+            let nt = (t - t0).min(QUANT_PANEL_TOKENS);
+            let from = (c * share).min(lines);
+            let ahead = (next.wrapping_add(64 * from), share.min(lines - from));
+            // SAFETY: the plan stores panels only where their kernel runs; elements
+            // (t0 + j, r0..r0 + n) are written by the task owning rows r0..r0 + n only.
+            unsafe {
+                let ys = |j: usize| y.ptr().add((t0 + j) * out + r0);
+                panel::multiply_stored(q, w.cols, p, n, x, t0, nt, ys, ahead)
+            };
+        }
+    }
 }

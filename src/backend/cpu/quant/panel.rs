@@ -6,7 +6,8 @@ use super::acts::QActs;
 use super::{Act, QRow, PAIR};
 use crate::backend::cpu::tuning::{PANEL_ROWS, QUANT_PANEL_TOKENS};
 use crate::isa::{features, Isa};
-use crate::tensor::quant::BLOCK;
+use crate::tensor::q8_panels::panel_bytes;
+use crate::tensor::quant::{BLOCK, Q8};
 
 /// Up to 32 rows of an int8 or nf4 matrix packed for the sequence kernel: a vector lane a
 /// row, so that one load of weights meets every token and each `vpdpwssd` (int8) or
@@ -87,59 +88,123 @@ impl Panel {
         y: impl Fn(usize) -> *mut f32,
         ahead: (*const u8, usize),
     ) {
-        assert!(nt <= QUANT_PANEL_TOKENS, "Panel::multiply: {nt} tokens");
         assert!(self.nb > 0, "Panel::multiply before Panel::pack");
-        assert!(
-            x.n == self.nb * BLOCK && (x.act == Act::I8) == self.nf4,
-            "Panel::multiply: activations of another width or rounding"
-        );
-        assert!(
-            t0 + nt <= x.scale.len() / self.nb,
-            "Panel::multiply: tokens past the end"
-        );
+        check(x, t0, nt, self.nb, self.nf4);
         #[cfg(target_arch = "x86_64")]
         {
-            use crate::backend::cpu::arch::x86::quant as x86q;
-            let (w, s, nb, rows) = (&self.words[..], &self.scales[..], self.nb, self.rows);
-            // where token t0 + j's codes, scales and corrections start (read for j < nt only)
-            let per_token = if self.nf4 {
-                nb.div_ceil(2) * PAIR
-            } else {
-                2 * x.n
-            };
-            let codes = if self.nf4 {
-                x.q8.as_ptr() as *const u8
-            } else {
-                x.q16.as_ptr() as *const u8
-            };
-            let tokens = x86q::Tokens {
-                codes: std::array::from_fn(|j| codes.wrapping_add((t0 + j) * per_token)),
-                scale: std::array::from_fn(|j| x.scale.as_ptr().wrapping_add((t0 + j) * nb)),
-                corr: std::array::from_fn(|j| x.block_corr.as_ptr().wrapping_add((t0 + j) * nb)),
-            };
-            macro_rules! k {
-                ($($n:literal)*) => {
-                    match (nt, self.nf4) {
-                        (0, _) => {}
-                        // SAFETY: packed (nb > 0), so Panel::pack found what the kernel
-                        // needs on this CPU; tokens t0..t0 + nt hold `nb` blocks of the
-                        // panel's codes (checked above); the caller vouches for `y`.
-                        $(($n, false) => x86q::panel_kernel::<$n, false>(
-                            w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
-                        ),
-                        ($n, true) => x86q::panel_kernel::<$n, true>(
-                            w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
-                        ),)*
-                        _ => unreachable!(),
-                    }
-                };
-            }
-            k!(1 2 3 4 5 6 7 8)
+            use crate::backend::cpu::arch::x86::quant::panel_words;
+            assert!(self.words.len() >= self.nb * panel_words(self.nf4) * PANEL_ROWS);
+            assert!(self.scales.len() >= self.nb * PANEL_ROWS);
+            let (w, s) = (self.words.as_ptr() as *const u8, self.scales.as_ptr());
+            run_kernel(
+                w, s, false, self.nf4, self.nb, x, t0, nt, y, self.rows, ahead,
+            );
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!(
-            "Panel::multiply without a panel kernel ({} rows)",
-            self.rows
+            "Panel::multiply without a panel kernel ({:?})",
+            (self.rows, y(0), ahead)
         )
     }
+}
+
+/// Panel `p` of an int8 matrix stored in panels (`q`, `cols` wide, `rows` of its rows
+/// real), its rows dotted with tokens `t0..t0 + nt` of `x` as [`Panel::multiply`] dots
+/// them, bit for bit, with no packing.
+///
+/// # Safety
+/// As [`Panel::multiply`]'s; the CPU runs the int8 panel kernel ([`Panel::runs`]).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn multiply_stored(
+    q: &Q8,
+    cols: usize,
+    p: usize,
+    rows: usize,
+    x: &QActs,
+    t0: usize,
+    nt: usize,
+    y: impl Fn(usize) -> *mut f32,
+    ahead: (*const u8, usize),
+) {
+    let nb = cols / BLOCK;
+    check(x, t0, nt, nb, false);
+    let (codes, scales) = (panel_bytes(cols), nb * PANEL_ROWS);
+    assert!(q.qs.len() >= (p + 1) * codes && q.scales.len() >= (p + 1) * scales);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let w = q.qs.as_ptr().add(p * codes) as *const u8;
+        let s = q.scales.as_ptr().add(p * scales);
+        run_kernel(w, s, true, false, nb, x, t0, nt, y, rows, ahead);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "stored panels without a panel kernel ({:?})",
+        (rows, y(0), ahead)
+    )
+}
+
+/// The activations a panel call reads: tokens `t0..t0 + nt`, `nb` blocks of the rounding
+/// the weights meet.
+fn check(x: &QActs, t0: usize, nt: usize, nb: usize, nf4: bool) {
+    assert!(nt <= QUANT_PANEL_TOKENS, "panel kernel: {nt} tokens");
+    assert!(
+        x.n == nb * BLOCK && (x.act == Act::I8) == nf4,
+        "panel kernel: activations of another width or rounding"
+    );
+    assert!(
+        t0 + nt <= x.scale.len() / nb.max(1),
+        "panel kernel: tokens past the end"
+    );
+}
+
+/// The panel kernel for `nt` tokens of `x` from `t0` (checked by the caller) over the
+/// weights at `w` and scales at `s`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_kernel(
+    w: *const u8,
+    s: *const f32,
+    stored: bool,
+    nf4: bool,
+    nb: usize,
+    x: &QActs,
+    t0: usize,
+    nt: usize,
+    y: impl Fn(usize) -> *mut f32,
+    rows: usize,
+    ahead: (*const u8, usize),
+) {
+    use crate::backend::cpu::arch::x86::quant as x86q;
+    // where token t0 + j's codes, scales and corrections start (read for j < nt only)
+    let per_token = if nf4 { nb.div_ceil(2) * PAIR } else { 2 * x.n };
+    let codes = if nf4 {
+        x.q8.as_ptr() as *const u8
+    } else {
+        x.q16.as_ptr() as *const u8
+    };
+    let tokens = x86q::Tokens {
+        codes: std::array::from_fn(|j| codes.wrapping_add((t0 + j) * per_token)),
+        scale: std::array::from_fn(|j| x.scale.as_ptr().wrapping_add((t0 + j) * nb)),
+        corr: std::array::from_fn(|j| x.block_corr.as_ptr().wrapping_add((t0 + j) * nb)),
+    };
+    macro_rules! k {
+        ($($n:literal)*) => {
+            match (nt, nf4, stored) {
+                (0, _, _) => {}
+                // SAFETY: the callers checked the weights' and the tokens' extents and
+                // that the CPU runs the kernel; they vouch for `y`.
+                $(($n, false, false) => x86q::panel_kernel::<$n, false, false>(
+                    w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
+                ),
+                ($n, false, true) => x86q::panel_kernel::<$n, false, true>(
+                    w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
+                ),
+                ($n, true, false) => x86q::panel_kernel::<$n, true, false>(
+                    w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
+                ),)*
+                _ => unreachable!("panel kernel: {nt} tokens, nf4 {nf4}, stored {stored}"),
+            }
+        };
+    }
+    k!(1 2 3 4 5 6 7 8)
 }

@@ -48,6 +48,44 @@ pub unsafe fn q8_row_bf16(qs: &[i8], scales: &[f32], out: &mut [bf16]) {
     }
 }
 
+/// A stored int8 panel ([`crate::tensor::q8_panels`]: `codes [nb, 32 words, 2 halves, 16
+/// rows, 2]`, `scales [nb, 32]`, block `order[pos]` at position `pos`) dequantized and
+/// rounded to bf16 straight into a bf16 panel (`panel [nb * 32 pairs, 32 rows]`, as
+/// [`pack_panel_avx512`] lays out rows, the blocks back in column order): the bits
+/// [`q8_row_bf16`] then [`pack_panel_avx512`] give the same rows. Both layouts pair a
+/// row's weights `2k, 2k + 1`, so no transpose is needed.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn q8_panel_bf16(codes: &[i8], scales: &[f32], order: &[usize], panel: &mut [u32]) {
+    let nb = order.len();
+    let words = BLOCK / 2;
+    assert!(
+        codes.len() >= nb * PANEL_ROWS * BLOCK
+            && scales.len() >= nb * PANEL_ROWS
+            && panel.len() >= nb * words * PANEL_ROWS
+    );
+    // each row's scale twice, for its two weights: rows 0..8 and 8..16 of a half
+    let twice = [
+        _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0),
+        _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8),
+    ];
+    let out = panel.as_mut_ptr() as *mut bf16;
+    for (pos, &b) in order.iter().enumerate() {
+        for half in 0..2 {
+            let s = _mm512_loadu_ps(scales.as_ptr().add(pos * PANEL_ROWS + 16 * half));
+            let s = twice.map(|i| _mm512_permutexvar_ps(i, s));
+            for k in 0..words {
+                let src = codes.as_ptr().add((pos * words + k) * 2 * 32 + half * 32);
+                let dst = out.add(2 * ((b * words + k) * PANEL_ROWS + 16 * half));
+                for (e, s) in s.iter().enumerate() {
+                    let q = _mm_loadu_si128(src.add(16 * e) as *const __m128i);
+                    let v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), *s);
+                    store_bf16x16(dst.add(16 * e), v);
+                }
+            }
+        }
+    }
+}
+
 /// An nf4 row (`packed [n / 2]`, `scales [n / 64]`) dequantized and rounded to bf16
 /// into `out [n]`, as [`q8_row_bf16`]: codes looked up in the code book by `vpermps`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]

@@ -12,6 +12,7 @@ use crate::backend::cpu::arch::{prefetch_ahead, prefetch_l1, prefetch_l2};
 use crate::backend::cpu::quant::acts::{block_scale, TokenCodes};
 use crate::backend::cpu::quant::{q8_index, Act, BlockScale, QRow, QTok, CLASSES, PAIR};
 use crate::backend::cpu::tuning::{PREFETCH_AHEAD, QUANT_PANEL_TOKENS};
+use crate::tensor::q8_panels::class_order;
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use _mm512_castps_si512 as int;
 use _mm512_castsi512_ps as ps;
@@ -487,12 +488,6 @@ pub struct Tokens {
     pub corr: [*const i32; QUANT_PANEL_TOKENS],
 }
 
-/// The class the `k`-th pass of [`panel_kernel`] sums: `k`'s four bits reversed, so
-/// that the classes arrive in pairs of [`crate::backend::cpu::scalar::tree16`]'s tree.
-const fn class_order(k: usize) -> usize {
-    (k & 1) << 3 | (k & 2) << 1 | (k & 4) >> 1 | (k & 8) >> 3
-}
-
 /// `out[j][r]` = row `r` of a packed panel ([`pack_panel`]) dotted with token `x[j]`,
 /// each summed in [`crate::backend::cpu::scalar::quant_dot`]'s order: a block's integer sum in a lane of
 /// `vpdpwssd` (int8) or `vpdpbusd` (nf4, started at the block's correction), then, as
@@ -503,20 +498,28 @@ const fn class_order(k: usize) -> usize {
 /// The first `N` of `x` must hold `nb` blocks of codes of the panel's kind
 /// ([`crate::backend::cpu::quant::panel::Panel`] checks them); row `r < rows` of token `j` is stored at `y[j] + r`.
 /// `ahead`: `(p, lines)`, cache lines from `p` to ask for into L2 along the way (the next
-/// panel's stored rows, which packing would otherwise wait for).
+/// panel's rows).
+///
+/// `STORED`: the weights are an int8 panel as stored ([`crate::tensor::q8_panels`]: bytes,
+/// blocks in the order visited, widened here) rather than packed words.
+///
+/// # Safety
+/// `words` holds `nb` blocks of the panel (packed: `[nb, panel_words, 32]` u32; stored:
+/// `nb * 2048` bytes) and `scales` `nb * 32` f32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn panel_kernel<const N: usize, const NF4: bool>(
-    words: &[u32],
-    scales: &[f32],
+pub unsafe fn panel_kernel<const N: usize, const NF4: bool, const STORED: bool>(
+    words: *const u8,
+    scales: *const f32,
     nb: usize,
     x: &Tokens,
     y: [*mut f32; N],
     rows: usize,
     ahead: (*const u8, usize),
 ) {
+    const { assert!(!(STORED && NF4)) };
     let per = panel_words(NF4);
-    assert!(words.len() >= nb * per * 32 && scales.len() >= nb * 32);
-    let wp = words.as_ptr() as *const __m512i;
+    let wp = words as *const __m512i;
+    let mut pos = 0;
     let xq = &x.codes;
     let (pf, lines) = ahead;
     let per_block = lines.div_ceil(nb.max(1));
@@ -532,6 +535,7 @@ pub unsafe fn panel_kernel<const N: usize, const NF4: bool>(
                 asked += 1;
             }
             let mut s = [[_mm512_setzero_si512(); 2]; N];
+            let mut odd = [[_mm512_setzero_si512(); 2]; N];
             if NF4 {
                 for (s, corr) in s.iter_mut().zip(x.corr) {
                     let corr = _mm512_set1_epi32(*corr.add(b));
@@ -541,27 +545,58 @@ pub unsafe fn panel_kernel<const N: usize, const NF4: bool>(
             // the block's codes: nf4 in pair order, words 8..16 64 bytes on
             let base = if NF4 { q8_index(b, 0) } else { 2 * b * BLOCK };
             let wb = wp.add(2 * b * per);
-            for w in 0..per {
-                let w0 = _mm512_loadu_si512(wb.add(2 * w));
-                let w1 = _mm512_loadu_si512(wb.add(2 * w + 1));
-                let at = base + 4 * if NF4 && w >= 8 { w + 8 } else { w };
-                for j in 0..N {
-                    let xv = std::ptr::read_unaligned(xq[j].add(at) as *const i32);
-                    let xv = _mm512_set1_epi32(xv);
-                    s[j] = if NF4 {
-                        [
-                            _mm512_dpbusd_epi32(s[j][0], w0, xv),
-                            _mm512_dpbusd_epi32(s[j][1], w1, xv),
-                        ]
+            let sb = words.add(pos * 32 * BLOCK) as *const __m256i;
+            // word `w` of the block against every token, into `s`
+            macro_rules! word {
+                ($w:expr, $s:ident) => {{
+                    let w = $w;
+                    let (w0, w1) = if STORED {
+                        (
+                            _mm512_cvtepi8_epi16(_mm256_loadu_si256(sb.add(2 * w))),
+                            _mm512_cvtepi8_epi16(_mm256_loadu_si256(sb.add(2 * w + 1))),
+                        )
                     } else {
-                        [
-                            _mm512_dpwssd_epi32(s[j][0], w0, xv),
-                            _mm512_dpwssd_epi32(s[j][1], w1, xv),
-                        ]
+                        (
+                            _mm512_loadu_si512(wb.add(2 * w)),
+                            _mm512_loadu_si512(wb.add(2 * w + 1)),
+                        )
                     };
+                    let at = base + 4 * if NF4 && w >= 8 { w + 8 } else { w };
+                    for j in 0..N {
+                        let xv = std::ptr::read_unaligned(xq[j].add(at) as *const i32);
+                        let xv = _mm512_set1_epi32(xv);
+                        $s[j] = if NF4 {
+                            [
+                                _mm512_dpbusd_epi32($s[j][0], w0, xv),
+                                _mm512_dpbusd_epi32($s[j][1], w1, xv),
+                            ]
+                        } else {
+                            [
+                                _mm512_dpwssd_epi32($s[j][0], w0, xv),
+                                _mm512_dpwssd_epi32($s[j][1], w1, xv),
+                            ]
+                        };
+                    }
+                }};
+            }
+            // under four tokens, odd words sum apart: twice the chains of dependent dot
+            // instructions, and an exact integer sum either way
+            for w in (0..per).step_by(2) {
+                word!(w, s);
+                if N < 4 {
+                    word!(w + 1, odd);
+                } else {
+                    word!(w + 1, s);
                 }
             }
-            let ws = [0, 16].map(|h| _mm512_loadu_ps(scales.as_ptr().add(b * 32 + h)));
+            if N < 4 {
+                for (s, odd) in s.iter_mut().zip(&odd) {
+                    *s = [0, 1].map(|h| _mm512_add_epi32(s[h], odd[h]));
+                }
+            }
+            let at = if STORED { pos } else { b };
+            pos += 1;
+            let ws = [0, 16].map(|h| _mm512_loadu_ps(scales.add(at * 32 + h)));
             for j in 0..N {
                 let xs = _mm512_set1_ps(*x.scale[j].add(b));
                 for h in 0..2 {
