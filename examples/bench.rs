@@ -109,7 +109,7 @@ fn weight_bytes(m: &Model) -> Vec<&[u8]> {
             Data::F16(b) => [bytes(b), &[]],
             Data::BF16(b) => [bytes(b), &[]],
             Data::Q8(q) | Data::Q8Panels(q) => [bytes(&q.qs), bytes(&q.scales)],
-            Data::Nf4(q) => [bytes(&q.packed), bytes(&q.scales)],
+            Data::Nf4(q) | Data::Nf4Panels(q) => [bytes(&q.packed), bytes(&q.scales)],
         };
         out.extend(parts.into_iter().flat_map(|p| p.chunks(256 * 1024)));
     }

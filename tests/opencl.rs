@@ -206,7 +206,7 @@ fn clone(m: &Matrix) -> Matrix {
             cols,
             data: Data::BF16(Buf::Owned(b.to_vec())),
         },
-        Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_) => {
+        Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_) | Data::Nf4Panels(_) => {
             let f = Matrix::from_f32(rows, cols, m.to_f32());
             let q = if m.dtype() == DType::Int8 {
                 Quant::Int8
@@ -400,7 +400,17 @@ fn norm_shift_matches_the_reference() {
             ),
             (
                 "cpu",
-                run(&Cpu::default(), &x, &w, &b, &maas, &states, &spans, shape, from),
+                run(
+                    &Cpu::default(),
+                    &x,
+                    &w,
+                    &b,
+                    &maas,
+                    &states,
+                    &spans,
+                    shape,
+                    from,
+                ),
             ),
         ] {
             let what = format!("{name} {spans:?}");
@@ -503,7 +513,10 @@ fn lora_matches_the_reference() {
     }
     for (name, got) in [
         ("device", run(&o, &down, &ups, &x, &xx, &sx, &maas, t, m)),
-        ("cpu", run(&Cpu::default(), &down, &ups, &x, &xx, &sx, &maas, t, m)),
+        (
+            "cpu",
+            run(&Cpu::default(), &down, &ups, &x, &xx, &sx, &maas, t, m),
+        ),
     ] {
         for j in 0..5 {
             close(&format!("{name} up {j}"), &got[j], &want[j], 1e-4);
@@ -687,7 +700,10 @@ fn wkv7_matches_the_reference() {
         let want_first = if layer0 { &v } else { &first };
         for (name, (o_out, o_st, o_first)) in [
             ("device", wkv7_on(&o, inputs, &st0, h, t, from, layer0)),
-            ("cpu", wkv7_on(&Cpu::default(), inputs, &st0, h, t, from, layer0)),
+            (
+                "cpu",
+                wkv7_on(&Cpu::default(), inputs, &st0, h, t, from, layer0),
+            ),
         ] {
             let what = format!("{name} layer0={layer0}");
             close(&format!("{what} out"), &o_out, &out[from * d..], 1e-4);

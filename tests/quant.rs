@@ -126,20 +126,11 @@ fn quantized_models_are_smaller_and_the_vectors_untouched() {
     assert_eq!(ffn_key(2), rwkv::tensor::DType::BF16);
 }
 
-/// int8 stored for many tokens at a time (panels, no packing) gives every logit the bits
-/// of int8 stored for one stream (rows): a sequence, one token at a time, and streams
-/// stepped together, in f32 and bf16 precision.
+/// int8 and nf4 stored for many tokens at a time (panels, no packing) give every logit the
+/// bits of the same format stored for one stream (rows): a sequence, one token at a time,
+/// and streams stepped together, in f32 and bf16 precision.
 #[test]
-fn int8_layouts_give_the_same_bits() {
-    let load = |many_tokens| {
-        let opts = LoadOptions {
-            quant: Some(Quant::Int8),
-            many_tokens,
-            ..LoadOptions::default()
-        };
-        Model::load_with(&model_path("shakespeare-rwkv6.safetensors"), opts).unwrap()
-    };
-    let (rows, mut panels) = (load(false), load(true));
+fn stored_layouts_give_the_same_bits() {
     let text: Vec<u32> = b"ROMEO:\nBut soft, what light through yonder window breaks?"
         .iter()
         .map(|&b| b as u32)
@@ -155,16 +146,26 @@ fn int8_layouts_give_the_same_bits() {
         out.extend(m.step(&text[..5], &mut refs).unwrap());
         out
     };
-    let want = run(&rows);
-    assert!(run(&panels) == want, "f32: the layouts disagree");
-    let mut rows = rows;
-    rows.set_precision(rwkv::model::Precision::Bf16);
-    panels.set_precision(rwkv::model::Precision::Bf16);
-    assert!(run(&panels) == run(&rows), "bf16: the layouts disagree");
-    assert_eq!(
-        info(&panels, "blocks.0.ffn.key.weight").dtype,
-        rwkv::tensor::DType::Int8
-    );
+    for quant in [Quant::Int8, Quant::Nf4] {
+        let load = |many_tokens| {
+            let opts = LoadOptions {
+                quant: Some(quant),
+                many_tokens,
+                ..LoadOptions::default()
+            };
+            Model::load_with(&model_path("shakespeare-rwkv6.safetensors"), opts).unwrap()
+        };
+        let (mut rows, mut panels) = (load(false), load(true));
+        assert!(run(&panels) == run(&rows), "{quant:?}, f32: the layouts disagree");
+        rows.set_precision(rwkv::model::Precision::Bf16);
+        panels.set_precision(rwkv::model::Precision::Bf16);
+        assert!(run(&panels) == run(&rows), "{quant:?}, bf16: the layouts disagree");
+        let want = match quant {
+            Quant::Int8 => rwkv::tensor::DType::Int8,
+            Quant::Nf4 => rwkv::tensor::DType::Nf4,
+        };
+        assert_eq!(info(&panels, "blocks.0.ffn.key.weight").dtype, want);
+    }
 }
 
 #[test]

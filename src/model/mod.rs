@@ -216,8 +216,8 @@ pub struct LoadOptions {
     /// Where to run.
     pub device: DeviceSpec,
     /// The products will mostly be over many tokens at a time (batches of streams,
-    /// scoring, building states): on the CPU, int8 matrices are stored for that
-    /// ([`crate::backend::cpu::Cpu::int8_panels`]). The same results either way.
+    /// scoring, building states): on the CPU, int8 and nf4 matrices are stored for that
+    /// ([`crate::backend::cpu::Cpu::panels`]). The same results either way.
     pub many_tokens: bool,
 }
 
@@ -251,7 +251,7 @@ impl Model {
         let run: Box<dyn Run> = match Ocl::open(opts.device)? {
             None => {
                 let cpu = Cpu {
-                    int8_panels: opts.many_tokens,
+                    panels: opts.many_tokens,
                 };
                 engine(cpu, &ck, &names, &cfg, &opts, true)?
             }

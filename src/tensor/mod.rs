@@ -3,7 +3,7 @@
 //! a bf16 model is resident at about its file size. Small vectors (norms, mixes, decays) are
 //! converted to f32 once at load. Large matrices can be quantized at load ([`quant`]).
 
-pub mod q8_panels;
+pub mod panels;
 pub mod quant;
 
 use half::{bf16, f16};
@@ -156,9 +156,11 @@ pub enum Data {
     F16(Buf<f16>),
     BF16(Buf<bf16>),
     Q8(quant::Q8),
-    /// int8 stored 32 rows at a time for the CPU's integer kernels ([`q8_panels`]).
+    /// int8 stored 32 rows at a time for the CPU's integer kernels ([`panels`]).
     Q8Panels(quant::Q8),
     Nf4(quant::Nf4),
+    /// nf4 stored 32 rows at a time for the CPU's integer kernels ([`panels`]).
+    Nf4Panels(quant::Nf4),
 }
 
 /// A weight matrix `[rows, cols]` in `Linear` orientation: `y = W x` means
@@ -176,7 +178,7 @@ impl Matrix {
             Data::F16(_) => DType::F16,
             Data::BF16(_) => DType::BF16,
             Data::Q8(_) | Data::Q8Panels(_) => DType::Int8,
-            Data::Nf4(_) => DType::Nf4,
+            Data::Nf4(_) | Data::Nf4Panels(_) => DType::Nf4,
         }
     }
 
@@ -187,6 +189,7 @@ impl Matrix {
             Data::Q8(_) => n + n / quant::BLOCK * 4,
             Data::Q8Panels(q) => q.qs.len() + q.scales.len() * 4,
             Data::Nf4(_) => n / 2 + n / quant::BLOCK * 2,
+            Data::Nf4Panels(q) => q.packed.len() + q.scales.len() * 2,
             _ => n * self.dtype().size(),
         }
     }
@@ -200,8 +203,9 @@ impl Matrix {
             Data::F16(b) => f16_to_f32(&b[range], out),
             Data::BF16(b) => bf16_to_f32(&b[range], out),
             Data::Q8(q) => quant::dequantize_q8(q, c, r, out),
-            Data::Q8Panels(q) => q8_panels::dequantize_row(q, c, r, out),
+            Data::Q8Panels(q) => panels::q8_dequantize_row(q, c, r, out),
             Data::Nf4(q) => quant::dequantize_nf4(q, c, r, out),
+            Data::Nf4Panels(q) => panels::nf4_dequantize_row(q, c, r, out),
         }
     }
 
@@ -232,7 +236,7 @@ impl Matrix {
             Data::F32(b) => Data::F32(Buf::Owned(b[range].to_vec())),
             Data::F16(b) => Data::F16(Buf::Owned(b[range].to_vec())),
             Data::BF16(b) => Data::BF16(Buf::Owned(b[range].to_vec())),
-            Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_) => {
+            Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_) | Data::Nf4Panels(_) => {
                 unreachable!("LoRA matrices are never quantized")
             }
         };
@@ -258,7 +262,7 @@ impl Matrix {
             Data::F32(b) => Data::F32(Buf::Owned(tr(b, r, c))),
             Data::F16(b) => Data::F16(Buf::Owned(tr(b, r, c))),
             Data::BF16(b) => Data::BF16(Buf::Owned(tr(b, r, c))),
-            Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_) => {
+            Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_) | Data::Nf4Panels(_) => {
                 unreachable!("LoRA matrices are never quantized")
             }
         };

@@ -68,7 +68,7 @@ pub fn round_bf16(x: &[f32], n: usize, out: &mut Vec<bf16>) {
 pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: SharedMut) {
     use super::arch::x86::bf16::{pack_panel_avx512, q8_panel_bf16};
     use super::tuning::{BF16_PANEL_TOKENS, PANEL_ROWS};
-    use crate::tensor::q8_panels::{block_order, panel_bytes};
+    use crate::tensor::panels::{block_order, panel_bytes};
     use crate::tensor::quant::BLOCK;
     let (out, inp) = (w.rows, w.cols);
     // int8 panels as stored: the order of their blocks
@@ -85,7 +85,8 @@ pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: Shar
             let n = (rows.end - r0).min(PANEL_ROWS);
             if let Data::Q8Panels(q) = &w.data {
                 let (p, nb) = (r0 / PANEL_ROWS, inp / BLOCK);
-                let codes = &q.qs[p * panel_bytes(inp)..(p + 1) * panel_bytes(inp)];
+                let bytes = panel_bytes(inp, false);
+                let codes = &q.qs[p * bytes..(p + 1) * bytes];
                 let scales = &q.scales[p * nb * PANEL_ROWS..(p + 1) * nb * PANEL_ROWS];
                 // SAFETY: the plan gives bf16 panels only on AVX-512 BF16; tasks take whole
                 // panels (Kernel::panel_rows), so r0 starts one.

@@ -124,7 +124,7 @@ pub fn prefetch_row(w: &Matrix, r: usize) {
             Data::F16(b) => b[r * w.cols..].as_ptr() as *const i8,
             Data::BF16(b) => b[r * w.cols..].as_ptr() as *const i8,
             Data::Q8(q) | Data::Q8Panels(q) => q.qs[r * w.cols..].as_ptr(),
-            Data::Nf4(q) => q.packed[r * w.cols / 2..].as_ptr() as *const i8,
+            Data::Nf4(q) | Data::Nf4Panels(q) => q.packed[r * w.cols / 2..].as_ptr() as *const i8,
         };
         prefetch_l1(p);
     }
@@ -140,7 +140,7 @@ pub fn stored_span(w: &Matrix, r0: usize, r1: usize) -> (*const u8, usize) {
         Data::F16(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 2),
         Data::BF16(b) => (b[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c * 2),
         Data::Q8(q) | Data::Q8Panels(q) => (q.qs[r0 * c..].as_ptr() as *const u8, (r1 - r0) * c),
-        Data::Nf4(q) => (q.packed[r0 * c / 2..].as_ptr(), (r1 - r0) * c / 2),
+        Data::Nf4(q) | Data::Nf4Panels(q) => (q.packed[r0 * c / 2..].as_ptr(), (r1 - r0) * c / 2),
     }
 }
 

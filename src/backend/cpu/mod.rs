@@ -42,11 +42,11 @@ use std::ops::Range;
 /// The CPU backend.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cpu {
-    /// Store int8 matrices in panels where the integer panel kernel runs
-    /// ([`crate::tensor::q8_panels`]): for work over many tokens at a time (batches of
+    /// Store int8 and nf4 matrices in panels where the integer panel kernel runs
+    /// ([`crate::tensor::panels`]): for work over many tokens at a time (batches of
     /// streams, scoring, building states), which then never packs them; one stream reads
     /// rows a little faster.
-    pub int8_panels: bool,
+    pub panels: bool,
 }
 
 /// The streams of a call: each stream's rows.
@@ -108,17 +108,20 @@ impl Backend for Cpu {
         )
     }
 
-    /// int8 matrices go into panels if asked ([`Cpu::int8_panels`]) and the integer panel
-    /// kernel runs here; the rest stay as loaded.
+    /// int8 and nf4 matrices go into panels if asked ([`Cpu::panels`]) and the integer
+    /// panel kernel runs here for them; the rest stay as loaded.
     fn matrix(&self, m: Matrix) -> Result<Matrix> {
-        let panels = self.int8_panels && quant::panel::Panel::runs(Isa::detect(), false);
-        Ok(match &m.data {
-            Data::Q8(q) if panels => Matrix {
-                rows: m.rows,
-                cols: m.cols,
-                data: Data::Q8Panels(crate::tensor::q8_panels::to_panels(q, m.rows, m.cols)),
-            },
-            _ => m,
+        use crate::tensor::panels::{nf4_to_panels, q8_to_panels};
+        let runs = |nf4| self.panels && quant::panel::Panel::runs(Isa::detect(), nf4);
+        let data = match &m.data {
+            Data::Q8(q) if runs(false) => Data::Q8Panels(q8_to_panels(q, m.rows, m.cols)),
+            Data::Nf4(q) if runs(true) => Data::Nf4Panels(nf4_to_panels(q, m.rows, m.cols)),
+            _ => return Ok(m),
+        };
+        Ok(Matrix {
+            rows: m.rows,
+            cols: m.cols,
+            data,
         })
     }
 

@@ -50,12 +50,14 @@ pub enum Kernel {
 /// twice the products of `vdpbf16ps`.
 pub fn kernel(isa: Isa, prec: Precision, w: &Matrix, t: usize) -> Kernel {
     let sequence = t >= SEQUENCE_FROM;
-    let nf4 = matches!(w.data, Data::Nf4(_));
-    let quant = matches!(w.data, Data::Q8(_) | Data::Q8Panels(_) | Data::Nf4(_));
-    // int8 stored in panels: the integer panel kernel but for bf16 prompts, as int8 rows
+    let nf4 = matches!(w.data, Data::Nf4(_) | Data::Nf4Panels(_));
+    let quant = nf4 || matches!(w.data, Data::Q8(_) | Data::Q8Panels(_));
+    // stored panels: the integer panel kernel but for int8's bf16 prompts, as rows
     let bf16_sequence = prec == Precision::Bf16 && sequence && bf16_dot_on(isa);
-    if matches!(w.data, Data::Q8Panels(_)) && !bf16_sequence {
-        return Kernel::QuantPanels;
+    match w.data {
+        Data::Q8Panels(_) if !bf16_sequence => return Kernel::QuantPanels,
+        Data::Nf4Panels(_) => return Kernel::QuantPanels,
+        _ => {}
     }
     let int_panels = Panel::runs(isa, nf4);
     // bf16 rows as stored, wider than the LoRA factors (whose rows are too short for

@@ -179,7 +179,9 @@ impl Backend for Ocl {
             Data::BF16(b) => (F_BF16, as_bytes(b), &[]),
             Data::Q8(q) => (F_Q8, as_bytes(&q.qs), as_bytes(&q.scales)),
             Data::Nf4(q) => (F_NF4, as_bytes(&q.packed), as_bytes(&q.scales)),
-            Data::Q8Panels(_) => unreachable!("int8 panels are the CPU backend's layout"),
+            Data::Q8Panels(_) | Data::Nf4Panels(_) => {
+                unreachable!("stored panels are the CPU backend's layout")
+            }
         };
         Ok(DevMatrix {
             info: crate::backend::MatrixInfo::of(&m),

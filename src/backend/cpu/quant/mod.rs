@@ -153,7 +153,7 @@ pub struct QTok<'a> {
 /// Classes of blocks summed apart: block `b` goes to class `b % 16`, so that one token's
 /// kernel adds sixteen blocks' sums at once and the panel kernel keeps one sum per class
 /// and token.
-pub use crate::tensor::q8_panels::CLASSES;
+pub use crate::tensor::panels::CLASSES;
 
 /// Int8 activations of a pair of blocks.
 pub const PAIR: usize = 2 * BLOCK;
@@ -173,7 +173,7 @@ pub fn q8_index(b: usize, i: usize) -> usize {
 pub fn code_unit(w: &Matrix) -> Option<(f32, Act)> {
     match w.data {
         Data::Q8(_) | Data::Q8Panels(_) => Some((1.0, Act::I16)),
-        Data::Nf4(_) => Some((1.0 / NF4_I8[15] as f32, Act::I8)),
+        Data::Nf4(_) | Data::Nf4Panels(_) => Some((1.0 / NF4_I8[15] as f32, Act::I8)),
         _ => None,
     }
 }
@@ -218,8 +218,10 @@ pub fn matmul_rows(
     y: SharedMut,
 ) {
     let out = w.rows;
-    if let Data::Q8Panels(q) = &w.data {
-        return stored_rows(w, q, rows, x, t, y);
+    match &w.data {
+        Data::Q8Panels(q) => return stored_rows(w, panel::Stored::Q8(q), rows, x, t, y),
+        Data::Nf4Panels(q) => return stored_rows(w, panel::Stored::Nf4(q), rows, x, t, y),
+        _ => {}
     }
     if !panels {
         for t0 in (0..t).step_by(4) {
@@ -258,11 +260,11 @@ pub fn matmul_rows(
 }
 
 /// Rows `rows` (whole panels, but for the matrix's last) of `y [t, out] = x [t, in] . W^T`
-/// for an int8 `W` stored in panels: each panel against eight tokens at a time as stored,
-/// the next panel asked for along the way.
+/// for an int8 or nf4 `W` stored in panels: each panel against eight tokens at a time as
+/// stored, the next panel asked for along the way.
 fn stored_rows(
     w: &Matrix,
-    q: &crate::tensor::quant::Q8,
+    stored: panel::Stored,
     rows: std::ops::Range<usize>,
     x: &QActs,
     t: usize,
@@ -270,13 +272,17 @@ fn stored_rows(
 ) {
     use super::plan::SEQUENCE_FROM;
     use super::tuning::PREFETCH_AHEAD;
-    use crate::tensor::q8_panels::panel_bytes;
+    use crate::tensor::panels::panel_bytes;
     assert!(
         rows.start.is_multiple_of(PANEL_ROWS),
         "stored panels: rows from {}",
         rows.start
     );
-    let (out, bytes) = (w.rows, panel_bytes(w.cols));
+    let (codes, nf4) = match stored {
+        panel::Stored::Q8(q) => (q.qs.as_ptr() as *const u8, false),
+        panel::Stored::Nf4(q) => (q.packed.as_ptr(), true),
+    };
+    let (out, bytes) = (w.rows, panel_bytes(w.cols, nf4));
     for r0 in rows.clone().step_by(PANEL_ROWS) {
         let (p, n) = (r0 / PANEL_ROWS, (w.rows - r0).min(PANEL_ROWS));
         // One token streams the panels, asking a little ahead of its reads (memory bound);
@@ -286,7 +292,7 @@ fn stored_rows(
         } else {
             bytes
         };
-        let next = q.qs.as_ptr().wrapping_add(p * bytes + ahead_by) as *const u8;
+        let next = codes.wrapping_add(p * bytes + ahead_by);
         let lines = if r0 + PANEL_ROWS < w.rows {
             bytes / 64
         } else {
@@ -301,7 +307,7 @@ fn stored_rows(
             // (t0 + j, r0..r0 + n) are written by the task owning rows r0..r0 + n only.
             unsafe {
                 let ys = |j: usize| y.ptr().add((t0 + j) * out + r0);
-                panel::multiply_stored(q, w.cols, p, n, x, t0, nt, ys, ahead)
+                panel::multiply_stored(stored, w.cols, p, n, x, t0, nt, ys, ahead)
             };
         }
     }

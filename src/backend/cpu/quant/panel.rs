@@ -6,8 +6,8 @@ use super::acts::QActs;
 use super::{Act, QRow, PAIR};
 use crate::backend::cpu::tuning::{PANEL_ROWS, QUANT_PANEL_TOKENS};
 use crate::isa::{features, Isa};
-use crate::tensor::q8_panels::panel_bytes;
-use crate::tensor::quant::{BLOCK, Q8};
+use crate::tensor::panels::panel_bytes;
+use crate::tensor::quant::{Nf4, BLOCK, Q8};
 
 /// Up to 32 rows of an int8 or nf4 matrix packed for the sequence kernel: a vector lane a
 /// row, so that one load of weights meets every token and each `vpdpwssd` (int8) or
@@ -95,7 +95,10 @@ impl Panel {
             use crate::backend::cpu::arch::x86::quant::panel_words;
             assert!(self.words.len() >= self.nb * panel_words(self.nf4) * PANEL_ROWS);
             assert!(self.scales.len() >= self.nb * PANEL_ROWS);
-            let (w, s) = (self.words.as_ptr() as *const u8, self.scales.as_ptr());
+            let (w, s) = (
+                self.words.as_ptr() as *const u8,
+                self.scales.as_ptr() as *const u8,
+            );
             run_kernel(
                 w, s, false, self.nf4, self.nb, x, t0, nt, y, self.rows, ahead,
             );
@@ -108,15 +111,17 @@ impl Panel {
     }
 }
 
-/// Panel `p` of an int8 matrix stored in panels (`q`, `cols` wide, `rows` of its rows
-/// real), its rows dotted with tokens `t0..t0 + nt` of `x` as [`Panel::multiply`] dots
-/// them, bit for bit, with no packing.
+/// Panel `p` of an int8 or nf4 matrix stored in panels (`codes` and `scales` as in
+/// [`crate::tensor::panels`], `cols` wide, `rows` of its rows real), its rows dotted with
+/// tokens `t0..t0 + nt` of `x` as [`Panel::multiply`] dots them, bit for bit, with no
+/// packing.
 ///
 /// # Safety
-/// As [`Panel::multiply`]'s; the CPU runs the int8 panel kernel ([`Panel::runs`]).
+/// As [`Panel::multiply`]'s; the CPU runs the panel kernel for the format
+/// ([`Panel::runs`]).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn multiply_stored(
-    q: &Q8,
+    stored: Stored,
     cols: usize,
     p: usize,
     rows: usize,
@@ -127,20 +132,39 @@ pub unsafe fn multiply_stored(
     ahead: (*const u8, usize),
 ) {
     let nb = cols / BLOCK;
-    check(x, t0, nt, nb, false);
-    let (codes, scales) = (panel_bytes(cols), nb * PANEL_ROWS);
-    assert!(q.qs.len() >= (p + 1) * codes && q.scales.len() >= (p + 1) * scales);
+    let nf4 = matches!(stored, Stored::Nf4(_));
+    check(x, t0, nt, nb, nf4);
+    let (codes, scales) = (panel_bytes(cols, nf4), nb * PANEL_ROWS);
+    let (w, s) = match stored {
+        Stored::Q8(q) => {
+            assert!(q.qs.len() >= (p + 1) * codes && q.scales.len() >= (p + 1) * scales);
+            (
+                q.qs.as_ptr().add(p * codes) as *const u8,
+                q.scales.as_ptr().add(p * scales) as *const u8,
+            )
+        }
+        Stored::Nf4(q) => {
+            assert!(q.packed.len() >= (p + 1) * codes && q.scales.len() >= (p + 1) * scales);
+            (
+                q.packed.as_ptr().add(p * codes),
+                q.scales.as_ptr().add(p * scales) as *const u8,
+            )
+        }
+    };
     #[cfg(target_arch = "x86_64")]
-    {
-        let w = q.qs.as_ptr().add(p * codes) as *const u8;
-        let s = q.scales.as_ptr().add(p * scales);
-        run_kernel(w, s, true, false, nb, x, t0, nt, y, rows, ahead);
-    }
+    run_kernel(w, s, true, nf4, nb, x, t0, nt, y, rows, ahead);
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
         "stored panels without a panel kernel ({:?})",
-        (rows, y(0), ahead)
+        (w, s, rows, y(0), ahead)
     )
+}
+
+/// A matrix stored in panels ([`crate::tensor::panels`]).
+#[derive(Clone, Copy)]
+pub enum Stored<'a> {
+    Q8(&'a Q8),
+    Nf4(&'a Nf4),
 }
 
 /// The activations a panel call reads: tokens `t0..t0 + nt`, `nb` blocks of the rounding
@@ -163,7 +187,7 @@ fn check(x: &QActs, t0: usize, nt: usize, nb: usize, nf4: bool) {
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_kernel(
     w: *const u8,
-    s: *const f32,
+    s: *const u8,
     stored: bool,
     nf4: bool,
     nb: usize,
@@ -193,13 +217,16 @@ unsafe fn run_kernel(
                 (0, _, _) => {}
                 // SAFETY: the callers checked the weights' and the tokens' extents and
                 // that the CPU runs the kernel; they vouch for `y`.
-                $(($n, false, false) => x86q::panel_kernel::<$n, false, false>(
+                $(($n, false, false) => x86q::panel_kernel::<$n, false>(
                     w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
                 ),
-                ($n, false, true) => x86q::panel_kernel::<$n, false, true>(
+                ($n, false, true) => x86q::panel_kernel::<$n, true>(
                     w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
                 ),
-                ($n, true, false) => x86q::panel_kernel::<$n, true, false>(
+                ($n, true, false) => x86q::panel_kernel_nf4::<$n, false>(
+                    w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
+                ),
+                ($n, true, true) => x86q::panel_kernel_nf4::<$n, true>(
                     w, s, nb, &tokens, std::array::from_fn(&y), rows, ahead,
                 ),)*
                 _ => unreachable!("panel kernel: {nt} tokens, nf4 {nf4}, stored {stored}"),

@@ -253,47 +253,52 @@ fn panels_match_the_one_token_kernel() {
     }
 }
 
-/// int8 stored in panels gives the bits of the same rows stored row after row, at every
-/// token count and precision (partly empty last panels, widths of fewer blocks than
-/// classes): the integer panel kernel (the scalar twin's bits), and at bf16 precision
-/// from four tokens the bf16 panels, the panels rounded to bf16 as they are stored.
+/// int8 and nf4 stored in panels give the bits of the same rows stored row after row, at
+/// every token count and precision (partly empty last panels, widths of fewer blocks than
+/// classes): the integer panel kernel (the scalar twin's bits), and for int8 at bf16
+/// precision from four tokens the bf16 panels, the panels rounded to bf16 as stored.
 #[test]
-fn int8_panels_give_the_bits_of_rows() {
+fn stored_panels_give_the_bits_of_rows() {
     use crate::backend::cpu::matmul_with;
     use crate::backend::cpu::plan::{kernel, Kernel};
     use crate::backend::cpu::scalar::matmul_quant;
     use crate::backend::Precision;
-    use crate::tensor::{q8_panels::to_panels, Data};
+    use crate::tensor::panels::{nf4_to_panels, q8_to_panels};
+    use crate::tensor::Data;
     let isa = Isa::detect();
-    if !Panel::runs(isa, false) {
-        return;
-    }
-    for (out, inp) in [(7, 128), (33, 192), (40, 17 * 64), (64, 2048)] {
-        let m = quantize(
-            &Matrix::from_f32(out, inp, vals(out * inp, 71)),
-            Quant::Int8,
-        );
-        let Data::Q8(q) = &m.data else { unreachable!() };
-        let p = Matrix {
-            rows: out,
-            cols: inp,
-            data: Data::Q8Panels(to_panels(q, out, inp)),
-        };
-        for t in [1, 2, 3, 4, 7, 8, 9, 16, 19] {
-            let x = vals(t * inp, 72);
-            let mut want = vec![0.0; t * out];
-            matmul_quant(&m, &x, t, &mut want);
-            for prec in [Precision::F32, Precision::Bf16, Precision::Bf16Streams] {
-                let mut y = vec![0.0; t * out];
-                matmul_with(isa, prec, &p, &x, t, &mut y);
-                if kernel(isa, prec, &m, t) == Kernel::Bf16Panels {
-                    assert_eq!(kernel(isa, prec, &p, t), Kernel::Bf16Panels);
-                    let mut rows = vec![0.0; t * out];
-                    matmul_with(isa, prec, &m, &x, t, &mut rows);
-                    assert_eq!(y, rows, "{out}x{inp}, {t} tokens, {prec:?}");
-                } else {
-                    assert_eq!(kernel(isa, prec, &p, t), Kernel::QuantPanels);
-                    assert_eq!(y, want, "{out}x{inp}, {t} tokens, {prec:?}");
+    for quant in [Quant::Int8, Quant::Nf4] {
+        if !Panel::runs(isa, quant == Quant::Nf4) {
+            continue;
+        }
+        for (out, inp) in [(7, 128), (33, 192), (40, 17 * 64), (64, 2048)] {
+            let m = quantize(&Matrix::from_f32(out, inp, vals(out * inp, 71)), quant);
+            let data = match &m.data {
+                Data::Q8(q) => Data::Q8Panels(q8_to_panels(q, out, inp)),
+                Data::Nf4(q) => Data::Nf4Panels(nf4_to_panels(q, out, inp)),
+                _ => unreachable!(),
+            };
+            let p = Matrix {
+                rows: out,
+                cols: inp,
+                data,
+            };
+            for t in [1, 2, 3, 4, 7, 8, 9, 16, 19] {
+                let x = vals(t * inp, 72);
+                let mut want = vec![0.0; t * out];
+                matmul_quant(&m, &x, t, &mut want);
+                for prec in [Precision::F32, Precision::Bf16, Precision::Bf16Streams] {
+                    let mut y = vec![0.0; t * out];
+                    matmul_with(isa, prec, &p, &x, t, &mut y);
+                    let at = format!("{quant:?} {out}x{inp}, {t} tokens, {prec:?}");
+                    if kernel(isa, prec, &m, t) == Kernel::Bf16Panels {
+                        assert_eq!(kernel(isa, prec, &p, t), Kernel::Bf16Panels, "{at}");
+                        let mut rows = vec![0.0; t * out];
+                        matmul_with(isa, prec, &m, &x, t, &mut rows);
+                        assert_eq!(y, rows, "{at}");
+                    } else {
+                        assert_eq!(kernel(isa, prec, &p, t), Kernel::QuantPanels, "{at}");
+                        assert_eq!(y, want, "{at}");
+                    }
                 }
             }
         }

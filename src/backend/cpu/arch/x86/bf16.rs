@@ -48,7 +48,7 @@ pub unsafe fn q8_row_bf16(qs: &[i8], scales: &[f32], out: &mut [bf16]) {
     }
 }
 
-/// A stored int8 panel ([`crate::tensor::q8_panels`]: `codes [nb, 32 words, 2 halves, 16
+/// A stored int8 panel ([`crate::tensor::panels`]: `codes [nb, 32 words, 2 halves, 16
 /// rows, 2]`, `scales [nb, 32]`, block `order[pos]` at position `pos`) dequantized and
 /// rounded to bf16 straight into a bf16 panel (`panel [nb * 32 pairs, 32 rows]`, as
 /// [`pack_panel_avx512`] lays out rows, the blocks back in column order): the bits

@@ -12,7 +12,7 @@ use crate::backend::cpu::arch::{prefetch_ahead, prefetch_l1, prefetch_l2};
 use crate::backend::cpu::quant::acts::{block_scale, TokenCodes};
 use crate::backend::cpu::quant::{q8_index, Act, BlockScale, QRow, QTok, CLASSES, PAIR};
 use crate::backend::cpu::tuning::{PREFETCH_AHEAD, QUANT_PANEL_TOKENS};
-use crate::tensor::q8_panels::class_order;
+use crate::tensor::panels::class_order;
 use crate::tensor::quant::{BLOCK, NF4_I8};
 use _mm512_castps_si512 as int;
 use _mm512_castsi512_ps as ps;
@@ -500,24 +500,61 @@ pub struct Tokens {
 /// `ahead`: `(p, lines)`, cache lines from `p` to ask for into L2 along the way (the next
 /// panel's rows).
 ///
-/// `STORED`: the weights are an int8 panel as stored ([`crate::tensor::q8_panels`]: bytes,
-/// blocks in the order visited, widened here) rather than packed words.
+/// `STORED`: the weights are a panel as stored ([`crate::tensor::panels`]: blocks in the
+/// order visited; int8 bytes widened here, nf4 nibbles looked up here, and their scales
+/// bf16) rather than packed words.
 ///
 /// # Safety
 /// `words` holds `nb` blocks of the panel (packed: `[nb, panel_words, 32]` u32; stored:
-/// `nb * 2048` bytes) and `scales` `nb * 32` f32.
+/// `nb * 2048` bytes, nf4 half that) and `scales` `nb * 32` scales (f32; stored nf4's
+/// bf16).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn panel_kernel<const N: usize, const NF4: bool, const STORED: bool>(
+pub unsafe fn panel_kernel<const N: usize, const STORED: bool>(
     words: *const u8,
-    scales: *const f32,
+    scales: *const u8,
     nb: usize,
     x: &Tokens,
     y: [*mut f32; N],
     rows: usize,
     ahead: (*const u8, usize),
 ) {
-    const { assert!(!(STORED && NF4)) };
+    panel_body::<N, false, STORED>(words, scales, nb, x, y, rows, ahead)
+}
+
+/// [`panel_kernel`] for nf4 panels, whose codes `vpermb` looks up.
+///
+/// # Safety
+/// As [`panel_kernel`]'s.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+pub unsafe fn panel_kernel_nf4<const N: usize, const STORED: bool>(
+    words: *const u8,
+    scales: *const u8,
+    nb: usize,
+    x: &Tokens,
+    y: [*mut f32; N],
+    rows: usize,
+    ahead: (*const u8, usize),
+) {
+    panel_body::<N, true, STORED>(words, scales, nb, x, y, rows, ahead)
+}
+
+/// The body of [`panel_kernel`] and [`panel_kernel_nf4`].
+#[inline(always)]
+unsafe fn panel_body<const N: usize, const NF4: bool, const STORED: bool>(
+    words: *const u8,
+    scales: *const u8,
+    nb: usize,
+    x: &Tokens,
+    y: [*mut f32; N],
+    rows: usize,
+    ahead: (*const u8, usize),
+) {
     let per = panel_words(NF4);
+    let table = if NF4 {
+        nf4_table_u8x4()
+    } else {
+        _mm512_setzero_si512()
+    };
     let wp = words as *const __m512i;
     let mut pos = 0;
     let xq = &x.codes;
@@ -545,22 +582,30 @@ pub unsafe fn panel_kernel<const N: usize, const NF4: bool, const STORED: bool>(
             // the block's codes: nf4 in pair order, words 8..16 64 bytes on
             let base = if NF4 { q8_index(b, 0) } else { 2 * b * BLOCK };
             let wb = wp.add(2 * b * per);
-            let sb = words.add(pos * 32 * BLOCK) as *const __m256i;
-            // word `w` of the block against every token, into `s`
-            macro_rules! word {
-                ($w:expr, $s:ident) => {{
+            let sb = words.add(pos * 32 * BLOCK / if NF4 { 2 } else { 1 });
+            // word `w` of the block, two vectors of sixteen rows: int8 as stored (widened)
+            // or packed; nf4 packed (stored nf4 words come in pairs, below)
+            macro_rules! load {
+                ($w:expr) => {{
                     let w = $w;
-                    let (w0, w1) = if STORED {
+                    if STORED {
+                        let p = sb as *const __m256i;
                         (
-                            _mm512_cvtepi8_epi16(_mm256_loadu_si256(sb.add(2 * w))),
-                            _mm512_cvtepi8_epi16(_mm256_loadu_si256(sb.add(2 * w + 1))),
+                            _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.add(2 * w))),
+                            _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.add(2 * w + 1))),
                         )
                     } else {
                         (
                             _mm512_loadu_si512(wb.add(2 * w)),
                             _mm512_loadu_si512(wb.add(2 * w + 1)),
                         )
-                    };
+                    }
+                }};
+            }
+            // word `w`'s weights `(w0, w1)` against every token, into `s`
+            macro_rules! word {
+                ($ws:expr, $w:expr, $s:ident) => {{
+                    let ((w0, w1), w) = ($ws, $w);
                     let at = base + 4 * if NF4 && w >= 8 { w + 8 } else { w };
                     for j in 0..N {
                         let xv = std::ptr::read_unaligned(xq[j].add(at) as *const i32);
@@ -581,12 +626,35 @@ pub unsafe fn panel_kernel<const N: usize, const NF4: bool, const STORED: bool>(
             }
             // under four tokens, odd words sum apart: twice the chains of dependent dot
             // instructions, and an exact integer sum either way
-            for w in (0..per).step_by(2) {
-                word!(w, s);
-                if N < 4 {
-                    word!(w + 1, odd);
-                } else {
-                    word!(w + 1, s);
+            if NF4 && STORED {
+                // one 64-byte load a half: low nibbles are word j, high ones word j + 8
+                let p = sb as *const __m512i;
+                for j in 0..per / 2 {
+                    let v0 = _mm512_loadu_si512(p.add(2 * j));
+                    let v1 = _mm512_loadu_si512(p.add(2 * j + 1));
+                    let lo = (
+                        _mm512_permutexvar_epi8(v0, table),
+                        _mm512_permutexvar_epi8(v1, table),
+                    );
+                    let hi = (
+                        _mm512_permutexvar_epi8(_mm512_srli_epi16::<4>(v0), table),
+                        _mm512_permutexvar_epi8(_mm512_srli_epi16::<4>(v1), table),
+                    );
+                    word!(lo, j, s);
+                    if N < 4 {
+                        word!(hi, j + per / 2, odd);
+                    } else {
+                        word!(hi, j + per / 2, s);
+                    }
+                }
+            } else {
+                for w in (0..per).step_by(2) {
+                    word!(load!(w), w, s);
+                    if N < 4 {
+                        word!(load!(w + 1), w + 1, odd);
+                    } else {
+                        word!(load!(w + 1), w + 1, s);
+                    }
                 }
             }
             if N < 4 {
@@ -596,7 +664,18 @@ pub unsafe fn panel_kernel<const N: usize, const NF4: bool, const STORED: bool>(
             }
             let at = if STORED { pos } else { b };
             pos += 1;
-            let ws = [0, 16].map(|h| _mm512_loadu_ps(scales.add(at * 32 + h)));
+            let ws = if NF4 && STORED {
+                // a bf16 is the top half of its f32
+                let p = (scales as *const u16).add(at * 32) as *const __m256i;
+                let (s0, s1) = (_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1)));
+                [
+                    ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(s0))),
+                    ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(s1))),
+                ]
+            } else {
+                let p = (scales as *const f32).add(at * 32);
+                [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))]
+            };
             for j in 0..N {
                 let xs = _mm512_set1_ps(*x.scale[j].add(b));
                 for h in 0..2 {
