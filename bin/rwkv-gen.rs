@@ -59,8 +59,7 @@ fn run(args: &Args) -> Result<(), CliError> {
         rwkv::atomic::check_writable(p)?;
     }
     let t0 = Instant::now();
-    // A batch multiplies many tokens at a time; one stream, one token.
-    let (model, tok) = args.model.load(Precision::Bf16, many && args.batch > 1)?;
+    let (model, tok) = args.model.load(Precision::Bf16)?;
     if args.verbose {
         let c = &model.cfg;
         let prec = match model.sequence_precision() {

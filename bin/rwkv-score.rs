@@ -94,7 +94,7 @@ fn run(args: &Args) -> Result<(), CliError> {
     }
     // Scores are measurements: exact, and the same however the text is chunked.
     let t0 = Instant::now();
-    let (model, tok) = args.model.load(Precision::F32, true)?;
+    let (model, tok) = args.model.load(Precision::F32)?;
     let start = state_file::start_for(args.state.as_deref(), &model, args.force)?;
     if args.verbose {
         eprintln!(

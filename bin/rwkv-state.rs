@@ -87,7 +87,7 @@ fn feed(args: &Args, a: &Feed) -> Result<(), CliError> {
     }
     let to = destination(a.output.as_ref())?;
     let t0 = Instant::now();
-    let model = a.model.load_model(Precision::F32, true)?;
+    let model = a.model.load_model(Precision::F32)?;
     // Token ids need no tokenizer; text does.
     let tok = match (a.ids, a.model.tokenizer(model.cfg.vocab)) {
         (_, Ok(t)) => Some(t),

@@ -150,13 +150,12 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
         .build_global()
         .unwrap();
     let t0 = Instant::now();
-    let opts = |many_tokens| LoadOptions {
+    let opts = LoadOptions {
         quant: quant_of(format),
-        quant_layers: None,
         device: args.device.parse().unwrap(),
-        many_tokens,
+        ..LoadOptions::default()
     };
-    let mut m = Model::load_with(path, opts(false)).unwrap();
+    let mut m = Model::load_with(path, opts).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     let v = m.cfg.vocab as u32;
     let prompt: Vec<u32> = (0..args.prompt as u32)
@@ -212,11 +211,8 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
             "weight_bytes": m.weight_bytes(),
         })
     });
-    // Batched generation: n streams, each from its own first token, one step for all, as
-    // rwkv-gen --batch loads and runs the model (for many tokens at a time, bf16 products
-    // where the CPU has them).
-    drop(m);
-    let mut m = Model::load_with(path, opts(true)).unwrap();
+    // Batched generation: n streams, each from its own first token, one step for all, at
+    // rwkv-gen's precision (bf16 products where the CPU has them).
     m.set_precision(Precision::Bf16);
     let batched: Vec<serde_json::Value> = args
         .batch

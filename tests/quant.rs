@@ -126,9 +126,9 @@ fn quantized_models_are_smaller_and_the_vectors_untouched() {
     assert_eq!(ffn_key(2), rwkv::tensor::DType::BF16);
 }
 
-/// int8 and nf4 stored for many tokens at a time (panels, no packing) give every logit the
-/// bits of the same format stored for one stream (rows): a sequence, one token at a time,
-/// and streams stepped together, in f32 and bf16 precision.
+/// int8 and nf4 stored in panels (the default on the CPU) give every logit the bits of the
+/// same format stored row after row: a sequence, one token at a time, and streams stepped
+/// together, in f32 and bf16 precision.
 #[test]
 fn stored_layouts_give_the_same_bits() {
     let text: Vec<u32> = b"ROMEO:\nBut soft, what light through yonder window breaks?"
@@ -147,19 +147,25 @@ fn stored_layouts_give_the_same_bits() {
         out
     };
     for quant in [Quant::Int8, Quant::Nf4] {
-        let load = |many_tokens| {
+        let load = |quant_panels| {
             let opts = LoadOptions {
                 quant: Some(quant),
-                many_tokens,
+                quant_panels,
                 ..LoadOptions::default()
             };
             Model::load_with(&model_path("shakespeare-rwkv6.safetensors"), opts).unwrap()
         };
-        let (mut rows, mut panels) = (load(false), load(true));
-        assert!(run(&panels) == run(&rows), "{quant:?}, f32: the layouts disagree");
+        let (mut panels, mut rows) = (load(true), load(false));
+        assert!(
+            run(&panels) == run(&rows),
+            "{quant:?}, f32: the layouts disagree"
+        );
         rows.set_precision(rwkv::model::Precision::Bf16);
         panels.set_precision(rwkv::model::Precision::Bf16);
-        assert!(run(&panels) == run(&rows), "{quant:?}, bf16: the layouts disagree");
+        assert!(
+            run(&panels) == run(&rows),
+            "{quant:?}, bf16: the layouts disagree"
+        );
         let want = match quant {
             Quant::Int8 => rwkv::tensor::DType::Int8,
             Quant::Nf4 => rwkv::tensor::DType::Nf4,

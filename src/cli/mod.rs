@@ -144,21 +144,16 @@ impl ModelArgs {
     }
 
     /// Size the thread pool, load the model and pick its tokenizer (checked against the
-    /// model's vocabulary); `precision` unless `--precision` says otherwise; `many_tokens`:
-    /// the products will mostly be over many tokens ([`LoadOptions::many_tokens`]).
-    pub fn load(
-        &self,
-        precision: Precision,
-        many_tokens: bool,
-    ) -> Result<(Model, Tokenizer), CliError> {
-        let model = self.load_model(precision, many_tokens)?;
+    /// model's vocabulary); `precision` unless `--precision` says otherwise.
+    pub fn load(&self, precision: Precision) -> Result<(Model, Tokenizer), CliError> {
+        let model = self.load_model(precision)?;
         let tok = self.tokenizer(model.cfg.vocab)?;
         Ok((model, tok))
     }
 
     /// Size the thread pool and load the model; `precision` unless `--precision` says
-    /// otherwise; `many_tokens` as [`ModelArgs::load`]'s.
-    pub fn load_model(&self, precision: Precision, many_tokens: bool) -> Result<Model, CliError> {
+    /// otherwise.
+    pub fn load_model(&self, precision: Precision) -> Result<Model, CliError> {
         let precision = self.precision.map_or(precision, Precision::from);
         self.init_threads();
         let path = self.path()?;
@@ -172,7 +167,6 @@ impl ModelArgs {
                 quantize_file(path, dst, q, self.quant_layers)?;
                 let opts = LoadOptions {
                     device,
-                    many_tokens,
                     ..LoadOptions::default()
                 };
                 Model::load_with(dst, opts)?
@@ -182,7 +176,7 @@ impl ModelArgs {
                     quant,
                     quant_layers: self.quant_layers,
                     device,
-                    many_tokens,
+                    ..LoadOptions::default()
                 };
                 Model::load_with(path, opts)?
             }

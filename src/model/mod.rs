@@ -215,10 +215,11 @@ pub struct LoadOptions {
     pub quant_layers: Option<usize>,
     /// Where to run.
     pub device: DeviceSpec,
-    /// The products will mostly be over many tokens at a time (batches of streams,
-    /// scoring, building states): on the CPU, int8 and nf4 matrices are stored for that
-    /// ([`crate::backend::cpu::Cpu::panels`]). The same results either way.
-    pub many_tokens: bool,
+    /// On the CPU, store int8 and nf4 matrices in panels where the integer panel kernel
+    /// runs ([`crate::backend::cpu::Cpu::panels`]; the default): as fast for one stream,
+    /// faster for a batch of streams. `false` keeps them row after row, as quantized; the
+    /// results are the same bits either way.
+    pub quant_panels: bool,
 }
 
 impl Default for LoadOptions {
@@ -227,7 +228,7 @@ impl Default for LoadOptions {
             quant: None,
             quant_layers: None,
             device: DeviceSpec::CPU,
-            many_tokens: false,
+            quant_panels: true,
         }
     }
 }
@@ -251,7 +252,7 @@ impl Model {
         let run: Box<dyn Run> = match Ocl::open(opts.device)? {
             None => {
                 let cpu = Cpu {
-                    panels: opts.many_tokens,
+                    panels: opts.quant_panels,
                 };
                 engine(cpu, &ck, &names, &cfg, &opts, true)?
             }

@@ -43,9 +43,8 @@ use std::ops::Range;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cpu {
     /// Store int8 and nf4 matrices in panels where the integer panel kernel runs
-    /// ([`crate::tensor::panels`]): for work over many tokens at a time (batches of
-    /// streams, scoring, building states), which then never packs them; one stream reads
-    /// rows a little faster.
+    /// ([`crate::tensor::panels`]), so that products over many tokens (batches of
+    /// streams, prompts) never pack them; one token reads a panel as fast as rows.
     pub panels: bool,
 }
 
