@@ -233,16 +233,22 @@ pub fn wkv7(
                 })
                 .collect();
             let s = &mut state[h * n * n..(h + 1) * n * n];
-            let sa: Vec<f32> = (0..n)
-                .map(|i| (0..n).fold(0.0f32, |acc, j| acc + s[i * n + j] * -kk[j]))
-                .collect();
+            // a sum over the keys: key j in lane j % 16, in order, the lanes as a tree
+            let lanes = |f: &dyn Fn(usize) -> f32| {
+                let mut acc = [0.0f32; 16];
+                for j in 0..n {
+                    acc[j % 16] += f(j);
+                }
+                tree16(acc)
+            };
             let mut o = vec![0.0f32; n];
             for i in 0..n {
+                let sa = lanes(&|j| s[i * n + j] * -kk[j]);
                 for j in 0..n {
                     let c = &mut s[i * n + j];
-                    *c = *c * x.w[at(j)] + sa[i] * (kk[j] * a(j)) + v[i] * k[j];
-                    o[i] += *c * x.r[at(j)];
+                    *c = *c * x.w[at(j)] + sa * (kk[j] * a(j)) + v[i] * k[j];
                 }
+                o[i] = lanes(&|j| s[i * n + j] * x.r[at(j)]);
             }
             if ti < from {
                 continue;

@@ -1,11 +1,14 @@
 //! The RWKV-7 recurrence on the CPU: heads (of every stream) in parallel, each head's tokens
-//! in order. A head's state is stored `[value i, key j]` (the official order); its task
-//! works on a transposed copy `[key j, value i]`, so that both sums over `j` run as vectors
-//! over `i` with no horizontal sums. One body of plain multiplies and adds (no fused ones)
-//! is compiled for each instruction set, so every instruction set gives the bits of the
+//! in order. A head's state `[value i, key j]` (the official order) is updated where it
+//! lies, a row at a time: a row's two sums over the keys (`sa`, and the output) run in
+//! sixteen lanes, key `j` in lane `j % 16` in order, reduced by [`tree16`]. One portable
+//! body of plain multiplies and adds (no fused ones) is compiled for each instruction set;
+//! AVX-512 runs sixteen rows at a time in the same order
+//! ([`super::arch::x86::wkv7::update_rows`]). Every instruction set gives the bits of the
 //! scalar twin [`super::scalar::wkv7`].
 
 use super::norm;
+use super::scalar::tree16;
 use super::schedule::{with_scratch, SharedMut};
 use crate::isa::Isa;
 use rayon::prelude::*;
@@ -13,7 +16,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 thread_local! {
-    /// A head's transposed state `[N, N]` and six vectors `[N]`.
+    /// A head's five vectors `[N]`.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -53,14 +56,13 @@ struct Head<'a> {
 
 /// A head's per-token vectors `[N]` each.
 struct Vecs<'s> {
-    /// The unit removal key, and it times `a`.
-    kk: &'s mut [f32],
+    /// The unit removal key negated, and the key times `a`.
+    neg_kk: &'s mut [f32],
     ka: &'s mut [f32],
     /// The key and value the state takes.
     k: &'s mut [f32],
     v: &'s mut [f32],
-    /// `sum_j s[i][j] (-kk[j])`, and the output.
-    sa: &'s mut [f32],
+    /// The output.
     o: &'s mut [f32],
 }
 
@@ -72,14 +74,15 @@ fn prepare(h: &Head, row: usize, vs: &mut Vecs) {
     let mut sq = 0.0f32;
     for j in 0..n {
         let q = x.k[row + j] * x.k_k[c0 + j];
-        vs.kk[j] = q;
+        vs.neg_kk[j] = q;
         sq += q * q;
     }
     let len = sq.sqrt().max(NORM_EPS);
     for j in 0..n {
         let a = x.a[row + j];
-        vs.kk[j] /= len;
-        vs.ka[j] = vs.kk[j] * a;
+        let kk = vs.neg_kk[j] / len;
+        vs.neg_kk[j] = -kk;
+        vs.ka[j] = kk * a;
         vs.k[j] = x.k[row + j] * (1.0 + (a - 1.0) * x.k_a[c0 + j]);
     }
     for i in 0..n {
@@ -91,40 +94,48 @@ fn prepare(h: &Head, row: usize, vs: &mut Vecs) {
     }
 }
 
-/// One head over all its tokens; `st [N, N]` its transposed state (`[key j, value i]`).
+/// `a . b` in sixteen lanes (element `j` in lane `j % 16`, in order), reduced by
+/// [`tree16`]: the order of both sums over a state row.
 #[inline(always)]
-fn head_body(h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
+pub fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    for (ca, cb) in a.chunks(16).zip(b.chunks(16)) {
+        for ((s, &p), &q) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += p * q;
+        }
+    }
+    tree16(acc)
+}
+
+/// One token's update of a head's state `st [n, n]` (`[value i, key j]`), row by row; the
+/// output `o[i]` when `out`.
+#[inline(always)]
+fn update_rows(st: &mut [f32], n: usize, vs: &mut Vecs, w: &[f32], r: &[f32], out: bool) {
+    for (i, row) in st.chunks_exact_mut(n).enumerate() {
+        let sa = lanes_dot(row, vs.neg_kk);
+        let vi = vs.v[i];
+        for (((c, &w), &ka), &k) in row.iter_mut().zip(w).zip(&*vs.ka).zip(&*vs.k) {
+            *c = *c * w + sa * ka + vi * k;
+        }
+        if out {
+            vs.o[i] = lanes_dot(row, r);
+        }
+    }
+}
+
+/// One head over all its tokens; `st [N, N]` its state.
+#[inline(always)]
+fn head_body(isa: Isa, h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
     let (x, n, d) = (&h.x, h.n, h.d);
     let t = x.r.len() / d;
     for ti in 0..t {
         let row = ti * d + h.c0;
         prepare(&h, row, vs);
-        vs.sa.iter_mut().for_each(|s| *s = 0.0);
-        for j in 0..n {
-            let m = -vs.kk[j];
-            for (s, c) in vs.sa.iter_mut().zip(&st[j * n..(j + 1) * n]) {
-                *s += *c * m;
-            }
-        }
-        let sa = &*vs.sa;
-        let vv = &*vs.v;
-        if ti < h.from {
-            for j in 0..n {
-                let (w, ka, k) = (x.w[row + j], vs.ka[j], vs.k[j]);
-                for ((c, &s), &v) in st[j * n..(j + 1) * n].iter_mut().zip(sa).zip(vv) {
-                    *c = *c * w + s * ka + v * k;
-                }
-            }
+        let (w, r) = (&x.w[row..row + n], &x.r[row..row + n]);
+        let emit = ti >= h.from;
+        rows(isa, st, n, vs, w, r, emit);
+        if !emit {
             continue;
-        }
-        vs.o.iter_mut().for_each(|o| *o = 0.0);
-        for j in 0..n {
-            let (w, ka, k, r) = (x.w[row + j], vs.ka[j], vs.k[j], x.r[row + j]);
-            let col = st[j * n..(j + 1) * n].iter_mut().zip(sa).zip(vv);
-            for (((c, &s), &v), o) in col.zip(vs.o.iter_mut()) {
-                *c = *c * w + s * ka + v * k;
-                *o += *c * r;
-            }
         }
         // GroupNorm, the current token's bonus, the gate
         let ch = h.c0..h.c0 + n;
@@ -134,21 +145,43 @@ fn head_body(h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
         for j in 0..n {
             bonus += x.r[row + j] * vs.k[j] * x.r_k[h.c0 + j];
         }
-        let g = &x.g[(ti - h.from) * d + h.c0..];
-        for i in 0..n {
+        let g = &x.g[(ti - h.from) * d + h.c0..][..n];
+        for (i, ((&o, &v), &g)) in vs.o.iter().zip(&*vs.v).zip(g).enumerate() {
             // SAFETY: this head alone writes channels c0..c0 + n of every row.
-            unsafe { out.write(row + i, (vs.o[i] + bonus * vv[i]) * g[i]) };
+            unsafe { out.write(row + i, (o + bonus * v) * g) };
         }
     }
 }
 
+/// [`update_rows`] on `isa`: sixteen rows at a time on AVX-512 when `n` allows, the
+/// portable body (compiled for the caller's instruction set) otherwise; the same bits.
+#[inline(always)]
+fn rows(isa: Isa, st: &mut [f32], n: usize, vs: &mut Vecs, w: &[f32], r: &[f32], out: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && n.is_multiple_of(16) {
+        use super::arch::x86::wkv7::{update_rows, Keys};
+        let keys = Keys {
+            neg_kk: vs.neg_kk,
+            ka: vs.ka,
+            k: vs.k,
+            w,
+            r,
+        };
+        let o = if out { Some(&mut *vs.o) } else { None };
+        // SAFETY: `isa` was detected on this CPU (Isa::detect).
+        return unsafe { update_rows(st, n, &keys, vs.v, o) };
+    }
+    let _ = isa;
+    update_rows(st, n, vs, w, r, out)
+}
+
 /// [`head_body`] with the head size a constant where it is 64 (every released model).
 #[inline(always)]
-fn head_sized(h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
+fn head_sized(isa: Isa, h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
     if h.n == 64 {
-        return head_body(Head { n: 64, ..h }, st, vs, out);
+        return head_body(isa, Head { n: 64, ..h }, st, vs, out);
     }
-    head_body(h, st, vs, out)
+    head_body(isa, h, st, vs, out)
 }
 
 /// [`head_body`] compiled for AVX-512 (the portable build is SSE2).
@@ -158,7 +191,7 @@ fn head_sized(h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn head_avx512(h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
-    head_sized(h, st, vs, out)
+    head_sized(Isa::Avx512, h, st, vs, out)
 }
 
 /// [`head_body`] compiled for AVX2.
@@ -168,61 +201,37 @@ unsafe fn head_avx512(h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn head_avx2(h: Head, st: &mut [f32], vs: &mut Vecs, out: SharedMut) {
-    head_sized(h, st, vs, out)
+    head_sized(Isa::Avx2, h, st, vs, out)
 }
 
 /// One head on `isa`, its state `[N, N]` (`[value, key]`) updated.
 fn head(isa: Isa, h: Head, state: &mut [f32], out: SharedMut) {
     let n = h.n;
     with_scratch(&SCRATCH, |buf| {
-        buf.resize(n * n + 6 * n, 0.0);
-        let (st, rest) = buf.split_at_mut(n * n);
-        transpose(isa, state, st, n);
-        let (kk, rest) = rest.split_at_mut(n);
+        buf.resize(5 * n, 0.0);
+        let (neg_kk, rest) = buf.split_at_mut(n);
         let (ka, rest) = rest.split_at_mut(n);
         let (k, rest) = rest.split_at_mut(n);
-        let (v, rest) = rest.split_at_mut(n);
-        let (sa, o) = rest.split_at_mut(n);
+        let (v, o) = rest.split_at_mut(n);
         let mut vs = Vecs {
-            kk,
+            neg_kk,
             ka,
             k,
             v,
-            sa,
             o,
         };
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` was detected on this CPU (Isa::detect).
         unsafe {
             match isa {
-                Isa::Avx512 => head_avx512(h, st, &mut vs, out),
-                Isa::Avx2 => head_avx2(h, st, &mut vs, out),
-                Isa::Portable => head_sized(h, st, &mut vs, out),
+                Isa::Avx512 => head_avx512(h, state, &mut vs, out),
+                Isa::Avx2 => head_avx2(h, state, &mut vs, out),
+                Isa::Portable => head_sized(isa, h, state, &mut vs, out),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = isa;
-            head_sized(h, st, &mut vs, out);
-        }
-        transpose(isa, st, state, n);
+        head_sized(isa, h, state, &mut vs, out);
     });
-}
-
-/// `dst [n, n]` = `src [n, n]` transposed: a token of one stream moves its head's state
-/// in and out of the kernel's `[key, value]` order, as much data as the token's own work.
-fn transpose(isa: Isa, src: &[f32], dst: &mut [f32], n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && n.is_multiple_of(16) {
-        // SAFETY: `isa` was detected on this CPU (Isa::detect); both are `[n, n]`.
-        return unsafe { super::arch::x86::transpose_square(src, dst, n) };
-    }
-    let _ = isa;
-    for i in 0..n {
-        for j in 0..n {
-            dst[j * n + i] = src[i * n + j];
-        }
-    }
 }
 
 /// The RWKV-7 recurrence with its GroupNorm, bonus and gate on `isa`, `D = H * N`: stream
@@ -294,22 +303,6 @@ mod tests {
     use super::super::scalar;
     use super::super::tests::vals;
     use super::*;
-
-    /// The vector transpose moves every element where the loop does.
-    #[test]
-    fn transposes_agree() {
-        for n in [16, 48, 64, 8] {
-            let src = vals(n * n, 9);
-            let mut want = vec![0.0; n * n];
-            transpose(Isa::Portable, &src, &mut want, n);
-            assert_eq!(want[n + 2], src[2 * n + 1]);
-            for isa in Isa::available() {
-                let mut got = vec![0.0; n * n];
-                transpose(isa, &src, &mut got, n);
-                assert_eq!(got, want, "{isa:?}, n = {n}");
-            }
-        }
-    }
 
     /// Values in `lo..hi`.
     fn range(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {

@@ -7,6 +7,7 @@
 pub mod bf16;
 pub mod dense;
 pub mod quant;
+pub mod wkv7;
 
 use std::arch::x86_64::*;
 
@@ -108,24 +109,6 @@ pub unsafe fn hsum512x16(v: [__m512; 16]) -> __m512 {
 pub fn lane_masks(n: usize) -> [__mmask16; 2] {
     let m = if n >= 32 { u32::MAX } else { (1u32 << n) - 1 };
     [m as __mmask16, (m >> 16) as __mmask16]
-}
-
-/// `dst [n, n]` = `src [n, n]` transposed (`dst[j * n + i] = src[i * n + j]`), `n` a
-/// multiple of 16: blocks of 16 x 16 through [`transpose16`].
-#[target_feature(enable = "avx512f")]
-pub unsafe fn transpose_square(src: &[f32], dst: &mut [f32], n: usize) {
-    assert!(n.is_multiple_of(16) && src.len() >= n * n && dst.len() >= n * n);
-    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
-    for bi in (0..n).step_by(16) {
-        for bj in (0..n).step_by(16) {
-            let rows = std::array::from_fn(|r| {
-                _mm512_loadu_si512(sp.add((bi + r) * n + bj) as *const __m512i)
-            });
-            for (c, v) in transpose16(rows).into_iter().enumerate() {
-                _mm512_storeu_si512(dp.add((bj + c) * n + bi) as *mut __m512i, v);
-            }
-        }
-    }
 }
 
 /// The 16 x 16 transpose of 32-bit words: `out[c]` holds word `c` of every `r[i]`.
