@@ -33,9 +33,10 @@ pub const PANEL_ROWS: usize = 32;
 /// rest for the broadcasts.
 pub const BF16_PANEL_TOKENS: usize = 12;
 
-/// Tokens from which int8 and nf4 products pack their rows into panels: below it, packing
-/// a product's rows costs more than dotting each row, from L1, with every token (small
-/// batches of streams; the runs are in `docs/PERFORMANCE.md`).
+/// Tokens from which int8 and nf4 matrices kept in rows (`LoadOptions::quant_panels`
+/// false) pack their rows into panels: below it, packing a product's rows costs more than
+/// dotting each row, from L1, with every token (the runs are in `docs/PERFORMANCE.md`).
+/// Matrices stored in panels take the panel kernel at every token count.
 pub const QUANT_PANELS_FROM: usize = 16;
 
 /// Tokens one integer panel call multiplies: two integer sums each in registers, beside

@@ -206,8 +206,9 @@ thread_local! {
 }
 
 /// Rows `rows` of `y [t, out] = x [t, in] . W^T` for an int8 or nf4 `W`, with `x` already
-/// rounded: direct dots one token at a time ([`dots::dots`]), or 32 rows at a time against
-/// up to eight tokens ([`Panel`]) when `panels`. Both give the same sums.
+/// rounded: stored panels as stored, eight tokens at a time; rows dotted with up to four
+/// tokens at a time ([`dots::dots_tokens`]), or packed 32 at a time against up to eight
+/// tokens ([`Panel`]) when `panels`. All give the same sums.
 pub fn matmul_rows(
     isa: Isa,
     w: &Matrix,

@@ -1,6 +1,7 @@
-//! Up to 32 rows of an int8 or nf4 matrix packed for the sequence kernel: a vector lane a
+//! The integer panel kernel's callers: 32 rows of an int8 or nf4 matrix a vector lane a
 //! row, so that one load of weights meets every token and each `vpdpwssd` (int8) or
-//! `vpdpbusd` (nf4) multiplies two or four columns of sixteen rows at once.
+//! `vpdpbusd` (nf4) multiplies two or four columns of sixteen rows at once; rows packed so
+//! for a product ([`Panel`]), or panels stored so at load ([`multiply_stored`]).
 
 use super::acts::QActs;
 use super::{Act, QRow, PAIR};

@@ -1,10 +1,12 @@
 //! int8 and nf4 weights against activations rounded to integers (see
 //! [`crate::backend::cpu::quant`] for the summation order every kernel keeps):
-//! - one token: sixteen blocks' integer sums reduced together, int8 a block at a time
+//! - rows: sixteen blocks' integer sums reduced together, int8 a block at a time
 //!   (`vpmaddwd`), nf4 a pair of blocks at a time (one 64-byte load, two `vpermb`
-//!   lookups, two `vpdpbusd`);
-//! - panels: 32 rows packed a vector lane a row, so each `vpdpwssd` (int8) or `vpdpbusd`
-//!   (nf4) does a block's products for sixteen rows;
+//!   lookups, two `vpdpbusd`), for one token or up to four;
+//! - panels: 32 rows a vector lane a row, so each `vpdpwssd` (int8) or `vpdpbusd` (nf4)
+//!   does a block's products for sixteen rows: stored so at load
+//!   ([`crate::tensor::panels`]; int8 bytes widened, nf4 nibbles looked up in the
+//!   kernel), or packed from rows for each product;
 //! - the AVX-512 activation rounder, and AVX2 one-token dots.
 
 use super::{hsum512, lane_masks, sum_chunk_pairs, sum_chunks, sum_halves, transpose16, I32Lanes};
