@@ -245,32 +245,41 @@ pub unsafe fn tile4x4_bf16x2(
         w.iter().all(|r| r.len() == n) && x.iter().all(|r| r.len() >= n),
         "tile4x4_bf16x2: rows of different widths"
     );
-    let wp = w.map(|r| r.as_ptr());
-    let xp = x.map(|r| r.as_ptr());
+    let [w0, w1, w2, w3] = w.map(|r| r.as_ptr());
+    let [x0, x1, x2, x3] = x.map(|r| r.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-    let mut step = |wv: [__m512bh; 4], xv: [__m512bh; 4]| {
-        for t in 0..4 {
-            for r in 0..4 {
-                acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv[r], xv[t]);
+    let mut i = 0;
+    // one 32-column step of the sixteen sums (a macro, not a closure: a closure's
+    // accumulators went through memory)
+    macro_rules! step {
+        ($load:ident $(, $n:expr)?) => {{
+            let wv = [$load(w0, i $(, $n)?), $load(w1, i $(, $n)?), $load(w2, i $(, $n)?), $load(w3, i $(, $n)?)];
+            let xv = [$load(x0, i $(, $n)?), $load(x1, i $(, $n)?), $load(x2, i $(, $n)?), $load(x3, i $(, $n)?)];
+            for t in 0..4 {
+                for r in 0..4 {
+                    acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv[r], xv[t]);
+                }
+            }
+        }};
+    }
+    // the lines to ask for, spread over the steps: `every` steps apart, `burst` at a time
+    let (pf, lines) = ahead;
+    let steps = (n / 32).max(1);
+    let burst = lines.div_ceil(steps).max(1);
+    let mut next = pf;
+    let end = pf.wrapping_add(64 * lines);
+    while i + 32 <= n {
+        for _ in 0..burst {
+            if next < end {
+                prefetch_l2(next);
+                next = next.wrapping_add(64);
             }
         }
-    };
-    let (pf, lines) = ahead;
-    let per_step = lines.div_ceil((n / 32).max(1));
-    let (mut i, mut asked) = (0, 0);
-    while i + 32 <= n {
-        for _ in 0..per_step.min(lines - asked) {
-            prefetch_l2(pf.wrapping_add(64 * asked));
-            asked += 1;
-        }
-        step(wp.map(|p| load_pairs(p, i)), xp.map(|p| load_pairs(p, i)));
+        step!(load_pairs);
         i += 32;
     }
     if i < n {
-        step(
-            wp.map(|p| load_pairs_tail(p, i, n)),
-            xp.map(|p| load_pairs_tail(p, i, n)),
-        );
+        step!(load_pairs_tail, n);
     }
     for r in 0..4 {
         for t in 0..4 {
