@@ -18,6 +18,8 @@ thread_local! {
     static BROWS: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
     /// One row in f32, on its way to bf16.
     static F32ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The lanes of the bf16 tiles' sums, `[token groups, 4 rows, 4 tokens, 16]`.
+    static SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether this CPU has the bf16 products of `Precision::Bf16` (AVX-512 BF16, and the
@@ -150,8 +152,8 @@ pub fn row_order_rows(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use super::arch::x86::bf16::{dot_bf16x2, tile4x4_bf16x2};
-        use super::tuning::TOKENS_PER_BLOCK;
+        use super::arch::x86::bf16::{dot_bf16x2, hsum_lanes, tile4x4_bf16x2};
+        use super::tuning::BF16_TILE_COLS;
         let (out, inp, stride) = (w.rows, w.cols, x_stride(w.cols));
         let Data::BF16(b) = &w.data else {
             unreachable!("bf16 row products of {:?} weights", w.dtype())
@@ -169,26 +171,58 @@ pub fn row_order_rows(
             }
             return;
         }
-        // Each tile of a block of tokens asks for its share of the next four rows.
-        let tiles_a_block = t.min(TOKENS_PER_BLOCK) / 4;
-        let group_lines = (4 * inp * 2).div_ceil(64);
-        let share = group_lines.div_ceil(tiles_a_block.max(1));
+        // Four rows at a time against the tokens in groups of four, a block of columns at
+        // a time, so that the rows' block and every token's stay in L1 while the groups
+        // pass; each group's sixteen sums wait in `sums` between blocks.
         let start = rows.start;
-        super::dense::tiled(
-            rows,
-            t,
-            out,
-            y,
-            |k| row(start + k),
-            |wr, ti, acc| {
+        let groups = t / 4;
+        // under four groups the rows' whole width is read once a group from L1 anyway
+        let block = if groups >= 4 {
+            BF16_TILE_COLS
+        } else {
+            inp.max(1)
+        };
+        let blocks = inp.div_ceil(block);
+        let group_lines = (4 * inp * 2).div_ceil(64);
+        let share = group_lines.div_ceil((groups * blocks).max(1));
+        with_scratch(&SUMS, |sums| {
+            sums.resize(groups * 256, 0.0);
+            for g in (0..rows.len()).step_by(4) {
+                let nr = (rows.len() - g).min(4);
+                let wr: [&[bf16]; 4] = std::array::from_fn(|k| row(start + g + k.min(nr - 1)));
+                // the next four rows, asked for a share a tile
                 let next = wr[0].as_ptr().wrapping_add(4 * inp) as *const u8;
-                let from = (ti % TOKENS_PER_BLOCK / 4 * share).min(group_lines);
-                let ahead = (next.wrapping_add(64 * from), share.min(group_lines - from));
-                let x = std::array::from_fn(|j| xr(ti + j));
-                unsafe { tile4x4_bf16x2(wr, x, acc, ahead) }
-            },
-            |wrow, ti| unsafe { dot_bf16x2(wrow, xr(ti)) },
-        );
+                let mut asked = 0;
+                sums.fill(0.0);
+                for c0 in (0..inp).step_by(block) {
+                    let cols = c0..(c0 + block).min(inp);
+                    let wb = wr.map(|r| &r[cols.clone()]);
+                    for (gi, sums) in sums.chunks_exact_mut(256).enumerate() {
+                        let xb = std::array::from_fn(|j| &xr(4 * gi + j)[cols.clone()]);
+                        let lines = share.min(group_lines - asked);
+                        let ahead = (next.wrapping_add(64 * asked), lines);
+                        asked += lines;
+                        let sums: &mut [f32; 256] = sums.try_into().expect("256 sums a group");
+                        unsafe { tile4x4_bf16x2(wb, xb, sums, ahead) };
+                    }
+                }
+                for (gi, sums) in sums.chunks_exact(256).enumerate() {
+                    for (k, lanes) in sums.chunks_exact(64).take(nr).enumerate() {
+                        for (j, lane) in lanes.chunks_exact(16).enumerate() {
+                            let v = unsafe { hsum_lanes(lane) };
+                            // SAFETY: element (token, row) is written by the task owning the row.
+                            unsafe { y.write((4 * gi + j) * out + start + g + k, v) };
+                        }
+                    }
+                }
+                for tt in 4 * groups..t {
+                    for (k, wrow) in wr.iter().enumerate().take(nr) {
+                        // SAFETY: as above.
+                        unsafe { y.write(tt * out + start + g + k, dot_bf16x2(wrow, xr(tt))) };
+                    }
+                }
+            }
+        });
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(

@@ -151,19 +151,29 @@ fn quantized_rows_widen_to_bf16_exactly() {
 }
 
 /// Generation products at bf16 precision (bf16 rows wider than the LoRA factors): one to
-/// three tokens dot each row, four streams or more run four-by-four tiles, and both give
-/// the scalar twin's sums bit for bit, whatever the token count. f32 and f16 rows, and
-/// narrow bf16 rows, keep their f32 kernels; without AVX-512 BF16 every product is f32.
+/// three tokens dot each row, four streams or more run four-by-four tiles (from sixteen,
+/// a block of columns at a time), and both give the scalar twin's sums bit for bit,
+/// whatever the token count and width (odd, or several blocks and a part). f32 and f16
+/// rows, and narrow bf16 rows, keep their f32 kernels; without AVX-512 BF16 every product
+/// is f32.
 #[test]
 fn bf16_stream_products_match_their_scalar_twin_whatever_the_count() {
     let isa = Isa::detect();
     let here = bf16_products_here();
-    for (out, inp) in [(9, 257), (37, 160), (70, 2048), (5, 130), (21, 64)] {
+    let most = 19;
+    for (out, inp) in [
+        (9, 257),
+        (37, 160),
+        (70, 2048),
+        (5, 130),
+        (21, 64),
+        (6, 1321),
+    ] {
         let [f, h, b] = mats(out, inp, 61);
-        let x = vals(13 * inp, 62);
-        let mut want = vec![0.0; 13 * out];
-        scalar::matmul_bf16_rows(&b, &x, 13, &mut want);
-        for t in [1, 2, 3, 4, 5, 8, 13] {
+        let x = vals(most * inp, 62);
+        let mut want = vec![0.0; most * out];
+        scalar::matmul_bf16_rows(&b, &x, most, &mut want);
+        for t in [1, 2, 3, 4, 5, 8, 13, 16, 19] {
             let x = &x[..t * inp];
             let run = |m: &Matrix, p| {
                 let mut y = vec![0.0; t * out];

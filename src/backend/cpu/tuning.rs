@@ -25,6 +25,11 @@ pub const MIN_TASKS: usize = 8;
 /// of activations, which stay in L2 while every row group passes over them.
 pub const TOKENS_PER_BLOCK: usize = 64;
 
+/// Columns of a block of the bf16 4x4 tiles (a multiple of 32): four rows' and sixteen
+/// tokens' blocks, 20 KiB, stay in L1 while the tokens' groups pass.
+pub const BF16_TILE_COLS: usize = 512;
+const _: () = assert!(BF16_TILE_COLS.is_multiple_of(32), "a block ends on a step");
+
 /// Rows a panel holds, for both panel kernels (bf16 and integer): two vector registers of
 /// sixteen lanes.
 pub const PANEL_ROWS: usize = 32;

@@ -108,6 +108,16 @@ pub unsafe fn nf4_row_bf16(packed: &[u8], scales: &[bf16], out: &mut [bf16]) {
     }
 }
 
+/// [`hsum512`] of sixteen lanes stored in memory.
+///
+/// # Safety
+/// AVX-512F on this CPU.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn hsum_lanes(lanes: &[f32]) -> f32 {
+    assert!(lanes.len() >= 16);
+    hsum512(_mm512_loadu_ps(lanes.as_ptr()))
+}
+
 /// Pack `n` (at most [`PANEL_ROWS`]) rows of bf16 weights for [`panel_kernel`]: row `r`
 /// starts at `base + r * stride` (`stride` even) and holds `2 * pairs` weights; pair
 /// `kk` (columns `2kk`, `2kk + 1`) of row `r` goes to `panel[kk * 32 + r]` as one u32,
@@ -229,15 +239,18 @@ pub unsafe fn dot_bf16x2(w: &[bf16], x: &[bf16]) -> f32 {
     hsum512(acc)
 }
 
-/// `out[r][t] = w[r] . x[t]` for four bf16 rows and four tokens rounded to bf16 (`[n]`
-/// each), each pair summed as [`dot_bf16x2`] sums it: every load meets four `vdpbf16ps`.
+/// `acc[r][t] += w[r] . x[t]` for four bf16 rows and four tokens rounded to bf16 (`[n]`
+/// each, a block of columns), lane by lane: `acc` holds sixteen vectors of sums
+/// (`[4 rows][4 tokens][16 lanes]`), to be reduced by [`hsum512`] once every block has
+/// run. Blocks of a multiple of 32 columns, one after the other, leave each lane summing
+/// the pairs [`dot_bf16x2`] sums into it, in its order. Every load meets four `vdpbf16ps`.
 /// `ahead`: `(p, lines)`, cache lines from `p` to ask for into L2 along the way (the next
 /// rows' weights, which would otherwise keep the first tokens of those rows waiting).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub unsafe fn tile4x4_bf16x2(
     w: [&[bf16]; 4],
     x: [&[bf16]; 4],
-    out: &mut [[f32; 4]; 4],
+    acc: &mut [f32; 256],
     ahead: (*const u8, usize),
 ) {
     let n = w[0].len();
@@ -247,7 +260,10 @@ pub unsafe fn tile4x4_bf16x2(
     );
     let [w0, w1, w2, w3] = w.map(|r| r.as_ptr());
     let [x0, x1, x2, x3] = x.map(|r| r.as_ptr());
-    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let sums = acc.as_mut_ptr();
+    let mut acc: [[__m512; 4]; 4] = std::array::from_fn(|r| {
+        std::array::from_fn(|t| _mm512_loadu_ps(sums.add(64 * r + 16 * t)))
+    });
     let mut i = 0;
     // one 32-column step of the sixteen sums (a macro, not a closure: a closure's
     // accumulators went through memory)
@@ -281,9 +297,9 @@ pub unsafe fn tile4x4_bf16x2(
     if i < n {
         step!(load_pairs_tail, n);
     }
-    for r in 0..4 {
-        for t in 0..4 {
-            out[r][t] = hsum512(acc[r][t]);
+    for (r, acc) in acc.iter().enumerate() {
+        for (t, &a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(sums.add(64 * r + 16 * t), a);
         }
     }
 }
