@@ -70,14 +70,9 @@ pub fn round_bf16(x: &[f32], n: usize, out: &mut Vec<bf16>) {
 pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: SharedMut) {
     use super::arch::x86::bf16::{pack_panel_avx512, q8_panel_bf16};
     use super::tuning::{BF16_PANEL_TOKENS, PANEL_ROWS};
-    use crate::tensor::panels::{block_order, panel_bytes};
+    use crate::tensor::panels::panel_bytes;
     use crate::tensor::quant::BLOCK;
     let (out, inp) = (w.rows, w.cols);
-    // int8 panels as stored: the order of their blocks
-    let order: Vec<usize> = match &w.data {
-        Data::Q8Panels(_) => block_order(inp / BLOCK).collect(),
-        _ => Vec::new(),
-    };
     let pairs = inp.div_ceil(2);
     let xw = 2 * pairs;
     let (xp, xs_u32) = (x.as_ptr() as *const u32, x_stride(inp) / 2);
@@ -92,7 +87,7 @@ pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: Shar
                 let scales = &q.scales[p * nb * PANEL_ROWS..(p + 1) * nb * PANEL_ROWS];
                 // SAFETY: the plan gives bf16 panels only on AVX-512 BF16; tasks take whole
                 // panels (Kernel::panel_rows), so r0 starts one.
-                unsafe { q8_panel_bf16(codes, scales, &order, panel) };
+                unsafe { q8_panel_bf16(codes, scales, nb, panel) };
             } else {
                 let (base, stride) = match &w.data {
                     Data::BF16(b) if inp.is_multiple_of(2) => (b[r0 * inp..].as_ptr(), inp),
@@ -152,7 +147,7 @@ pub fn row_order_rows(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use super::arch::x86::bf16::{dot_bf16x2, hsum_lanes, tile4x4_bf16x2};
+        use super::arch::x86::bf16::{dot_bf16x2, tile4x4_bf16x2, tile_sums};
         use super::tuning::BF16_TILE_COLS;
         let (out, inp, stride) = (w.rows, w.cols, x_stride(w.cols));
         let Data::BF16(b) = &w.data else {
@@ -207,12 +202,11 @@ pub fn row_order_rows(
                     }
                 }
                 for (gi, sums) in sums.chunks_exact(256).enumerate() {
-                    for (k, lanes) in sums.chunks_exact(64).take(nr).enumerate() {
-                        for (j, lane) in lanes.chunks_exact(16).enumerate() {
-                            let v = unsafe { hsum_lanes(lane) };
-                            // SAFETY: element (token, row) is written by the task owning the row.
-                            unsafe { y.write((4 * gi + j) * out + start + g + k, v) };
-                        }
+                    let sums: &[f32; 256] = sums.try_into().expect("256 sums a group");
+                    let v = unsafe { tile_sums(sums) };
+                    for (k, j) in (0..nr).flat_map(|k| (0..4).map(move |j| (k, j))) {
+                        // SAFETY: element (token, row) is written by the task owning the row.
+                        unsafe { y.write((4 * gi + j) * out + start + g + k, v[4 * k + j]) };
                     }
                 }
                 for tt in 4 * groups..t {

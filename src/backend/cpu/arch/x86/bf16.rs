@@ -4,9 +4,10 @@
 //! - `dot_bf16x2`, `tile4x4_bf16x2`: bf16 rows as stored, lanes over columns, one token or
 //!   four rows by four tokens, each pair summed in one order (generation, one stream or many).
 
-use super::{hsum512, lane_masks, store_bf16x16, transpose16};
+use super::{hsum512, hsum512x16, lane_masks, store_bf16x16, transpose16};
 use crate::backend::cpu::arch::{prefetch_ahead, prefetch_l2};
 use crate::backend::cpu::tuning::{BF16_PANEL_TOKENS, PANEL_ROWS, PREFETCH_AHEAD};
+use crate::tensor::panels::block_order;
 use crate::tensor::quant::{BLOCK, NF4};
 use half::bf16;
 use std::arch::x86_64::*;
@@ -49,14 +50,13 @@ pub unsafe fn q8_row_bf16(qs: &[i8], scales: &[f32], out: &mut [bf16]) {
 }
 
 /// A stored int8 panel ([`crate::tensor::panels`]: `codes [nb, 32 words, 2 halves, 16
-/// rows, 2]`, `scales [nb, 32]`, block `order[pos]` at position `pos`) dequantized and
+/// rows, 2]`, `scales [nb, 32]`, blocks in [`block_order`]) dequantized and
 /// rounded to bf16 straight into a bf16 panel (`panel [nb * 32 pairs, 32 rows]`, as
 /// [`pack_panel_avx512`] lays out rows, the blocks back in column order): the bits
 /// [`q8_row_bf16`] then [`pack_panel_avx512`] give the same rows. Both layouts pair a
 /// row's weights `2k, 2k + 1`, so no transpose is needed.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub unsafe fn q8_panel_bf16(codes: &[i8], scales: &[f32], order: &[usize], panel: &mut [u32]) {
-    let nb = order.len();
+pub unsafe fn q8_panel_bf16(codes: &[i8], scales: &[f32], nb: usize, panel: &mut [u32]) {
     let words = BLOCK / 2;
     assert!(
         codes.len() >= nb * PANEL_ROWS * BLOCK
@@ -69,7 +69,7 @@ pub unsafe fn q8_panel_bf16(codes: &[i8], scales: &[f32], order: &[usize], panel
         _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8),
     ];
     let out = panel.as_mut_ptr() as *mut bf16;
-    for (pos, &b) in order.iter().enumerate() {
+    for (pos, b) in block_order(nb).enumerate() {
         for half in 0..2 {
             let s = _mm512_loadu_ps(scales.as_ptr().add(pos * PANEL_ROWS + 16 * half));
             let s = twice.map(|i| _mm512_permutexvar_ps(i, s));
@@ -108,14 +108,20 @@ pub unsafe fn nf4_row_bf16(packed: &[u8], scales: &[bf16], out: &mut [bf16]) {
     }
 }
 
-/// [`hsum512`] of sixteen lanes stored in memory.
+/// The sixteen sums of a tile's lanes ([`tile4x4_bf16x2`]'s `acc`): `out[4 * r + t]`,
+/// each the bits [`hsum512`] gives its vector, reduced together by [`hsum512x16`].
 ///
 /// # Safety
 /// AVX-512F on this CPU.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn hsum_lanes(lanes: &[f32]) -> f32 {
-    assert!(lanes.len() >= 16);
-    hsum512(_mm512_loadu_ps(lanes.as_ptr()))
+pub unsafe fn tile_sums(acc: &[f32; 256]) -> [f32; 16] {
+    let mut v = [_mm512_setzero_ps(); 16];
+    for (k, v) in v.iter_mut().enumerate() {
+        *v = _mm512_loadu_ps(acc.as_ptr().add(16 * k));
+    }
+    let mut out = [0.0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), hsum512x16(v));
+    out
 }
 
 /// Pack `n` (at most [`PANEL_ROWS`]) rows of bf16 weights for [`panel_kernel`]: row `r`
