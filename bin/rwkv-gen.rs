@@ -70,7 +70,7 @@ fn run(args: &Args) -> Result<(), CliError> {
             "rwkv-gen: loaded {} ({}, {} names, {} layers, width {}, vocab {}, tokenizer {}, \
              {prec} products, on {}) in {:.0} ms",
             model.path.display(),
-            c.arch.title(),
+            c.version.title,
             model.layout.name(),
             c.n_layer,
             c.n_embd,

@@ -100,7 +100,7 @@ fn run(args: &Args) -> Result<(), CliError> {
         eprintln!(
             "rwkv-score: loaded {} ({}, on {}) in {:.0} ms",
             model.path.display(),
-            model.cfg.arch.title(),
+            model.cfg.version.title,
             model.device(),
             t0.elapsed().as_secs_f64() * 1e3
         );

@@ -146,12 +146,12 @@ fn read_any(path: &Path) -> Result<(StateFile, bool), CliError> {
     match StateFile::load(path) {
         Ok(sf) => Ok((sf, false)),
         Err(first) => {
-            let Ok(shape) = state_file::tuning_shape(path) else {
+            let Ok((version, shape)) = state_file::tuning_shape(path) else {
                 return Err(first.into());
             };
             let state = state_file::import_tuning(path, shape)?;
             let meta = StateMeta {
-                arch: "rwkv6".into(),
+                arch: version.name.into(),
                 shape,
                 vocab: 0,
                 fingerprint: String::new(),

@@ -474,7 +474,7 @@ fn main() {
     println!(
         "model {} ({}, {} layers, width {}), {} threads, {}-token prompt, {} generated",
         path.display(),
-        cfg.arch.title(),
+        cfg.version.title,
         cfg.n_layer,
         cfg.n_embd,
         args.threads,

@@ -20,11 +20,13 @@ pub enum Error {
     Format { path: PathBuf, msg: String },
 
     /// A model we recognise but do not run.
-    #[error("{}: {what} ({evidence}); these tools run RWKV-6 and RWKV-7 (x070) models", path.display())]
+    #[error("{}: {what} ({evidence}); these tools run {runs} models", path.display())]
     UnsupportedVersion {
         path: PathBuf,
         what: &'static str,
         evidence: String,
+        /// The versions that run, as `RWKV-6 and RWKV-7`.
+        runs: String,
     },
 
     #[error("{}: missing tensor `{name}`", path.display())]

@@ -10,6 +10,8 @@
 use crate::backend::StateShape;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
+use crate::model::registry;
+use crate::model::version::{Tuning, Version};
 use crate::state::{LayerState, State};
 use crate::Model;
 use memmap2::Mmap;
@@ -25,7 +27,7 @@ const MAX_HEADER: u64 = 16 << 20;
 /// What a state file says about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateMeta {
-    /// `rwkv6` or `rwkv7`.
+    /// The version's name ([`Version::name`]: `rwkv6`, `rwkv7`).
     pub arch: String,
     pub shape: StateShape,
     /// 0 when unknown (a state imported without a model).
@@ -59,7 +61,7 @@ impl StateFile {
     ) -> Result<StateFile> {
         Ok(StateFile {
             meta: StateMeta {
-                arch: model.cfg.arch.name().to_string(),
+                arch: model.cfg.version.name.to_string(),
                 shape: state.shape(),
                 vocab: model.cfg.vocab,
                 fingerprint: model.fingerprint().to_string(),
@@ -225,7 +227,7 @@ impl Parsed {
                 .ok_or_else(|| bad(format!("metadata `{k}` missing or not a number")))
         };
         let arch = text("arch").unwrap_or("rwkv6").to_string();
-        if !matches!(arch.as_str(), "rwkv6" | "rwkv7") {
+        if registry::by_name(&arch).is_none() {
             return Err(bad(format!("a state of an unknown architecture `{arch}`")));
         }
         let shape = StateShape {
@@ -387,29 +389,41 @@ impl Mapped {
     }
 }
 
-/// The shape a state-tuning file implies: layers from the `blocks.N.att.time_state`
-/// count, heads and head size from their shape; vocab unknown.
-pub fn tuning_shape(path: &Path) -> Result<StateShape> {
+/// The version and shape a state-tuning file implies: the first version whose tuning
+/// tensor (`blocks.0.att.time_state`) it holds; layers from that tensor's count, heads and
+/// head size from its shape; vocab unknown.
+pub fn tuning_shape(path: &Path) -> Result<(&'static Version, StateShape)> {
     let ck = Checkpoint::open(path)?;
-    tuning_shape_of(&ck)
+    tuned_version(&ck)
 }
 
-fn tuning_shape_of(ck: &Checkpoint) -> Result<StateShape> {
+fn tuned_version(ck: &Checkpoint) -> Result<(&'static Version, StateShape)> {
+    for v in registry::tuned() {
+        let t = v.tuning.expect("tuned versions have a layout");
+        if ck.shape(&format!("blocks.0.{}", t.tensor)).is_some() {
+            return Ok((v, tuning_shape_of(ck, t)?));
+        }
+    }
+    Err(Error::format(
+        &ck.path,
+        "neither a state file nor a state-tuning file (no `blocks.0.att.time_state`)",
+    ))
+}
+
+fn tuning_shape_of(ck: &Checkpoint, t: Tuning) -> Result<StateShape> {
     let path = &ck.path;
-    let name = "blocks.0.att.time_state";
+    let name = format!("blocks.0.{}", t.tensor);
     let shape = ck
-        .shape(name)
-        .ok_or_else(|| {
-            Error::format(
-                path,
-                "neither a state file nor a state-tuning file (no `blocks.0.att.time_state`)",
-            )
+        .shape(&name)
+        .ok_or_else(|| Error::MissingTensor {
+            path: path.clone(),
+            name: name.clone(),
         })?
         .to_vec();
     let [h, s, s2] = shape[..] else {
         return Err(Error::Shape {
             path: path.clone(),
-            name: name.into(),
+            name,
             expected: vec![0, 64, 64],
             found: shape,
         });
@@ -417,49 +431,53 @@ fn tuning_shape_of(ck: &Checkpoint) -> Result<StateShape> {
     if s != s2 {
         return Err(Error::Shape {
             path: path.clone(),
-            name: name.into(),
+            name,
             expected: vec![h, s, s],
             found: shape,
         });
     }
-    let layers = ck
-        .tensors
-        .keys()
-        .filter(|k| k.ends_with(".att.time_state"))
-        .count();
+    let suffix = format!(".{}", t.tensor);
+    let layers = ck.tensors.keys().filter(|k| k.ends_with(&suffix)).count();
     Ok(StateShape {
         layers,
         embd: h
             .checked_mul(s)
-            .ok_or_else(|| Error::format(path, "time_state's shape overflows"))?,
+            .ok_or_else(|| Error::format(path, format!("{name}'s shape overflows")))?,
         heads: h,
         head_size: s,
     })
 }
 
-/// An official RWKV-6 state-tuning file as a state of `shape`: `blocks.N.att.time_state`
-/// `[H, S, S]` for every layer, in a `.pth` from RWKV-PEFT (stored `[head, value, key]`,
-/// transposed here) or an Ai00 `.st` (already `[head, key, value]`). The shift vectors
-/// start at zero.
+/// An official state-tuning file as a state of `shape`, in the layout of the version its
+/// tensors name ([`tuning_shape`]).
 pub fn import_tuning(path: &Path, shape: StateShape) -> Result<State> {
     let ck = Checkpoint::open(path)?;
-    let found = tuning_shape_of(&ck)?;
+    let (v, _) = tuned_version(&ck)?;
+    import_as(&ck, v.tuning.expect("tuned versions have a layout"), shape)
+}
+
+/// The state-tuning file `ck` in layout `t` as a state of `shape`: `blocks.N.{tensor}`
+/// `[H, S, S]` for every layer, in a `.pth` from RWKV-PEFT (transposed here where the
+/// layout says) or an Ai00 `.st` (the state's own order). The shift vectors start at zero.
+fn import_as(ck: &Checkpoint, t: Tuning, shape: StateShape) -> Result<State> {
+    let path = &ck.path;
+    let found = tuning_shape_of(ck, t)?;
     if found != shape {
         return Err(Error::StateMismatch(format!(
             "{}: a state-tuning file for {found}; the model has {shape}",
             path.display(),
         )));
     }
-    let transposed = ck.map.starts_with(b"PK\x03\x04");
+    let transposed = t.pth_transposed && ck.map.starts_with(b"PK\x03\x04");
     let (h, s) = (shape.heads, shape.head_size);
     let mut values = vec![0.0f32; shape.len()];
     for l in 0..shape.layers {
-        let name = format!("blocks.{l}.att.time_state");
+        let name = format!("blocks.{l}.{}", t.tensor);
         match ck.shape(&name) {
             Some(sh) if sh == [h, s, s] => {}
             found => {
                 return Err(Error::Shape {
-                    path: path.to_path_buf(),
+                    path: path.clone(),
                     name,
                     expected: vec![h, s, s],
                     found: found.map(<[usize]>::to_vec).unwrap_or_default(),
@@ -503,18 +521,20 @@ impl Start {
     }
 }
 
-/// The state-tuning file `path` as a state of `model`: RWKV-6 models only, the one
-/// version whose state-tuning layout the official package pins.
+/// The state-tuning file `path` as a state of `model`, in the layout of the model's
+/// version; refused for a version whose state-tuning layout is not known.
 pub fn import_for(path: &Path, model: &Model) -> Result<State> {
-    if model.cfg.arch.version() != crate::model::names::Version::V6 {
+    let Some(t) = model.cfg.version.tuning else {
+        let known: Vec<&str> = registry::tuned().map(|v| v.title).collect();
         return Err(Error::StateMismatch(format!(
-            "{}: state-tuning files are read for RWKV-6 models only, and {} is an {} model",
+            "{}: state-tuning files are read for {} models only, and {} is an {} model",
             path.display(),
+            known.join(" and "),
             model.path.display(),
-            model.cfg.arch.title()
+            model.cfg.version.title
         )));
-    }
-    import_tuning(path, model.cfg.state_shape())
+    };
+    import_as(&Checkpoint::open(path)?, t, model.cfg.state_shape())
 }
 
 /// The state a run starts from: `path` read by [`load_for`], or the zero state.
@@ -578,13 +598,13 @@ fn is_not_state(e: &Error) -> bool {
 /// Refuse a state of another architecture, shape or (unless `force`) weights.
 pub fn check_fits(shown: &Path, m: &StateMeta, model: &Model, force: bool) -> Result<()> {
     let c = &model.cfg;
-    if m.arch != c.arch.name() {
+    if m.arch != c.version.name {
         return Err(Error::StateMismatch(format!(
             "{}: a state of an {} model, but {} is an {} model",
             shown.display(),
-            arch_title(&m.arch),
+            registry::by_name(&m.arch).map_or(m.arch.as_str(), |v| v.title),
             model.path.display(),
-            c.arch.title()
+            c.version.title
         )));
     }
     let s = m.shape;
@@ -609,12 +629,4 @@ pub fn check_fits(shown: &Path, m: &StateMeta, model: &Model, force: bool) -> Re
         )));
     }
     Ok(())
-}
-
-/// `RWKV-6` for `rwkv6`: the name a state file's `arch` stands for.
-fn arch_title(arch: &str) -> String {
-    match arch.strip_prefix("rwkv") {
-        Some(n) => format!("RWKV-{n}"),
-        None => arch.to_string(),
-    }
 }

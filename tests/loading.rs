@@ -203,7 +203,7 @@ fn synth_model_writes_a_working_model() {
         assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
         let m = Model::load(&out).unwrap();
         let c = m.cfg;
-        assert_eq!(c.arch.name(), format!("rwkv{}", &arch[1..]));
+        assert_eq!(c.version.name, format!("rwkv{}", &arch[1..]));
         assert_eq!(
             (c.n_layer, c.n_embd, c.n_head, c.head_size, c.ffn, c.vocab),
             (3, 128, 2, 64, ffn, 512)

@@ -2,14 +2,24 @@
 //! which rows each layer computes, and the head.
 
 use super::load::{Affine, Loader};
-use super::Logits;
 use crate::backend::{Backend, Norm, Precision, Product, Rows, RowsMut, Then};
 use crate::error::Result;
 use crate::tensor::Matrix;
 use std::ops::Range;
 
-/// LayerNorm epsilon of ln0 and ln_out (both versions).
+/// LayerNorm epsilon of ln0 and ln_out (every version).
 pub const LN_EPS: f32 = 1e-5;
+
+/// Which logits a forward call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None: only the state advances (prompt prefixes).
+    None,
+    /// `[V]` after the last token (of each stream: `[N, V]`).
+    Last,
+    /// `[T, V]` after every token (scoring).
+    All,
+}
 
 /// A model's embedding and head on a backend.
 pub struct Ends<B: Backend> {
@@ -88,7 +98,7 @@ impl<B: Backend> Ends<B> {
         )?;
         be.read(Rows::new(logits, 0, n, v), out)?;
         if want == Logits::Last && !one {
-            super::last_rows(out, spans, v);
+            last_rows(out, spans, v);
         }
         Ok(())
     }
@@ -106,4 +116,12 @@ pub fn rows_from(i: usize, layers: usize, t: usize, spans: usize, want: Logits) 
         Logits::All => t,
     };
     (t - (need + 1).min(t), t - need)
+}
+
+/// Keep the last row of each stream of `logits [T, V]`: `[N, V]`.
+fn last_rows(logits: &mut Vec<f32>, spans: &[Range<usize>], v: usize) {
+    for (i, s) in spans.iter().enumerate() {
+        logits.copy_within((s.end - 1) * v..s.end * v, i * v);
+    }
+    logits.truncate(spans.len() * v);
 }

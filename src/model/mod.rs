@@ -13,186 +13,30 @@ pub mod load;
 pub mod names;
 pub mod pth;
 pub mod quant_file;
+pub mod registry;
 pub mod table;
 pub mod v6;
 pub mod v7;
+pub mod version;
 
-use crate::backend::cpu::{bf16_products_here, Cpu};
-use crate::backend::opencl::{DeviceSpec, Ocl};
+use crate::backend::cpu::bf16_products_here;
+use crate::backend::MatrixInfo;
 pub use crate::backend::Precision;
-use crate::backend::{Backend, MatrixInfo, StateShape};
 use crate::error::{Error, Result};
 use crate::state::State;
 pub use crate::tensor::quant::Quant;
 use checkpoint::Checkpoint;
-use engine::{Engine, Run};
-use load::Loader;
-use names::{Layout, Names, Version};
+pub use ends::Logits;
+use names::{Layout, Names};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use version::Run;
+pub use version::{Config, LoadOptions, Version};
 
 /// Prompt tokens a sequence call takes at most when feeding ([`Model::feed`] in `rwkv-gen`
 /// and `rwkv-state`): bounds the activations' memory, while packing the weights for the
 /// bf16 products rarely.
 pub const PROMPT_CHUNK: usize = 512;
-
-/// The RWKV generation of a model, with the widths of its LoRAs (read per tensor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    /// RWKV-6 ("Finch", x060): the mix LoRA `M` and the decay LoRA `K`.
-    V6 { mix_lora: usize, decay_lora: usize },
-    /// RWKV-7 ("Goose", x070): the decay, learning-rate, value-residual and gate LoRAs
-    /// (`Dv` is 0 in a one-layer model, which has no value residual).
-    V7 {
-        w_lora: usize,
-        a_lora: usize,
-        v_lora: usize,
-        g_lora: usize,
-    },
-}
-
-impl Arch {
-    /// The generation.
-    pub fn version(self) -> Version {
-        match self {
-            Arch::V6 { .. } => Version::V6,
-            Arch::V7 { .. } => Version::V7,
-        }
-    }
-
-    /// `RWKV-6` or `RWKV-7`, for people.
-    pub fn title(self) -> &'static str {
-        match self {
-            Arch::V6 { .. } => "RWKV-6",
-            Arch::V7 { .. } => "RWKV-7",
-        }
-    }
-
-    /// `rwkv6` or `rwkv7`: the name state files and messages use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::V6 { .. } => "rwkv6",
-            Arch::V7 { .. } => "rwkv7",
-        }
-    }
-}
-
-/// Hyper-parameters, all read from tensor shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
-    pub arch: Arch,
-    /// `L`
-    pub n_layer: usize,
-    /// `D`
-    pub n_embd: usize,
-    /// `H`
-    pub n_head: usize,
-    /// `S`, with `H * S = D`
-    pub head_size: usize,
-    /// `F`
-    pub ffn: usize,
-    /// `V`
-    pub vocab: usize,
-}
-
-impl Config {
-    /// The layout of one stream's state.
-    pub fn state_shape(&self) -> StateShape {
-        StateShape {
-            layers: self.n_layer,
-            embd: self.n_embd,
-            heads: self.n_head,
-            head_size: self.head_size,
-        }
-    }
-
-    /// RWKV-6's LoRA widths `(M, K)` (zero for another version).
-    pub fn v6_loras(&self) -> (usize, usize) {
-        match self.arch {
-            Arch::V6 {
-                mix_lora,
-                decay_lora,
-            } => (mix_lora, decay_lora),
-            Arch::V7 { .. } => (0, 0),
-        }
-    }
-
-    /// Parameters, counting every matrix and vector.
-    pub fn n_params(&self) -> usize {
-        let (d, f, v, l) = (self.n_embd, self.ffn, self.vocab, self.n_layer);
-        let layers = match self.arch {
-            Arch::V6 {
-                mix_lora: m,
-                decay_lora: k,
-            } => {
-                let att = 5 * d * d + d * 5 * m + 5 * m * d + 2 * d * k + 12 * d;
-                let ffn = 2 * d * f + d * d + 2 * d;
-                l * (att + ffn + 4 * d)
-            }
-            Arch::V7 {
-                w_lora,
-                a_lora,
-                v_lora,
-                g_lora,
-            } => {
-                let att = 4 * d * d + 2 * d * (w_lora + a_lora + g_lora) + 13 * d;
-                let ffn = 2 * d * f + d;
-                // layers 1.. add the value residual's LoRA and bias
-                let residual = 2 * d * v_lora + d;
-                l * (att + ffn + 4 * d) + l.saturating_sub(1) * residual
-            }
-        };
-        2 * v * d + 4 * d + layers
-    }
-}
-
-/// Which logits a forward call returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// None: only the state advances (prompt prefixes).
-    None,
-    /// `[V]` after the last token (of each stream: `[N, V]`).
-    Last,
-    /// `[T, V]` after every token (scoring).
-    All,
-}
-
-/// A model version's weights and forward pass on one backend.
-pub trait Net<B: Backend>: Send + Sync + 'static {
-    /// Reusable activations of one call.
-    type Scratch: Send;
-
-    fn scratch(&self, be: &B) -> Self::Scratch;
-
-    /// Every weight matrix a token reads (all but the embedding), by BlinkDL name.
-    fn matrices(&self) -> Vec<(String, &B::Matrix)>;
-
-    /// The embedding `[V, D]`, on the host.
-    fn embedding(&self) -> &crate::tensor::Matrix;
-
-    /// Feed the rows `tokens` (stream `i` is rows `spans[i]` with state `states[i]`) and put
-    /// the logits `want`s into `out`.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        be: &B,
-        sc: &mut Self::Scratch,
-        tokens: &[u32],
-        spans: &[Range<usize>],
-        states: &mut [&mut B::State],
-        prec: Precision,
-        want: Logits,
-        out: &mut Vec<f32>,
-    ) -> Result<()>;
-}
-
-/// Keep the last row of each stream of `logits [T, V]`: `[N, V]`.
-pub(crate) fn last_rows(logits: &mut Vec<f32>, spans: &[Range<usize>], v: usize) {
-    for (i, s) in spans.iter().enumerate() {
-        logits.copy_within((s.end - 1) * v..s.end * v, i * v);
-    }
-    logits.truncate(spans.len() * v);
-}
 
 /// A loaded model, ready to run.
 pub struct Model {
@@ -206,33 +50,6 @@ pub struct Model {
     precision: Precision,
 }
 
-/// How to load a model.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadOptions {
-    /// Quantize the large matrices at load.
-    pub quant: Option<Quant>,
-    /// Quantize only the first N layers (the head too); `None`: all.
-    pub quant_layers: Option<usize>,
-    /// Where to run.
-    pub device: DeviceSpec,
-    /// On the CPU, store int8 and nf4 matrices in panels where the integer panel kernel
-    /// runs ([`crate::backend::cpu::Cpu::panels`]; the default): as fast for one stream,
-    /// faster for a batch of streams. `false` keeps them row after row, as quantized; the
-    /// results are the same bits either way.
-    pub quant_panels: bool,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            quant: None,
-            quant_layers: None,
-            device: DeviceSpec::CPU,
-            quant_panels: true,
-        }
-    }
-}
-
 impl Model {
     /// Map and check the checkpoint at `path`, weights as stored, on the CPU.
     pub fn load(path: &Path) -> Result<Model> {
@@ -244,23 +61,9 @@ impl Model {
         let ck = Checkpoint::open(path)?;
         let names = Names::new(&ck);
         let cfg = config(&ck, &names)?;
-        let vectors = match cfg.arch {
-            Arch::V6 { .. } => v6::fingerprinted(&cfg),
-            Arch::V7 { .. } => v7::fingerprinted(&cfg),
-        };
+        let vectors = (cfg.version.fingerprinted)(&cfg);
         let fingerprint = fingerprint(&ck, &names, &cfg, &vectors)?;
-        let run: Box<dyn Run> = match Ocl::open(opts.device)? {
-            None => {
-                let cpu = Cpu {
-                    panels: opts.quant_panels,
-                };
-                engine(cpu, &ck, &names, &cfg, &opts, true)?
-            }
-            #[cfg(feature = "opencl")]
-            Some(ocl) => engine(ocl, &ck, &names, &cfg, &opts, false)?,
-            #[cfg(not(feature = "opencl"))]
-            Some(never) => match never {},
-        };
+        let run = (cfg.version.open)(&ck, &names, &cfg, &opts)?;
         Ok(Model {
             path: path.to_path_buf(),
             cfg,
@@ -418,42 +221,9 @@ impl Model {
     }
 }
 
-/// The weights of `ck` on `be`, ready to run.
-fn engine<B: Backend>(
-    be: B,
-    ck: &Checkpoint,
-    names: &Names,
-    cfg: &Config,
-    opts: &LoadOptions,
-    cpu: bool,
-) -> Result<Box<dyn Run>> {
-    let l = Loader {
-        ck,
-        names,
-        be: &be,
-        quant: opts.quant,
-        quant_layers: opts.quant_layers.unwrap_or(cfg.n_layer),
-        quantizable: quantizable(cfg.arch.version()),
-    };
-    let shape = cfg.state_shape();
-    Ok(match cfg.arch {
-        Arch::V6 { .. } => {
-            let w = v6::load(&l, cfg)?;
-            Box::new(Engine::new(be, w, shape, cpu))
-        }
-        Arch::V7 { .. } => {
-            let w = v7::load(&l, cfg)?;
-            Box::new(Engine::new(be, w, shape, cpu))
-        }
-    })
-}
-
 /// The hyper-parameters of `ck`, by the version its names say; none of them zero.
 fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
-    let c = match names::version(ck, names)? {
-        Version::V6 => v6::config(ck, names)?,
-        Version::V7 => v7::config(ck, names)?,
-    };
+    let c = (registry::detect(ck, names)?.config)(ck, names)?;
     let sizes = [
         ("layers", c.n_layer),
         ("width", c.n_embd),
@@ -469,15 +239,6 @@ fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
         ));
     }
     Ok(c)
-}
-
-/// Which matrices `--quant` quantizes in a model of version `v` (by BlinkDL name and the
-/// number of layers quantized).
-pub fn quantizable(v: Version) -> fn(&str, usize) -> bool {
-    match v {
-        Version::V6 => v6::quantizable,
-        Version::V7 => v7::quantizable,
-    }
 }
 
 /// FNV-1a over the shape and the exact f32 bits of the per-channel vectors `vectors`.

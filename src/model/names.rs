@@ -129,21 +129,16 @@ pub fn canonical(layout: Layout, name: &str) -> String {
     }
 }
 
-/// The RWKV generation a checkpoint holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    V6,
-    V7,
-}
-
-/// The version of `ck`, from its tensor names (`docs/RWKV7.md`); other generations and
-/// variants are refused with a message that says what the file is.
-pub fn version(ck: &Checkpoint, names: &Names) -> Result<Version> {
+/// Refuse the variants no version runs that carry a version's own names (DeepEmbed,
+/// RWKV-7 previews): checked before any version recognises the file. `runs` names the
+/// versions that do run.
+pub fn refuse_variants(ck: &Checkpoint, names: &Names, runs: &str) -> Result<()> {
     let has = |s: &str| names.contains(s);
     let unsupported = |what: &'static str, evidence: &str| Error::UnsupportedVersion {
         path: ck.path.clone(),
         what,
         evidence: format!("it has `{}`", names.stored(evidence)),
+        runs: runs.to_string(),
     };
     // RWKV-7 previews may carry RWKV-6's `time_maa_x`: look for them first.
     let preview = ck.tensors.keys().find(|k| {
@@ -159,7 +154,7 @@ pub fn version(ck: &Checkpoint, names: &Names) -> Result<Version> {
         ));
     }
     if has("blocks.0.att.k_k") {
-        return Ok(Version::V7);
+        return Ok(());
     }
     if has("blocks.0.att.time_misc_kkk") && !has("blocks.0.att.time_maa_x") {
         return Err(unsupported(
@@ -173,44 +168,52 @@ pub fn version(ck: &Checkpoint, names: &Names) -> Result<Version> {
             p,
         ));
     }
-    if has("blocks.0.att.time_maa_x") {
-        return Ok(Version::V6);
-    }
+    Ok(())
+}
+
+/// Why no version recognised `ck`: what the file looks like, as one line.
+pub fn unrecognised(ck: &Checkpoint, names: &Names, runs: &str) -> Error {
+    let has = |s: &str| names.contains(s);
+    let unsupported = |what: &'static str, evidence: &str| Error::UnsupportedVersion {
+        path: ck.path.clone(),
+        what,
+        evidence: format!("it has `{}`", names.stored(evidence)),
+        runs: runs.to_string(),
+    };
     for v7 in ["blocks.0.att.w0", "blocks.0.att.x_r", "blocks.0.att.r_k"] {
         if has(v7) {
-            return Err(Error::format(
+            return Error::format(
                 &ck.path,
                 format!("an RWKV-7 checkpoint without `blocks.0.att.k_k` (it has `{v7}`)"),
-            ));
+            );
         }
     }
     if has("blocks.0.att.ln_x.weight") {
-        return Err(unsupported("an RWKV-5 model", "blocks.0.att.ln_x.weight"));
+        return unsupported("an RWKV-5 model", "blocks.0.att.ln_x.weight");
     }
     if has("blocks.0.att.time_faaaa") {
-        return Err(unsupported("an RWKV-4 model", "blocks.0.att.time_faaaa"));
+        return unsupported("an RWKV-4 model", "blocks.0.att.time_faaaa");
     }
     if has("blocks.0.att.time_mix_k") || has("blocks.0.att.time_maa_k") {
-        return Err(unsupported("an RWKV-4 model", "blocks.0.att.time_maa_k"));
+        return unsupported("an RWKV-4 model", "blocks.0.att.time_maa_k");
     }
     if ck.tensors.contains_key("model.layers.0.attn.k_k") {
-        return Err(Error::format(
+        return Error::format(
             &ck.path,
             "an RWKV-7 model under Hugging Face (flash-linear-attention) names, which these \
              tools do not read; use the released .pth, or a safetensors copy of it",
-        ));
+        );
     }
     if has("emb.weight") {
-        return Err(Error::format(
+        return Error::format(
             &ck.path,
-            "an RWKV checkpoint of an unknown version: neither `blocks.0.att.time_maa_x` \
-             (RWKV-6) nor `blocks.0.att.k_k` (RWKV-7)",
-        ));
+            format!("an RWKV checkpoint of an unknown version: none of {runs}"),
+        );
     }
-    Err(Error::format(
+    Error::format(
         &ck.path,
         "not an RWKV model: no `emb.weight` (or `rwkv.embeddings.weight`) tensor",
-    ))
+    )
 }
 
 #[cfg(test)]

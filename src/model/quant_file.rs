@@ -7,7 +7,8 @@
 //! file, then renamed.
 
 use super::checkpoint::Checkpoint;
-use super::names::{canonical, version, Names};
+use super::names::{canonical, Names};
+use super::registry;
 use crate::error::{Error, Result};
 use crate::tensor::quant::{self, Quant};
 use crate::tensor::Data;
@@ -47,7 +48,7 @@ fn dtype_name(s: &str) -> Option<&'static str> {
 pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) -> Result<()> {
     let ck = Checkpoint::open(src)?;
     let names = Names::new(&ck);
-    let quantizable = super::quantizable(version(&ck, &names)?);
+    let quantizable = registry::detect(&ck, &names)?.quantizable;
     let layers = layers.unwrap_or(usize::MAX);
     let mut entries = Vec::new();
     for (stored, t) in &ck.tensors {

@@ -4,20 +4,211 @@
 //! Notation: `D` width, `H` heads of size `S`, `F` FFN width, `V` vocab, `M` mix-LoRA
 //! width, `K` decay-LoRA width, `T` rows of the call (tokens of all its streams).
 
-use super::ends::{rows_from, Ends};
+use super::checkpoint::Checkpoint;
+use super::ends::Ends;
+use super::engine::version;
 use super::load::{in_layers, Affine, Loader};
-use super::{Arch, Config, Logits, Net};
-use crate::backend::{
-    Backend, Lora, Mix, NormShift, Precision, Product, Rows, RowsMut, Then, Up, Wkv6,
-};
+use super::names::Names;
+use super::version::{Config, Family, Layers, Pass, Tuning, Version};
+use crate::backend::{Backend, Lora, Mix, NormShift, Product, Rows, RowsMut, Then, Up, Wkv6};
 use crate::error::Result;
-use crate::tensor::Matrix;
-use std::ops::Range;
 
 /// LayerNorm epsilon.
 pub use super::ends::LN_EPS;
 /// GroupNorm (ln_x) epsilon.
 pub const GN_EPS: f32 = 64e-5;
+
+/// RWKV-6 as the registry lists it.
+pub static VERSION: Version = version::<X060>();
+
+/// The RWKV-6 family (x060).
+pub struct X060;
+
+impl Family for X060 {
+    const NAME: &'static str = "rwkv6";
+    const TITLE: &'static str = "RWKV-6";
+    /// RWKV-PEFT saves `[head, value, key]`, the transpose of this state's `[head, key,
+    /// value]`; Ai00 `.st` files hold this state's order.
+    const TUNING: Option<Tuning> = Some(Tuning {
+        tensor: "att.time_state",
+        pth_transposed: true,
+    });
+    type Weights<B: Backend> = Weights<B>;
+
+    fn recognise(names: &Names) -> bool {
+        names.contains("blocks.0.att.time_maa_x")
+    }
+
+    /// The hyper-parameters, read from the tensor shapes; the LoRA widths are `[M, K]`.
+    fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
+        let shape =
+            |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
+        let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
+            path: ck.path.clone(),
+            name: names.stored(name).to_string(),
+            expected,
+            found: found.to_vec(),
+        };
+        let emb = shape("emb.weight")?;
+        let faaaa = shape("blocks.0.att.time_faaaa")?;
+        let ffn_key = shape("blocks.0.ffn.key.weight")?;
+        let decay_w1 = shape("blocks.0.att.time_decay_w1")?;
+        let maa_w2 = shape("blocks.0.att.time_maa_w2")?;
+        let [vocab, d] = emb[..] else {
+            return Err(bad("emb.weight", &emb, vec![0, 0]));
+        };
+        let [h, s] = faaaa[..] else {
+            return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
+        };
+        if h.checked_mul(s) != Some(d) {
+            return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
+        }
+        let [f, _] = ffn_key[..] else {
+            return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![0, d]));
+        };
+        // decay_w1 is [D, K] (BlinkDL, HF) or [K, D] (Ai00); maa_w2 is [5, M, D] or [5, D, M].
+        let out_in = names.layout.lora_is_out_in();
+        let (k, m) = match (&decay_w1[..], &maa_w2[..], out_in) {
+            (&[_, k], &[5, m, _], false) => (k, m),
+            (&[k, _], &[5, _, m], true) => (k, m),
+            (&[_, _], _, _) => {
+                return Err(bad("blocks.0.att.time_maa_w2", &maa_w2, vec![5, 32, d]))
+            }
+            _ => return Err(bad("blocks.0.att.time_decay_w1", &decay_w1, vec![d, 64])),
+        };
+        Ok(Config {
+            version: &VERSION,
+            lora: [m, k, 0, 0],
+            n_layer: names.n_layers(&ck.path)?,
+            n_embd: d,
+            n_head: h,
+            head_size: s,
+            ffn: f,
+            vocab,
+        })
+    }
+
+    /// The matrices `--quant` quantizes: every projection of the first `layers` layers, and
+    /// the head. The embedding (read a row at a time), the LoRA matrices and the vectors keep
+    /// their stored precision.
+    fn quantizable(canon: &str, layers: usize) -> bool {
+        const PROJECTIONS: [&str; 8] = [
+            "att.receptance.weight",
+            "att.key.weight",
+            "att.value.weight",
+            "att.gate.weight",
+            "att.output.weight",
+            "ffn.key.weight",
+            "ffn.receptance.weight",
+            "ffn.value.weight",
+        ];
+        canon == "head.weight" || in_layers(canon, layers, &PROJECTIONS)
+    }
+
+    /// The per-channel vectors the model fingerprint hashes, in order.
+    fn fingerprinted(cfg: &Config) -> Vec<String> {
+        let mut v: Vec<String> = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"]
+            .into_iter()
+            .chain(["ln_out.weight", "ln_out.bias"])
+            .map(String::from)
+            .collect();
+        for i in 0..cfg.n_layer {
+            for t in [
+                "ln1.weight",
+                "ln2.weight",
+                "att.time_decay",
+                "att.time_faaaa",
+                "att.time_maa_x",
+                "att.ln_x.weight",
+                "ffn.time_maa_k",
+                "ffn.time_maa_r",
+            ] {
+                v.push(format!("blocks.{i}.{t}"));
+            }
+        }
+        v
+    }
+
+    fn params(cfg: &Config) -> usize {
+        let (d, f, v, l) = (cfg.n_embd, cfg.ffn, cfg.vocab, cfg.n_layer);
+        let [m, k, ..] = cfg.lora;
+        let att = 5 * d * d + d * 5 * m + 5 * m * d + 2 * d * k + 12 * d;
+        let ffn = 2 * d * f + d * d + 2 * d;
+        2 * v * d + 4 * d + l * (att + ffn + 4 * d)
+    }
+
+    /// Build the weights of every layer on `l`'s backend, checking every shape against `cfg`.
+    fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
+        let (m, k) = {
+            let [m, k, ..] = cfg.lora;
+            (m, k)
+        };
+        let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
+        let out_in = l.names.layout.lora_is_out_in();
+        let head = Ends::head(l, v, d)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blocks.{i}.{s}");
+            let w2_name = p("att.time_maa_w2");
+            let w2_all = if out_in {
+                l.host_matrix(&w2_name, &[5, d, m])?
+            } else {
+                l.host_matrix(&w2_name, &[5, m, d])?
+            };
+            let w2_rows = w2_all.rows / 5;
+            let w2 = |j: usize| {
+                let slice = w2_all.row_block(j * w2_rows, w2_rows);
+                l.be.matrix(if out_in { slice } else { slice.transposed() })
+            };
+            let maa_w2 = [w2(0)?, w2(1)?, w2(2)?, w2(3)?, w2(4)?];
+            if !out_in {
+                l.ck.release(l.names.stored(&w2_name));
+            }
+            let att = Att {
+                maa_x: l.vector(&p("att.time_maa_x"), d)?,
+                maa: [
+                    l.vector(&p("att.time_maa_w"), d)?,
+                    l.vector(&p("att.time_maa_k"), d)?,
+                    l.vector(&p("att.time_maa_v"), d)?,
+                    l.vector(&p("att.time_maa_r"), d)?,
+                    l.vector(&p("att.time_maa_g"), d)?,
+                ],
+                maa_w1: l.lora(&p("att.time_maa_w1"), d, 5 * m)?,
+                maa_w2,
+                decay: l.vector(&p("att.time_decay"), d)?,
+                decay_w1: l.lora(&p("att.time_decay_w1"), d, k)?,
+                decay_w2: l.lora(&p("att.time_decay_w2"), k, d)?,
+                faaaa: l
+                    .be
+                    .vector(&l.host_vector(&p("att.time_faaaa"), &[cfg.n_head, cfg.head_size])?)?,
+                receptance: l.matrix(&p("att.receptance.weight"), &[d, d])?,
+                key: l.matrix(&p("att.key.weight"), &[d, d])?,
+                value: l.matrix(&p("att.value.weight"), &[d, d])?,
+                gate: l.matrix(&p("att.gate.weight"), &[d, d])?,
+                output: l.matrix(&p("att.output.weight"), &[d, d])?,
+                ln_x: l.affine(&p("att.ln_x"), d)?,
+            };
+            let ffn = Ffn {
+                maa_k: l.vector(&p("ffn.time_maa_k"), d)?,
+                maa_r: l.vector(&p("ffn.time_maa_r"), d)?,
+                key: l.matrix(&p("ffn.key.weight"), &[f, d])?,
+                receptance: l.matrix(&p("ffn.receptance.weight"), &[d, d])?,
+                value: l.matrix(&p("ffn.value.weight"), &[d, f])?,
+            };
+            layers.push(Layer {
+                ln1: l.affine(&p("ln1"), d)?,
+                ln2: l.affine(&p("ln2"), d)?,
+                att,
+                ffn,
+            });
+        }
+        Ok(Weights {
+            cfg: *cfg,
+            layers,
+            ends: Ends::load(l, head, v, d)?,
+        })
+    }
+}
 
 /// Time mix (attention) weights of one layer.
 pub struct Att<B: Backend> {
@@ -74,169 +265,9 @@ pub struct Weights<B: Backend> {
     pub ends: Ends<B>,
 }
 
-/// The hyper-parameters, read from the tensor shapes.
-pub fn config(ck: &super::checkpoint::Checkpoint, names: &super::names::Names) -> Result<Config> {
-    let shape = |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
-    let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
-        path: ck.path.clone(),
-        name: names.stored(name).to_string(),
-        expected,
-        found: found.to_vec(),
-    };
-    let emb = shape("emb.weight")?;
-    let faaaa = shape("blocks.0.att.time_faaaa")?;
-    let ffn_key = shape("blocks.0.ffn.key.weight")?;
-    let decay_w1 = shape("blocks.0.att.time_decay_w1")?;
-    let maa_w2 = shape("blocks.0.att.time_maa_w2")?;
-    let [vocab, d] = emb[..] else {
-        return Err(bad("emb.weight", &emb, vec![0, 0]));
-    };
-    let [h, s] = faaaa[..] else {
-        return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
-    };
-    if h.checked_mul(s) != Some(d) {
-        return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
-    }
-    let [f, _] = ffn_key[..] else {
-        return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![0, d]));
-    };
-    // decay_w1 is [D, K] (BlinkDL, HF) or [K, D] (Ai00); maa_w2 is [5, M, D] or [5, D, M].
-    let out_in = names.layout.lora_is_out_in();
-    let (k, m) = match (&decay_w1[..], &maa_w2[..], out_in) {
-        (&[_, k], &[5, m, _], false) => (k, m),
-        (&[k, _], &[5, _, m], true) => (k, m),
-        (&[_, _], _, _) => return Err(bad("blocks.0.att.time_maa_w2", &maa_w2, vec![5, 32, d])),
-        _ => return Err(bad("blocks.0.att.time_decay_w1", &decay_w1, vec![d, 64])),
-    };
-    Ok(Config {
-        arch: Arch::V6 {
-            mix_lora: m,
-            decay_lora: k,
-        },
-        n_layer: names.n_layers(&ck.path)?,
-        n_embd: d,
-        n_head: h,
-        head_size: s,
-        ffn: f,
-        vocab,
-    })
-}
-
-/// The matrices `--quant` quantizes: every projection of the first `layers` layers, and
-/// the head. The embedding (read a row at a time), the LoRA matrices and the vectors keep
-/// their stored precision.
-pub fn quantizable(canon: &str, layers: usize) -> bool {
-    const PROJECTIONS: [&str; 8] = [
-        "att.receptance.weight",
-        "att.key.weight",
-        "att.value.weight",
-        "att.gate.weight",
-        "att.output.weight",
-        "ffn.key.weight",
-        "ffn.receptance.weight",
-        "ffn.value.weight",
-    ];
-    canon == "head.weight" || in_layers(canon, layers, &PROJECTIONS)
-}
-
-/// The per-channel vectors the model fingerprint hashes, in order.
-pub fn fingerprinted(cfg: &Config) -> Vec<String> {
-    let mut v: Vec<String> = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"]
-        .into_iter()
-        .chain(["ln_out.weight", "ln_out.bias"])
-        .map(String::from)
-        .collect();
-    for i in 0..cfg.n_layer {
-        for t in [
-            "ln1.weight",
-            "ln2.weight",
-            "att.time_decay",
-            "att.time_faaaa",
-            "att.time_maa_x",
-            "att.ln_x.weight",
-            "ffn.time_maa_k",
-            "ffn.time_maa_r",
-        ] {
-            v.push(format!("blocks.{i}.{t}"));
-        }
-    }
-    v
-}
-
-/// Build the weights of every layer on `l`'s backend, checking every shape against `cfg`.
-pub fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
-    let (m, k) = cfg.v6_loras();
-    let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
-    let out_in = l.names.layout.lora_is_out_in();
-    let head = Ends::head(l, v, d)?;
-    let mut layers = Vec::with_capacity(cfg.n_layer);
-    for i in 0..cfg.n_layer {
-        let p = |s: &str| format!("blocks.{i}.{s}");
-        let w2_name = p("att.time_maa_w2");
-        let w2_all = if out_in {
-            l.host_matrix(&w2_name, &[5, d, m])?
-        } else {
-            l.host_matrix(&w2_name, &[5, m, d])?
-        };
-        let w2_rows = w2_all.rows / 5;
-        let w2 = |j: usize| {
-            let slice = w2_all.row_block(j * w2_rows, w2_rows);
-            l.be.matrix(if out_in { slice } else { slice.transposed() })
-        };
-        let maa_w2 = [w2(0)?, w2(1)?, w2(2)?, w2(3)?, w2(4)?];
-        if !out_in {
-            l.ck.release(l.names.stored(&w2_name));
-        }
-        let att = Att {
-            maa_x: l.vector(&p("att.time_maa_x"), d)?,
-            maa: [
-                l.vector(&p("att.time_maa_w"), d)?,
-                l.vector(&p("att.time_maa_k"), d)?,
-                l.vector(&p("att.time_maa_v"), d)?,
-                l.vector(&p("att.time_maa_r"), d)?,
-                l.vector(&p("att.time_maa_g"), d)?,
-            ],
-            maa_w1: l.lora(&p("att.time_maa_w1"), d, 5 * m)?,
-            maa_w2,
-            decay: l.vector(&p("att.time_decay"), d)?,
-            decay_w1: l.lora(&p("att.time_decay_w1"), d, k)?,
-            decay_w2: l.lora(&p("att.time_decay_w2"), k, d)?,
-            faaaa: l
-                .be
-                .vector(&l.host_vector(&p("att.time_faaaa"), &[cfg.n_head, cfg.head_size])?)?,
-            receptance: l.matrix(&p("att.receptance.weight"), &[d, d])?,
-            key: l.matrix(&p("att.key.weight"), &[d, d])?,
-            value: l.matrix(&p("att.value.weight"), &[d, d])?,
-            gate: l.matrix(&p("att.gate.weight"), &[d, d])?,
-            output: l.matrix(&p("att.output.weight"), &[d, d])?,
-            ln_x: l.affine(&p("att.ln_x"), d)?,
-        };
-        let ffn = Ffn {
-            maa_k: l.vector(&p("ffn.time_maa_k"), d)?,
-            maa_r: l.vector(&p("ffn.time_maa_r"), d)?,
-            key: l.matrix(&p("ffn.key.weight"), &[f, d])?,
-            receptance: l.matrix(&p("ffn.receptance.weight"), &[d, d])?,
-            value: l.matrix(&p("ffn.value.weight"), &[d, f])?,
-        };
-        layers.push(Layer {
-            ln1: l.affine(&p("ln1"), d)?,
-            ln2: l.affine(&p("ln2"), d)?,
-            att,
-            ffn,
-        });
-    }
-    Ok(Weights {
-        cfg: *cfg,
-        layers,
-        ends: Ends::load(l, head, v, d)?,
-    })
-}
-
-/// The activations of a forward pass, grown to the largest call and reused, so that
-/// generating a token allocates nothing but the logits it returns.
+/// The activations of a layer, grown to the largest call and reused, so that generating a
+/// token allocates nothing but the logits it returns.
 pub struct Scratch<B: Backend> {
-    /// The residual stream `[T, D]`.
-    x: B::Tensor,
     /// The normed input and its token shift `[T, D]`.
     xx: B::Tensor,
     sx: B::Tensor,
@@ -258,18 +289,14 @@ pub struct Scratch<B: Backend> {
     /// Channel mix: the key `[T, F]` and the receptance `[T, D]`.
     kk: B::Tensor,
     rr: B::Tensor,
-    /// `[rows, V]`.
-    logits: B::Tensor,
-    batch: B::Batch,
 }
 
-impl<B: Backend> Net<B> for Weights<B> {
+impl<B: Backend> Layers<B> for Weights<B> {
     type Scratch = Scratch<B>;
 
     fn scratch(&self, be: &B) -> Scratch<B> {
         let t = || be.tensor();
         Scratch {
-            x: t(),
             xx: t(),
             sx: t(),
             xxx: t(),
@@ -285,9 +312,40 @@ impl<B: Backend> Net<B> for Weights<B> {
             y: t(),
             kk: t(),
             rr: t(),
-            logits: t(),
-            batch: be.batch(),
         }
+    }
+
+    fn reserve(&self, be: &B, sc: &mut Scratch<B>, t: usize) -> Result<()> {
+        let c = &self.cfg;
+        let d = c.n_embd;
+        let [m, k, ..] = c.lora;
+        for x in [&mut sc.xx, &mut sc.sx, &mut sc.xxx, &mut sc.r, &mut sc.k] {
+            be.reserve(x, t * d)?;
+        }
+        for x in [
+            &mut sc.v,
+            &mut sc.g,
+            &mut sc.w,
+            &mut sc.out,
+            &mut sc.y,
+            &mut sc.rr,
+        ] {
+            be.reserve(x, t * d)?;
+        }
+        for x in &mut sc.mixed {
+            be.reserve(x, t * d)?;
+        }
+        be.reserve(&mut sc.lora, t * 5 * m)?;
+        be.reserve(&mut sc.dl, t * k)?;
+        be.reserve(&mut sc.kk, t * c.ffn)
+    }
+
+    fn ends(&self) -> &Ends<B> {
+        &self.ends
+    }
+
+    fn depth(&self) -> usize {
+        self.layers.len()
     }
 
     fn matrices(&self) -> Vec<(String, &B::Matrix)> {
@@ -310,65 +368,21 @@ impl<B: Backend> Net<B> for Weights<B> {
             add("ffn.receptance.weight", &f.receptance);
             add("ffn.value.weight", &f.value);
         }
-        v.push(("head.weight".into(), &self.ends.head));
         v
     }
 
-    fn embedding(&self) -> &Matrix {
-        &self.ends.emb
-    }
-
-    fn forward(
+    fn layer(
         &self,
         be: &B,
+        i: usize,
+        x: &mut B::Tensor,
         sc: &mut Scratch<B>,
-        tokens: &[u32],
-        spans: &[Range<usize>],
+        pass: Pass<'_, B>,
         states: &mut [&mut B::State],
-        prec: Precision,
-        want: Logits,
-        out: &mut Vec<f32>,
     ) -> Result<()> {
-        let c = &self.cfg;
-        let (t, d) = (tokens.len(), c.n_embd);
-        let (m, k) = c.v6_loras();
-        for x in [
-            &mut sc.x,
-            &mut sc.xx,
-            &mut sc.sx,
-            &mut sc.xxx,
-            &mut sc.r,
-            &mut sc.k,
-        ] {
-            be.reserve(x, t * d)?;
-        }
-        for x in [
-            &mut sc.v,
-            &mut sc.g,
-            &mut sc.w,
-            &mut sc.out,
-            &mut sc.y,
-            &mut sc.rr,
-        ] {
-            be.reserve(x, t * d)?;
-        }
-        for x in &mut sc.mixed {
-            be.reserve(x, t * d)?;
-        }
-        be.reserve(&mut sc.lora, t * 5 * m)?;
-        be.reserve(&mut sc.dl, t * k)?;
-        be.reserve(&mut sc.kk, t * c.ffn)?;
-        be.set_batch(&mut sc.batch, spans, states)?;
-
-        self.ends.embed(be, tokens, &mut sc.x)?;
-        let layers = self.layers.len();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (time, channel) = rows_from(i, layers, t, spans.len(), want);
-            self.time_mix(be, layer, i, t, sc, states, prec, time)?;
-            self.channel_mix(be, layer, i, t, sc, states, prec, channel)?;
-        }
-        let (x, logits) = (&mut sc.x, &mut sc.logits);
-        self.ends.logits(be, x, logits, spans, prec, want, out)
+        let layer = &self.layers[i];
+        self.time_mix(be, layer, i, x, sc, pass, states)?;
+        self.channel_mix(be, layer, i, x, sc, pass, states)
     }
 }
 
@@ -381,16 +395,20 @@ impl<B: Backend> Weights<B> {
         be: &B,
         l: &Layer<B>,
         layer: usize,
-        t: usize,
+        x: &mut B::Tensor,
         sc: &mut Scratch<B>,
+        pass: Pass<'_, B>,
         states: &mut [&mut B::State],
-        prec: Precision,
-        from: usize,
     ) -> Result<()> {
+        let Pass {
+            t,
+            batch,
+            prec,
+            rows: (from, _),
+        } = pass;
         let (a, c) = (&l.att, &self.cfg);
         let (d, n) = (c.n_embd, t - from);
         let Scratch {
-            x,
             xx,
             sx,
             xxx,
@@ -404,7 +422,6 @@ impl<B: Backend> Weights<B> {
             w,
             out,
             y,
-            batch,
             ..
         } = sc;
         let rows = |x| first(x, t, d);
@@ -428,7 +445,10 @@ impl<B: Backend> Weights<B> {
         // The data-dependent mixes: m = tanh(xxx @ maa_w1), each x_j = xx + sx * (maa_j +
         // m_j @ maa_w2[j]).
         let (xx, sx) = (&*xx, &*sx);
-        let (m, dk) = c.v6_loras();
+        let (m, dk) = {
+            let [m, k, ..] = c.lora;
+            (m, k)
+        };
         let mut ys = mixed.iter_mut().enumerate();
         let mut ups: [Up<B>; 5] = std::array::from_fn(|_| {
             let (j, y) = ys.next().expect("five mixes");
@@ -535,23 +555,26 @@ impl<B: Backend> Weights<B> {
         be: &B,
         l: &Layer<B>,
         layer: usize,
-        t: usize,
+        x: &mut B::Tensor,
         sc: &mut Scratch<B>,
+        pass: Pass<'_, B>,
         states: &mut [&mut B::State],
-        prec: Precision,
-        from: usize,
     ) -> Result<()> {
+        let Pass {
+            t,
+            batch,
+            prec,
+            rows: (_, from),
+        } = pass;
         let (f, c) = (&l.ffn, &self.cfg);
         let (d, n) = (c.n_embd, t - from);
         let Scratch {
-            x,
             xx,
             sx,
             mixed: [xk, xr, ..],
             kk,
             rr,
             y,
-            batch,
             ..
         } = sc;
         be.norm_shift(

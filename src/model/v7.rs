@@ -5,18 +5,201 @@
 //! call (tokens of all its streams); `Dw`, `Da`, `Dv`, `Dg` the widths of the decay,
 //! learning-rate, value-residual and gate LoRAs, read from each tensor's shape.
 
-use super::ends::{rows_from, Ends};
+use super::checkpoint::Checkpoint;
+use super::ends::Ends;
+use super::engine::version;
 use super::load::{in_layers, Affine, Loader};
-use super::{Arch, Config, Logits, Net};
-use crate::backend::{Backend, Mix, NormShift, Precision, Product, Rows, RowsMut, Then, Wkv7};
+use super::names::Names;
+use super::version::{Config, Family, Layers, Pass, Version};
+use crate::backend::{Backend, Mix, NormShift, Product, Rows, RowsMut, Then, Wkv7};
 use crate::error::Result;
-use crate::tensor::Matrix;
-use std::ops::Range;
 
 /// LayerNorm epsilon.
 pub use super::ends::LN_EPS;
 /// GroupNorm (ln_x) epsilon.
 pub const GN_EPS: f32 = 64e-5;
+
+/// RWKV-7 as the registry lists it.
+pub static VERSION: Version = version::<X070>();
+
+/// The RWKV-7 family (x070).
+pub struct X070;
+
+impl Family for X070 {
+    const NAME: &'static str = "rwkv7";
+    const TITLE: &'static str = "RWKV-7";
+    type Weights<B: Backend> = Weights<B>;
+
+    fn recognise(names: &Names) -> bool {
+        names.contains("blocks.0.att.k_k")
+    }
+
+    /// The hyper-parameters, read from the tensor shapes (`H, N` from `r_k`, the LoRA widths
+    /// from their up-projections; `Dv` from layer 1, as layer 0 has no value residual). The
+    /// LoRA widths are `[Dw, Da, Dv, Dg]`.
+    fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
+        let shape =
+            |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
+        let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
+            path: ck.path.clone(),
+            name: names.stored(name).to_string(),
+            expected,
+            found: found.to_vec(),
+        };
+        let emb = shape("emb.weight")?;
+        let [vocab, d] = emb[..] else {
+            return Err(bad("emb.weight", &emb, vec![0, 0]));
+        };
+        let r_k = shape("blocks.0.att.r_k")?;
+        let [h, n] = r_k[..] else {
+            return Err(bad("blocks.0.att.r_k", &r_k, vec![d / 64, 64]));
+        };
+        if h.checked_mul(n) != Some(d) {
+            return Err(bad("blocks.0.att.r_k", &r_k, vec![d / 64, 64]));
+        }
+        let ffn_key = shape("blocks.0.ffn.key.weight")?;
+        let [f, _] = ffn_key[..] else {
+            return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![4 * d, d]));
+        };
+        let width = |name: &str| -> Result<usize> {
+            match shape(name)?[..] {
+                [_, w] => Ok(w),
+                ref s => Err(bad(name, s, vec![d, 64])),
+            }
+        };
+        let layers = names.n_layers(&ck.path)?;
+        Ok(Config {
+            version: &VERSION,
+            lora: [
+                width("blocks.0.att.w1")?,
+                width("blocks.0.att.a1")?,
+                if layers > 1 {
+                    width("blocks.1.att.v1")?
+                } else {
+                    0
+                },
+                width("blocks.0.att.g1")?,
+            ],
+            n_layer: layers,
+            n_embd: d,
+            n_head: h,
+            head_size: n,
+            ffn: f,
+            vocab,
+        })
+    }
+
+    /// The matrices `--quant` quantizes: every projection of the first `layers` layers, and
+    /// the head. The embedding, the LoRA matrices and the vectors keep their stored precision.
+    fn quantizable(canon: &str, layers: usize) -> bool {
+        const PROJECTIONS: [&str; 6] = [
+            "att.receptance.weight",
+            "att.key.weight",
+            "att.value.weight",
+            "att.output.weight",
+            "ffn.key.weight",
+            "ffn.value.weight",
+        ];
+        canon == "head.weight" || in_layers(canon, layers, &PROJECTIONS)
+    }
+
+    /// The per-channel vectors the model fingerprint hashes, in order.
+    fn fingerprinted(cfg: &Config) -> Vec<String> {
+        let mut v: Vec<String> = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"]
+            .into_iter()
+            .chain(["ln_out.weight", "ln_out.bias"])
+            .map(String::from)
+            .collect();
+        for i in 0..cfg.n_layer {
+            for t in [
+                "ln1.weight",
+                "ln2.weight",
+                "att.w0",
+                "att.a0",
+                "att.k_k",
+                "att.k_a",
+                "att.r_k",
+                "att.x_r",
+                "att.ln_x.weight",
+                "ffn.x_k",
+            ] {
+                v.push(format!("blocks.{i}.{t}"));
+            }
+        }
+        v
+    }
+
+    fn params(cfg: &Config) -> usize {
+        let (d, f, v, l) = (cfg.n_embd, cfg.ffn, cfg.vocab, cfg.n_layer);
+        let [w_lora, a_lora, v_lora, g_lora] = cfg.lora;
+        let att = 4 * d * d + 2 * d * (w_lora + a_lora + g_lora) + 13 * d;
+        let ffn = 2 * d * f + d;
+        // layers 1.. add the value residual's LoRA and bias
+        let residual = 2 * d * v_lora + d;
+        2 * v * d + 4 * d + l * (att + ffn + 4 * d) + l.saturating_sub(1) * residual
+    }
+
+    /// Build the weights of every layer on `l`'s backend, checking every shape against `cfg`.
+    fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
+        let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
+        let head = Ends::head(l, v, d)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blocks.{i}.{s}");
+            let vec = |s: &str| l.vector(&p(s), d);
+            let value_residual = if i == 0 {
+                None
+            } else {
+                Some(ValueResidual {
+                    v0: vec("att.v0")?,
+                    lora: lora_pair(l, &p("att.v"), d)?,
+                })
+            };
+            let att = Att {
+                x: [
+                    vec("att.x_r")?,
+                    vec("att.x_w")?,
+                    vec("att.x_k")?,
+                    vec("att.x_v")?,
+                    vec("att.x_a")?,
+                    vec("att.x_g")?,
+                ],
+                w0: vec("att.w0")?,
+                a0: vec("att.a0")?,
+                w: lora_pair(l, &p("att.w"), d)?,
+                a: lora_pair(l, &p("att.a"), d)?,
+                g: lora_pair(l, &p("att.g"), d)?,
+                v: value_residual,
+                k_k: vec("att.k_k")?,
+                k_a: vec("att.k_a")?,
+                r_k: l
+                    .be
+                    .vector(&l.host_vector(&p("att.r_k"), &[cfg.n_head, cfg.head_size])?)?,
+                receptance: l.matrix(&p("att.receptance.weight"), &[d, d])?,
+                key: l.matrix(&p("att.key.weight"), &[d, d])?,
+                value: l.matrix(&p("att.value.weight"), &[d, d])?,
+                output: l.matrix(&p("att.output.weight"), &[d, d])?,
+                ln_x: l.affine(&p("att.ln_x"), d)?,
+            };
+            let ffn = Ffn {
+                x_k: vec("ffn.x_k")?,
+                key: l.matrix(&p("ffn.key.weight"), &[f, d])?,
+                value: l.matrix(&p("ffn.value.weight"), &[d, f])?,
+            };
+            layers.push(Layer {
+                ln1: l.affine(&p("ln1"), d)?,
+                ln2: l.affine(&p("ln2"), d)?,
+                att,
+                ffn,
+            });
+        }
+        Ok(Weights {
+            cfg: *cfg,
+            layers,
+            ends: Ends::load(l, head, v, d)?,
+        })
+    }
+}
 
 /// A LoRA used as `x @ w1 @ w2`: `down [W, D]` and `up [D, W]` as `Linear`s.
 pub struct LoraPair<B: Backend> {
@@ -83,98 +266,6 @@ pub struct Weights<B: Backend> {
     pub ends: Ends<B>,
 }
 
-/// The hyper-parameters, read from the tensor shapes (`H, N` from `r_k`, the LoRA widths
-/// from their up-projections; `Dv` from layer 1, as layer 0 has no value residual).
-pub fn config(ck: &super::checkpoint::Checkpoint, names: &super::names::Names) -> Result<Config> {
-    let shape = |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
-    let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
-        path: ck.path.clone(),
-        name: names.stored(name).to_string(),
-        expected,
-        found: found.to_vec(),
-    };
-    let emb = shape("emb.weight")?;
-    let [vocab, d] = emb[..] else {
-        return Err(bad("emb.weight", &emb, vec![0, 0]));
-    };
-    let r_k = shape("blocks.0.att.r_k")?;
-    let [h, n] = r_k[..] else {
-        return Err(bad("blocks.0.att.r_k", &r_k, vec![d / 64, 64]));
-    };
-    if h.checked_mul(n) != Some(d) {
-        return Err(bad("blocks.0.att.r_k", &r_k, vec![d / 64, 64]));
-    }
-    let ffn_key = shape("blocks.0.ffn.key.weight")?;
-    let [f, _] = ffn_key[..] else {
-        return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![4 * d, d]));
-    };
-    let width = |name: &str| -> Result<usize> {
-        match shape(name)?[..] {
-            [_, w] => Ok(w),
-            ref s => Err(bad(name, s, vec![d, 64])),
-        }
-    };
-    let layers = names.n_layers(&ck.path)?;
-    Ok(Config {
-        arch: Arch::V7 {
-            w_lora: width("blocks.0.att.w1")?,
-            a_lora: width("blocks.0.att.a1")?,
-            v_lora: if layers > 1 {
-                width("blocks.1.att.v1")?
-            } else {
-                0
-            },
-            g_lora: width("blocks.0.att.g1")?,
-        },
-        n_layer: layers,
-        n_embd: d,
-        n_head: h,
-        head_size: n,
-        ffn: f,
-        vocab,
-    })
-}
-
-/// The matrices `--quant` quantizes: every projection of the first `layers` layers, and
-/// the head. The embedding, the LoRA matrices and the vectors keep their stored precision.
-pub fn quantizable(canon: &str, layers: usize) -> bool {
-    const PROJECTIONS: [&str; 6] = [
-        "att.receptance.weight",
-        "att.key.weight",
-        "att.value.weight",
-        "att.output.weight",
-        "ffn.key.weight",
-        "ffn.value.weight",
-    ];
-    canon == "head.weight" || in_layers(canon, layers, &PROJECTIONS)
-}
-
-/// The per-channel vectors the model fingerprint hashes, in order.
-pub fn fingerprinted(cfg: &Config) -> Vec<String> {
-    let mut v: Vec<String> = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"]
-        .into_iter()
-        .chain(["ln_out.weight", "ln_out.bias"])
-        .map(String::from)
-        .collect();
-    for i in 0..cfg.n_layer {
-        for t in [
-            "ln1.weight",
-            "ln2.weight",
-            "att.w0",
-            "att.a0",
-            "att.k_k",
-            "att.k_a",
-            "att.r_k",
-            "att.x_r",
-            "att.ln_x.weight",
-            "ffn.x_k",
-        ] {
-            v.push(format!("blocks.{i}.{t}"));
-        }
-    }
-    v
-}
-
 /// A LoRA `prefix1 [D, W]`, `prefix2 [W, D]`, its width read from the tensor.
 fn lora_pair<B: Backend>(l: &Loader<B>, prefix: &str, d: usize) -> Result<LoraPair<B>> {
     let down = format!("{prefix}1");
@@ -197,72 +288,9 @@ fn lora_pair<B: Backend>(l: &Loader<B>, prefix: &str, d: usize) -> Result<LoraPa
     })
 }
 
-/// Build the weights of every layer on `l`'s backend, checking every shape against `cfg`.
-pub fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
-    let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
-    let head = Ends::head(l, v, d)?;
-    let mut layers = Vec::with_capacity(cfg.n_layer);
-    for i in 0..cfg.n_layer {
-        let p = |s: &str| format!("blocks.{i}.{s}");
-        let vec = |s: &str| l.vector(&p(s), d);
-        let value_residual = if i == 0 {
-            None
-        } else {
-            Some(ValueResidual {
-                v0: vec("att.v0")?,
-                lora: lora_pair(l, &p("att.v"), d)?,
-            })
-        };
-        let att = Att {
-            x: [
-                vec("att.x_r")?,
-                vec("att.x_w")?,
-                vec("att.x_k")?,
-                vec("att.x_v")?,
-                vec("att.x_a")?,
-                vec("att.x_g")?,
-            ],
-            w0: vec("att.w0")?,
-            a0: vec("att.a0")?,
-            w: lora_pair(l, &p("att.w"), d)?,
-            a: lora_pair(l, &p("att.a"), d)?,
-            g: lora_pair(l, &p("att.g"), d)?,
-            v: value_residual,
-            k_k: vec("att.k_k")?,
-            k_a: vec("att.k_a")?,
-            r_k: l
-                .be
-                .vector(&l.host_vector(&p("att.r_k"), &[cfg.n_head, cfg.head_size])?)?,
-            receptance: l.matrix(&p("att.receptance.weight"), &[d, d])?,
-            key: l.matrix(&p("att.key.weight"), &[d, d])?,
-            value: l.matrix(&p("att.value.weight"), &[d, d])?,
-            output: l.matrix(&p("att.output.weight"), &[d, d])?,
-            ln_x: l.affine(&p("att.ln_x"), d)?,
-        };
-        let ffn = Ffn {
-            x_k: vec("ffn.x_k")?,
-            key: l.matrix(&p("ffn.key.weight"), &[f, d])?,
-            value: l.matrix(&p("ffn.value.weight"), &[d, f])?,
-        };
-        layers.push(Layer {
-            ln1: l.affine(&p("ln1"), d)?,
-            ln2: l.affine(&p("ln2"), d)?,
-            att,
-            ffn,
-        });
-    }
-    Ok(Weights {
-        cfg: *cfg,
-        layers,
-        ends: Ends::load(l, head, v, d)?,
-    })
-}
-
-/// The activations of a forward pass, grown to the largest call and reused, so that
-/// generating a token allocates nothing but the logits it returns.
+/// The activations of a layer, grown to the largest call and reused, so that generating a
+/// token allocates nothing but the logits it returns.
 pub struct Scratch<B: Backend> {
-    /// The residual stream `[T, D]`.
-    x: B::Tensor,
     /// The normed input and its token shift `[T, D]`.
     xx: B::Tensor,
     sx: B::Tensor,
@@ -284,18 +312,14 @@ pub struct Scratch<B: Backend> {
     y: B::Tensor,
     /// Channel mix: the key `[T, F]`.
     kf: B::Tensor,
-    /// `[rows, V]`.
-    logits: B::Tensor,
-    batch: B::Batch,
 }
 
-impl<B: Backend> Net<B> for Weights<B> {
+impl<B: Backend> Layers<B> for Weights<B> {
     type Scratch = Scratch<B>;
 
     fn scratch(&self, be: &B) -> Scratch<B> {
         let t = || be.tensor();
         Scratch {
-            x: t(),
             xx: t(),
             sx: t(),
             mixed: std::array::from_fn(|_| t()),
@@ -311,54 +335,12 @@ impl<B: Backend> Net<B> for Weights<B> {
             out: t(),
             y: t(),
             kf: t(),
-            logits: t(),
-            batch: be.batch(),
         }
     }
 
-    fn matrices(&self) -> Vec<(String, &B::Matrix)> {
-        let mut v = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            let (a, f) = (&l.att, &l.ffn);
-            let mut add = |name: &str, m| v.push((format!("blocks.{i}.{name}"), m));
-            for (name, lora) in [("w", &a.w), ("a", &a.a), ("g", &a.g)]
-                .into_iter()
-                .chain(a.v.as_ref().map(|r| ("v", &r.lora)))
-            {
-                add(&format!("att.{name}1"), &lora.down);
-                add(&format!("att.{name}2"), &lora.up);
-            }
-            add("att.receptance.weight", &a.receptance);
-            add("att.key.weight", &a.key);
-            add("att.value.weight", &a.value);
-            add("att.output.weight", &a.output);
-            add("ffn.key.weight", &f.key);
-            add("ffn.value.weight", &f.value);
-        }
-        v.push(("head.weight".into(), &self.ends.head));
-        v
-    }
-
-    fn embedding(&self) -> &Matrix {
-        &self.ends.emb
-    }
-
-    fn forward(
-        &self,
-        be: &B,
-        sc: &mut Scratch<B>,
-        tokens: &[u32],
-        spans: &[Range<usize>],
-        states: &mut [&mut B::State],
-        prec: Precision,
-        want: Logits,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
-        let c = &self.cfg;
-        let (t, d) = (tokens.len(), c.n_embd);
-        for x in [
-            &mut sc.x, &mut sc.xx, &mut sc.sx, &mut sc.r, &mut sc.w, &mut sc.k,
-        ] {
+    fn reserve(&self, be: &B, sc: &mut Scratch<B>, t: usize) -> Result<()> {
+        let d = self.cfg.n_embd;
+        for x in [&mut sc.xx, &mut sc.sx, &mut sc.r, &mut sc.w, &mut sc.k] {
             be.reserve(x, t * d)?;
         }
         for x in [&mut sc.v, &mut sc.a, &mut sc.vg, &mut sc.g, &mut sc.v_first] {
@@ -383,18 +365,51 @@ impl<B: Backend> Net<B> for Weights<B> {
         for x in &mut sc.hidden {
             be.reserve(x, t * widest)?;
         }
-        be.reserve(&mut sc.kf, t * c.ffn)?;
-        be.set_batch(&mut sc.batch, spans, states)?;
+        be.reserve(&mut sc.kf, t * self.cfg.ffn)
+    }
 
-        self.ends.embed(be, tokens, &mut sc.x)?;
-        let layers = self.layers.len();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (time, channel) = rows_from(i, layers, t, spans.len(), want);
-            self.time_mix(be, layer, i, t, sc, states, prec, time)?;
-            self.channel_mix(be, layer, i, t, sc, states, prec, channel)?;
+    fn ends(&self) -> &Ends<B> {
+        &self.ends
+    }
+
+    fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn matrices(&self) -> Vec<(String, &B::Matrix)> {
+        let mut v = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, f) = (&l.att, &l.ffn);
+            let mut add = |name: &str, m| v.push((format!("blocks.{i}.{name}"), m));
+            for (name, lora) in [("w", &a.w), ("a", &a.a), ("g", &a.g)]
+                .into_iter()
+                .chain(a.v.as_ref().map(|r| ("v", &r.lora)))
+            {
+                add(&format!("att.{name}1"), &lora.down);
+                add(&format!("att.{name}2"), &lora.up);
+            }
+            add("att.receptance.weight", &a.receptance);
+            add("att.key.weight", &a.key);
+            add("att.value.weight", &a.value);
+            add("att.output.weight", &a.output);
+            add("ffn.key.weight", &f.key);
+            add("ffn.value.weight", &f.value);
         }
-        let (x, logits) = (&mut sc.x, &mut sc.logits);
-        self.ends.logits(be, x, logits, spans, prec, want, out)
+        v
+    }
+
+    fn layer(
+        &self,
+        be: &B,
+        i: usize,
+        x: &mut B::Tensor,
+        sc: &mut Scratch<B>,
+        pass: Pass<'_, B>,
+        states: &mut [&mut B::State],
+    ) -> Result<()> {
+        let layer = &self.layers[i];
+        self.time_mix(be, layer, i, x, sc, pass, states)?;
+        self.channel_mix(be, layer, i, x, sc, pass, states)
     }
 }
 
@@ -407,16 +422,20 @@ impl<B: Backend> Weights<B> {
         be: &B,
         l: &Layer<B>,
         layer: usize,
-        t: usize,
+        x: &mut B::Tensor,
         sc: &mut Scratch<B>,
+        pass: Pass<'_, B>,
         states: &mut [&mut B::State],
-        prec: Precision,
-        from: usize,
     ) -> Result<()> {
+        let Pass {
+            t,
+            batch,
+            prec,
+            rows: (from, _),
+        } = pass;
         let (at, c) = (&l.att, &self.cfg);
         let (d, n) = (c.n_embd, t - from);
         let Scratch {
-            x,
             xx,
             sx,
             mixed,
@@ -431,7 +450,6 @@ impl<B: Backend> Weights<B> {
             v_first,
             out,
             y,
-            batch,
             ..
         } = sc;
         // xx = LayerNorm(x), sx = the previous row's xx - xx, x_j = xx + sx * mix_j
@@ -601,22 +619,25 @@ impl<B: Backend> Weights<B> {
         be: &B,
         l: &Layer<B>,
         layer: usize,
-        t: usize,
+        x: &mut B::Tensor,
         sc: &mut Scratch<B>,
+        pass: Pass<'_, B>,
         states: &mut [&mut B::State],
-        prec: Precision,
-        from: usize,
     ) -> Result<()> {
+        let Pass {
+            t,
+            batch,
+            prec,
+            rows: (_, from),
+        } = pass;
         let (f, c) = (&l.ffn, &self.cfg);
         let (d, n) = (c.n_embd, t - from);
         let Scratch {
-            x,
             xx,
             sx,
             mixed: [xk, ..],
             kf,
             y,
-            batch,
             ..
         } = sc;
         be.norm_shift(
