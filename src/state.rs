@@ -104,7 +104,6 @@ impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let on = match self.data {
             StateData::Host(_) => "host",
-            #[cfg(feature = "opencl")]
             StateData::Device(_) => "device",
         };
         f.debug_struct("State")

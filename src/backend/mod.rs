@@ -15,6 +15,7 @@
 //! streams.
 
 pub mod cpu;
+pub mod device;
 pub mod opencl;
 
 use crate::error::Result;
@@ -356,9 +357,19 @@ impl StateShape {
 pub enum StateData {
     /// In host memory (the CPU's, and any state read from a file).
     Host(Vec<f32>),
-    /// On an OpenCL device.
-    #[cfg(feature = "opencl")]
-    Device(opencl::DeviceState),
+    /// In a device's memory, behind the one interface every backend reads it through.
+    Device(Box<dyn DeviceData>),
+}
+
+/// A stream's state in a device backend's memory: what shared code and the other backends
+/// may do with it. The backend that holds it finds its own type with [`DeviceData::as_any`].
+pub trait DeviceData: Send + Sync + 'static {
+    /// The values, read to the host.
+    fn download(&self) -> Result<Vec<f32>>;
+    /// A copy, on the same device.
+    fn duplicate(&self) -> Result<Box<dyn DeviceData>>;
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 impl StateData {
@@ -366,7 +377,6 @@ impl StateData {
     pub fn to_host(&self) -> Result<Vec<f32>> {
         match self {
             StateData::Host(v) => Ok(v.clone()),
-            #[cfg(feature = "opencl")]
             StateData::Device(d) => d.download(),
         }
     }
@@ -375,8 +385,7 @@ impl StateData {
     pub fn try_clone(&self) -> Result<StateData> {
         match self {
             StateData::Host(v) => Ok(StateData::Host(v.clone())),
-            #[cfg(feature = "opencl")]
-            StateData::Device(d) => Ok(StateData::Device(d.try_clone()?)),
+            StateData::Device(d) => Ok(StateData::Device(d.duplicate()?)),
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod signal;
 pub mod state;
 pub mod view;
 
-use crate::backend::opencl::DeviceSpec;
+use crate::backend::device::DeviceSpec;
 use crate::error::Error;
 use crate::model::quant_file::quantize_file;
 use crate::model::{LoadOptions, Model, Precision, Quant};

@@ -43,7 +43,7 @@ impl Family for X060 {
     fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
         let shape =
             |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
-        let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
+        let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::error::Error::Shape {
             path: ck.path.clone(),
             name: names.stored(name).to_string(),
             expected,

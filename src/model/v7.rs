@@ -40,7 +40,7 @@ impl Family for X070 {
     fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
         let shape =
             |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
-        let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::Error::Shape {
+        let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::error::Error::Shape {
             path: ck.path.clone(),
             name: names.stored(name).to_string(),
             expected,
@@ -273,7 +273,7 @@ fn lora_pair<B: Backend>(l: &Loader<B>, prefix: &str, d: usize) -> Result<LoraPa
     let width = match shape[..] {
         [_, w] => w,
         _ => {
-            return Err(crate::Error::Shape {
+            return Err(crate::error::Error::Shape {
                 path: l.ck.path.clone(),
                 name: l.names.stored(&down).to_string(),
                 expected: vec![d, 64],

@@ -8,7 +8,7 @@ use super::checkpoint::Checkpoint;
 use super::ends::{Ends, Logits};
 use super::load::Loader;
 use super::names::Names;
-use crate::backend::opencl::DeviceSpec;
+use crate::backend::device::DeviceSpec;
 use crate::backend::{Backend, MatrixInfo, Precision, StateShape};
 use crate::error::Result;
 use crate::state::State;

@@ -20,8 +20,8 @@
 //! sixteen rows' four codes (words `j` and `j + 8`). An nf4 word is the row's bytes
 //! `4j..4j + 4` of the block as stored, moved whole.
 
-use super::quant::{Nf4, BLOCK, NF4, Q8};
-use super::Buf;
+use super::blocks::{Nf4, BLOCK, NF4, Q8};
+use super::buf::Buf;
 use rayon::prelude::*;
 
 /// Rows a panel holds.

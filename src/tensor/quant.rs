@@ -12,32 +12,12 @@
 //! NF4 is the normal-float code book of QLoRA (the 16 quantiles of a standard normal,
 //! scaled to [-1, 1], with an exact 0) on a grid of 1/127, so that a code is an int8 value.
 
-use super::{Buf, Data, Matrix, Plain};
+pub use super::blocks::{Nf4, BLOCK, NF4, NF4_I8, Q8};
+use super::buf::{Buf, Plain};
+use super::{Data, Matrix};
 use crate::isa::Isa;
 use half::bf16;
 use rayon::prelude::*;
-
-/// Weights per block.
-pub const BLOCK: usize = 64;
-
-/// The normal-float-4 code book as integers: the QLoRA values (the 16 quantiles of a
-/// standard normal, scaled to [-1, 1], with an exact 0) times 127, rounded. Integer codes
-/// let the CPU kernels multiply nf4 weights with int8 instructions; rounding moves no code
-/// by more than 0.004 of the block's largest weight.
-pub const NF4_I8: [i8; 16] = [
-    -127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127,
-];
-
-/// The code book as the values a weight takes: `NF4_I8 / 127`.
-pub const NF4: [f32; 16] = {
-    let mut v = [0.0; 16];
-    let mut i = 0;
-    while i < 16 {
-        v[i] = NF4_I8[i] as f32 / 127.0;
-        i += 1;
-    }
-    v
-};
 
 /// A quantization format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,22 +41,6 @@ impl Quant {
             Quant::Nf4 => 0.5 + 2.0 / BLOCK as f64,
         }
     }
-}
-
-/// int8 blocks: `qs [rows, cols]`, `scales [rows, cols / 64]`.
-pub struct Q8 {
-    pub qs: Buf<i8>,
-    pub scales: Buf<f32>,
-}
-
-/// nf4 blocks: `packed [rows, cols / 2]` (byte `j` of a block: weights `j` and `j + 32`),
-/// `scales [rows, cols / 64]` in bf16: 0.53125 bytes a weight instead of 0.5625 with f32
-/// scales, 5.6 % fewer bytes for a token to read. A bf16 scale is within 2^-9 of the
-/// block's absolute maximum (equal to it for bf16 weights), and the codes are chosen for
-/// the rounded scale; the code book's own steps are 40 to 150 times coarser.
-pub struct Nf4 {
-    pub packed: Buf<u8>,
-    pub scales: Buf<bf16>,
 }
 
 /// Whether a matrix of this width can be quantized.
@@ -226,30 +190,6 @@ fn quantize_rows<T: Plain>(
             )
     });
     (codes, scales)
-}
-
-/// Row `r` of an int8 matrix, dequantized into `out [cols]`.
-pub fn dequantize_q8(q: &Q8, cols: usize, r: usize, out: &mut [f32]) {
-    let qs = &q.qs[r * cols..(r + 1) * cols];
-    let sc = &q.scales[r * cols / BLOCK..(r + 1) * cols / BLOCK];
-    for ((ob, qb), &s) in out.chunks_mut(BLOCK).zip(qs.chunks(BLOCK)).zip(sc) {
-        for (o, &v) in ob.iter_mut().zip(qb) {
-            *o = v as f32 * s;
-        }
-    }
-}
-
-/// Row `r` of an nf4 matrix, dequantized into `out [cols]`.
-pub fn dequantize_nf4(q: &Nf4, cols: usize, r: usize, out: &mut [f32]) {
-    let pk = &q.packed[r * cols / 2..(r + 1) * cols / 2];
-    let sc = &q.scales[r * cols / BLOCK..(r + 1) * cols / BLOCK];
-    for ((ob, pb), s) in out.chunks_mut(BLOCK).zip(pk.chunks(BLOCK / 2)).zip(sc) {
-        let (half, s) = (BLOCK / 2, s.to_f32());
-        for (j, &b) in pb.iter().enumerate() {
-            ob[j] = NF4[(b & 15) as usize] * s;
-            ob[j + half] = NF4[(b >> 4) as usize] * s;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! rows as stored, other formats widened to bf16 in one pass), then multiplied with up to
 //! twelve tokens at a time by `vdpbf16ps` (AVX-512 BF16).
 
-use super::schedule::{with_scratch, SharedMut};
+use super::shared::{with_scratch, SharedMut};
 use crate::isa::{features, Isa};
 use crate::tensor::{Data, Matrix};
 use half::bf16;
@@ -241,7 +241,7 @@ pub fn matmul_rows(w: &Matrix, rows: Range<usize>, x: &[bf16], t: usize, y: Shar
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn row_bf16(w: &Matrix, r: usize, f: &mut [f32], out: &mut [bf16]) {
     use super::arch::x86::bf16::{nf4_row_bf16, q8_row_bf16, round_bf16_avx512};
-    use super::quant::{qrow, QRow};
+    use super::quant::rows::{qrow, QRow};
     match &w.data {
         Data::Q8(_) | Data::Nf4(_) => match qrow(w, r) {
             QRow::Q8 { qs, scales } => q8_row_bf16(qs, scales, out),

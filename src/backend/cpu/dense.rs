@@ -7,7 +7,7 @@
 use super::arch::prefetch_l1;
 #[cfg(target_arch = "x86_64")]
 use super::arch::x86::dense as x86;
-use super::schedule::{with_scratch, SharedMut};
+use super::shared::{with_scratch, SharedMut};
 use super::tuning::TOKENS_PER_BLOCK;
 use crate::isa::Isa;
 use crate::tensor::{Data, Matrix};

@@ -3,7 +3,7 @@
 //! treated on its own (its value depends on its token and column only), so however a
 //! product's rows are split into tasks, no bit changes.
 
-use super::schedule::SharedMut;
+use super::shared::SharedMut;
 
 /// `x / (1 + e^-x)`.
 #[inline]

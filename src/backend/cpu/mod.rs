@@ -21,6 +21,7 @@ pub mod plan;
 pub mod quant;
 pub mod scalar;
 pub mod schedule;
+pub mod shared;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod tuning;
@@ -34,8 +35,9 @@ use crate::error::Result;
 use crate::isa::Isa;
 use crate::tensor::{Data, Matrix};
 use epilogue::Step;
+use schedule::Region;
 pub use schedule::{matmul_with, matmuls_with, MatJob};
-use schedule::{Region, SharedMut};
+use shared::SharedMut;
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -154,13 +156,11 @@ impl Backend for Cpu {
     }
 
     fn state_mut<'s>(&self, s: &'s mut StateData) -> Result<&'s mut Vec<f32>> {
-        #[cfg(feature = "opencl")]
         if let StateData::Device(d) = s {
             *s = StateData::Host(d.download()?);
         }
         match s {
             StateData::Host(v) => Ok(v),
-            #[cfg(feature = "opencl")]
             StateData::Device(_) => unreachable!("moved to the host above"),
         }
     }
@@ -266,7 +266,7 @@ impl Backend for Cpu {
         region.run(Isa::detect(), prec, t);
         // Each up-projection's columns of the hidden layer, as its own [t, in] input.
         let h = &hidden[..t * width];
-        schedule::with_scratch(&PARTS, |parts| {
+        shared::with_scratch(&PARTS, |parts| {
             if parts.len() < ups.len() {
                 parts.resize_with(ups.len(), Vec::new);
             }

@@ -5,15 +5,11 @@ use super::bf16::bf16_dot_on;
 use super::quant::panel::Panel;
 use super::tuning::{
     MIN_TASKS, MIN_TASK_ROWS, NARROW, ONE_TOKEN_TASK_WEIGHTS, PANEL_ROWS, QUANT_PANELS_FROM,
-    SEQUENCE_TASK_WEIGHTS,
+    SEQUENCE_FROM, SEQUENCE_TASK_WEIGHTS,
 };
 use crate::backend::Precision;
 use crate::isa::Isa;
 use crate::tensor::{Data, Matrix};
-
-/// Products of four tokens or more run the sequence kernels (bound by arithmetic); fewer
-/// read every weight once per token (bound by memory).
-pub const SEQUENCE_FROM: usize = 4;
 
 /// A product's kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,10 +2,11 @@
 //! The tests hold every kernel to its twin (bit for bit where the kernel promises the
 //! twin's order, within rounding elsewhere).
 
-use super::quant::acts::{block_scale, QActs, TokenCodes};
-use super::quant::{code_unit, q8_index, qrow, Act, QRow, QTok, CLASSES};
+use super::quant::acts::QActs;
+use super::quant::rows::{code_unit, qrow, CLASSES};
+pub use super::quant::rows::{quant_dot, quantize_token};
+pub use super::shared::tree16;
 use crate::isa::Isa;
-use crate::tensor::quant::BLOCK;
 use crate::tensor::Matrix;
 use half::bf16;
 
@@ -89,63 +90,6 @@ pub fn matmul_quant(w: &Matrix, x: &[f32], t: usize, y: &mut [f32]) {
         for o in 0..w.rows {
             y[ti * w.rows + o] = quant_dot(qrow(w, o), acts.token(ti));
         }
-    }
-}
-
-/// Sixteen f32 sums reduced as a tree, by halves: lane `i` plus lane `i + 8`, then `i + 4`,
-/// `i + 2` and `i + 1`, the order of the AVX-512 reduction.
-pub fn tree16(mut v: [f32; CLASSES]) -> f32 {
-    for h in [8, 4, 2, 1] {
-        for i in 0..h {
-            v[i] += v[i + h];
-        }
-    }
-    v[0]
-}
-
-/// One int8 or nf4 row against one token's integer activations, in the order every
-/// quantized kernel sums: block `b`'s exact integer sum `s`, as f32, times `ws[b] * xs[b]`
-/// is added to class `b % 16`, then the classes are reduced by [`tree16`].
-pub fn quant_dot(w: QRow, x: QTok) -> f32 {
-    let mut class = [0.0f32; CLASSES];
-    for (b, &xs) in x.scale.iter().enumerate().take(w.nb()) {
-        let ws = w.scale(b);
-        let xq = |i: usize| match w {
-            QRow::Q8 { .. } => x.q16[b * BLOCK + i] as i32,
-            QRow::Nf4 { .. } => x.q8[q8_index(b, i)] as i32,
-        };
-        let s: i32 = (0..BLOCK).map(|i| w.code(b, i) * xq(i)).sum();
-        class[b % CLASSES] += s as f32 * (ws * xs);
-    }
-    tree16(class)
-}
-
-/// One token's activations rounded to integer codes `round(x * inv)`, ties to even (what
-/// `vcvtps2dq` does), in blocks of 64 (the block corrections are added by the caller).
-pub fn quantize_token(x: &[f32], act: Act, unit: f32, out: TokenCodes) {
-    let max = act.max();
-    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
-        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let inv;
-        (out.scale[b], inv) = block_scale(amax, act, unit);
-        let code = |v: &f32| (v * inv).clamp(-max, max).round_ties_even();
-        match act {
-            Act::I16 => {
-                for (o, v) in out.q16[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xb) {
-                    *o = code(v) as i16;
-                }
-            }
-            Act::I8 => {
-                for (i, v) in xb.iter().enumerate() {
-                    out.q8[q8_index(b, i)] = code(v) as i8;
-                }
-            }
-        }
-    }
-    if act == Act::I8 && x.len() / BLOCK % 2 == 1 {
-        // the absent second block of the last pair multiplies as zeros
-        let nb = x.len() / BLOCK;
-        (0..BLOCK).for_each(|i| out.q8[q8_index(nb, i)] = 0);
     }
 }
 

@@ -10,71 +10,17 @@ use super::bf16::{matmul_rows as bf16_rows, round_bf16, row_order_rows};
 use super::dense;
 use super::epilogue::Step;
 use super::plan::{kernel, rows_per_task, Kernel};
-use super::quant::{self, acts::QActs, code_unit};
+use super::quant::{self, acts::QActs, rows::code_unit};
+use super::shared::{with_scratch, SharedMut};
 use crate::backend::Precision;
 use crate::isa::Isa;
 use crate::tensor::Matrix;
 use half::bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::thread::LocalKey;
 
 /// The most products one region runs together.
 pub const MAX_JOBS: usize = 8;
-
-/// Run `f` on this thread's reusable `key`, so that no token allocates; on a fresh value
-/// if `key` is already in use further up this thread's stack.
-pub fn with_scratch<T: Default + 'static, R>(
-    key: &'static LocalKey<RefCell<T>>,
-    f: impl FnOnce(&mut T) -> R,
-) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => f(&mut v),
-        Err(_) => f(&mut T::default()),
-    })
-}
-
-/// A pointer that may be shared between threads writing disjoint elements.
-#[derive(Clone, Copy)]
-pub struct SharedMut(*mut f32);
-// SAFETY: used only for writes to disjoint indices, one writer per index.
-unsafe impl Send for SharedMut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    pub fn new(s: &mut [f32]) -> SharedMut {
-        SharedMut(s.as_mut_ptr())
-    }
-
-    pub fn ptr(self) -> *mut f32 {
-        self.0
-    }
-
-    /// The pointer `i` elements on (the start of a part some tasks write disjoint pieces
-    /// of).
-    pub fn offset(self, i: usize) -> SharedMut {
-        SharedMut(self.0.wrapping_add(i))
-    }
-
-    /// Write `v` at element `i`.
-    ///
-    /// # Safety
-    /// `i` is in bounds and no other thread writes element `i`.
-    #[inline]
-    pub unsafe fn write(self, i: usize, v: f32) {
-        *self.0.add(i) = v;
-    }
-
-    /// Elements `i..i + n` as a slice.
-    ///
-    /// # Safety
-    /// They are in bounds and no other thread touches them while the slice lives.
-    #[inline]
-    pub unsafe fn run<'a>(self, i: usize, n: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(i), n)
-    }
-}
 
 /// One product of a region: `W [out, in]`, `x [t, in]` -> `y [t, out]`, then `then`.
 pub struct MatJob<'a> {

@@ -58,3 +58,7 @@ pub const PIECE: usize = 16 * 1024;
 
 /// Activations from which rounding them to integers goes parallel over tokens.
 pub const QUANT_PARALLEL_FROM: usize = 64 * 1024;
+
+/// Products of four tokens or more run the sequence kernels (bound by arithmetic); fewer
+/// read every weight once per token (bound by memory).
+pub const SEQUENCE_FROM: usize = 4;

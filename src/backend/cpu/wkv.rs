@@ -2,7 +2,7 @@
 //! tokens in order, compiled for each instruction set from one body of plain multiplies and
 //! adds (no fused ones), so every instruction set gives the scalar twin's bits.
 
-use super::schedule::{with_scratch, SharedMut};
+use super::shared::{with_scratch, SharedMut};
 use crate::isa::Isa;
 use rayon::prelude::*;
 use std::cell::RefCell;

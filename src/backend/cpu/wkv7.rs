@@ -8,8 +8,8 @@
 //! scalar twin [`super::scalar::wkv7`].
 
 use super::norm;
-use super::scalar::tree16;
-use super::schedule::{with_scratch, SharedMut};
+use super::shared::tree16;
+use super::shared::{with_scratch, SharedMut};
 use crate::isa::Isa;
 use rayon::prelude::*;
 use std::cell::RefCell;

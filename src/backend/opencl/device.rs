@@ -1,6 +1,7 @@
 //! One OpenCL device: its queue, the kernels of `kernels/*.cl` compiled once, buffers, and
 //! every launch and transfer counted.
 
+use crate::backend::DeviceData;
 use crate::error::{Error, Result};
 use ocl::{Buffer, Context, Kernel, Platform, Program, Queue};
 use std::collections::HashMap;
@@ -261,20 +262,26 @@ pub struct DeviceState {
     pub(super) dev: Arc<Device>,
 }
 
-impl DeviceState {
-    /// The values, read to the host.
-    pub fn download(&self) -> Result<Vec<f32>> {
+impl DeviceData for DeviceState {
+    fn download(&self) -> Result<Vec<f32>> {
         let mut v = vec![0.0; self.len];
         self.dev.read(&self.buf, 0, &mut v)?;
         Ok(v)
     }
 
-    /// A copy on the same device.
-    pub fn try_clone(&self) -> Result<DeviceState> {
-        Ok(DeviceState {
+    fn duplicate(&self) -> Result<Box<dyn DeviceData>> {
+        Ok(Box::new(DeviceState {
             buf: self.dev.duplicate(&self.buf, self.len)?,
             len: self.len,
             dev: Arc::clone(&self.dev),
-        })
+        }))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }

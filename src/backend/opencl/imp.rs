@@ -8,10 +8,11 @@
 
 pub use super::device::Counters;
 use super::device::{cl, discovery, Arg, Device, DeviceState};
-use super::{Device as DevicePick, DeviceSpec};
-use crate::backend::cpu::Cpu;
+use crate::backend::cpu::norm::layer_norm;
+use crate::backend::device::{Device as DevicePick, DeviceSpec};
 use crate::backend::{
-    Backend, Lora, Norm, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6, Wkv7,
+    Backend, DeviceData, Lora, Norm, NormShift, Precision, Product, Rows, RowsMut, StateData, Then,
+    Wkv6, Wkv7,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Data, Matrix};
@@ -228,17 +229,24 @@ impl Backend for Ocl {
     }
 
     fn state_mut<'s>(&self, s: &'s mut StateData) -> Result<&'s mut DeviceState> {
-        let here = matches!(s, StateData::Device(d) if Arc::ptr_eq(&d.dev, &self.dev));
+        let ours = |d: &dyn DeviceData| {
+            let d = d.as_any().downcast_ref::<DeviceState>();
+            d.is_some_and(|d| Arc::ptr_eq(&d.dev, &self.dev))
+        };
+        let here = matches!(s, StateData::Device(d) if ours(&**d));
         if !here {
             let values = s.to_host()?;
-            *s = StateData::Device(DeviceState {
+            *s = StateData::Device(Box::new(DeviceState {
                 buf: self.dev.upload(&values)?,
                 len: values.len(),
                 dev: Arc::clone(&self.dev),
-            });
+            }));
         }
         match s {
-            StateData::Device(d) => Ok(d),
+            StateData::Device(d) => Ok(d
+                .as_any_mut()
+                .downcast_mut::<DeviceState>()
+                .expect("moved to this device above")),
             StateData::Host(_) => unreachable!("moved to the device above"),
         }
     }
@@ -267,12 +275,11 @@ impl Backend for Ocl {
         x: RowsMut<DevTensor>,
     ) -> Result<()> {
         let mut rows = vec![0.0f32; tokens.len() * x.cols];
-        Cpu::default().embed(
-            emb,
-            ln0,
-            tokens,
-            RowsMut::new(&mut rows, 0, tokens.len(), x.cols),
-        )?;
+        for (row, &tok) in rows.chunks_mut(x.cols).zip(tokens) {
+            emb.row_f32(tok as usize, row);
+        }
+        // the CPU's own host norm, so that both backends start from the same bits
+        layer_norm(&mut rows, ln0.w, ln0.b, ln0.eps);
         self.dev.write(self.buf(x.t), x.span().start, &rows)
     }
 

@@ -1,10 +1,9 @@
 //! Activations rounded to integers in blocks of 64, once a product, for the int8 and nf4
 //! kernels: vectorised on AVX-512, and in parallel over the tokens of a long sequence.
 
-use super::{Act, QTok, PAIR};
+use super::rows::{quantize_token, Act, QTok, TokenCodes, PAIR};
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::arch::x86::quant::quantize_token_avx512;
-use crate::backend::cpu::scalar::quantize_token;
 use crate::backend::cpu::tuning::QUANT_PARALLEL_FROM;
 use crate::isa::Isa;
 use crate::tensor::quant::BLOCK;
@@ -170,26 +169,6 @@ impl QActs {
     }
 }
 
-/// One token's share of [`QActs`]: `scale [nb]`, and `q16 [n]` or `q8 [pairs, 128]` with
-/// `block_corr [nb]` (the others empty).
-pub struct TokenCodes<'a> {
-    pub scale: &'a mut [f32],
-    pub q16: &'a mut [i16],
-    pub q8: &'a mut [i8],
-    pub block_corr: &'a mut [i32],
-}
-
-impl TokenCodes<'_> {
-    pub fn reborrow(&mut self) -> TokenCodes<'_> {
-        TokenCodes {
-            scale: self.scale,
-            q16: self.q16,
-            q8: self.q8,
-            block_corr: self.block_corr,
-        }
-    }
-}
-
 /// `block_corr` from `q8`: block `2p`'s codes are bytes `0..32` and `64..96` of pair `p`,
 /// block `2p + 1`'s bytes `32..64` and `96..128`.
 fn block_corrections(out: TokenCodes) {
@@ -198,12 +177,4 @@ fn block_corrections(out: TokenCodes) {
         let half = |h: usize| out.q8[h..h + 32].iter().map(|&v| v as i32).sum::<i32>();
         *c = -128 * (half(at) + half(at + BLOCK));
     }
-}
-
-/// One block's scale and the factor that turns its values into codes.
-#[inline]
-pub fn block_scale(amax: f32, act: Act, unit: f32) -> (f32, f32) {
-    let max = act.max();
-    let inv = if amax > 0.0 { max / amax } else { 0.0 };
-    (amax / max * unit, inv)
 }

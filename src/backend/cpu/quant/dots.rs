@@ -1,8 +1,7 @@
 //! One token's products with int8 or nf4 rows: the AVX-512 kernels where the CPU has
 //! them (VNNI and VBMI for nf4), AVX2, else the scalar twin.
 
-use super::{QRow, QTok};
-use crate::backend::cpu::scalar::quant_dot;
+use super::rows::{quant_dot, QRow, QTok};
 use crate::isa::{features, Isa};
 
 /// Whether the AVX-512 kernels can run for `w`: byte and word instructions, and for nf4

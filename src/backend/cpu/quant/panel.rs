@@ -4,7 +4,7 @@
 //! for a product ([`Panel`]), or panels stored so at load ([`multiply_stored`]).
 
 use super::acts::QActs;
-use super::{Act, QRow, PAIR};
+use super::rows::{Act, QRow, PAIR};
 use crate::backend::cpu::tuning::{PANEL_ROWS, QUANT_PANEL_TOKENS};
 use crate::isa::{features, Isa};
 use crate::tensor::panels::panel_bytes;

@@ -3,7 +3,7 @@
 use super::acts::{Lines, QActs};
 use super::dots::{dot, dots};
 use super::panel::Panel;
-use super::{q8_index, qrow as row, qrows, Act, QRow, QTok};
+use super::rows::{q8_index, qrow as row, qrows, Act, QRow, QTok};
 use crate::backend::cpu::scalar::quant_dot as dot_scalar;
 use crate::backend::cpu::tests::vals;
 use crate::backend::cpu::tuning::{

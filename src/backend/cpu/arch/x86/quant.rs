@@ -11,8 +11,9 @@
 
 use super::{hsum512, lane_masks, sum_chunk_pairs, sum_chunks, sum_halves, transpose16, I32Lanes};
 use crate::backend::cpu::arch::{prefetch_ahead, prefetch_l1, prefetch_l2};
-use crate::backend::cpu::quant::acts::{block_scale, TokenCodes};
-use crate::backend::cpu::quant::{q8_index, Act, BlockScale, QRow, QTok, CLASSES, PAIR};
+use crate::backend::cpu::quant::rows::{
+    block_scale, q8_index, Act, BlockScale, QRow, QTok, TokenCodes, CLASSES, PAIR,
+};
 use crate::backend::cpu::tuning::{PREFETCH_AHEAD, QUANT_PANEL_TOKENS};
 use crate::tensor::panels::class_order;
 use crate::tensor::quant::{BLOCK, NF4_I8};
