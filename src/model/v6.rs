@@ -139,10 +139,7 @@ impl Family for X060 {
 
     /// Build the weights of every layer on `l`'s backend, checking every shape against `cfg`.
     fn load<B: Backend>(l: &Loader<B>, cfg: &Config) -> Result<Weights<B>> {
-        let (m, k) = {
-            let [m, k, ..] = cfg.lora;
-            (m, k)
-        };
+        let [m, k, ..] = cfg.lora;
         let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
         let out_in = l.names.layout.lora_is_out_in();
         let head = Ends::head(l, v, d)?;
@@ -445,10 +442,7 @@ impl<B: Backend> Weights<B> {
         // The data-dependent mixes: m = tanh(xxx @ maa_w1), each x_j = xx + sx * (maa_j +
         // m_j @ maa_w2[j]).
         let (xx, sx) = (&*xx, &*sx);
-        let (m, dk) = {
-            let [m, k, ..] = c.lora;
-            (m, k)
-        };
+        let [m, dk, ..] = c.lora;
         let mut ys = mixed.iter_mut().enumerate();
         let mut ups: [Up<B>; 5] = std::array::from_fn(|_| {
             let (j, y) = ys.next().expect("five mixes");
