@@ -104,6 +104,15 @@ impl<B: Backend> Ends<B> {
     }
 }
 
+/// The per-channel vectors a model fingerprint hashes, in order: ln0's and ln_out's,
+/// then each of `layers` layers' `tails` (`blocks.N.TAIL`).
+pub fn fingerprinted(layers: usize, tails: &[&str]) -> Vec<String> {
+    let ends = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"];
+    let ends = ends.into_iter().chain(["ln_out.weight", "ln_out.bias"]);
+    let per_layer = (0..layers).flat_map(|i| tails.iter().map(move |t| format!("blocks.{i}.{t}")));
+    ends.map(String::from).chain(per_layer).collect()
+}
+
 /// The first rows layer `i` of `layers` computes in its time mix and its channel mix. With
 /// one stream the last layer computes only the rows that the logits read (the state takes
 /// every token all the same); its channel mix also reads, through its token shift, the

@@ -129,17 +129,28 @@ pub fn canonical(layout: Layout, name: &str) -> String {
     }
 }
 
+/// A model of `what` kind, which its tensor `evidence` shows, that no version runs.
+fn unsupported(
+    ck: &Checkpoint,
+    names: &Names,
+    runs: &str,
+    what: &'static str,
+    evidence: &str,
+) -> Error {
+    Error::UnsupportedVersion {
+        path: ck.path.clone(),
+        what,
+        evidence: format!("it has `{}`", names.stored(evidence)),
+        runs: runs.to_string(),
+    }
+}
+
 /// Refuse the variants no version runs that carry a version's own names (DeepEmbed,
 /// RWKV-7 previews): checked before any version recognises the file. `runs` names the
 /// versions that do run.
 pub fn refuse_variants(ck: &Checkpoint, names: &Names, runs: &str) -> Result<()> {
     let has = |s: &str| names.contains(s);
-    let unsupported = |what: &'static str, evidence: &str| Error::UnsupportedVersion {
-        path: ck.path.clone(),
-        what,
-        evidence: format!("it has `{}`", names.stored(evidence)),
-        runs: runs.to_string(),
-    };
+    let unsupported = |what, evidence| unsupported(ck, names, runs, what, evidence);
     // RWKV-7 previews may carry RWKV-6's `time_maa_x`: look for them first.
     let preview = ck.tensors.keys().find(|k| {
         let k = k.as_str();
@@ -174,12 +185,7 @@ pub fn refuse_variants(ck: &Checkpoint, names: &Names, runs: &str) -> Result<()>
 /// Why no version recognised `ck`: what the file looks like, as one line.
 pub fn unrecognised(ck: &Checkpoint, names: &Names, runs: &str) -> Error {
     let has = |s: &str| names.contains(s);
-    let unsupported = |what: &'static str, evidence: &str| Error::UnsupportedVersion {
-        path: ck.path.clone(),
-        what,
-        evidence: format!("it has `{}`", names.stored(evidence)),
-        runs: runs.to_string(),
-    };
+    let unsupported = |what, evidence| unsupported(ck, names, runs, what, evidence);
     for v7 in ["blocks.0.att.w0", "blocks.0.att.x_r", "blocks.0.att.r_k"] {
         if has(v7) {
             return Error::format(

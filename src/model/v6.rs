@@ -5,7 +5,7 @@
 //! width, `K` decay-LoRA width, `T` rows of the call (tokens of all its streams).
 
 use super::checkpoint::Checkpoint;
-use super::ends::Ends;
+use super::ends::{self, Ends};
 use super::engine::version;
 use super::load::{in_layers, Affine, Loader};
 use super::names::Names;
@@ -107,13 +107,9 @@ impl Family for X060 {
 
     /// The per-channel vectors the model fingerprint hashes, in order.
     fn fingerprinted(cfg: &Config) -> Vec<String> {
-        let mut v: Vec<String> = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"]
-            .into_iter()
-            .chain(["ln_out.weight", "ln_out.bias"])
-            .map(String::from)
-            .collect();
-        for i in 0..cfg.n_layer {
-            for t in [
+        ends::fingerprinted(
+            cfg.n_layer,
+            &[
                 "ln1.weight",
                 "ln2.weight",
                 "att.time_decay",
@@ -122,11 +118,8 @@ impl Family for X060 {
                 "att.ln_x.weight",
                 "ffn.time_maa_k",
                 "ffn.time_maa_r",
-            ] {
-                v.push(format!("blocks.{i}.{t}"));
-            }
-        }
-        v
+            ],
+        )
     }
 
     fn params(cfg: &Config) -> usize {

@@ -6,7 +6,7 @@
 //! learning-rate, value-residual and gate LoRAs, read from each tensor's shape.
 
 use super::checkpoint::Checkpoint;
-use super::ends::Ends;
+use super::ends::{self, Ends};
 use super::engine::version;
 use super::load::{in_layers, Affine, Loader};
 use super::names::Names;
@@ -105,13 +105,9 @@ impl Family for X070 {
 
     /// The per-channel vectors the model fingerprint hashes, in order.
     fn fingerprinted(cfg: &Config) -> Vec<String> {
-        let mut v: Vec<String> = ["blocks.0.ln0.weight", "blocks.0.ln0.bias"]
-            .into_iter()
-            .chain(["ln_out.weight", "ln_out.bias"])
-            .map(String::from)
-            .collect();
-        for i in 0..cfg.n_layer {
-            for t in [
+        ends::fingerprinted(
+            cfg.n_layer,
+            &[
                 "ln1.weight",
                 "ln2.weight",
                 "att.w0",
@@ -122,11 +118,8 @@ impl Family for X070 {
                 "att.x_r",
                 "att.ln_x.weight",
                 "ffn.x_k",
-            ] {
-                v.push(format!("blocks.{i}.{t}"));
-            }
-        }
-        v
+            ],
+        )
     }
 
     fn params(cfg: &Config) -> usize {
