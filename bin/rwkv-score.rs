@@ -2,19 +2,16 @@
 
 mod common;
 
-use rayon::prelude::*;
 use rwkv::cli::progress::Progress;
-use rwkv::cli::score::{Args, Color};
+use rwkv::cli::score::Args;
 use rwkv::cli::{self, view, CliError, Line, Output};
-use rwkv::model::{Model, Precision};
+use rwkv::model::Precision;
 use rwkv::score::default_chunk;
-use rwkv::score::docs::{self, Scorer};
+use rwkv::score::docs::Scorer;
+use rwkv::score::input::{self, Source};
 use rwkv::score::summary::Summary;
 use rwkv::state_file;
-use rwkv::tokenizer::Tokenizer;
-use serde_json::{json, Value};
-use std::io::{BufRead, IsTerminal, Read};
-use std::path::PathBuf;
+use serde_json::Value;
 use std::time::Instant;
 
 /// Lines scored in parallel before their records are written in order.
@@ -22,35 +19,6 @@ const LINE_BATCH: usize = 256;
 
 fn main() {
     common::main_with("rwkv-score", run)
-}
-
-/// Where documents come from.
-#[derive(Clone)]
-enum Source {
-    Stdin,
-    File(PathBuf),
-}
-
-impl Source {
-    fn name(&self) -> String {
-        match self {
-            Source::Stdin => "-".into(),
-            Source::File(p) => p.display().to_string(),
-        }
-    }
-
-    fn open(&self) -> Result<Box<dyn Read + Send>, CliError> {
-        match self {
-            Source::Stdin => Ok(Box::new(std::io::stdin())),
-            Source::File(p) if p.is_dir() => Err(CliError::runtime(format!(
-                "{}: is a folder, not a file",
-                p.display()
-            ))),
-            Source::File(p) => std::fs::File::open(p)
-                .map(|f| Box::new(f) as Box<dyn Read + Send>)
-                .map_err(|e| CliError::runtime(format!("{}: {e}", p.display()))),
-        }
-    }
 }
 
 /// What one run shares.
@@ -68,15 +36,7 @@ fn run(args: &Args) -> Result<(), CliError> {
     if args.top_logprobs > 0 && !args.per_token {
         return Err(CliError::usage("--top-logprobs needs --per-token".into()));
     }
-    let sources: Vec<Source> = if args.files.is_empty() {
-        vec![Source::Stdin]
-    } else {
-        let src = |p: &PathBuf| match p.as_os_str() == "-" {
-            true => Source::Stdin,
-            false => Source::File(p.clone()),
-        };
-        args.files.iter().map(src).collect()
-    };
+    let sources = Source::list(&args.files);
     let reads_stdin = sources.iter().any(|s| matches!(s, Source::Stdin));
     if args.merge {
         return merge(&sources);
@@ -105,13 +65,7 @@ fn run(args: &Args) -> Result<(), CliError> {
             t0.elapsed().as_secs_f64() * 1e3
         );
     }
-    let total = sources
-        .iter()
-        .map(|s| match s {
-            Source::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
-            Source::Stdin => 0,
-        })
-        .sum();
+    let total = sources.iter().map(Source::known_size).sum();
     let mut ctx = Ctx {
         args,
         scorer: Scorer {
@@ -142,7 +96,7 @@ fn run(args: &Args) -> Result<(), CliError> {
         let s = ctx.summary.to_json();
         ctx.out.write(format!("{s}\n").as_bytes())?;
     }
-    if args.view && use_color(args.color) {
+    if args.view && args.color.enabled() {
         ctx.out.write(view::legend().as_bytes())?;
     }
     ctx.out.flush()?;
@@ -166,7 +120,7 @@ impl Ctx<'_> {
     fn emit(&mut self, rec: &Value) -> Result<(), CliError> {
         self.summary.add(rec);
         let bytes = if self.args.view {
-            view::render(rec, use_color(self.args.color))
+            view::render(rec, self.args.color.enabled())
         } else {
             format!("{rec}\n").into_bytes()
         };
@@ -187,19 +141,11 @@ impl Ctx<'_> {
 fn score_files(ctx: &mut Ctx, sources: &[Source]) -> Result<(), CliError> {
     let batch = rayon::current_num_threads().max(1);
     for group in sources.chunks(batch) {
-        let results: Vec<Result<Value, CliError>> = group
-            .par_iter()
-            .map(|s| {
-                let mut reader = s.open()?;
-                let progress = |b, t| ctx.progress.add(b, t);
-                Ok(ctx.scorer.score_reader(&s.name(), &mut reader, &progress)?)
-            })
-            .collect();
-        for r in results {
+        let progress = |b, t| ctx.progress.add(b, t);
+        for r in input::score_sources(&ctx.scorer, group, &progress) {
             match r {
                 Ok(rec) => ctx.emit(&rec)?,
-                Err(e) if e.code == cli::exit::RUNTIME => ctx.report(&e.msg),
-                Err(e) => return Err(e),
+                Err(e) => ctx.report(&e.to_string()),
             }
         }
     }
@@ -215,62 +161,21 @@ fn score_lines(ctx: &mut Ctx, sources: &[Source]) -> Result<(), CliError> {
         let reader = match src.open() {
             Ok(r) => r,
             Err(e) => {
-                ctx.report(&e.msg);
+                ctx.report(&e.to_string());
                 continue;
             }
         };
         let mut reader = std::io::BufReader::new(reader);
-        let prefix = if sources.len() > 1 {
-            format!("{}:", src.name())
-        } else {
-            String::new()
-        };
+        let (name, named) = (src.name(), sources.len() > 1);
         let mut n = 0u64;
         loop {
-            let mut batch: Vec<(u64, Result<docs::Doc, String>)> = Vec::new();
-            while batch.len() < LINE_BATCH {
-                let Some(line) = cli::read_line(&mut reader, max)
-                    .map_err(|e| CliError::runtime(format!("{}: {e}", src.name())))?
-                else {
-                    break;
-                };
-                n += 1;
-                let doc = match line {
-                    Line::Text(l) => docs::parse(&l, jsonl, vocab),
-                    Line::TooLong(b) => {
-                        Err(format!("{b} bytes, longer than --max-line-bytes ({max})"))
-                    }
-                    Line::Unreadable(e) => Err(e),
-                };
-                let stop = doc.is_err();
-                batch.push((n, doc));
-                if stop {
-                    break;
-                }
-            }
+            let how = (max, jsonl, vocab);
+            let batch = input::next_docs(&mut reader, &name, how, LINE_BATCH, &mut n)?;
             if batch.is_empty() {
                 break;
             }
-            let scorer = &ctx.scorer;
-            let progress = &ctx.progress;
-            let results: Vec<Result<Value, String>> = batch
-                .par_iter()
-                .map(|(n, doc)| {
-                    let doc = doc
-                        .as_ref()
-                        .map_err(|e| format!("{}: line {n}: {e}", src.name()))?;
-                    let source = match prefix.is_empty() {
-                        true => json!(n),
-                        false => json!(format!("{prefix}{n}")),
-                    };
-                    let rec = scorer.score_doc(source, doc);
-                    let tokens = rec
-                        .as_ref()
-                        .map_or(0, |r| r["tokens"].as_u64().unwrap_or(0));
-                    progress.add(0, tokens);
-                    rec.map_err(|e| format!("{}: line {n}: {e}", src.name()))
-                })
-                .collect();
+            let progress = |b, t| ctx.progress.add(b, t);
+            let results = input::score_batch(&ctx.scorer, &name, named, &batch, &progress);
             for r in results {
                 match r {
                     Ok(rec) => ctx.emit(&rec)?,
@@ -296,70 +201,42 @@ fn merge(sources: &[Source]) -> Result<(), CliError> {
     Ok(out.flush()?)
 }
 
-/// The tokenizer `--tokenize` uses: the model's (its vocab read from the file's header)
-/// when a model is given, else `--tokenizer`, else World.
-fn tokenizer_for(args: &Args) -> Result<Tokenizer, CliError> {
-    if args.model.model.is_some() {
-        let cfg = Model::inspect(args.model.path()?)?;
-        return args.model.tokenizer(cfg.vocab);
-    }
-    Ok(Tokenizer::from_spec(
-        args.model.tokenizer.as_deref().unwrap_or("world"),
-    )?)
-}
-
 /// `--tokenize`: each document's ids, tokens and bytes. A whole file streams through the
 /// tokenizer in blocks (its ids written as they come); a JSON line gives each text field's.
 fn tokenize(args: &Args, sources: &[Source]) -> Result<(), CliError> {
     args.model.init_threads();
-    let tok = tokenizer_for(args)?;
+    let tok = args.model.tokenizer_alone()?;
     let mut out = Output::stdout(false);
     let mut failed = false;
-    let record = |text: &[u8]| -> Result<Value, CliError> {
-        let ids = tok.encode(text)?;
-        Ok(json!({"ids": ids, "tokens": ids.len(), "bytes": text.len()}))
-    };
     for src in sources {
+        let (name, max) = (src.name(), args.max_line_bytes);
         let mut reader = match src.open() {
             Ok(r) => std::io::BufReader::new(r),
             Err(e) => {
-                eprintln!("rwkv-score: {}", e.msg);
+                eprintln!("rwkv-score: {e}");
                 failed = true;
                 continue;
             }
         };
         if !(args.lines || args.jsonl) {
-            tokenize_stream(&tok, &src.name(), &mut reader, &mut out)?;
+            input::tokenize_stream(&tok, &name, &mut reader, &mut out)?;
             continue;
         }
         let mut n = 0u64;
-        while let Some(line) = cli::read_line(&mut reader, args.max_line_bytes)
-            .map_err(|e| CliError::runtime(format!("{}: {e}", src.name())))?
+        while let Some(line) = cli::read_line(&mut reader, max)
+            .map_err(|e| CliError::runtime(format!("{name}: {e}")))?
         {
             n += 1;
             let line = match line {
                 Line::Text(l) => l,
                 Line::TooLong(b) => {
-                    let max = args.max_line_bytes;
                     let msg = format!("{b} bytes, longer than --max-line-bytes ({max})");
-                    return Err(CliError::runtime(format!(
-                        "{}: line {n}: {msg}",
-                        src.name()
-                    )));
+                    return Err(CliError::runtime(format!("{name}: line {n}: {msg}")));
                 }
                 Line::Unreadable(e) => return Err(CliError::runtime(e)),
             };
-            let mut rec = json!({"source": n});
-            if args.jsonl {
-                let v: Value = serde_json::from_slice(&line).map_err(|e| {
-                    CliError::runtime(format!("{}: line {n}: invalid JSON: {e}", src.name()))
-                })?;
-                for (field, text) in docs::texts(&v) {
-                    rec[field] = record(&text)?;
-                }
-            } else if let Value::Object(m) = record(&line)? {
-                rec.as_object_mut().expect("an object").extend(m);
-            }
+            let rec = input::token_record(&tok, n, &line, args.jsonl)
+                .map_err(|e| CliError::runtime(format!("{name}: {e}")))?;
             out.write(format!("{rec}\n").as_bytes())?;
         }
     }
@@ -368,50 +245,4 @@ fn tokenize(args: &Args, sources: &[Source]) -> Result<(), CliError> {
         return Err(CliError::reported());
     }
     Ok(())
-}
-
-/// One whole document's `{"source", "ids", "tokens", "bytes"}`, encoded and written a
-/// block at a time.
-fn tokenize_stream(
-    tok: &Tokenizer,
-    name: &str,
-    reader: &mut dyn BufRead,
-    out: &mut Output,
-) -> Result<(), CliError> {
-    out.write(format!("{{\"source\":{},\"ids\":[", json!(name)).as_bytes())?;
-    let (mut buf, mut tokens, mut bytes) = (Vec::new(), 0u64, 0u64);
-    loop {
-        let block = reader
-            .fill_buf()
-            .map_err(|e| CliError::runtime(format!("{name}: {e}")))?;
-        let end = block.is_empty();
-        buf.extend_from_slice(block);
-        let n = block.len();
-        reader.consume(n);
-        let (ids, used) = tok.encode_prefix(&buf, end)?;
-        buf.drain(..used);
-        bytes += used as u64;
-        let mut s = String::new();
-        for id in ids {
-            if tokens > 0 {
-                s.push(',');
-            }
-            s += &id.to_string();
-            tokens += 1;
-        }
-        out.write(s.as_bytes())?;
-        if end {
-            break;
-        }
-    }
-    out.write(format!("],\"tokens\":{tokens},\"bytes\":{bytes}}}\n").as_bytes())?;
-    Ok(())
-}
-
-fn use_color(c: Color) -> bool {
-    match c {
-        Color::Always => true,
-        Color::Never => false,
-        Color::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal(),
-    }
 }

@@ -15,6 +15,7 @@ pub mod sample;
 pub mod score;
 pub mod state;
 pub mod state_file;
+pub mod state_info;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -162,6 +162,43 @@ impl StateFile {
         Parsed::new(path, bytes)?.read(bytes)
     }
 
+    /// A state file, or a state-tuning file read as one (no model: vocab and fingerprint
+    /// unknown; the version whose tuning tensors it holds); `-` reads stdin. Also whether
+    /// it was a state-tuning file.
+    pub fn read_any(path: &Path) -> Result<(StateFile, bool)> {
+        if path.as_os_str() == "-" {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                .map_err(|e| Error::io("<stdin>", e))?;
+            return Ok((StateFile::from_bytes(Path::new("<stdin>"), &b)?, false));
+        }
+        let first = match StateFile::load(path) {
+            Ok(sf) => return Ok((sf, false)),
+            Err(e) => e,
+        };
+        let Ok((version, shape)) = tuning_shape(path) else {
+            return Err(first);
+        };
+        let state = import_tuning(path, shape)?;
+        let meta = StateMeta {
+            arch: version.name.into(),
+            shape,
+            vocab: 0,
+            fingerprint: String::new(),
+            tokens: 0,
+            tokenizer: String::new(),
+        };
+        let values = state.values()?;
+        Ok((
+            StateFile {
+                meta,
+                values,
+                logits: None,
+            },
+            true,
+        ))
+    }
+
     /// Whether the file's shape is the model's (a vocab of 0, from an import without a
     /// model, fits any).
     pub fn shape_fits(&self, model: &Model) -> bool {

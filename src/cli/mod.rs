@@ -190,6 +190,18 @@ impl ModelArgs {
         Ok(Tokenizer::choose(self.tokenizer.as_deref(), vocab)?)
     }
 
+    /// The tokenizer without the model: the model's (its vocab read from the file's header)
+    /// when one is given, else `--tokenizer`, else World.
+    pub fn tokenizer_alone(&self) -> Result<Tokenizer, CliError> {
+        if self.model.is_some() {
+            let cfg = Model::inspect(self.path()?)?;
+            return self.tokenizer(cfg.vocab);
+        }
+        Ok(Tokenizer::from_spec(
+            self.tokenizer.as_deref().unwrap_or("world"),
+        )?)
+    }
+
     pub fn init_threads(&self) {
         if let Some(n) = self.threads {
             // Fails only if the pool was built already, in which case it stays as it is.
@@ -300,6 +312,17 @@ impl Output {
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// For writers that stream into it (`--tokenize`); flushed at [`Output::flush`].
+impl Write for Output {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
 }

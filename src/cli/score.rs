@@ -11,6 +11,21 @@ pub enum Color {
     Never,
 }
 
+impl Color {
+    /// Whether `--view` colours its text: `auto` when stdout is a terminal and `NO_COLOR` is
+    /// not set.
+    pub fn enabled(self) -> bool {
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => {
+                use std::io::IsTerminal;
+                std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+            }
+        }
+    }
+}
+
 /// Score text with an RWKV model: log-likelihood, perplexity, bits per byte, per-token
 /// log-probabilities, continuations and multiple-choice ranking. One JSON object per
 /// document on stdout, in input order.

@@ -13,6 +13,7 @@
 //! logits, which then predict it.
 
 pub mod docs;
+pub mod input;
 pub mod summary;
 
 use crate::error::Result;

@@ -11,6 +11,19 @@ use std::sync::{Arc, OnceLock};
 pub use world::World;
 
 /// The embedded World vocabulary, parsed once per process on first use.
+/// Token ids from text like `1 2, 3\n4` (whitespace or commas between them).
+pub fn parse_ids(input: &[u8]) -> Result<Vec<u32>> {
+    let text = std::str::from_utf8(input).map_err(|_| Error::Invalid("not UTF-8 text".into()))?;
+    text.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<u32>()
+                .map_err(|_| Error::Invalid(format!("item {} (`{s}`) is not a token id", i + 1)))
+        })
+        .collect()
+}
+
 pub fn world() -> Arc<World> {
     static W: OnceLock<Arc<World>> = OnceLock::new();
     W.get_or_init(|| Arc::new(World::embedded())).clone()
@@ -273,6 +286,22 @@ pub fn complete_prefix(b: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_parse_between_spaces_and_commas() {
+        assert_eq!(parse_ids(b" 1 2,3\n\t40,,").unwrap(), vec![1, 2, 3, 40]);
+        assert_eq!(parse_ids(b"").unwrap(), Vec::<u32>::new());
+        let e = parse_ids(b"5 x6").unwrap_err().to_string();
+        assert_eq!(e, "item 2 (`x6`) is not a token id");
+        assert_eq!(
+            parse_ids(b"-1").unwrap_err().to_string(),
+            "item 1 (`-1`) is not a token id"
+        );
+        assert_eq!(
+            parse_ids(&[0xff]).unwrap_err().to_string(),
+            "not UTF-8 text"
+        );
+    }
 
     #[test]
     fn utf8_stream_holds_back_partial_characters() {
