@@ -76,14 +76,8 @@ fn feed(args: &Args, a: &Feed) -> Result<(), CliError> {
         (false, Err(e)) => return Err(e),
     };
     let start = state_file::start_for(a.state.as_deref(), &model, a.force)?;
-    let input = match (&a.prompt, &a.prompt_file) {
-        (Some(t), _) => t.as_bytes().to_vec(),
-        (None, Some(f)) => cli::read_input(f)?,
-        (None, None) => {
-            cli::stdin_hint("rwkv-state", "the text to feed", args.quiet);
-            cli::read_stdin()?
-        }
-    };
+    let how = ("rwkv-state", "the text to feed", args.quiet);
+    let input = cli::read_prompt(a.prompt.as_deref(), a.prompt_file.as_deref(), how)?;
     let ids = match &tok {
         Some(t) if !a.ids => t.encode(&input)?,
         _ => tokenizer::parse_ids(&input)

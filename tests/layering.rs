@@ -216,6 +216,48 @@ fn no_file_of_src_imports_itself_through_others() {
     );
 }
 
+/// Lines of code in `src`, its `#[cfg(test)] mod tests { .. }` left out.
+fn lines_without_tests(src: &str) -> usize {
+    let tests = src.match_indices("mod tests {").map(|(i, _)| i);
+    let end = match tests.last().and_then(|i| src[..i].rfind("#[cfg(test)]")) {
+        Some(i) => i,
+        None => src.len(),
+    };
+    src[..end].lines().count()
+}
+
+#[test]
+fn files_stay_small_enough_to_hold_in_your_head() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut over = Vec::new();
+    for e in std::fs::read_dir(root.join("bin")).unwrap() {
+        let p = e.unwrap().path();
+        let n = std::fs::read_to_string(&p).unwrap().lines().count();
+        if n > 250 {
+            over.push(format!(
+                "{}: {n} lines (a binary: at most 250)",
+                p.display()
+            ));
+        }
+    }
+    let mut files = BTreeMap::new();
+    modules(&root.join("src"), &vec![], &mut files);
+    for (m, src) in &files {
+        let n = lines_without_tests(src);
+        if n > 900 {
+            over.push(format!(
+                "src module {}: {n} lines without its tests (at most 900)",
+                m.join("::")
+            ));
+        }
+    }
+    assert!(over.is_empty(), "{}", over.join("\n"));
+    assert_eq!(
+        lines_without_tests("a\nb\n#[cfg(test)]\nmod tests {\n}\n"),
+        2
+    );
+}
+
 #[test]
 fn the_reader_sees_imports_and_cycles() {
     // the parser on its own: a use tree, and a cycle it must report

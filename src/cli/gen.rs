@@ -1,7 +1,12 @@
 //! `rwkv-gen` flags.
 
-use super::ModelArgs;
+use super::{CliError, ModelArgs};
+use crate::generate::lines::Lines;
+use crate::generate::request::Defaults;
+use crate::generate::Options;
+use crate::model::{Model, Precision};
 use crate::sample::SamplerArgs;
+use crate::tokenizer::Tokenizer;
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
@@ -194,6 +199,72 @@ impl Args {
     }
 
     /// What ends a `--lines` record in text format (and so each answer).
+    /// `--seed`, or one from the clock.
+    pub fn seed(&self) -> u64 {
+        self.sampling.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
+    }
+
+    /// The rules between flags that clap does not check.
+    pub fn check(&self) -> Result<(), CliError> {
+        let usage = |m: &str| Err(CliError::usage(m.into()));
+        let many = self.lines || self.jsonl;
+        if self.save_state.is_some() && many {
+            return usage(
+                "--save-state goes with one prompt or --chat (a --jsonl request has `save_state`)",
+            );
+        }
+        let state_on_stdin = self.state.as_ref().is_some_and(|p| p.as_os_str() == "-");
+        let prompt_given = self.prompt.is_some() || self.prompt_file.is_some();
+        if state_on_stdin && (many || self.chat || !prompt_given) {
+            return usage("--state - reads the state from stdin: give the prompt with -p or -f");
+        }
+        if self.top_logprobs > 0 && self.format != Format::Jsonl && !self.jsonl {
+            return usage("--top-logprobs needs --format jsonl or --jsonl");
+        }
+        Ok(())
+    }
+
+    /// The options of a prompt given on the command line (`chat`: a chat reply's), drawing
+    /// from `seed`.
+    pub fn options(&self, seed: u64, chat: bool) -> Options {
+        Options {
+            max_tokens: self.max_tokens,
+            sampler: self.sampler().config(chat),
+            stop: self.stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            ignore_eos: self.ignore_eos,
+            seed,
+            top_logprobs: self.top_logprobs,
+            per_token: self.format == Format::Jsonl || self.top_logprobs > 0,
+            keep_state: self.save_state.is_some() || chat,
+        }
+    }
+
+    /// How `--lines` and `--jsonl` answer their lines, for a model of vocab `vocab`.
+    pub fn lines(&self, seed: u64, vocab: usize) -> Lines {
+        Lines {
+            jsonl: self.jsonl,
+            token_records: self.format == Format::Jsonl,
+            echo: self.echo,
+            record_end: self.record_end(),
+            max_line_bytes: self.max_line_bytes,
+            force: self.force,
+            batch: self.batch as usize,
+            options: self.options(seed, false),
+            defaults: Defaults {
+                max_tokens: self.max_tokens,
+                sampler: self.sampler(),
+                stop: self.stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
+                seed,
+                state: None,
+                vocab,
+            },
+        }
+    }
+
     pub fn record_end(&self) -> Vec<u8> {
         if self.null {
             return vec![0];
@@ -250,6 +321,27 @@ fn unit_closed(s: &str) -> Result<f32, String> {
         v if (0.0..=1.0).contains(&v) => Ok(v),
         _ => Err(format!("`{s}` is not in [0, 1]")),
     }
+}
+
+/// What `-v` says of a loaded model: its file, version, names, shape, tokenizer, the
+/// precision of its products and where it runs.
+pub fn loaded(model: &Model, tok: &Tokenizer) -> String {
+    let c = &model.cfg;
+    let prec = match model.sequence_precision() {
+        Precision::F32 => "f32",
+        Precision::Bf16 | Precision::Bf16Streams => "bf16",
+    };
+    format!(
+        "{} ({}, {} names, {} layers, width {}, vocab {}, tokenizer {}, {prec} products, on {})",
+        model.path.display(),
+        c.version.title,
+        model.layout.name(),
+        c.n_layer,
+        c.n_embd,
+        c.vocab,
+        tok.name(),
+        model.device(),
+    )
 }
 
 #[cfg(test)]

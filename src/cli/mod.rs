@@ -343,6 +343,23 @@ pub fn read_stdin() -> Result<Vec<u8>, CliError> {
     Ok(buf)
 }
 
+/// The text `-p TEXT` gives, or `-f FILE` (`-`: stdin), or else stdin (saying so to a
+/// terminal as `what`, unless `quiet`); `tool` names the program.
+pub fn read_prompt(
+    text: Option<&str>,
+    file: Option<&Path>,
+    (tool, what, quiet): (&str, &str, bool),
+) -> Result<Vec<u8>, CliError> {
+    match (text, file) {
+        (Some(t), _) => Ok(t.as_bytes().to_vec()),
+        (None, Some(f)) => read_input(f),
+        (None, None) => {
+            stdin_hint(tool, what, quiet);
+            read_stdin()
+        }
+    }
+}
+
 /// A file's contents, or stdin's for `-`.
 pub fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
     if path.as_os_str() == "-" {

@@ -6,6 +6,8 @@
 //! each stream's products in the order the stream alone sums them, so it gives its bits.
 
 pub mod batch;
+pub mod chat;
+pub mod lines;
 pub mod request;
 
 use crate::error::{Error, Result};
@@ -323,6 +325,23 @@ impl<'a> Generation<'a> {
 }
 
 impl Generated {
+    /// What `-v` says of the answer: the prompt's and the answer's tokens, times and rates,
+    /// and how it ended.
+    pub fn timing(&self) -> String {
+        let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+        format!(
+            "prompt {} tokens in {:.0} ms ({:.1} tokens/s); generated {} tokens in {:.0} ms \
+             ({:.2} tokens/s); {}",
+            self.prompt_tokens,
+            self.prompt_time.as_secs_f64() * 1e3,
+            rate(self.prompt_tokens, self.prompt_time),
+            self.tokens.len(),
+            self.gen_time.as_secs_f64() * 1e3,
+            rate(self.tokens.len(), self.gen_time),
+            self.finish.unwrap_or(Finish::Length).name()
+        )
+    }
+
     /// The answer's JSON record: `finish_reason`, `prompt_tokens`, `tokens`, `text`, the
     /// timings, and with `per_token` records each token's `token`, `text`, `bytes`,
     /// `logprob` and `top_logprobs`.
@@ -372,5 +391,28 @@ impl Token {
                 .collect();
         }
         rec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_gives_counts_times_and_rates() {
+        let g = Generated {
+            text: Vec::new(),
+            tokens: vec![1, 2, 3, 4],
+            per_token: Vec::new(),
+            finish: Some(Finish::Stop),
+            prompt_tokens: 10,
+            prompt_time: Duration::from_millis(500),
+            gen_time: Duration::from_secs(2),
+        };
+        assert_eq!(
+            g.timing(),
+            "prompt 10 tokens in 500 ms (20.0 tokens/s); generated 4 tokens in 2000 ms \
+             (2.00 tokens/s); stop"
+        );
     }
 }

@@ -1,0 +1,132 @@
+//! `rwkv-gen --lines` and `--jsonl` through the library: the records, their order, the
+//! failures a run counts and reports, the same bytes whatever the batch.
+
+mod common;
+
+use clap::Parser;
+use rwkv::cli::gen::Args;
+use rwkv::cli::Line;
+use rwkv::generate::lines::{Failed, Sinks, Tally};
+use rwkv::model::Precision;
+use rwkv::state_file;
+
+/// Run `rwkv-gen ARGS` over `input` lines: the bytes written, the notes, the tally.
+fn run(flags: &[&str], input: Vec<Line>) -> (Vec<u8>, Vec<String>, Tally) {
+    let model = common::model_path("tiny-rwkv6-1m.safetensors");
+    let argv = [
+        "rwkv-gen",
+        "-m",
+        model.to_str().unwrap(),
+        "-t",
+        "0",
+        "--ignore-eos",
+    ];
+    let args = Args::try_parse_from(argv.iter().chain(flags)).unwrap();
+    args.check().unwrap();
+    let (model, tok) = args.model.load(Precision::F32).unwrap();
+    let lines = args.lines(7, model.cfg.vocab);
+    let start = state_file::start_for(None, &model, false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for l in input {
+        tx.send(l).unwrap();
+    }
+    drop(tx);
+    let (mut out, mut notes) = (Vec::new(), Vec::new());
+    let sinks = Sinks {
+        write: &mut |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        },
+        note: &mut |m| notes.push(m),
+    };
+    let tally = match lines.run(&model, &tok, &start, &rx, sinks, &|| false) {
+        Ok(t) => t,
+        Err(Failed::Input { msg, .. }) => panic!("{msg}"),
+        Err(Failed::Output(e)) => panic!("{e}"),
+    };
+    (out, notes, tally)
+}
+
+fn text(s: &str) -> Line {
+    Line::Text(s.as_bytes().to_vec())
+}
+
+#[test]
+fn text_lines_answer_in_order_and_a_bad_line_is_counted() {
+    let input = || vec![text("ROMEO:"), Line::TooLong(20), text("JULIET:")];
+    let flags = [
+        "--lines",
+        "-n",
+        "6",
+        "--max-line-bytes",
+        "8",
+        "--separator",
+        "|",
+    ];
+    let (one, notes, tally) = run(&[&flags[..], &["--batch", "1"]].concat(), input());
+    let (two, _, _) = run(&[&flags[..], &["--batch", "2"]].concat(), input());
+    assert_eq!(one, two, "the bytes do not depend on --batch");
+    let records: Vec<&[u8]> = one.split(|&b| b == b'|').collect();
+    assert_eq!(
+        records.len(),
+        4,
+        "three records, each ended by the separator"
+    );
+    assert!(records[1].is_empty(), "the long line's record is empty");
+    assert!(!records[0].is_empty() && !records[2].is_empty());
+    assert_eq!(
+        tally,
+        Tally {
+            answered: 2,
+            failed: 1,
+            generated: tally.generated
+        }
+    );
+    assert!(tally.generated <= 12);
+    assert_eq!(
+        notes,
+        vec!["line 2: 20 bytes, longer than --max-line-bytes (8)"]
+    );
+}
+
+#[test]
+fn requests_carry_their_ids_and_errors_in_order() {
+    let input = vec![
+        text(r#"{"prompt": "ROMEO:", "max_tokens": 3, "id": "a"}"#),
+        text("{not json"),
+        text(r#"{"ids": [1, 2], "max_tokens": 2, "id": 9}"#),
+    ];
+    let (out, notes, tally) = run(&["--jsonl", "--batch", "4"], input);
+    let recs: Vec<serde_json::Value> = out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs[0]["id"], "a");
+    assert_eq!(recs[0]["completion_tokens"], 3);
+    assert!(recs[1]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid JSON"));
+    assert_eq!(recs[2]["id"], 9);
+    assert_eq!(recs[2]["prompt_tokens"], 2);
+    assert!(notes.is_empty(), "a request's error is on its record");
+    assert_eq!((tally.answered, tally.failed), (2, 1));
+}
+
+#[test]
+fn flag_rules_are_usage_errors() {
+    let bad = [
+        &["--lines", "--save-state", "s"][..],
+        &["--state", "-"][..],
+        &["--top-logprobs", "2"][..],
+    ];
+    for flags in bad {
+        let argv = ["rwkv-gen", "-m", "m"].iter().chain(flags);
+        let e = Args::try_parse_from(argv).unwrap().check().unwrap_err();
+        assert_eq!(e.code, rwkv::cli::exit::USAGE, "{flags:?}: {}", e.msg);
+    }
+    let ok = Args::try_parse_from(["rwkv-gen", "-m", "m", "--jsonl", "--top-logprobs", "2"]);
+    assert!(ok.unwrap().check().is_ok());
+}
