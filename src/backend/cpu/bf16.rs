@@ -3,8 +3,9 @@
 //! rows as stored, other formats widened to bf16 in one pass), then multiplied with up to
 //! twelve tokens at a time by `vdpbf16ps` (AVX-512 BF16).
 
+use super::caps::Caps;
 use super::shared::{with_scratch, SharedMut};
-use crate::isa::{features, Isa};
+use crate::isa::Isa;
 use crate::tensor::{Data, Matrix};
 use half::bf16;
 use rayon::prelude::*;
@@ -30,7 +31,7 @@ pub fn bf16_products_here() -> bool {
 
 /// Whether `isa` is AVX-512 on a CPU with AVX-512 BF16.
 pub fn bf16_dot_on(isa: Isa) -> bool {
-    isa == Isa::Avx512 && features().avx512bf16
+    Caps::of(isa).bf16_dot
 }
 
 /// The row stride of activations rounded to bf16 for rows of `n`: even (the kernel reads

@@ -14,6 +14,7 @@
 
 pub mod arch;
 pub mod bf16;
+pub mod caps;
 pub mod dense;
 pub mod epilogue;
 pub mod norm;

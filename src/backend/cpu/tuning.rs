@@ -1,6 +1,8 @@
 //! The CPU backend's tuning constants, in one place. Each was chosen by measurement on
 //! the 1.6B shape; `docs/PERFORMANCE.md` has the runs.
 
+use crate::tensor::panels::PANEL;
+
 /// How far ahead of its reads a one-token kernel asks for weights, in bytes, into L2
 /// (`prefetcht1`): far enough to cover the memory's latency, and into L2 so that L1's few
 /// miss buffers stay with the kernel's own loads.
@@ -31,8 +33,8 @@ pub const BF16_TILE_COLS: usize = 512;
 const _: () = assert!(BF16_TILE_COLS.is_multiple_of(32), "a block ends on a step");
 
 /// Rows a panel holds, for both panel kernels (bf16 and integer): two vector registers of
-/// sixteen lanes.
-pub const PANEL_ROWS: usize = 32;
+/// sixteen lanes. Stored int8 and nf4 panels are the same height ([`PANEL`]).
+pub const PANEL_ROWS: usize = PANEL;
 
 /// Tokens one bf16 panel call multiplies: 2 x 12 accumulators, two weight registers, the
 /// rest for the broadcasts.

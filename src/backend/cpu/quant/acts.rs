@@ -4,6 +4,7 @@
 use super::rows::{quantize_token, Act, QTok, TokenCodes, PAIR};
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::arch::x86::quant::quantize_token_avx512;
+use crate::backend::cpu::caps::Caps;
 use crate::backend::cpu::tuning::QUANT_PARALLEL_FROM;
 use crate::isa::Isa;
 use crate::tensor::quant::BLOCK;
@@ -92,16 +93,15 @@ impl QActs {
         self.q8.resize(t * q8);
         let bc = if act == Act::I8 { nb } else { 0 };
         self.block_corr.resize(t * bc);
-        let f = crate::isa::features();
-        let _ = f;
+        let avx512 = Caps::of(isa).quantize;
         let one = |x: &[f32], mut out: TokenCodes| {
             #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512 && f.avx512bw && f.avx512vnni {
+            if avx512 {
                 // SAFETY: AVX-512 BW and VNNI were detected on this CPU.
                 unsafe { quantize_token_avx512(x, act, unit, out.reborrow()) };
                 return block_corrections(out);
             }
-            let _ = isa;
+            let _ = avx512;
             quantize_token(x, act, unit, out.reborrow());
             block_corrections(out)
         };

@@ -2,13 +2,12 @@
 //! them (VNNI and VBMI for nf4), AVX2, else the scalar twin.
 
 use super::rows::{quant_dot, QRow, QTok};
-use crate::isa::{features, Isa};
+use crate::backend::cpu::caps::Caps;
+use crate::isa::Isa;
 
-/// Whether the AVX-512 kernels can run for `w`: byte and word instructions, and for nf4
-/// VNNI and byte permutes.
-fn avx512(w: &QRow) -> bool {
-    let f = features();
-    f.avx512bw && (matches!(w, QRow::Q8 { .. }) || (f.avx512vnni && f.avx512vbmi))
+/// Whether the AVX-512 kernels can run for `w` ([`Caps::dots`]).
+fn avx512(isa: Isa, w: &QRow) -> bool {
+    Caps::of(isa).dots(matches!(w, QRow::Nf4 { .. }))
 }
 /// `w . x` on `isa`.
 #[inline]
@@ -20,10 +19,10 @@ pub fn dot(isa: Isa, w: QRow, x: QTok) -> f32 {
         // checked, and every AVX-512 CPU has AVX2 and FMA.
         unsafe {
             match (isa, w) {
-                (Isa::Avx512, QRow::Q8 { qs, scales }) if avx512(&w) => {
+                (Isa::Avx512, QRow::Q8 { qs, scales }) if avx512(isa, &w) => {
                     return dot_q8_avx512(qs, scales, x)
                 }
-                (Isa::Avx512, QRow::Nf4 { packed, scales }) if avx512(&w) => {
+                (Isa::Avx512, QRow::Nf4 { packed, scales }) if avx512(isa, &w) => {
                     return dot_nf4_vnni(packed, scales, x)
                 }
                 (Isa::Avx512 | Isa::Avx2, QRow::Q8 { qs, scales }) => {
@@ -45,7 +44,7 @@ pub fn dot(isa: Isa, w: QRow, x: QTok) -> f32 {
 pub fn dots(isa: Isa, rows: QRow, x: QTok, out: &mut [f32]) {
     let n = out.len();
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && avx512(&rows) {
+    if avx512(isa, &rows) {
         use crate::backend::cpu::arch::x86::quant::*;
         // SAFETY: `isa` was detected on this CPU and the AVX-512 extensions are checked.
         unsafe {
@@ -71,7 +70,7 @@ pub fn dots_tokens(isa: Isa, rows: QRow, x: &[QTok], out: &mut [&mut [f32]]) {
         x.len()
     );
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && avx512(&rows) && x.len() > 1 {
+    if avx512(isa, &rows) && x.len() > 1 {
         /// # Safety
         /// AVX-512 BW, and VNNI and VBMI for nf4, on this CPU.
         unsafe fn run<const T: usize>(rows: QRow, x: [QTok; T], out: [&mut [f32]; T]) {

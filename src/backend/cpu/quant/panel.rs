@@ -5,8 +5,9 @@
 
 use super::acts::QActs;
 use super::rows::{Act, QRow, PAIR};
+use crate::backend::cpu::caps::Caps;
 use crate::backend::cpu::tuning::{PANEL_ROWS, QUANT_PANEL_TOKENS};
-use crate::isa::{features, Isa};
+use crate::isa::Isa;
 use crate::tensor::panels::panel_bytes;
 use crate::tensor::quant::{Nf4, BLOCK, Q8};
 
@@ -30,8 +31,7 @@ impl Panel {
     /// Whether the panel kernel runs for int8 (`nf4` false) or nf4 rows on `isa` on this
     /// CPU: AVX-512 BW and VNNI, and VBMI to unpack nf4.
     pub fn runs(isa: Isa, nf4: bool) -> bool {
-        let f = features();
-        isa == Isa::Avx512 && f.avx512bw && f.avx512vnni && (f.avx512vbmi || !nf4)
+        Caps::of(isa).panels(nf4)
     }
 
     /// Pack `rows` (1 to 32, of one format and width).
