@@ -8,11 +8,8 @@
 //          nibble first), one bf16 scale per block: w = NF4[code] * s.
 // Quantized matrices have cols % 64 == 0.
 
-#define F_F32 0
-#define F_F16 1
-#define F_BF16 2
-#define F_Q8 3
-#define F_NF4 4
+// The format codes F_F32, F_F16, F_BF16, F_Q8 and F_NF4 are #defined ahead of this file
+// from the Rust side's table (src/backend/opencl/device.rs, Fmt).
 
 // The nf4 code book, NF4_I8 / 127 in src/tensor/quant.rs.
 __constant float NF4[16] = {
@@ -77,17 +74,15 @@ inline float dot8(float8 a, float8 b) {
 // The steps after a product (the backend's `Then`), on output (t, o) of a product `rows`
 // wide: y is the sum; a, b, c the operands, each aligned with the product's rows
 // (element t * rows + o from its offset) or, for a per-column vector, indexed by o.
-#define T_NONE 0
-#define T_TANH 1
-#define T_SIGMOID 2
-#define T_SILU 3
-#define T_RELU_SQ 4
-#define T_EXP_NEG_EXP 5   // y = exp(-exp(a[o] + y))
-#define T_SIGMOID_DECAY 6 // y = exp(-0.606531 * sigmoid(a[o] + y))
-#define T_SIGMOID_PLUS 7  // y = sigmoid(a[o] + y)
-#define T_MIX 8           // y = a[t, o] + b[t, o] * (c[o] + y)   (xx, sx, maa)
-#define T_RESIDUAL 9      // a[t, o] += y
-#define T_GATED 10        // y *= b[t, o]; a[t, o] += y           (gate, x)
+// The step codes are #defined ahead of this file from the Rust side's table
+// (src/backend/mod.rs, StepCode):
+//   T_NONE, T_TANH, T_SIGMOID, T_SILU, T_RELU_SQ
+//   T_EXP_NEG_EXP    y = exp(-exp(a[o] + y))
+//   T_SIGMOID_DECAY  y = exp(-0.606531 * sigmoid(a[o] + y))
+//   T_SIGMOID_PLUS   y = sigmoid(a[o] + y)
+//   T_MIX            y = a[t, o] + b[t, o] * (c[o] + y)   (xx, sx, maa)
+//   T_RESIDUAL       a[t, o] += y
+//   T_GATED          y *= b[t, o]; a[t, o] += y           (gate, x)
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 

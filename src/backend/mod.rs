@@ -137,6 +137,77 @@ pub enum Then<'a, T> {
     },
 }
 
+impl<T> Then<'_, T> {
+    /// The step's code ([`StepCode`]).
+    pub fn code(&self) -> StepCode {
+        match self {
+            Then::None => StepCode::None,
+            Then::Tanh => StepCode::Tanh,
+            Then::Sigmoid => StepCode::Sigmoid,
+            Then::Silu => StepCode::Silu,
+            Then::ReluSquared => StepCode::ReluSquared,
+            Then::ExpNegExp(_) => StepCode::ExpNegExp,
+            Then::SigmoidDecay(_) => StepCode::SigmoidDecay,
+            Then::SigmoidPlus(_) => StepCode::SigmoidPlus,
+            Then::Mix { .. } => StepCode::Mix,
+            Then::Residual(_) => StepCode::Residual,
+            Then::GatedResidual { .. } => StepCode::GatedResidual,
+        }
+    }
+}
+
+/// The steps by number: the one table Rust and the OpenCL kernels share (the OpenCL
+/// program is compiled with a `#define` for each, [`StepCode::ALL`] and
+/// [`StepCode::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum StepCode {
+    None,
+    Tanh,
+    Sigmoid,
+    Silu,
+    ReluSquared,
+    ExpNegExp,
+    SigmoidDecay,
+    SigmoidPlus,
+    Mix,
+    Residual,
+    GatedResidual,
+}
+
+impl StepCode {
+    pub const ALL: [StepCode; 11] = [
+        StepCode::None,
+        StepCode::Tanh,
+        StepCode::Sigmoid,
+        StepCode::Silu,
+        StepCode::ReluSquared,
+        StepCode::ExpNegExp,
+        StepCode::SigmoidDecay,
+        StepCode::SigmoidPlus,
+        StepCode::Mix,
+        StepCode::Residual,
+        StepCode::GatedResidual,
+    ];
+
+    /// Its name in OpenCL C (`T_TANH`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StepCode::None => "T_NONE",
+            StepCode::Tanh => "T_TANH",
+            StepCode::Sigmoid => "T_SIGMOID",
+            StepCode::Silu => "T_SILU",
+            StepCode::ReluSquared => "T_RELU_SQ",
+            StepCode::ExpNegExp => "T_EXP_NEG_EXP",
+            StepCode::SigmoidDecay => "T_SIGMOID_DECAY",
+            StepCode::SigmoidPlus => "T_SIGMOID_PLUS",
+            StepCode::Mix => "T_MIX",
+            StepCode::Residual => "T_RESIDUAL",
+            StepCode::GatedResidual => "T_GATED",
+        }
+    }
+}
+
 /// One product: `W [out, in]`, `x [t, in]` -> `y [t, out]`, `y[t, o] = sum_i W[o, i] x[t, i]`,
 /// then `then`.
 pub struct Product<'a, B: Backend> {
@@ -481,4 +552,29 @@ pub trait Backend: Send + Sync + Sized + 'static {
         batch: &Self::Batch,
         states: &mut [&mut Self::State],
     ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_codes_are_their_places_and_named_once() {
+        for (i, s) in StepCode::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "{s:?}");
+            assert!(s.name().starts_with("T_"), "{s:?}");
+            let same = StepCode::ALL
+                .iter()
+                .filter(|o| o.name() == s.name())
+                .count();
+            assert_eq!(same, 1, "{}", s.name());
+        }
+        let x = vec![0.0f32];
+        assert_eq!(Then::<Vec<f32>>::None.code(), StepCode::None);
+        assert_eq!(Then::ExpNegExp(&x).code() as i32, 5);
+        assert_eq!(
+            Then::Residual(RowsMut::new(&mut vec![0.0], 0, 1, 1)).code() as i32,
+            9
+        );
+    }
 }

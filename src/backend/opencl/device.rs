@@ -1,15 +1,52 @@
 //! One OpenCL device: its queue, the kernels of `kernels/*.cl` compiled once, buffers, and
 //! every launch and transfer counted.
 
-use crate::backend::DeviceData;
+use crate::backend::{DeviceData, StepCode};
 use crate::error::{Error, Result};
 use ocl::{Buffer, Context, Kernel, Platform, Program, Queue};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Weight formats as the kernels number them: the program is compiled with a `#define`
+/// for each ([`Fmt::name`]), so these are the only numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Fmt {
+    F32,
+    F16,
+    Bf16,
+    Q8,
+    Nf4,
+}
+
+impl Fmt {
+    const ALL: [Fmt; 5] = [Fmt::F32, Fmt::F16, Fmt::Bf16, Fmt::Q8, Fmt::Nf4];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fmt::F32 => "F_F32",
+            Fmt::F16 => "F_F16",
+            Fmt::Bf16 => "F_BF16",
+            Fmt::Q8 => "F_Q8",
+            Fmt::Nf4 => "F_NF4",
+        }
+    }
+}
+
+/// The numbers the kernels share with Rust, as `#define`s: the weight formats and the
+/// steps after a product ([`StepCode`]).
+fn defines() -> String {
+    let steps = StepCode::ALL.iter().map(|s| (s.name(), *s as i32));
+    let formats = Fmt::ALL.iter().map(|f| (f.name(), *f as i32));
+    let lines = formats
+        .chain(steps)
+        .map(|(n, v)| format!("#define {n} {v}\n"));
+    lines.collect()
+}
+
 /// The kernel sources, in the order they are compiled as one program (formats.cl first:
-/// the others use its helpers).
+/// the others use its helpers), after [`defines`].
 const SOURCES: [&str; 6] = [
     include_str!("../../../kernels/formats.cl"),
     include_str!("../../../kernels/norm.cl"),
@@ -99,7 +136,7 @@ impl Device {
             .map_err(cl)?;
         let queue = Queue::new(&context, dev, None).map_err(cl)?;
         let program = Program::builder()
-            .src(SOURCES.concat())
+            .src(defines() + &SOURCES.concat())
             .devices(dev)
             .build(&context)
             .map_err(|e| Error::Device(format!("OpenCL kernels did not build on {name}: {e}")))?;

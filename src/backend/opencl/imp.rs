@@ -7,7 +7,7 @@
 //! mix's norm, its two products, and the last product.
 
 pub use super::device::Counters;
-use super::device::{cl, discovery, Arg, Device, DeviceState};
+use super::device::{cl, discovery, Arg, Device, DeviceState, Fmt};
 use crate::backend::cpu::norm::layer_norm;
 use crate::backend::device::{Device as DevicePick, DeviceSpec};
 use crate::backend::{
@@ -32,13 +32,6 @@ const LORA_UPS: usize = 5;
 const LORA_MAX_HIDDEN: usize = 1024;
 /// The largest head the recurrence kernels keep in registers (`WKV_MAX_S`, `WKV7_MAX_N`).
 const WKV_MAX_S: usize = 64;
-
-/// Weight formats, as `formats.cl` numbers them.
-const F_F32: i32 = 0;
-const F_F16: i32 = 1;
-const F_BF16: i32 = 2;
-const F_Q8: i32 = 3;
-const F_NF4: i32 = 4;
 
 /// A device ready to run a model.
 #[derive(Clone)]
@@ -136,27 +129,24 @@ fn then_args<'a>(
 ) -> (i32, [&'a Buffer<f32>; 3], [i32; 3]) {
     let none = &o.dev.none_f;
     let at = |r: usize, c: usize| (r * c) as i32;
-    match then {
-        Then::None => (0, [none; 3], [0; 3]),
-        Then::Tanh => (1, [none; 3], [0; 3]),
-        Then::Sigmoid => (2, [none; 3], [0; 3]),
-        Then::Silu => (3, [none; 3], [0; 3]),
-        Then::ReluSquared => (4, [none; 3], [0; 3]),
-        Then::ExpNegExp(b) => (5, [o.buf(b), none, none], [0; 3]),
-        Then::SigmoidDecay(b) => (6, [o.buf(b), none, none], [0; 3]),
-        Then::SigmoidPlus(b) => (7, [o.buf(b), none, none], [0; 3]),
+    let (bufs, offs) = match then {
+        Then::None | Then::Tanh | Then::Sigmoid | Then::Silu | Then::ReluSquared => {
+            ([none; 3], [0; 3])
+        }
+        Then::ExpNegExp(b) | Then::SigmoidDecay(b) | Then::SigmoidPlus(b) => {
+            ([o.buf(b), none, none], [0; 3])
+        }
         Then::Mix { xx, sx, maa } => (
-            8,
             [o.buf(xx.t), o.buf(sx.t), o.buf(maa)],
             [at(xx.row, xx.cols), at(sx.row, sx.cols), 0],
         ),
-        Then::Residual(x) => (9, [o.buf(x.t), none, none], [at(x.row, x.cols), 0, 0]),
+        Then::Residual(x) => ([o.buf(x.t), none, none], [at(x.row, x.cols), 0, 0]),
         Then::GatedResidual { gate, x } => (
-            10,
             [o.buf(x.t), o.buf(gate.t), none],
             [at(x.row, x.cols), at(gate.row, gate.cols), 0],
         ),
-    }
+    };
+    (then.code() as i32, bufs, offs)
 }
 
 impl Backend for Ocl {
@@ -174,19 +164,19 @@ impl Backend for Ocl {
     }
 
     fn matrix(&self, m: Matrix) -> Result<DevMatrix> {
-        let (fmt, data, scales): (i32, &[u8], &[u8]) = match &m.data {
-            Data::F32(b) => (F_F32, as_bytes(b), &[]),
-            Data::F16(b) => (F_F16, as_bytes(b), &[]),
-            Data::BF16(b) => (F_BF16, as_bytes(b), &[]),
-            Data::Q8(q) => (F_Q8, as_bytes(&q.qs), as_bytes(&q.scales)),
-            Data::Nf4(q) => (F_NF4, as_bytes(&q.packed), as_bytes(&q.scales)),
+        let (fmt, data, scales): (Fmt, &[u8], &[u8]) = match &m.data {
+            Data::F32(b) => (Fmt::F32, as_bytes(b), &[]),
+            Data::F16(b) => (Fmt::F16, as_bytes(b), &[]),
+            Data::BF16(b) => (Fmt::Bf16, as_bytes(b), &[]),
+            Data::Q8(q) => (Fmt::Q8, as_bytes(&q.qs), as_bytes(&q.scales)),
+            Data::Nf4(q) => (Fmt::Nf4, as_bytes(&q.packed), as_bytes(&q.scales)),
             Data::Q8Panels(_) | Data::Nf4Panels(_) => {
                 unreachable!("stored panels are the CPU backend's layout")
             }
         };
         Ok(DevMatrix {
             info: crate::backend::MatrixInfo::of(&m),
-            fmt,
+            fmt: fmt as i32,
             rows: m.rows,
             cols: m.cols,
             data: self.dev.upload_bytes(data)?,
