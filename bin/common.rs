@@ -2,16 +2,22 @@
 //! documented code.
 
 use rwkv::cli::{self, signal, CliError};
+use std::io::Write;
 
 pub fn main_with<A: clap::Parser>(name: &str, run: fn(&A) -> Result<(), CliError>) -> ! {
     signal::install();
     let args = match cli::parse_args::<A>() {
         Ok(a) => a,
         Err((code, msg)) => {
-            if code == cli::exit::OK {
-                print!("{msg}");
-            } else {
-                eprint!("{msg}");
+            if code != cli::exit::OK {
+                let _ = std::io::stderr().write_all(msg.as_bytes());
+                std::process::exit(code);
+            }
+            // --help, --version: a stdout that cannot take them is an error like any other
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(msg.as_bytes()).and_then(|()| out.flush()) {
+                cli::say_line(&format!("{name}: writing output: {e}"));
+                std::process::exit(cli::exit::RUNTIME);
             }
             std::process::exit(code);
         }
@@ -20,7 +26,7 @@ pub fn main_with<A: clap::Parser>(name: &str, run: fn(&A) -> Result<(), CliError
         Ok(()) => cli::exit::OK,
         Err(e) => {
             if !e.msg.is_empty() {
-                eprintln!("{name}: {}", e.msg);
+                cli::say_line(&format!("{name}: {}", e.msg));
             }
             e.code
         }

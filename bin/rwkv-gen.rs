@@ -41,7 +41,7 @@ fn run(args: &Args) -> Result<(), CliError> {
     let (model, tok) = args.model.load(Precision::Bf16)?;
     if args.verbose {
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        eprintln!(
+        rwkv::say!(
             "rwkv-gen: loaded {} in {ms:.0} ms",
             gen::loaded(&model, &tok)
         );
@@ -70,7 +70,7 @@ impl Ctx<'_> {
     fn hint_if_empty(&self, g: &Generation) {
         let out = g.generated();
         if !self.args.quiet && out.tokens.is_empty() && out.finish == Some(Finish::Eos) {
-            eprintln!(
+            rwkv::say!(
                 "rwkv-gen: the model ended the text at once (end-of-text token); \
                  --ignore-eos goes on past it"
             );
@@ -114,7 +114,7 @@ impl Ctx<'_> {
         out.tick()?;
         self.hint_if_empty(g);
         if self.args.verbose {
-            eprintln!("rwkv-gen: {}", g.generated().timing());
+            rwkv::say!("rwkv-gen: {}", g.generated().timing());
         }
         Ok(())
     }
@@ -199,7 +199,7 @@ fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
         &input,
         Sinks {
             write: &mut |b| out.write(b).and_then(|()| out.tick()),
-            note: &mut |m| eprintln!("rwkv-gen: {m}"),
+            note: &mut |m| rwkv::say!("rwkv-gen: {m}"),
         },
         &signal::interrupted,
     );
@@ -211,7 +211,7 @@ fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
     };
     if a.verbose {
         let s = started.elapsed().as_secs_f64();
-        eprintln!(
+        rwkv::say!(
             "rwkv-gen: {} prompts, {} tokens in {s:.1} s ({:.2} tokens/s, batch {})",
             t.answered,
             t.generated,

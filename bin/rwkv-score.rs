@@ -57,7 +57,7 @@ fn run(args: &Args) -> Result<(), CliError> {
     let (model, tok) = args.model.load(Precision::F32)?;
     let start = state_file::start_for(args.state.as_deref(), &model, args.force)?;
     if args.verbose {
-        eprintln!(
+        rwkv::say!(
             "rwkv-score: loaded {} ({}, on {}) in {:.0} ms",
             model.path.display(),
             model.cfg.version.title,
@@ -103,7 +103,7 @@ fn run(args: &Args) -> Result<(), CliError> {
     if args.verbose {
         let s = t1.elapsed().as_secs_f64();
         let n = ctx.summary.tokens;
-        eprintln!(
+        rwkv::say!(
             "rwkv-score: {} documents, {n} tokens in {s:.1} s ({:.1} tokens/s)",
             ctx.summary.documents,
             n as f64 / s.max(1e-9)
@@ -132,7 +132,7 @@ impl Ctx<'_> {
 
     /// Report an input that failed; the run goes on and exits 1.
     fn report(&mut self, msg: &str) {
-        self.progress.suspend(|| eprintln!("rwkv-score: {msg}"));
+        self.progress.suspend(|| rwkv::say!("rwkv-score: {msg}"));
         self.failed = true;
     }
 }
@@ -213,7 +213,7 @@ fn tokenize(args: &Args, sources: &[Source]) -> Result<(), CliError> {
         let mut reader = match src.open() {
             Ok(r) => std::io::BufReader::new(r),
             Err(e) => {
-                eprintln!("rwkv-score: {e}");
+                rwkv::say!("rwkv-score: {e}");
                 failed = true;
                 continue;
             }

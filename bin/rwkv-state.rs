@@ -92,7 +92,7 @@ fn feed(args: &Args, a: &Feed) -> Result<(), CliError> {
     };
     if args.verbose {
         let s = t1.elapsed().as_secs_f64();
-        eprintln!(
+        rwkv::say!(
             "rwkv-state: loaded {} in {:.0} ms; fed {} tokens in {:.0} ms ({:.1} tokens/s)",
             model.path.display(),
             (t1 - t0).as_secs_f64() * 1e3,

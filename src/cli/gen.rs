@@ -25,6 +25,7 @@ pub enum Format {
     name = "rwkv-gen",
     version,
     args_override_self = true,
+    allow_negative_numbers = true,
     after_help = concat!(
         "Examples:\n",
         "  echo 'ROMEO:' | rwkv-gen -m models/shakespeare-rwkv6.safetensors -n 200\n",

@@ -268,6 +268,23 @@ impl From<std::io::Error> for CliError {
     }
 }
 
+/// Write `line` and a newline to stderr. A stderr that cannot be written (closed, full)
+/// loses the line: the program goes on to its documented exit status.
+pub fn say_line(line: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = e
+        .write_all(line.as_bytes())
+        .and_then(|()| e.write_all(b"\n"));
+}
+
+/// `eprintln!` that never panics: [`say_line`].
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::cli::say_line(&format!($($t)*))
+    };
+}
+
 /// Parse flags. On error: clap's whole message (it names missing arguments, suggests
 /// similar flags, lists allowed values) and exit code 2; help and version print as usual
 /// and exit 0.
@@ -275,7 +292,8 @@ pub fn parse_args<P: clap::Parser>() -> Result<P, (i32, String)> {
     P::try_parse().map_err(|e| {
         use clap::error::ErrorKind::*;
         let code = match e.kind() {
-            DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => exit::OK,
+            DisplayHelp | DisplayVersion => exit::OK,
+            // `rwkv-state` alone: the usage, on stderr, as any other usage error
             _ => exit::USAGE,
         };
         (code, e.render().to_string())
@@ -331,7 +349,9 @@ impl Write for Output {
 /// is not a terminal.
 pub fn stdin_hint(name: &str, what: &str, quiet: bool) {
     if !quiet && std::io::stdin().is_terminal() {
-        eprintln!("{name}: reading {what} from the terminal; end it with Ctrl-D");
+        say_line(&format!(
+            "{name}: reading {what} from the terminal; end it with Ctrl-D"
+        ));
     }
 }
 

@@ -40,6 +40,7 @@ impl Color {
     name = "rwkv-score",
     version,
     args_override_self = true,
+    allow_negative_numbers = true,
     after_help = concat!(
         "Output fields: source, tokens, bytes, nll (nats), ppl (exp of nll per token), \
 bits_per_byte; continuations: logprob, logprob_per_byte, greedy; choices: choices[], best, \

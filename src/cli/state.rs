@@ -49,6 +49,7 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct Feed {
     /// Text to feed (instead of stdin)
     #[arg(
