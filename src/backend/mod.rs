@@ -481,6 +481,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
         None
     }
 
+    /// Whether [`Precision::Bf16`] rounds products to bf16 here (else they run in f32).
+    fn bf16_products(&self) -> bool {
+        false
+    }
+
     /// The weights `m` where the backend computes.
     fn matrix(&self, m: Matrix) -> Result<Self::Matrix>;
     /// `m` in host memory, when the backend computes there (benchmarks read it).

@@ -185,6 +185,10 @@ impl<B: Backend, N: Layers<B>> Run for Engine<B, N> {
         self.cpu
     }
 
+    fn bf16_products(&self) -> bool {
+        self.be.bf16_products()
+    }
+
     fn counters(&self) -> Option<crate::backend::Counters> {
         self.be.counters()
     }

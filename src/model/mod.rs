@@ -19,7 +19,6 @@ pub mod v6;
 pub mod v7;
 pub mod version;
 
-use crate::backend::cpu::bf16_products_here;
 use crate::backend::MatrixInfo;
 pub use crate::backend::Precision;
 use crate::error::{Error, Result};
@@ -92,11 +91,7 @@ impl Model {
     /// the CPU has it, and never on an OpenCL device.
     pub fn sequence_precision(&self) -> Precision {
         match self.precision {
-            Precision::Bf16 | Precision::Bf16Streams
-                if self.run.on_cpu() && bf16_products_here() =>
-            {
-                Precision::Bf16
-            }
+            Precision::Bf16 | Precision::Bf16Streams if self.run.bf16_products() => Precision::Bf16,
             _ => Precision::F32,
         }
     }

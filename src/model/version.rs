@@ -223,6 +223,9 @@ pub trait Run: Send + Sync {
     /// Whether this engine runs on the CPU.
     fn on_cpu(&self) -> bool;
 
+    /// Whether its backend rounds products to bf16 at [`Precision::Bf16`].
+    fn bf16_products(&self) -> bool;
+
     /// The backend's launches and transfers so far (a device's).
     fn counters(&self) -> Option<crate::backend::Counters>;
 

@@ -102,6 +102,10 @@ impl Backend for Cpu {
     type State = Vec<f32>;
     type Batch = CpuBatch;
 
+    fn bf16_products(&self) -> bool {
+        bf16_products_here()
+    }
+
     fn describe(&self) -> String {
         format!(
             "cpu ({:?}, {} threads)",
