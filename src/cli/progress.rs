@@ -1,27 +1,29 @@
-//! `rwkv-score`'s progress bar: on stderr, only when it is a terminal and not `-q`; it
-//! moves with every chunk scored (bytes done of the total, tokens a second, time left), is
-//! erased before anything is written to the same terminal, and is gone after Ctrl-C.
+//! `rwkv-score`'s progress bar: on stderr, only when it is a terminal and not `-q`, and
+//! only once the work has taken half a second (a short input shows none); it moves with
+//! every chunk scored (bytes done of the total, tokens a second, time left), is erased
+//! before anything is written to the same terminal, and is gone after Ctrl-C.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long work goes on before the bar appears.
+const SHOW_AFTER: Duration = Duration::from_millis(500);
 
 pub struct Progress {
     bar: Option<ProgressBar>,
     tokens: AtomicU64,
     start: Instant,
+    shown: AtomicBool,
 }
 
 impl Progress {
     /// A bar over `total` bytes (0: unknown, as for stdin), shown only on a terminal.
     pub fn new(show: bool, total: u64) -> Progress {
         let bar = (show && std::io::stderr().is_terminal()).then(|| {
-            let bar = if total > 0 {
-                ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-            } else {
-                ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-            };
+            let hidden = ProgressDrawTarget::hidden();
+            let bar = ProgressBar::with_draw_target((total > 0).then_some(total), hidden);
             let template = if total > 0 {
                 "{bar:30} {bytes} of {total_bytes}, {msg}, {eta} left"
             } else {
@@ -35,6 +37,7 @@ impl Progress {
             bar,
             tokens: AtomicU64::new(0),
             start: Instant::now(),
+            shown: AtomicBool::new(false),
         }
     }
 
@@ -42,9 +45,13 @@ impl Progress {
     pub fn add(&self, bytes: u64, tokens: u64) {
         let Some(bar) = &self.bar else { return };
         let t = self.tokens.fetch_add(tokens, Ordering::Relaxed) + tokens;
-        let secs = self.start.elapsed().as_secs_f64().max(1e-6);
+        let elapsed = self.start.elapsed();
+        let secs = elapsed.as_secs_f64().max(1e-6);
         bar.set_message(format!("{:.0} tokens/s", t as f64 / secs));
         bar.inc(bytes);
+        if elapsed >= SHOW_AFTER && !self.shown.swap(true, Ordering::Relaxed) {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
     }
 
     /// Run `f` (which writes to the terminal) with the bar erased, then draw it again.

@@ -179,15 +179,18 @@ impl<'m> Scorer<'m> {
             buf.extend_from_slice(&block[..n]);
             let (ids, used) = self.tok.encode_prefix(&buf, n == 0)?;
             buf.drain(..used);
-            // Progress a chunk at a time: a block holds many.
-            let mut done = 0;
+            // Progress a chunk at a time (a block holds many): the block's bytes shared out
+            // in proportion to its tokens, each update the bytes since the last.
+            let (mut done, mut told) = (0, 0);
             for part in ids.chunks(self.chunk.max(1)) {
                 self.score(&mut stream, part)?;
                 done += part.len();
-                progress((used * done / ids.len().max(1)) as u64, part.len() as u64);
+                let upto = used * done / ids.len();
+                progress((upto - told) as u64, part.len() as u64);
+                told = upto;
             }
-            if ids.is_empty() {
-                progress(used as u64, 0);
+            if used > told {
+                progress((used - told) as u64, 0);
             }
             bytes += used as u64;
             if n == 0 {

@@ -57,8 +57,8 @@ impl Source {
     }
 }
 
-/// A line's number and its document, or why it is none.
-pub type Numbered = (u64, std::result::Result<Doc, String>);
+/// A line's number, its bytes (the newline too) and its document, or why it is none.
+pub type Numbered = (u64, u64, std::result::Result<Doc, String>);
 
 /// Up to `n` lines of `reader` (named `name`) as documents (`jsonl`: JSON objects), each
 /// numbered on from `*line`; the batch ends after the first line that is not one.
@@ -76,13 +76,16 @@ pub fn next_docs(
             break;
         };
         *line += 1;
-        let doc = match l {
-            Line::Text(l) => docs::parse(&l, jsonl, vocab),
-            Line::TooLong(b) => Err(format!("{b} bytes, longer than --max-line-bytes ({max})")),
-            Line::Unreadable(e) => Err(e),
+        let (bytes, doc) = match l {
+            Line::Text(l) => (l.len() + 1, docs::parse(&l, jsonl, vocab)),
+            Line::TooLong(b) => (
+                b,
+                Err(format!("{b} bytes, longer than --max-line-bytes ({max})")),
+            ),
+            Line::Unreadable(e) => (0, Err(e)),
         };
         let stop = doc.is_err();
-        batch.push((*line, doc));
+        batch.push((*line, bytes as u64, doc));
         if stop {
             break;
         }
@@ -115,7 +118,7 @@ pub fn score_batch(
 ) -> Vec<std::result::Result<Value, String>> {
     batch
         .par_iter()
-        .map(|(n, doc)| {
+        .map(|(n, bytes, doc)| {
             let doc = doc.as_ref().map_err(|e| format!("{name}: line {n}: {e}"))?;
             let source = match named {
                 false => json!(n),
@@ -125,7 +128,7 @@ pub fn score_batch(
             let tokens = rec
                 .as_ref()
                 .map_or(0, |r| r["tokens"].as_u64().unwrap_or(0));
-            progress(0, tokens);
+            progress(*bytes, tokens);
             rec.map_err(|e| format!("{name}: line {n}: {e}"))
         })
         .collect()
@@ -209,16 +212,17 @@ mod tests {
         let mut line = 0;
         let b = next_docs(&mut r, "x", (100, true, 256), 2, &mut line).unwrap();
         assert_eq!(b.iter().map(|d| d.0).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(b.iter().all(|d| d.1.is_ok()));
+        assert_eq!(b.iter().map(|d| d.1).collect::<Vec<_>>(), vec![13, 13]);
+        assert!(b.iter().all(|d| d.2.is_ok()));
         let b = next_docs(&mut r, "x", (100, true, 256), 8, &mut line).unwrap();
         assert_eq!(b.len(), 1, "the batch ends at the line that failed");
         assert_eq!(b[0].0, 3);
-        assert!(b[0].1.is_err(), "token 300 is past the vocabulary");
+        assert!(b[0].2.is_err(), "token 300 is past the vocabulary");
         let b = next_docs(&mut r, "x", (100, true, 256), 8, &mut line).unwrap();
         assert_eq!((b.len(), b[0].0), (1, 4));
         let long = next_docs(&mut &b"abcdef\n"[..], "x", (3, false, 256), 8, &mut 0).unwrap();
         assert_eq!(
-            long[0].1.as_ref().unwrap_err(),
+            long[0].2.as_ref().unwrap_err(),
             "6 bytes, longer than --max-line-bytes (3)"
         );
     }
