@@ -157,9 +157,10 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
     };
     let mut m = Model::load_with(path, opts).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
-    let v = m.cfg.vocab as u32;
+    // ids 1 .. V - 1: any token but end-of-text, whatever the vocabulary
+    let v = m.cfg.vocab.max(2) as u32;
     let prompt: Vec<u32> = (0..args.prompt as u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 7) % v + 1)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) % (v - 1) + 1)
         .collect();
     let mut st = m.new_state();
     // warm-up: one token pages the weights in

@@ -51,7 +51,9 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    /// `state` of `model`, after `tokens` tokens encoded by `tokenizer`.
+    /// `state` of `model`, after `tokens` tokens encoded by `tokenizer`. A state or logits
+    /// holding a non-finite value (fed from a state of huge values) is an error: no file
+    /// could be read back.
     pub fn of(
         model: &Model,
         state: &State,
@@ -59,6 +61,16 @@ impl StateFile {
         tokens: u64,
         tokenizer: &str,
     ) -> Result<StateFile> {
+        let values = state.values()?;
+        let lg = logits.as_deref().unwrap_or(&[]);
+        for (what, v) in [("state", &values[..]), ("logits", lg)] {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "the {what} after the last token holds a non-finite value (at {i}), \
+                     which no state file can hold; nothing written"
+                )));
+            }
+        }
         Ok(StateFile {
             meta: StateMeta {
                 arch: model.cfg.version.name.to_string(),
@@ -68,7 +80,7 @@ impl StateFile {
                 tokens,
                 tokenizer: tokenizer.to_string(),
             },
-            values: state.values()?,
+            values,
             logits,
         })
     }
@@ -599,7 +611,11 @@ pub fn load_for(path: &Path, model: &Model, force: bool) -> Result<Start> {
         StateFile::from_bytes(Path::new("<stdin>"), &b)?
     } else {
         match Mapped::open(path) {
-            Ok(m) => m.read()?,
+            Ok(m) => {
+                // the header against the model first: a state of another shape is never decoded
+                check_fits(path, m.meta(), model, force)?;
+                m.read()?
+            }
             Err(e) if is_not_state(&e) => {
                 // Not ours: maybe a state-tuning file.
                 if tuning_shape(path).is_err() {
@@ -618,8 +634,9 @@ pub fn load_for(path: &Path, model: &Model, force: bool) -> Result<Start> {
             Err(e) => return Err(e),
         }
     };
-    let shown = if stdin { Path::new("<stdin>") } else { path };
-    check_fits(shown, &sf.meta, model, force)?;
+    if stdin {
+        check_fits(Path::new("<stdin>"), &sf.meta, model, force)?;
+    }
     Ok(Start {
         state: sf.state()?,
         logits: sf.logits,

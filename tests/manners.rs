@@ -108,3 +108,135 @@ fn a_full_stdout_or_stderr_never_panics() {
     );
     assert_fails(&r, 1, &["/nonexistent/model.pth"]);
 }
+
+/// A state file for `model` (its shape and fingerprint) holding `values`, written as is.
+fn state_file_of(
+    model: &rwkv::Model,
+    shape: rwkv::backend::StateShape,
+    values: Vec<f32>,
+) -> Vec<u8> {
+    use rwkv::state_file::{StateFile, StateMeta};
+    let sf = StateFile {
+        meta: StateMeta {
+            arch: model.cfg.version.name.into(),
+            shape,
+            vocab: model.cfg.vocab,
+            fingerprint: model.fingerprint().into(),
+            tokens: 1,
+            tokenizer: String::new(),
+        },
+        values,
+        logits: None,
+    };
+    sf.to_bytes()
+}
+
+#[test]
+fn a_state_that_overflows_is_an_error_and_nothing_is_written() {
+    let path = common::model_path("tiny-rwkv6-1m.safetensors");
+    let model = rwkv::Model::load(&path).unwrap();
+    let shape = model.cfg.state_shape();
+    let dir = std::env::temp_dir().join(format!("rwkv-manners-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let huge = dir.join("huge.state");
+    std::fs::write(&huge, state_file_of(&model, shape, vec![3e38; shape.len()])).unwrap();
+    let out = dir.join("out.state");
+    let (m, h, o) = (
+        model_arg("tiny-rwkv6-1m.safetensors"),
+        huge.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &m, "--state", h, "-p", "abc", "-o", o],
+        b"",
+    );
+    assert_fails(&r, 1, &["non-finite value", "nothing written"]);
+    assert!(!out.exists(), "no state file is left behind");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_state_of_another_shape_is_refused_before_it_is_read() {
+    let path = common::model_path("tiny-rwkv6-1m.safetensors");
+    let model = rwkv::Model::load(&path).unwrap();
+    // 256 layers of width 16384: 1.06 GB of values, sparse on disk
+    let shape = rwkv::backend::StateShape {
+        layers: 256,
+        embd: 16384,
+        heads: 256,
+        head_size: 64,
+    };
+    let one = rwkv::backend::StateShape { layers: 1, ..shape };
+    let head = state_file_of(&model, one, vec![0.0; one.len()]);
+    let n = u64::from_le_bytes(head[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(head[8..8 + n].to_vec()).unwrap();
+    let big = header.replace("\"n_layer\":\"1\"", "\"n_layer\":\"256\"");
+    let mut sf = serde_json::from_str::<serde_json::Value>(&big).unwrap();
+    let per = 4 * shape.layer_len();
+    for l in 0..256 {
+        let at = l * per;
+        sf[format!("{l}.att_shift")] =
+            serde_json::json!({"dtype": "F32", "shape": [16384], "data_offsets": [at, at + 65536]});
+        let w = at + 65536;
+        sf[format!("{l}.wkv")] = serde_json::json!({"dtype": "F32", "shape": [256, 64, 64], "data_offsets": [w, w + 4 * 256 * 64 * 64]});
+        let f = w + 4 * 256 * 64 * 64;
+        sf[format!("{l}.ffn_shift")] =
+            serde_json::json!({"dtype": "F32", "shape": [16384], "data_offsets": [f, f + 65536]});
+    }
+    let mut h = serde_json::to_vec(&sf).unwrap();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let dir = std::env::temp_dir().join(format!("rwkv-shape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("big.state");
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    std::fs::write(&p, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len((bytes.len() + 256 * per) as u64).unwrap();
+    let m = model_arg("tiny-rwkv6-1m.safetensors");
+    let r = run(
+        "rwkv-gen",
+        &[
+            "-m",
+            &m,
+            "--state",
+            p.to_str().unwrap(),
+            "-p",
+            "x",
+            "-n",
+            "1",
+        ],
+        b"",
+    );
+    assert_fails(&r, 1, &["state of another model shape", "256 layers"]);
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    // every child of this test binary stayed small: the 1 GB of values were never decoded
+    assert!(
+        ru.ru_maxrss < 300 * 1024,
+        "a child's peak RSS: {} KiB",
+        ru.ru_maxrss
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_verbose_load_line_names_the_weights_formats() {
+    let m = model_arg("tiny-rwkv6-1m.safetensors");
+    let r = run(
+        "rwkv-gen",
+        &["-m", &m, "--quant", "nf4", "-p", "A", "-n", "1", "-v"],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r.stderr.lines().find(|l| l.contains("loaded")).unwrap();
+    // the tiny model's f32 LoRA factors outweigh its nf4 projections
+    assert!(
+        line.contains("tokenizer bytes, f32, nf4 weights, "),
+        "{line}"
+    );
+}

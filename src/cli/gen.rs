@@ -325,15 +325,27 @@ fn unit_closed(s: &str) -> Result<f32, String> {
 }
 
 /// What `-v` says of a loaded model: its file, version, names, shape, tokenizer, the
-/// precision of its products and where it runs.
+/// formats of the weights a token reads (most bytes first: `int8, bf16` for a model
+/// quantized to int8 with its LoRA factors as stored), the precision of its products and
+/// where it runs.
 pub fn loaded(model: &Model, tok: &Tokenizer) -> String {
     let c = &model.cfg;
     let prec = match model.sequence_precision() {
         Precision::F32 => "f32",
         Precision::Bf16 | Precision::Bf16Streams => "bf16",
     };
+    let mut bytes: Vec<(&str, usize)> = Vec::new();
+    for (_, m) in model.matrices().iter().skip(1) {
+        match bytes.iter_mut().find(|(n, _)| *n == m.dtype.name()) {
+            Some((_, b)) => *b += m.bytes,
+            None => bytes.push((m.dtype.name(), m.bytes)),
+        }
+    }
+    bytes.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
+    let formats: Vec<&str> = bytes.iter().map(|&(n, _)| n).collect();
     format!(
-        "{} ({}, {} names, {} layers, width {}, vocab {}, tokenizer {}, {prec} products, on {})",
+        "{} ({}, {} names, {} layers, width {}, vocab {}, tokenizer {}, {} weights, {prec} \
+         products, on {})",
         model.path.display(),
         c.version.title,
         model.layout.name(),
@@ -341,6 +353,7 @@ pub fn loaded(model: &Model, tok: &Tokenizer) -> String {
         c.n_embd,
         c.vocab,
         tok.name(),
+        formats.join(", "),
         model.device(),
     )
 }
