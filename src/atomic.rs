@@ -7,7 +7,12 @@
 //! never through a planted link) and is renamed over the destination. Where the folder's
 //! file system has no `O_TMPFILE`, the file is created under that random name from the
 //! start; the name is registered so that a SIGINT or SIGTERM handler can remove it
-//! ([`remove_pending`]), and any failure removes it.
+//! ([`remove_pending`]), and any failure removes it. A SIGKILL in the moment between
+//! naming and renaming can leave that `.NAME.RANDOM.tmp` behind; nothing else can.
+//!
+//! Atomic replacement is for regular files and new paths. A destination that exists and is
+//! something else (a FIFO, a character device, `/dev/stdout`) is opened and written in
+//! place, as `cp` and `sort -o` do: it is never replaced by a regular file.
 
 use crate::error::{Error, Result};
 use std::ffi::CString;
@@ -24,11 +29,31 @@ pub struct AtomicFile {
     w: BufWriter<File>,
     /// The temporary name, when the file has one (no `O_TMPFILE`).
     named: Option<Pending>,
+    /// Written straight into `dest`, which is no regular file.
+    in_place: bool,
+}
+
+/// Whether `path` exists as something other than a regular file or a folder (following
+/// links): a FIFO, a device, a socket.
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 impl AtomicFile {
     /// Start writing what will become `dest`.
     pub fn create(dest: &Path) -> Result<AtomicFile> {
+        if is_special(dest) {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(dest)
+                .map_err(|e| Error::io(dest, e))?;
+            return Ok(AtomicFile {
+                dest: dest.to_path_buf(),
+                w: BufWriter::with_capacity(1 << 20, f),
+                named: None,
+                in_place: true,
+            });
+        }
         let dir = folder(dest);
         let tmpfile = OpenOptions::new()
             .write(true)
@@ -46,14 +71,38 @@ impl AtomicFile {
             dest: dest.to_path_buf(),
             w: BufWriter::with_capacity(1 << 20, file),
             named,
+            in_place: false,
         })
     }
 
-    /// Sync the data, name the file and rename it over the destination.
+    /// A path the data written so far can be read back from before it takes the
+    /// destination's place (to check it), flushed; `None` when written in place.
+    pub fn written_path(&mut self) -> Result<Option<PathBuf>> {
+        self.w.flush().map_err(|e| Error::io(&self.dest, e))?;
+        Ok(match (&self.named, self.in_place) {
+            (_, true) => None,
+            (Some(p), false) => Some(p.path().to_path_buf()),
+            (None, false) => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(self.w.get_ref());
+                Some(PathBuf::from(format!("/proc/self/fd/{fd}")))
+            }
+        })
+    }
+
+    /// Sync the data, name the file and rename it over the destination (written in place:
+    /// flush it).
     pub fn commit(self) -> Result<()> {
-        let AtomicFile { dest, w, named } = self;
+        let AtomicFile {
+            dest,
+            w,
+            named,
+            in_place,
+        } = self;
         let io = |e| Error::io(&dest, e);
         let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+        if in_place {
+            return Ok(());
+        }
         file.sync_all().map_err(io)?;
         let pending = match named {
             Some(p) => p,
@@ -87,14 +136,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.commit()
 }
 
-/// Check, before any work, that `path` can be written atomically: its folder exists and
-/// takes new files, and it is not a folder itself.
+/// Check, before any work, that `path` can be written: its folder exists and takes new
+/// files, and it is not a folder itself; or it is a FIFO or device this process may write.
 pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(Error::Invalid(format!(
             "{}: is a folder, not a file to write",
             path.display()
         )));
+    }
+    if is_special(path) {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| Error::Invalid(format!("{}: a NUL in the path", path.display())))?;
+        // SAFETY: a NUL-terminated path; access does not retain it.
+        if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+            return Err(Error::io(path, std::io::Error::last_os_error()));
+        }
+        return Ok(());
     }
     let (f, p) = create_unique(path)?;
     drop(f);

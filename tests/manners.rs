@@ -240,3 +240,114 @@ fn the_verbose_load_line_names_the_weights_formats() {
         "{line}"
     );
 }
+
+fn scratch(what: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rwkv-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn outputs_that_are_not_regular_files_are_written_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = scratch("special");
+    let m = model_arg("tiny-rwkv6-1m.safetensors");
+    // a link to /dev/null stays a link to a device
+    let null = dir.join("null");
+    std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &m, "-p", "ab", "-o", null.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(std::fs::symlink_metadata(&null)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    // a FIFO gets the bytes and stays a FIFO
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let f = fifo.clone();
+    let reader = std::thread::spawn(move || std::fs::read(f).unwrap());
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &m, "-p", "ab", "-o", fifo.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let bytes = reader.join().unwrap();
+    let sf = rwkv::state_file::StateFile::from_bytes(&fifo, &bytes).unwrap();
+    assert_eq!(sf.meta.tokens, 2);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_quantized_save_that_does_not_load_leaves_the_destination_as_it_was() {
+    let dir = scratch("save-quantized");
+    // the FFN key reshaped (same values): the file quantizes, but no model loads from it
+    let src = std::fs::read(common::model_path("tiny-rwkv6-1m.safetensors")).unwrap();
+    let n = u64::from_le_bytes(src[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(src[8..8 + n].to_vec()).unwrap();
+    let mut h: serde_json::Value = serde_json::from_str(&header).unwrap();
+    h["blocks.0.ffn.key.weight"]["shape"] = serde_json::json!([112, 128]);
+    let mut hb = serde_json::to_vec(&h).unwrap();
+    while !hb.len().is_multiple_of(8) {
+        hb.push(b' ');
+    }
+    let mut bad = (hb.len() as u64).to_le_bytes().to_vec();
+    bad.extend_from_slice(&hb);
+    bad.extend_from_slice(&src[8 + n..]);
+    let bad_path = dir.join("bad.safetensors");
+    std::fs::write(&bad_path, &bad).unwrap();
+    let dst = dir.join("saved.st");
+    std::fs::write(&dst, b"the old contents").unwrap();
+    let (b, d) = (bad_path.to_str().unwrap(), dst.to_str().unwrap());
+    let r = run(
+        "rwkv-gen",
+        &["-m", b, "--quant", "int8", "--save-quantized", d, "-p", "x"],
+        b"",
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("blocks.0.ffn"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&dst).unwrap(), b"the old contents");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "no temporary file left: {left:?}");
+    // and a good one is written, loaded and used in one run
+    let m = model_arg("tiny-rwkv6-1m.safetensors");
+    let r = run(
+        "rwkv-gen",
+        &[
+            "-m",
+            &m,
+            "--quant",
+            "int8",
+            "--save-quantized",
+            d,
+            "-p",
+            "x",
+            "-n",
+            "2",
+        ],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let saved = rwkv::Model::load(&dst).unwrap();
+    let key = saved
+        .matrices()
+        .into_iter()
+        .find(|(n, _)| n == "blocks.0.att.key.weight");
+    assert_eq!(key.unwrap().1.dtype.name(), "int8");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -13,7 +13,7 @@ pub mod view;
 
 use crate::backend::device::DeviceSpec;
 use crate::error::Error;
-use crate::model::quant_file::quantize_file;
+use crate::model::quant_file::quantize_then;
 use crate::model::{LoadOptions, Model, Precision, Quant};
 use crate::tokenizer::Tokenizer;
 use std::io::{BufRead, IsTerminal, Write};
@@ -162,24 +162,32 @@ impl ModelArgs {
         if let Some(dst) = &self.save_quantized {
             crate::atomic::check_writable(dst)?;
         }
-        let mut model = match (&self.save_quantized, quant) {
+        let opts = LoadOptions {
+            quant,
+            quant_layers: self.quant_layers,
+            device,
+            ..LoadOptions::default()
+        };
+        let saved = match (&self.save_quantized, quant) {
+            // the written file is loaded before it takes the destination's place
             (Some(dst), Some(q)) => {
-                quantize_file(path, dst, q, self.quant_layers)?;
-                let opts = LoadOptions {
-                    device,
-                    ..LoadOptions::default()
+                let load = |p: &Path| {
+                    let plain = LoadOptions {
+                        device,
+                        ..LoadOptions::default()
+                    };
+                    Model::load_with(p, plain)
                 };
-                Model::load_with(dst, opts)?
+                quantize_then(path, dst, q, self.quant_layers, load)?.map(|mut m| {
+                    m.path = dst.clone();
+                    m
+                })
             }
-            _ => {
-                let opts = LoadOptions {
-                    quant,
-                    quant_layers: self.quant_layers,
-                    device,
-                    ..LoadOptions::default()
-                };
-                Model::load_with(path, opts)?
-            }
+            _ => None,
+        };
+        let mut model = match saved {
+            Some(m) => m,
+            None => Model::load_with(path, opts)?,
         };
         model.set_precision(precision);
         Ok(model)

@@ -3,16 +3,17 @@
 //! and dtype, except the quantized matrices, each replaced by `NAME.q8` (I8 `[rows, cols]`)
 //! or `NAME.nf4` (U8 `[rows, cols / 2]`, low nibble first) and `NAME.scales` (`[rows, cols
 //! / 64]`: F32 for int8, BF16 for nf4; nf4 files written before bf16 scales have F32 ones,
-//! which load rounded to bf16). The file is written one tensor at a time to a temporary
-//! file, then renamed.
+//! which load rounded to bf16). The file is written one tensor at a time by the same safe
+//! writer as state files ([`crate::atomic`]), read back, and only then put in place.
 
 use super::checkpoint::Checkpoint;
 use super::names::{canonical, Names};
 use super::registry;
+use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
 use crate::tensor::quant::{self, Quant};
 use crate::tensor::Data;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 /// One tensor of the output: its name, dtype, shape, and where its bytes come from.
@@ -46,6 +47,19 @@ fn dtype_name(s: &str) -> Option<&'static str> {
 
 /// Quantize the checkpoint `src` into `dst` (the first `layers` layers and the head).
 pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) -> Result<()> {
+    quantize_then(src, dst, q, layers, |_| Ok(())).map(drop)
+}
+
+/// [`quantize_file`], `check` reading the written file before it takes `dst`'s place: a
+/// file that fails it leaves `dst` as it was. `None` when `dst` is no regular file (a FIFO,
+/// a device), written in place, which cannot be read back.
+pub fn quantize_then<T>(
+    src: &Path,
+    dst: &Path,
+    q: Quant,
+    layers: Option<usize>,
+    check: impl FnOnce(&Path) -> Result<T>,
+) -> Result<Option<T>> {
     let ck = Checkpoint::open(src)?;
     let names = Names::new(&ck);
     let quantizable = registry::detect(&ck, &names)?.quantizable;
@@ -112,10 +126,9 @@ pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) ->
     while !(8 + h.len()).is_multiple_of(64) {
         h.push(b' ');
     }
-    let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
     let io = |e| Error::io(dst, e);
-    let result = (|| -> Result<()> {
-        let mut w = BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp).map_err(io)?);
+    let mut w = AtomicFile::create(dst)?;
+    {
         w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&h).map_err(io)?;
         let mut pending_scales: Option<Vec<u8>> = None;
@@ -152,12 +165,11 @@ pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) ->
                 }
             }
         }
-        let f = w.into_inner().map_err(|e| io(e.into_error()))?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, dst).map_err(io)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    result
+    let checked = match w.written_path()? {
+        Some(p) => Some(check(&p)?),
+        None => None,
+    };
+    w.commit()?;
+    Ok(checked)
 }
