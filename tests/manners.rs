@@ -351,3 +351,34 @@ fn a_quantized_save_that_does_not_load_leaves_the_destination_as_it_was() {
     assert_eq!(key.unwrap().1.dtype.name(), "int8");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn files_of_other_kinds_say_what_they_are() {
+    let dir = scratch("kinds");
+    let gguf = dir.join("m.gguf");
+    std::fs::write(
+        &gguf,
+        b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+    )
+    .unwrap();
+    let ggml = dir.join("m.bin");
+    std::fs::write(
+        &ggml,
+        b"fmgg\x65\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+    )
+    .unwrap();
+    let tuning = model_arg("rand-rwkv6-d256-fp16.state.pth");
+    let cases = [
+        (gguf.to_str().unwrap(), "a GGUF file"),
+        (ggml.to_str().unwrap(), "an rwkv.cpp (ggml) model file"),
+        (
+            tuning.as_str(),
+            "a state-tuning file, not a model: give it with --state",
+        ),
+    ];
+    for (file, says) in cases {
+        let r = run("rwkv-gen", &["-m", file, "-p", "x"], b"");
+        assert_fails(&r, 1, &[file, says]);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -250,6 +250,21 @@ fn read_safetensors(path: &Path, map: &Mmap) -> Result<Table> {
     if map.len() < 8 {
         return Err(Error::format(path, "not a model: file too short"));
     }
+    if map.starts_with(b"GGUF") {
+        return Err(Error::format(
+            path,
+            "a GGUF file (llama.cpp's format), which these tools do not read yet; use the \
+             released .pth or a .safetensors copy of it",
+        ));
+    }
+    // rwkv.cpp: the int32 0x67676d66 ("ggmf") in little-endian order
+    if map.starts_with(b"fmgg") {
+        return Err(Error::format(
+            path,
+            "an rwkv.cpp (ggml) model file, which these tools do not read; use the .pth it \
+             was converted from",
+        ));
+    }
     let n = u64::from_le_bytes(map[..8].try_into().unwrap());
     let first = map.get(8).copied();
     if n < 2 || first != Some(b'{') {

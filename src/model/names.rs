@@ -210,6 +210,13 @@ pub fn unrecognised(ck: &Checkpoint, names: &Names, runs: &str) -> Error {
              tools do not read; use the released .pth, or a safetensors copy of it",
         );
     }
+    if !has("emb.weight") && ck.tensors.keys().any(|k| k.ends_with(".att.time_state")) {
+        return Error::format(
+            &ck.path,
+            "a state-tuning file, not a model: give it with --state (or convert it with \
+             `rwkv-state import`) beside the model it was tuned on",
+        );
+    }
     if has("emb.weight") {
         return Error::format(
             &ck.path,
