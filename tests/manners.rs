@@ -382,3 +382,27 @@ fn files_of_other_kinds_say_what_they_are() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn merge_reads_a_bounded_line_and_stops() {
+    let r = run("rwkv-score", &["--merge", "/dev/zero"], b"");
+    assert_fails(
+        &r,
+        1,
+        &["/dev/zero: line 1: longer than", "not a score record"],
+    );
+    let r = run(
+        "rwkv-score",
+        &["--merge"],
+        b"{\"source\": 1, \"tokens\": -1, \"bytes\": 2, \"nll\": 1}\n",
+    );
+    assert_fails(&r, 1, &["line 1", "`tokens` is -1, not a count"]);
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    assert!(
+        ru.ru_maxrss < 300 * 1024,
+        "a child's peak RSS: {} KiB",
+        ru.ru_maxrss
+    );
+}

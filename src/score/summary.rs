@@ -55,24 +55,65 @@ impl Summary {
         v
     }
 
-    /// Add every record of `reader` (rwkv-score output: JSON lines, blank ones skipped);
-    /// `name` names it in errors.
+    /// Add a record read back (`--merge`), checked first: an object with a `source`, and
+    /// either `choices` or whole `tokens` and `bytes` with a finite, non-negative `nll`;
+    /// totals that would wrap are refused.
+    pub fn add_checked(&mut self, r: &Value) -> std::result::Result<(), String> {
+        if r.get("summary").is_some() {
+            return Ok(());
+        }
+        if !r.is_object() || r.get("source").is_none() {
+            return Err("not a score record (no `source`)".into());
+        }
+        let whole = |k: &str| {
+            r[k].as_u64()
+                .ok_or(format!("`{k}` is {}, not a count", r[k]))
+        };
+        match r.get("choices") {
+            Some(c) if !c.is_array() => return Err("`choices` is not a list".into()),
+            Some(_) => {}
+            None => {
+                let nll = r["nll"].as_f64().filter(|n| n.is_finite() && *n >= 0.0);
+                nll.ok_or(format!("`nll` is {}, not a log-likelihood", r["nll"]))?;
+                let wrap = || "the totals overflow".to_string();
+                self.tokens.checked_add(whole("tokens")?).ok_or_else(wrap)?;
+                self.bytes.checked_add(whole("bytes")?).ok_or_else(wrap)?;
+            }
+        }
+        if r.get("correct").is_some_and(|c| !c.is_boolean()) {
+            return Err("`correct` is not true or false".into());
+        }
+        self.add(r);
+        Ok(())
+    }
+
+    /// Add every record of `reader` (rwkv-score output: JSON lines, blank ones skipped, none
+    /// longer than [`crate::cli::MAX_LINE_BYTES`]); `name` names it in errors.
     pub fn add_lines(&mut self, name: &str, reader: &mut dyn BufRead) -> Result<()> {
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line = line.map_err(|e| Error::io(name, e))?;
+        use crate::cli::MAX_LINE_BYTES;
+        use std::io::Read;
+        let mut line = Vec::new();
+        for i in 1.. {
+            line.clear();
+            // never more than a line's bound in memory, nor read past it
+            let mut part = (&mut *reader).take(MAX_LINE_BYTES as u64 + 1);
+            let n = part
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::io(name, e))?;
+            let bad = |m: String| Error::format(name, format!("line {i}: {m}"));
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') && line.len() > MAX_LINE_BYTES {
+                let m = format!("longer than {MAX_LINE_BYTES} bytes: not a score record");
+                return Err(bad(m));
+            }
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let v: Value = serde_json::from_slice(&line).map_err(|e| {
-                Error::format(name, format!("line {}: not a score record: {e}", i + 1))
-            })?;
-            if !v.is_object() {
-                return Err(Error::format(
-                    name,
-                    format!("line {}: not a score record", i + 1),
-                ));
-            }
-            self.add(&v);
+            let v: Value = serde_json::from_slice(&line)
+                .map_err(|e| bad(format!("not a score record: {e}")))?;
+            self.add_checked(&v).map_err(bad)?;
         }
         Ok(())
     }
@@ -109,8 +150,58 @@ mod tests {
         assert_eq!(s["accuracy"].as_f64(), Some(4.0 / 7.0));
         let mut bad = Summary::default();
         let e = bad
-            .add_lines("x.jsonl", &mut "{}\nnot json\n".as_bytes())
+            .add_lines("x.jsonl", &mut "{\"summary\": true}\nnot json\n".as_bytes())
             .unwrap_err();
         assert!(e.to_string().contains("x.jsonl: line 2"), "{e}");
+    }
+
+    #[test]
+    fn merge_refuses_what_is_not_a_record() {
+        let ok = r#"{"source": 1, "tokens": 3, "bytes": 9, "nll": 2.5}"#;
+        let bad = [
+            (r#"{}"#, "no `source`"),
+            (
+                r#"{"source": 1, "bytes": 9, "nll": 2.5}"#,
+                "`tokens` is null, not a count",
+            ),
+            (
+                r#"{"source": 1, "tokens": -3, "bytes": 9, "nll": 1}"#,
+                "`tokens` is -3",
+            ),
+            (
+                r#"{"source": 1, "tokens": "3", "bytes": 9, "nll": 1}"#,
+                "`tokens` is \"3\"",
+            ),
+            (
+                r#"{"source": 1, "tokens": 3.5, "bytes": 9, "nll": 1}"#,
+                "`tokens` is 3.5",
+            ),
+            (
+                r#"{"source": 1, "tokens": 3, "bytes": 9, "nll": -1}"#,
+                "`nll` is -1",
+            ),
+            (r#"{"source": 1, "choices": 4}"#, "`choices` is not a list"),
+            (
+                r#"{"source": 1, "tokens": 18446744073709551615, "bytes": 1, "nll": 1}"#,
+                "overflow",
+            ),
+        ];
+        for (rec, says) in bad {
+            let mut s = Summary::default();
+            let text = format!("{ok}\n{rec}\n");
+            let e = s
+                .add_lines("m", &mut text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("m: line 2: ") && e.contains(says),
+                "{rec}: {e}"
+            );
+        }
+        let mut s = Summary::default();
+        let choice = r#"{"source": 2, "choices": [], "best": 0, "correct": true}"#;
+        s.add_lines("m", &mut format!("{ok}\n{choice}\n").as_bytes())
+            .unwrap();
+        assert_eq!((s.documents, s.tokens, s.labelled, s.correct), (2, 3, 1, 1));
     }
 }
