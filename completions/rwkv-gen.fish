@@ -28,7 +28,7 @@ complete -c rwkv-gen -l precision -d 'Activations of the products: bf16 multipli
 f32\t'f32 activations'"
 complete -c rwkv-gen -l device -d 'Where to run: cpu, opencl[:PLATFORM[:DEVICE]] (see rwkv-gen --list-devices), or auto (a GPU when one is found, else the CPU)' -r
 complete -c rwkv-gen -l threads -d 'Worker threads [default: all cores]' -r
-complete -c rwkv-gen -l lines -d 'Every stdin line is its own prompt: one record per line, in input order; in text format an answer ends at its first newline (see --separator)'
+complete -c rwkv-gen -l lines -d 'Every stdin line is its own prompt: one record per line, in input order; in text format an answer ends at its first newline after some text, the newlines it starts with dropped (--separator or -0 keep every newline)'
 complete -c rwkv-gen -l jsonl -d 'Every stdin line is a JSON request (`prompt` or `ids`, and any of max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty, penalty_decay, stop, seed, state, save_state, id); one JSON result per request, in order'
 complete -c rwkv-gen -l chat -d 'Chat: every stdin line is a user turn of one conversation (`User: ...\\n\\nAssistant:`); each reply ends at a blank line'
 complete -c rwkv-gen -l ignore-eos -d 'Do not stop at token 0 (end of text)'

@@ -345,6 +345,11 @@ impl StopMatcher {
         }
     }
 
+    /// Whether bytes are held back (the start of a stop string, perhaps).
+    pub fn holds(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     pub fn push(&mut self, bytes: &[u8]) -> StopStep {
         self.pending.extend_from_slice(bytes);
         // The earliest complete match wins.

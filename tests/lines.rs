@@ -130,3 +130,26 @@ fn flag_rules_are_usage_errors() {
     let ok = Args::try_parse_from(["rwkv-gen", "-m", "m", "--jsonl", "--top-logprobs", "2"]);
     assert!(ok.unwrap().check().is_ok());
 }
+
+#[test]
+fn an_answer_that_starts_on_a_new_line_is_not_empty() {
+    // the Shakespeare model answers `ROMEO:` with a newline first, as in a play
+    let m = common::model_arg("shakespeare-rwkv6.safetensors");
+    let r = common::run(
+        "rwkv-gen",
+        &["-m", &m, "--lines", "-t", "0", "-n", "30"],
+        b"ROMEO:\nJULIET:\n",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = r.text();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "a record a prompt: {out:?}");
+    assert!(lines.iter().all(|l| !l.trim().is_empty()), "{out:?}");
+    // with -0 every newline is kept, the leading one too
+    let r = common::run(
+        "rwkv-gen",
+        &["-m", &m, "--lines", "-0", "-t", "0", "-n", "5"],
+        b"ROMEO:\n",
+    );
+    assert!(r.stdout.starts_with(b"\n"), "{:?}", r.text());
+}

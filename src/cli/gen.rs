@@ -55,7 +55,8 @@ pub struct Args {
     pub temperature: f32,
 
     /// Every stdin line is its own prompt: one record per line, in input order; in text
-    /// format an answer ends at its first newline (see --separator)
+    /// format an answer ends at its first newline after some text, the newlines it starts
+    /// with dropped (--separator or -0 keep every newline)
     #[arg(long, conflicts_with_all = ["prompt", "prompt_file", "chat", "jsonl"])]
     pub lines: bool,
 
@@ -241,6 +242,7 @@ impl Args {
             top_logprobs: self.top_logprobs,
             per_token: self.format == Format::Jsonl || self.top_logprobs > 0,
             keep_state: self.save_state.is_some() || chat,
+            skip_leading_newlines: false,
         }
     }
 

@@ -222,6 +222,8 @@ impl Lines {
         } else {
             if !self.token_records {
                 opts.stop.push(self.record_end.clone());
+                // an answer that starts on a new line is not an empty record
+                opts.skip_leading_newlines = self.record_end.contains(&b'\n');
             }
             let ids = tok.encode(&line)?;
             if self.echo {

@@ -37,6 +37,9 @@ pub struct Options {
     /// Feed the last token too, so that the state after the answer is complete (for saving
     /// it, or a conversation that goes on).
     pub keep_state: bool,
+    /// Drop the newlines an answer starts with (they neither end it nor appear): for a
+    /// record that a newline ends, as `rwkv-gen --lines` writes.
+    pub skip_leading_newlines: bool,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             top_logprobs: 0,
             per_token: false,
             keep_state: false,
+            skip_leading_newlines: false,
         }
     }
 }
@@ -227,7 +231,15 @@ impl<'a> Generation<'a> {
             bytes,
         };
         self.out.tokens.push(id);
-        let step = self.stop.push(&token.bytes);
+        let mut fresh = &token.bytes[..];
+        if self.opts.skip_leading_newlines && self.out.text.is_empty() && !self.stop.holds() {
+            let lead = fresh
+                .iter()
+                .take_while(|b| matches!(b, b'\n' | b'\r'))
+                .count();
+            fresh = &fresh[lead..];
+        }
+        let step = self.stop.push(fresh);
         self.out.text.extend_from_slice(&step.emit);
         let emit = self.utf8.push(&step.emit);
         let last = step.stopped || self.out.tokens.len() == self.opts.max_tokens;
