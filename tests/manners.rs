@@ -406,3 +406,20 @@ fn merge_reads_a_bounded_line_and_stops() {
         ru.ru_maxrss
     );
 }
+
+#[test]
+fn names_from_files_reach_stderr_escaped() {
+    let dir = scratch("escapes");
+    let p = dir.join("evil\u{1b}[31m\nname.safetensors");
+    std::fs::write(&p, b"not a model at all, just bytes").unwrap();
+    let r = run("rwkv-gen", &["-m", p.to_str().unwrap(), "-p", "x"], b"");
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
+    assert!(
+        r.stderr.contains("evil\\u{1b}[31m\\nname.safetensors"),
+        "{:?}",
+        r.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

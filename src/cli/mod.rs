@@ -276,13 +276,28 @@ impl From<std::io::Error> for CliError {
     }
 }
 
-/// Write `line` and a newline to stderr. A stderr that cannot be written (closed, full)
-/// loses the line: the program goes on to its documented exit status.
+/// Write `line` and a newline to stderr, its control characters escaped (`\n`,
+/// `\u{1b}`): a name read from a file (a path, a tensor or zip member name, a JSON string)
+/// can neither break the line nor send the terminal an escape. A stderr that cannot be
+/// written (closed, full) loses the line: the program goes on to its documented exit
+/// status.
 pub fn say_line(line: &str) {
     let mut e = std::io::stderr().lock();
     let _ = e
-        .write_all(line.as_bytes())
+        .write_all(one_line(line).as_bytes())
         .and_then(|()| e.write_all(b"\n"));
+}
+
+/// `s` with its control characters escaped as Rust writes them.
+pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    let esc = |c: char| match c.is_control() {
+        true => c.escape_debug().to_string(),
+        false => c.to_string(),
+    };
+    s.chars().map(esc).collect::<String>().into()
 }
 
 /// `eprintln!` that never panics: [`say_line`].
@@ -487,6 +502,15 @@ pub fn read_line(r: &mut dyn BufRead, max: usize) -> std::io::Result<Option<Line
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_stay_one_line_without_escapes() {
+        assert_eq!(one_line("plain: ok"), "plain: ok");
+        assert_eq!(
+            one_line("a\nb\u{1b}[31mc\u{9b}d\te"),
+            "a\\nb\\u{1b}[31mc\\u{9b}d\\te"
+        );
+    }
 
     #[test]
     fn lines_are_read_in_bounded_memory() {
