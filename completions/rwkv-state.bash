@@ -48,7 +48,7 @@ _rwkv__state() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        rwkv__subcmd__state__subcmd__diff)
+        rwkv__state__subcmd__diff)
             opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -62,7 +62,7 @@ _rwkv__state() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        rwkv__subcmd__state__subcmd__feed)
+        rwkv__state__subcmd__feed)
             opts="-p -f -o -m -v -q -h --prompt --prompt-file --ids --output --state --force --model --tokenizer --quant --quant-layers --save-quantized --precision --device --threads --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -140,7 +140,7 @@ _rwkv__state() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        rwkv__subcmd__state__subcmd__import)
+        rwkv__state__subcmd__import)
             opts="-m -o -v -q -h --model --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -170,7 +170,7 @@ _rwkv__state() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        rwkv__subcmd__state__subcmd__info)
+        rwkv__state__subcmd__info)
             opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -120,10 +120,71 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
         ] {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut cmd.clone(), name.clone(), &mut out);
+            if shell == Shell::Bash {
+                out = bash_names_fixed(&name, out);
+            }
             files.push((PathBuf::from(format!("completions/{file}")), out));
         }
     }
     files
+}
+
+/// clap_complete's bash script names a hyphenated binary's subcommand cases
+/// `rwkv__subcmd__state__subcmd__feed` while it sets `rwkv__state__subcmd__feed`, so no
+/// subcommand's flags complete: name the cases as they are set.
+fn bash_names_fixed(name: &str, script: Vec<u8>) -> Vec<u8> {
+    let text = String::from_utf8(script).expect("a UTF-8 script");
+    let wrong = format!("{}__subcmd__", name.replace('-', "__subcmd__"));
+    let right = format!("{}__subcmd__", name.replace('-', "__"));
+    text.replace(&wrong, &right).into_bytes()
+}
+
+/// What bash completes for `words` (the last one being completed) with the generated
+/// script of `bin`.
+fn bash_completes(bin: &str, words: &[&str]) -> Vec<String> {
+    let rel = PathBuf::from(format!("completions/{bin}.bash"));
+    let text = generated().into_iter().find(|(p, _)| *p == rel).unwrap().1;
+    let script = std::env::temp_dir().join(format!("{bin}-{}.bash", std::process::id()));
+    std::fs::write(&script, text).unwrap();
+    let func = format!("_{}", bin.replace('-', "__"));
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let n = words.len();
+    let cmd = format!(
+        "source '{}'; COMP_WORDS=({}); COMP_CWORD={}; {func} {bin} '{}' '{}'; \
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        quoted.join(" "),
+        n - 1,
+        words[n - 1],
+        words[n - 2],
+    );
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "-c", &cmd])
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn bash_completes_every_tools_flags_and_subcommands() {
+    let got = bash_completes("rwkv-state", &["rwkv-state", "feed", "--m"]);
+    assert_eq!(got, vec!["--model"]);
+    let got = bash_completes("rwkv-state", &["rwkv-state", "di"]);
+    assert_eq!(got, vec!["diff"]);
+    let got = bash_completes("rwkv-state", &["rwkv-state", "diff", "--"]);
+    assert!(got.contains(&"--json".to_string()), "{got:?}");
+    let got = bash_completes("rwkv-gen", &["rwkv-gen", "--temp"]);
+    assert_eq!(got, vec!["--temperature"]);
+    let got = bash_completes("rwkv-score", &["rwkv-score", "--per"]);
+    assert_eq!(got, vec!["--per-token"]);
 }
 
 /// Every page cited in SEE ALSO exists; no section is left as clap's "EXTRA".
