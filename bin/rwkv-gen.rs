@@ -112,11 +112,15 @@ impl Ctx<'_> {
             out.write(&tail)?;
         }
         out.tick()?;
+        Ok(())
+    }
+
+    /// What stderr says after an answer: the hint when it is empty, `-v`'s figures.
+    fn report(&self, g: &Generation) {
         self.hint_if_empty(g);
         if self.args.verbose {
             rwkv::say!("rwkv-gen: {}", g.generated().timing());
         }
-        Ok(())
     }
 
     fn save(&self, start: &Start) -> Result<(), CliError> {
@@ -133,7 +137,11 @@ fn one_prompt(ctx: &Ctx, start: Start, prompt: &[u8]) -> Result<(), CliError> {
     let mut g = Generation::new(ctx.model, ctx.tok, start, ctx.args.options(ctx.seed, false));
     g.prompt(&ctx.tok.encode(prompt)?)?;
     ctx.answer(&mut g, &mut out, ctx.args.echo.then_some(prompt))?;
+    if ctx.args.format == Format::Text {
+        out.end_line_on_terminal()?;
+    }
     out.flush()?;
+    ctx.report(&g);
     let interrupted = g.generated().finish == Some(Finish::Interrupted);
     ctx.save(&g.finish().1)?;
     if interrupted {
@@ -172,6 +180,7 @@ fn chat(ctx: &Ctx, mut cur: Start) -> Result<(), CliError> {
             out.write(chat::TURN_END)?;
         }
         out.flush()?;
+        ctx.report(&g);
         let interrupted = g.generated().finish == Some(Finish::Interrupted);
         cur = g.finish().1;
         if interrupted {

@@ -1,4 +1,4 @@
-complete -c rwkv-gen -s p -l prompt -d 'Prompt text (instead of stdin)' -r
+complete -c rwkv-gen -s p -l prompt -d 'Prompt text; stdin is then not read (pipe the whole prompt instead, or use -f -)' -r
 complete -c rwkv-gen -s f -l prompt-file -d 'Read the prompt from a file (instead of stdin; `-` is stdin)' -r -F
 complete -c rwkv-gen -s n -l max-tokens -d 'Most tokens to generate per prompt' -r
 complete -c rwkv-gen -s t -l temperature -d 'Sampling temperature; 0 is greedy (the most likely token)' -r

@@ -419,3 +419,27 @@ fn names_from_files_reach_stderr_escaped() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_answer_on_a_terminal_ends_its_line_and_a_pipe_gets_the_bytes() {
+    let m = model_arg("shakespeare-rwkv6.safetensors");
+    let args = ["-m", &m, "-p", "ROMEO:", "-n", "5", "-t", "0"];
+    let r = run("rwkv-gen", &args, b"");
+    assert_eq!(
+        r.stdout, b"\nI wi",
+        "a pipe gets the answer's bytes, no more"
+    );
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to run a terminal");
+        return;
+    }
+    // `script` runs the command on a pseudo-terminal (which writes \n as \r\n)
+    let line = format!("{} {}", env!("CARGO_BIN_EXE_rwkv-gen"), args.join(" "));
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("I wi\r\n"), "{text:?}");
+}

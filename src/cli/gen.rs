@@ -38,7 +38,7 @@ pub enum Format {
     )
 )]
 pub struct Args {
-    /// Prompt text (instead of stdin)
+    /// Prompt text; stdin is then not read (pipe the whole prompt instead, or use -f -)
     #[arg(short = 'p', long, value_name = "TEXT", conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
 

@@ -328,20 +328,38 @@ pub fn parse_args<P: clap::Parser>() -> Result<P, (i32, String)> {
 pub struct Output {
     inner: std::io::BufWriter<std::io::Stdout>,
     flush_each: bool,
+    terminal: bool,
+    /// The last byte written.
+    last: Option<u8>,
 }
 
 impl Output {
     pub fn stdout(force_flush: bool) -> Output {
         let out = std::io::stdout();
-        let flush_each = force_flush || out.is_terminal();
+        let terminal = out.is_terminal();
         Output {
             inner: std::io::BufWriter::with_capacity(64 * 1024, out),
-            flush_each,
+            flush_each: force_flush || terminal,
+            terminal,
+            last: None,
         }
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(&b) = bytes.last() {
+            self.last = Some(b);
+        }
         self.inner.write_all(bytes)
+    }
+
+    /// On a terminal, end the line the output left open (so that the shell's prompt, or
+    /// what follows on stderr, starts a line of its own); in a pipe the bytes stay as they
+    /// are.
+    pub fn end_line_on_terminal(&mut self) -> std::io::Result<()> {
+        match self.last {
+            Some(b) if self.terminal && b != b'\n' => self.write(b"\n"),
+            _ => Ok(()),
+        }
     }
 
     /// End of a token or record: flush if asked.
