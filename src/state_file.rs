@@ -24,6 +24,26 @@ pub const VERSION: &str = "1";
 /// The largest state-file header read: a 64-layer state's is about 20 KB.
 const MAX_HEADER: u64 = 16 << 20;
 
+/// The most a state read from stdin without a model may be: the 14B shape's state is 82 MB.
+const MAX_STATE_BYTES: u64 = 1 << 30;
+
+/// A state file from stdin, no more than `cap` bytes (what a valid one `for_what` can be)
+/// read.
+fn read_stdin(cap: u64, for_what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut b = Vec::new();
+    let stdin = std::io::stdin();
+    let read = stdin.lock().take(cap + 1).read_to_end(&mut b);
+    read.map_err(|e| Error::io("<stdin>", e))?;
+    if b.len() as u64 > cap {
+        return Err(Error::format(
+            "<stdin>",
+            format!("more than {cap} bytes, larger than a state file {for_what} can be"),
+        ));
+    }
+    Ok(b)
+}
+
 /// What a state file says about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateMeta {
@@ -179,9 +199,7 @@ impl StateFile {
     /// it was a state-tuning file.
     pub fn read_any(path: &Path) -> Result<(StateFile, bool)> {
         if path.as_os_str() == "-" {
-            let mut b = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
-                .map_err(|e| Error::io("<stdin>", e))?;
+            let b = read_stdin(MAX_STATE_BYTES, "of any model here")?;
             return Ok((StateFile::from_bytes(Path::new("<stdin>"), &b)?, false));
         }
         let first = match StateFile::load(path) {
@@ -605,9 +623,9 @@ pub fn start_for(path: Option<&Path>, model: &Model, force: bool) -> Result<Star
 pub fn load_for(path: &Path, model: &Model, force: bool) -> Result<Start> {
     let stdin = path.as_os_str() == "-";
     let sf = if stdin {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
-            .map_err(|e| Error::io("<stdin>", e))?;
+        let c = &model.cfg;
+        let values = (c.state_shape().len() + c.vocab) as u64 * 4;
+        let b = read_stdin(8 + MAX_HEADER + values, "of this model")?;
         StateFile::from_bytes(Path::new("<stdin>"), &b)?
     } else {
         match Mapped::open(path) {

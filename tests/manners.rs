@@ -443,3 +443,29 @@ fn an_answer_on_a_terminal_ends_its_line_and_a_pipe_gets_the_bytes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("I wi\r\n"), "{text:?}");
 }
+
+#[test]
+fn inputs_read_whole_are_bounded_by_what_a_valid_one_can_be() {
+    let m = model_arg("tiny-rwkv6-1m.safetensors");
+    let zeros = vec![0u8; 20 << 20];
+    let r = run("rwkv-gen", &["-m", &m, "--state", "-", "-p", "x"], &zeros);
+    assert_fails(
+        &r,
+        1,
+        &[
+            "<stdin>: more than",
+            "larger than a state file of this model can be",
+        ],
+    );
+    let r = run(
+        "rwkv-gen",
+        &["-m", &m, "--tokenizer", "/dev/zero", "-p", "x"],
+        b"",
+    );
+    assert_fails(
+        &r,
+        1,
+        &["/dev/zero: more than 67108864 bytes: not a tokenizer.json"],
+    );
+    children_stayed_small();
+}

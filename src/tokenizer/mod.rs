@@ -47,7 +47,17 @@ impl Tokenizer {
     }
 
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
-        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        use std::io::Read;
+        // a tokenizer.json is a few MB: read no more than this
+        const MAX: u64 = 64 << 20;
+        let mut text = Vec::new();
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let read = file.take(MAX + 1).read_to_end(&mut text);
+        read.map_err(|e| Error::io(path, e))?;
+        if text.len() as u64 > MAX {
+            let msg = format!("more than {MAX} bytes: not a tokenizer.json");
+            return Err(Error::format(path, msg));
+        }
         let t = tokenizers::Tokenizer::from_bytes(&text)
             .map_err(|e| Error::format(path, format!("not a Hugging Face tokenizer.json: {e}")))?;
         Ok(Tokenizer::Hf(Box::new(t)))
