@@ -30,6 +30,13 @@ spark-submit --master 'local[2]' examples/spark/rwkv_spark.py score --model "$M"
 same "$W/spark/records.jsonl" "$W/local-records.jsonl" "spark score records"
 same "$W/spark/summary.json" "$W/local-summary.json" "spark score totals"
 
+# An --output folder with files in it is refused (before Spark starts) unless --overwrite.
+if python3 examples/spark/rwkv_spark.py score --model "$M" --input "$W/corpus.txt" \
+  --output "$W/spark" 2>"$W/refused.log"; then
+  echo "an existing --output was written over"; exit 1
+fi
+grep -q -- "--overwrite writes over them" "$W/refused.log" && echo "ok: spark keeps an existing output"
+
 # Score by files, the model and binary shipped with the job.
 (cd "$W/docs" && "$BIN/rwkv-score" -m "$M" -q --summary doc.*) >"$W/local-files.jsonl"
 spark-submit --master 'local[2]' examples/spark/rwkv_spark.py score --model "$M" \

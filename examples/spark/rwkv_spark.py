@@ -39,7 +39,10 @@ def parse_args(argv):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True, help="the model file")
         p.add_argument("--input", required=True, help="a text file, or a folder of documents")
-        p.add_argument("--output", required=True, help="the folder to write (created)")
+        p.add_argument("--output", required=True,
+                       help="the folder to write (created; one with files in it is refused)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="write into an --output folder that has files already")
         p.add_argument("--bin-dir", help="the folder of rwkv-score and rwkv-gen (default: PATH)")
         p.add_argument("--partitions", type=int, help="partitions of the input")
         p.add_argument("--ship", action="store_true",
@@ -53,6 +56,10 @@ def parse_args(argv):
     if args.command == "score" and extra:
         ap.error("score takes no extra flags: " + " ".join(extra))
     args.extra = extra
+    if os.path.isdir(args.output) and os.listdir(args.output) and not args.overwrite:
+        ap.error(f"--output {args.output} has files already: --overwrite writes over them")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        ap.error(f"--output {args.output} is not a folder")
     return args
 
 
