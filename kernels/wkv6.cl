@@ -2,7 +2,8 @@
 // decay's up-projection and the GroupNorm and gate fused in. One work-group of S items per
 // head h; item j owns column j of the head's state [S, S] ([head, key i, value j]), kept
 // in registers. Per token t:
-//   w[i]  = exp(-exp(bias[c_i] + dl[t] . up[c_i]))           (c_i = h * S + i, up [D, K])
+//   w[i]  = exp(-exp(bias[c_i] + dl[t] . up[c_i]))           (c_i = h * S + i, up [D, K];
+//                                                             K = 0: a fixed decay, RWKV-5.2)
 //   out[j] = sum_i r[i] (u[i] k[i] v[j] + s[i][j]);  s[i][j] = k[i] v[j] + w[i] s[i][j]
 //   for t >= from: out = GroupNorm(out over the head; ln_x) * g[t - from]
 #define WKV_MAX_S 64

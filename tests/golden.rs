@@ -146,7 +146,7 @@ fn v7_world_vocab_random_bf16() {
 /// versions: RWKV-7 carries its state across chunks, and recomputes `v_first` in each).
 #[test]
 fn chunked_feeding_equals_one_call() {
-    for stem in ["shakespeare-rwkv6", "tiny-rwkv7-834k"] {
+    for stem in ["shakespeare-rwkv6", "tiny-rwkv7-834k", "tiny-rwkv5-730k"] {
         let g = golden(stem);
         let m = Model::load(&model_path(&format!("{stem}.safetensors"))).unwrap();
         let tokens: Vec<u32> = g.tokens.iter().cycle().take(150).copied().collect();
@@ -176,6 +176,7 @@ fn skipped_rows_change_no_bit() {
     let models = [
         "shakespeare-rwkv6.safetensors",
         "tiny-rwkv7-834k.safetensors",
+        "tiny-rwkv5-730k.safetensors",
     ];
     for (quant, file) in [None, Some(Quant::Int8), Some(Quant::Nf4)]
         .into_iter()
@@ -276,4 +277,19 @@ fn fingerprint_follows_the_weights_not_the_file() {
             _ => skip(x),
         }
     }
+}
+
+#[test]
+fn v5_tiny_trained_fp32() {
+    check("tiny-rwkv5-730k.safetensors", "tiny-rwkv5-730k");
+}
+
+#[test]
+fn v5_random_bf16_safetensors() {
+    check("rand-rwkv5-d256-bf16.safetensors", "rand-rwkv5-d256-bf16");
+}
+
+#[test]
+fn v5_random_bf16_pth() {
+    check("rand-rwkv5-d256-bf16.pth", "rand-rwkv5-d256-bf16");
 }

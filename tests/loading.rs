@@ -45,12 +45,23 @@ fn other_rwkv_versions_are_named() {
     let emb = ("emb.weight", vec![4, 8]);
     let cases = [
         (
-            "v5",
-            "an RWKV-5 model",
+            "v5.0",
+            "an RWKV-5.0 model",
             vec![
                 emb.clone(),
                 ("blocks.0.att.ln_x.weight", vec![8]),
                 ("blocks.0.att.time_faaaa", vec![1, 8]),
+            ],
+        ),
+        (
+            "v5.1",
+            "an RWKV-5.1 model",
+            vec![
+                emb.clone(),
+                ("blocks.0.att.ln_x.weight", vec![8]),
+                ("blocks.0.att.gate.weight", vec![8, 8]),
+                ("blocks.0.att.time_decay", vec![1]),
+                ("blocks.0.att.time_faaaa", vec![1]),
             ],
         ),
         (
@@ -86,14 +97,13 @@ fn other_rwkv_versions_are_named() {
             ],
         ),
     ];
+    let runs = format!("these tools run {}", rwkv::model::registry::titles());
+    assert_eq!(runs, "these tools run RWKV-5.2, RWKV-6 and RWKV-7");
     for (file, says, tensors) in cases {
         let p = dir.join(format!("{file}.safetensors"));
         write(&p, &tensors);
         let e = load_err(&p);
-        assert!(
-            e.contains(says) && e.contains("these tools run RWKV-6 and RWKV-7"),
-            "{e}"
-        );
+        assert!(e.contains(says) && e.contains(&runs), "{e}");
         assert!(e.contains(&format!("{file}.safetensors")), "{e}");
     }
     let p = dir.join("fla.safetensors");
@@ -190,7 +200,7 @@ fn synth_model_writes_a_working_model() {
         );
     }
     let dir = temp_dir("load-synth");
-    for (arch, ffn) in [("v6", 448), ("v7", 512)] {
+    for (arch, ffn) in [("v5", 448), ("v6", 448), ("v7", 512)] {
         let out = dir.join(format!("{arch}.st"));
         let s = std::process::Command::new(&exe)
             .args([

@@ -13,8 +13,8 @@ use common::*;
 use rwkv::backend::cpu::{scalar, Cpu};
 use rwkv::backend::opencl::{DeviceSpec, Ocl};
 use rwkv::backend::{
-    Backend, Lora, Mix, Norm, NormShift, Precision, Product, Rows, RowsMut, StateData, StateShape,
-    Then, Up, Wkv6, Wkv7,
+    Backend, Decay, Lora, Mix, Norm, NormShift, Precision, Product, Rows, RowsMut, StateData,
+    StateShape, Then, Up, Wkv6, Wkv7,
 };
 use rwkv::model::LoadOptions;
 use rwkv::tensor::quant::{quantize, Quant};
@@ -525,9 +525,15 @@ fn lora_matches_the_reference() {
 }
 
 /// The RWKV-6 recurrence with its decay product, GroupNorm and gate, rows from 1 on: each
-/// backend against the reference (the scalar recurrence), outputs and state.
+/// backend against the reference (the scalar recurrence), outputs and state; then with
+/// RWKV-5.2's fixed decay.
 #[test]
 fn wkv6_matches_the_reference() {
+    wkv6_case(false);
+    wkv6_case(true);
+}
+
+fn wkv6_case(fixed: bool) {
     let o = device();
     let (h, s, t, k) = (2, 64, 3, 32);
     let d = h * s;
@@ -550,7 +556,9 @@ fn wkv6_matches_the_reference() {
     let from = 1;
     // the reference
     let mut w = vec![0.0; t * d];
-    scalar::matmul(&up, &dl, t, &mut w);
+    if !fixed {
+        scalar::matmul(&up, &dl, t, &mut w);
+    }
     for (i, x) in w.iter_mut().enumerate() {
         *x = (-(bias[i % d] + *x).exp()).exp();
     }
@@ -578,6 +586,7 @@ fn wkv6_matches_the_reference() {
         h: usize,
         t: usize,
         from: usize,
+        fixed: bool,
     ) -> (Vec<f32>, Vec<f32>) {
         let [r, kk, v, dl, bias, u, lw, lb, g, _] = a;
         let d = u.len();
@@ -606,8 +615,14 @@ fn wkv6_matches_the_reference() {
                 r: Rows::new(&ts[0], 0, t, d),
                 k: Rows::new(&ts[1], 0, t, d),
                 v: Rows::new(&ts[2], 0, t, d),
-                decay: Rows::new(&ts[3], 0, t, k),
-                decay_up: &upm,
+                decay: if fixed {
+                    Decay::Fixed
+                } else {
+                    Decay::Lora {
+                        hidden: Rows::new(&ts[3], 0, t, k),
+                        up: &upm,
+                    }
+                },
                 decay_bias: &ts[4],
                 w: RowsMut::new(&mut w, 0, t, d),
                 u: &ts[5],
@@ -632,11 +647,19 @@ fn wkv6_matches_the_reference() {
     }
     let args = [&r[..], &kk, &v, &dl, &bias, &u, &lw, &lb, &g, &[]];
     for (name, (o_out, o_st)) in [
-        ("device", run(&o, args, &up, &st0, h, t, from)),
-        ("cpu", run(&Cpu::default(), args, &up, &st0, h, t, from)),
+        ("device", run(&o, args, &up, &st0, h, t, from, fixed)),
+        (
+            "cpu",
+            run(&Cpu::default(), args, &up, &st0, h, t, from, fixed),
+        ),
     ] {
-        close(&format!("{name} out"), &o_out, &out[from * d..], 1e-4);
-        close(&format!("{name} state"), &o_st, &st, 1e-4);
+        close(
+            &format!("{name} fixed {fixed} out"),
+            &o_out,
+            &out[from * d..],
+            1e-4,
+        );
+        close(&format!("{name} fixed {fixed} state"), &o_st, &st, 1e-4);
     }
 }
 
@@ -799,6 +822,9 @@ fn models_match_the_golden_on_the_device() {
             "rand-rwkv7-world-d64-bf16.safetensors",
             "rand-rwkv7-world-d64-bf16",
         ),
+        ("tiny-rwkv5-730k.safetensors", "tiny-rwkv5-730k"),
+        ("rand-rwkv5-d256-bf16.pth", "rand-rwkv5-d256-bf16"),
+        ("rand-rwkv5-d256-bf16.safetensors", "rand-rwkv5-d256-bf16"),
     ] {
         let (Some(path), Some(g)) = (fixture(file), try_golden(stem)) else {
             skip(file);
@@ -858,14 +884,15 @@ fn models_match_the_golden_on_the_device() {
     }
 }
 
-/// One-token generation takes eight launches a layer and two for the head, one upload (the
-/// token's embedding row) and one download (its logits): nothing else crosses the bus.
-/// RWKV-6 and RWKV-7 alike.
+/// One-token generation takes eight launches a layer (RWKV-6 and RWKV-7; seven for RWKV-5,
+/// which has no mix LoRA) and two for the head, one upload (the token's embedding row) and
+/// one download (its logits): nothing else crosses the bus.
 #[test]
 fn a_token_is_eight_launches_a_layer_and_one_download() {
-    for file in [
-        "shakespeare-rwkv6.safetensors",
-        "tiny-rwkv7-834k.safetensors",
+    for (file, launches) in [
+        ("shakespeare-rwkv6.safetensors", 8),
+        ("tiny-rwkv7-834k.safetensors", 8),
+        ("tiny-rwkv5-730k.safetensors", 7),
     ] {
         let m = on_device(&model_path(file));
         let mut st = m.new_state();
@@ -880,7 +907,7 @@ fn a_token_is_eight_launches_a_layer_and_one_download() {
         let layers = m.cfg.n_layer as u64;
         assert_eq!(
             per(after.launches, before.launches),
-            8 * layers + 2,
+            launches * layers + 2,
             "{file}"
         );
         assert_eq!(per(after.downloads, before.downloads), 1, "{file}");
@@ -1038,6 +1065,7 @@ fn batched_streams_on_the_device_equal_single_streams() {
     for file in [
         "shakespeare-rwkv6.safetensors",
         "tiny-rwkv7-834k.safetensors",
+        "tiny-rwkv5-730k.safetensors",
     ] {
         let m = on_device(&model_path(file));
         let v = m.cfg.vocab;

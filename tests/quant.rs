@@ -79,6 +79,18 @@ fn quantized_logits_stay_within_measured_bounds() {
             0.0175,
             0.921,
         ),
+        (
+            "tiny-rwkv5-730k.safetensors",
+            "tiny-rwkv5-730k",
+            0.0155,
+            0.266,
+        ),
+        (
+            "rand-rwkv5-d256-bf16.safetensors",
+            "rand-rwkv5-d256-bf16",
+            0.0210,
+            0.321,
+        ),
     ] {
         let (Some(path), Some(g)) = (fixture(file), try_golden(stem)) else {
             skip(file);

@@ -258,11 +258,13 @@ pub struct Mix<'a, B: Backend> {
     pub out: RowsMut<'a, B::Tensor>,
 }
 
-/// The RWKV-6 time mix's recurrence, `D = H * S`, each stream's rows in order from its
-/// state `[H, S, S]` (`[head, key i, value j]`, updated):
+/// The RWKV-6 time mix's recurrence (RWKV-5.2's too, with a [`Decay::Fixed`] decay),
+/// `D = H * S`, each stream's rows in order from its state `[H, S, S]` (`[head, key i,
+/// value j]`, updated):
 ///
 /// ```text
-/// w = exp(-exp(decay_bias + decay . decay_up^T))            [t, D], into `w`
+/// w = exp(-exp(decay_bias + hidden . up^T))                 [t, D] (Decay::Lora)
+/// w = exp(-exp(decay_bias))                                 [D], every token (Decay::Fixed)
 /// per head:  out[j] = sum_i r[i] (u[i] k[i] v[j] + s[i][j]);  s[i][j] = k[i] v[j] + w[i] s[i][j]
 /// out = GroupNorm(out; H groups, ln_x) * g                   rows from `from` on
 /// ```
@@ -273,10 +275,7 @@ pub struct Wkv6<'a, B: Backend> {
     pub r: Rows<'a, B::Tensor>,
     pub k: Rows<'a, B::Tensor>,
     pub v: Rows<'a, B::Tensor>,
-    /// `[t, K]`: `tanh(xw . decay_w1^T)`, the decay LoRA's hidden layer.
-    pub decay: Rows<'a, B::Tensor>,
-    /// `[D, K]`.
-    pub decay_up: &'a B::Matrix,
+    pub decay: Decay<'a, B>,
     /// `[D]`.
     pub decay_bias: &'a B::Tensor,
     /// `[t, D]` scratch for the decay.
@@ -288,6 +287,18 @@ pub struct Wkv6<'a, B: Backend> {
     pub ln_x: Norm<'a, B::Tensor>,
     pub g: Rows<'a, B::Tensor>,
     pub from: usize,
+}
+
+/// Where [`Wkv6`]'s decay comes from.
+pub enum Decay<'a, B: Backend> {
+    /// RWKV-6: per token, from the decay LoRA's hidden layer `hidden [t, K]` (`tanh(xw .
+    /// decay_w1^T)`) and its up-projection `up [D, K]`.
+    Lora {
+        hidden: Rows<'a, B::Tensor>,
+        up: &'a B::Matrix,
+    },
+    /// RWKV-5.2: the bias alone, the same for every token.
+    Fixed,
 }
 
 /// The RWKV-7 time mix's recurrence, `D = H * N`, each stream's rows in order from its

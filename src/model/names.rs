@@ -167,6 +167,22 @@ pub fn refuse_variants(ck: &Checkpoint, names: &Names, runs: &str) -> Result<()>
     if has("blocks.0.att.k_k") {
         return Ok(());
     }
+    if has("blocks.0.att.ln_x.weight") && !has("blocks.0.att.time_maa_x") {
+        // RWKV-5: 5.0 has no gate, 5.1 one decay per head, 5.2 one per channel [H, S].
+        if !has("blocks.0.att.gate.weight") {
+            return Err(unsupported(
+                "an RWKV-5.0 model (no `att.gate`; only 5.2, the World v2 layout, runs)",
+                "blocks.0.att.ln_x.weight",
+            ));
+        }
+        let decay = names.stored("blocks.0.att.time_decay");
+        if ck.logical_shape_of(decay).is_ok_and(|s| s.len() < 2) {
+            return Err(unsupported(
+                "an RWKV-5.1 model (one decay per head; only 5.2, the World v2 layout, runs)",
+                "blocks.0.att.time_decay",
+            ));
+        }
+    }
     if has("blocks.0.att.time_misc_kkk") && !has("blocks.0.att.time_maa_x") {
         return Err(unsupported(
             "an RWKV-7 preview under the pre-release names of the 2024-11 training code",

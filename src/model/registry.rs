@@ -4,11 +4,11 @@
 use super::checkpoint::Checkpoint;
 use super::names::{self, Names};
 use super::version::Version;
-use super::{v6, v7};
+use super::{v5, v6, v7};
 use crate::error::Result;
 
 /// The versions, oldest first.
-pub static VERSIONS: &[&Version] = &[&v6::VERSION, &v7::VERSION];
+pub static VERSIONS: &[&Version] = &[&v5::VERSION, &v6::VERSION, &v7::VERSION];
 
 /// The version named `name` (`rwkv7`), as state files and JSON name it.
 pub fn by_name(name: &str) -> Option<&'static Version> {
@@ -20,7 +20,7 @@ pub fn tuned() -> impl Iterator<Item = &'static Version> {
     VERSIONS.iter().copied().filter(|v| v.tuning.is_some())
 }
 
-/// `RWKV-6 and RWKV-7`: what the tools run, for messages.
+/// `RWKV-5, RWKV-6 and RWKV-7`: what the tools run, for messages.
 pub fn titles() -> String {
     let t: Vec<&str> = VERSIONS.iter().map(|v| v.title).collect();
     match t.split_last() {
@@ -50,7 +50,7 @@ mod tests {
             assert_eq!(by_name(v.name), Some(*v));
             assert_eq!(VERSIONS.iter().filter(|w| w.name == v.name).count(), 1);
         }
-        assert_eq!(by_name("rwkv5"), None);
-        assert_eq!(titles(), "RWKV-6 and RWKV-7");
+        assert_eq!(by_name("rwkv4"), None);
+        assert_eq!(titles(), "RWKV-5.2, RWKV-6 and RWKV-7");
     }
 }

@@ -7,10 +7,13 @@
 use super::checkpoint::Checkpoint;
 use super::ends::{self, Ends};
 use super::engine::version;
+use super::ffn::{self, Ffn, Mixing};
 use super::load::{in_layers, Affine, Loader};
 use super::names::Names;
 use super::version::{Config, Family, Layers, Pass, Tuning, Version};
-use crate::backend::{Backend, Lora, Mix, NormShift, Product, Rows, RowsMut, Then, Up, Wkv6};
+use crate::backend::{
+    Backend, Decay, Lora, Mix, NormShift, Product, Rows, RowsMut, Then, Up, Wkv6,
+};
 use crate::error::Result;
 
 /// LayerNorm epsilon.
@@ -125,7 +128,7 @@ impl Family for X060 {
     fn params(cfg: &Config) -> usize {
         let (d, f, v, l) = (cfg.n_embd, cfg.ffn, cfg.vocab, cfg.n_layer);
         let [m, k, ..] = cfg.lora;
-        let att = 5 * d * d + d * 5 * m + 5 * m * d + 2 * d * k + 12 * d;
+        let att = 5 * d * d + d * 5 * m + 5 * m * d + 2 * d * k + 10 * d;
         let ffn = 2 * d * f + d * d + 2 * d;
         2 * v * d + 4 * d + l * (att + ffn + 4 * d)
     }
@@ -178,13 +181,7 @@ impl Family for X060 {
                 output: l.matrix(&p("att.output.weight"), &[d, d])?,
                 ln_x: l.affine(&p("att.ln_x"), d)?,
             };
-            let ffn = Ffn {
-                maa_k: l.vector(&p("ffn.time_maa_k"), d)?,
-                maa_r: l.vector(&p("ffn.time_maa_r"), d)?,
-                key: l.matrix(&p("ffn.key.weight"), &[f, d])?,
-                receptance: l.matrix(&p("ffn.receptance.weight"), &[d, d])?,
-                value: l.matrix(&p("ffn.value.weight"), &[d, f])?,
-            };
+            let ffn = Ffn::load(l, i, d, f, Mixing::Maa)?;
             layers.push(Layer {
                 ln1: l.affine(&p("ln1"), d)?,
                 ln2: l.affine(&p("ln2"), d)?,
@@ -226,19 +223,6 @@ pub struct Att<B: Backend> {
     pub output: B::Matrix,
     /// GroupNorm's affine part.
     pub ln_x: Affine<B>,
-}
-
-/// Channel mix (FFN) weights of one layer.
-pub struct Ffn<B: Backend> {
-    /// `[D]` each.
-    pub maa_k: B::Tensor,
-    pub maa_r: B::Tensor,
-    /// `[F, D]`
-    pub key: B::Matrix,
-    /// `[D, D]`
-    pub receptance: B::Matrix,
-    /// `[D, F]`
-    pub value: B::Matrix,
 }
 
 pub struct Layer<B: Backend> {
@@ -354,9 +338,7 @@ impl<B: Backend> Layers<B> for Weights<B> {
             add("att.value.weight", &a.value);
             add("att.gate.weight", &a.gate);
             add("att.output.weight", &a.output);
-            add("ffn.key.weight", &f.key);
-            add("ffn.receptance.weight", &f.receptance);
-            add("ffn.value.weight", &f.value);
+            f.matrices(i, &mut v);
         }
         v
     }
@@ -372,7 +354,28 @@ impl<B: Backend> Layers<B> for Weights<B> {
     ) -> Result<()> {
         let layer = &self.layers[i];
         self.time_mix(be, layer, i, x, sc, pass, states)?;
-        self.channel_mix(be, layer, i, x, sc, pass, states)
+        let Scratch {
+            xx,
+            sx,
+            mixed: [xk, xr, ..],
+            kk,
+            rr,
+            y,
+            ..
+        } = sc;
+        let bufs = ffn::Bufs {
+            xx,
+            sx,
+            xk,
+            xr,
+            kk,
+            rr,
+            y,
+        };
+        let shape = self.cfg.state_shape();
+        layer
+            .ffn
+            .forward(be, &layer.ln2, shape, i, x, bufs, pass, states)
     }
 }
 
@@ -508,8 +511,10 @@ impl<B: Backend> Weights<B> {
                 r: rows(r),
                 k: rows(k),
                 v: rows(v),
-                decay: Rows::new(dl, 0, t, dk),
-                decay_up: &a.decay_w2,
+                decay: Decay::Lora {
+                    hidden: Rows::new(dl, 0, t, dk),
+                    up: &a.decay_w2,
+                },
                 decay_bias: &a.decay,
                 w: RowsMut::new(w, 0, t, d),
                 u: &a.faaaa,
@@ -529,93 +534,6 @@ impl<B: Backend> Weights<B> {
                 x: Rows::new(out, from, n, d),
                 y: RowsMut::new(y, 0, n, d),
                 then: Then::Residual(RowsMut::new(x, from, n, d)),
-            }],
-        )
-    }
-
-    /// `x [T, D] += sigmoid(Wr xr) * (Wv relu(Wk xk)^2)` for the rows from `from` on (`from
-    /// <= T`); rows before it stay as they are (the token shift still reads row `from - 1`,
-    /// and the state takes the last row).
-    #[allow(clippy::too_many_arguments)]
-    fn channel_mix(
-        &self,
-        be: &B,
-        l: &Layer<B>,
-        layer: usize,
-        x: &mut B::Tensor,
-        sc: &mut Scratch<B>,
-        pass: Pass<'_, B>,
-        states: &mut [&mut B::State],
-    ) -> Result<()> {
-        let Pass {
-            t,
-            batch,
-            prec,
-            rows: (_, from),
-        } = pass;
-        let (f, c) = (&l.ffn, &self.cfg);
-        let (d, n) = (c.n_embd, t - from);
-        let Scratch {
-            xx,
-            sx,
-            mixed: [xk, xr, ..],
-            kk,
-            rr,
-            y,
-            ..
-        } = sc;
-        be.norm_shift(
-            NormShift {
-                x: Rows::new(x, 0, t, d),
-                ln: l.ln2.norm(LN_EPS),
-                shift: c.state_shape().ffn_shift(layer),
-                xx: RowsMut::new(xx, 0, t, d),
-                sx: RowsMut::new(sx, 0, t, d),
-                from,
-                mixes: &mut [
-                    Mix {
-                        maa: &f.maa_k,
-                        out: RowsMut::new(xk, 0, n, d),
-                    },
-                    Mix {
-                        maa: &f.maa_r,
-                        out: RowsMut::new(xr, 0, n, d),
-                    },
-                ],
-            },
-            batch,
-            states,
-        )?;
-        if n == 0 {
-            return Ok(());
-        }
-        be.products(
-            prec,
-            &mut [
-                Product {
-                    w: &f.key,
-                    x: Rows::new(xk, 0, n, d),
-                    y: RowsMut::new(kk, 0, n, c.ffn),
-                    then: Then::ReluSquared,
-                },
-                Product {
-                    w: &f.receptance,
-                    x: Rows::new(xr, 0, n, d),
-                    y: RowsMut::new(rr, 0, n, d),
-                    then: Then::Sigmoid,
-                },
-            ],
-        )?;
-        be.products(
-            prec,
-            &mut [Product {
-                w: &f.value,
-                x: Rows::new(kk, 0, n, c.ffn),
-                y: RowsMut::new(y, 0, n, d),
-                then: Then::GatedResidual {
-                    gate: Rows::new(rr, 0, n, d),
-                    x: RowsMut::new(x, from, n, d),
-                },
             }],
         )
     }

@@ -30,7 +30,7 @@ pub mod wkv;
 pub mod wkv7;
 
 use super::{
-    Backend, Lora, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6, Wkv7,
+    Backend, Decay, Lora, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6, Wkv7,
 };
 use crate::error::Result;
 use crate::isa::Isa;
@@ -308,7 +308,6 @@ impl Backend for Cpu {
             k,
             v,
             decay,
-            decay_up,
             decay_bias,
             w,
             u,
@@ -321,9 +320,21 @@ impl Backend for Cpu {
         let t = r.rows;
         let d = r.cols;
         let w = slice_mut(w);
-        let mut region = Region::default();
-        region.push(decay_up, slice(&decay), w, Step::ExpNegExp(decay_bias));
-        region.run(Isa::detect(), prec, t);
+        let w: &[f32] = match decay {
+            Decay::Lora { hidden, up } => {
+                let mut region = Region::default();
+                region.push(up, slice(&hidden), w, Step::ExpNegExp(decay_bias));
+                region.run(Isa::detect(), prec, t);
+                w
+            }
+            Decay::Fixed => {
+                let w = &mut w[..d];
+                for (w, b) in w.iter_mut().zip(decay_bias) {
+                    *w = (-b.exp()).exp();
+                }
+                w
+            }
+        };
         // The outputs group-normed and gated a head at a time, as each head's task ends.
         let g = slice(&g);
         let gated = |ti: usize, c0: usize, o: &mut [f32]| {

@@ -17,11 +17,13 @@ thread_local! {
 /// outputs)` on each token's `S` outputs of one head, from the task that computed them.
 pub type HeadThen<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
-/// One head's inputs to the recurrence: `r, k, v, w [t, d]`, `u [d]`, the head's channels
-/// `c0..c0 + s`; outputs are written for rows from `from` on.
+/// One head's inputs to the recurrence: `r, k, v [t, d]`, `w [t, wd]` (`wd` is `d`, or 0
+/// for one decay for every token), `u [d]`, the head's channels `c0..c0 + s`; outputs are
+/// written for rows from `from` on.
 #[derive(Clone, Copy)]
 struct WkvHead<'a> {
     d: usize,
+    wd: usize,
     c0: usize,
     s: usize,
     from: usize,
@@ -50,6 +52,7 @@ fn wkv_head_body(h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
 fn wkv_head_loop(h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
     let WkvHead {
         d,
+        wd,
         c0,
         s,
         from,
@@ -62,11 +65,12 @@ fn wkv_head_loop(h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMut) {
     let t = r.len() / d;
     for ti in 0..t {
         let row = ti * d + c0;
+        let wrow = ti * wd + c0;
         let vj = &v[row..row + s];
         acc.iter_mut().for_each(|a| *a = 0.0);
         let mut bonus = 0.0f32;
         for i in 0..s {
-            let (ri, ki, wi) = (r[row + i], k[row + i], w[row + i]);
+            let (ri, ki, wi) = (r[row + i], k[row + i], w[wrow + i]);
             bonus += ri * u[c0 + i] * ki;
             let srow = &mut st[i * s..(i + 1) * s];
             for ((sij, &vj), a) in srow.iter_mut().zip(vj).zip(acc.iter_mut()) {
@@ -119,7 +123,8 @@ fn wkv_head(isa: Isa, h: WkvHead, st: &mut [f32], acc: &mut [f32], out: SharedMu
 }
 
 /// The RWKV-6 recurrence (the scalar twin is [`super::scalar::wkv6`]) on `isa`, `D = H *
-/// S`: `r, k, v, w [t, D]`, `u [H, S]`, `out [t, D]`; stream `i` is rows `spans[i]` with
+/// S`: `r, k, v [t, D]`, `w [t, D]` or `[D]` (the same decay for every token, RWKV-5.2's),
+/// `u [H, S]`, `out [t, D]`; stream `i` is rows `spans[i]` with
 /// state `states[i] [H, S, S]`. Outputs are written from row `from` on, each head's run of
 /// each token then passed to `then` (with its row in `out`).
 #[allow(clippy::too_many_arguments)]
@@ -141,7 +146,11 @@ pub fn wkv6_with(
     let d = u.len();
     let s = d / heads;
     assert_eq!(out.len(), r.len(), "wkv: out is not [t, D]");
-    assert_eq!(w.len(), r.len(), "wkv: w is not [t, D]");
+    assert!(
+        w.len() == r.len() || w.len() == d,
+        "wkv: w is not [t, D] or [D]"
+    );
+    let wd = if w.len() == r.len() { d } else { 0 };
     assert_eq!(spans.len(), states.len(), "wkv: a state per stream");
     let op = SharedMut::new(out);
     let head = |span: &Range<usize>, h: usize, st: &mut [f32]| {
@@ -152,13 +161,14 @@ pub fn wkv6_with(
             acc.resize(s, 0.0);
             let head = WkvHead {
                 d,
+                wd,
                 c0,
                 s,
                 from: from.saturating_sub(span.start),
                 r: &r[rows.clone()],
                 k: &k[rows.clone()],
                 v: &v[rows.clone()],
-                w: &w[rows.clone()],
+                w: if wd == 0 { w } else { &w[rows.clone()] },
                 u,
             };
             wkv_head(isa, head, st, &mut acc[..s], out)

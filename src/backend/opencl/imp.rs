@@ -11,8 +11,8 @@ use super::device::{cl, discovery, Arg, Device, DeviceState, Fmt};
 use crate::backend::cpu::norm::layer_norm;
 use crate::backend::device::{Device as DevicePick, DeviceSpec};
 use crate::backend::{
-    Backend, DeviceData, Lora, Norm, NormShift, Precision, Product, Rows, RowsMut, StateData, Then,
-    Wkv6, Wkv7,
+    Backend, Decay, DeviceData, Lora, Norm, NormShift, Precision, Product, Rows, RowsMut,
+    StateData, Then, Wkv6, Wkv7,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Data, Matrix};
@@ -479,7 +479,6 @@ impl Backend for Ocl {
             k,
             v,
             decay,
-            decay_up,
             decay_bias,
             w: _,
             u,
@@ -500,20 +499,31 @@ impl Backend for Ocl {
             r.row == k.row && k.row == v.row,
             "wkv6: r, k, v at different rows"
         );
+        // A fixed decay is a LoRA of width 0: the bias alone.
+        let (none_u, none_f) = (&self.dev.none_u, &self.dev.none_f);
+        let (hidden, row, width, up) = match &decay {
+            Decay::Lora { hidden, up } => (self.buf(hidden.t), hidden.row, hidden.cols, Some(*up)),
+            Decay::Fixed => (none_f, 0, 0, None),
+        };
         for (span, st) in batch.spans.iter().zip(states.iter()) {
             let local_from = from.saturating_sub(span.start);
             let g_row = g.row + span.start + local_from - from;
+            let hidden_at = if width == 0 {
+                0
+            } else {
+                (row + span.start) * width
+            };
             let args = [
                 Arg::F(self.buf(r.t)),
                 Arg::F(self.buf(k.t)),
                 Arg::F(self.buf(v.t)),
                 Arg::Int(((r.row + span.start) * d) as i32),
-                Arg::F(self.buf(decay.t)),
-                Arg::Int(((decay.row + span.start) * decay.cols) as i32),
-                Arg::Int(decay.cols as i32),
-                Arg::U(&decay_up.data),
-                Arg::U(&decay_up.scales),
-                Arg::Int(decay_up.fmt),
+                Arg::F(hidden),
+                Arg::Int(hidden_at as i32),
+                Arg::Int(width as i32),
+                Arg::U(up.map_or(none_u, |m| &m.data)),
+                Arg::U(up.map_or(none_u, |m| &m.scales)),
+                Arg::Int(up.map_or(0, |m| m.fmt)),
                 Arg::F(self.buf(decay_bias)),
                 Arg::F(self.buf(u)),
                 Arg::F(&st.buf),
