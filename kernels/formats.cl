@@ -83,6 +83,7 @@ inline float dot8(float8 a, float8 b) {
 //   T_MIX            y = a[t, o] + b[t, o] * (c[o] + y)   (xx, sx, maa)
 //   T_RESIDUAL       a[t, o] += y
 //   T_GATED          y *= b[t, o]; a[t, o] += y           (gate, x)
+//   T_SCALE          a[t, o] *= b[o] + y                  (x, bias)
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 
@@ -102,6 +103,7 @@ inline float apply_then(int then, float y, int t, int o, int rows, __global floa
     case T_MIX: return a[a_off + at] + b[b_off + at] * (c[c_off + o] + y);
     case T_RESIDUAL: a[a_off + at] += y; return y;
     case T_GATED: { const float v = y * b[b_off + at]; a[a_off + at] += v; return v; }
+    case T_SCALE: a[a_off + at] *= b[b_off + o] + y; return y;
     default: return y;
     }
 }

@@ -146,7 +146,12 @@ fn v7_world_vocab_random_bf16() {
 /// versions: RWKV-7 carries its state across chunks, and recomputes `v_first` in each).
 #[test]
 fn chunked_feeding_equals_one_call() {
-    for stem in ["shakespeare-rwkv6", "tiny-rwkv7-834k", "tiny-rwkv5-730k"] {
+    for stem in [
+        "shakespeare-rwkv6",
+        "tiny-rwkv7-834k",
+        "tiny-rwkv5-730k",
+        "rand-rwkv7a-d256-bf16",
+    ] {
         let g = golden(stem);
         let m = Model::load(&model_path(&format!("{stem}.safetensors"))).unwrap();
         let tokens: Vec<u32> = g.tokens.iter().cycle().take(150).copied().collect();
@@ -177,6 +182,7 @@ fn skipped_rows_change_no_bit() {
         "shakespeare-rwkv6.safetensors",
         "tiny-rwkv7-834k.safetensors",
         "tiny-rwkv5-730k.safetensors",
+        "rand-rwkv7a-d256-bf16.safetensors",
     ];
     for (quant, file) in [None, Some(Quant::Int8), Some(Quant::Nf4)]
         .into_iter()
@@ -292,4 +298,9 @@ fn v5_random_bf16_safetensors() {
 #[test]
 fn v5_random_bf16_pth() {
     check("rand-rwkv5-d256-bf16.pth", "rand-rwkv5-d256-bf16");
+}
+
+#[test]
+fn v7a_deepembed_random_bf16() {
+    check("rand-rwkv7a-d256-bf16.safetensors", "rand-rwkv7a-d256-bf16");
 }

@@ -74,15 +74,6 @@ fn other_rwkv_versions_are_named() {
             ],
         ),
         (
-            "deepembed",
-            "DeepEmbed",
-            vec![
-                emb.clone(),
-                ("blocks.0.att.k_k", vec![1, 1, 8]),
-                ("blocks.0.ffn.s_emb.weight", vec![4, 1024]),
-            ],
-        ),
-        (
             "rc4a",
             "pre-release names",
             vec![emb.clone(), ("blocks.0.att.time_misc_kkk", vec![1, 1, 8])],
@@ -98,7 +89,7 @@ fn other_rwkv_versions_are_named() {
         ),
     ];
     let runs = format!("these tools run {}", rwkv::model::registry::titles());
-    assert_eq!(runs, "these tools run RWKV-5.2, RWKV-6 and RWKV-7");
+    assert_eq!(runs, "these tools run RWKV-5.2, RWKV-6, RWKV-7a and RWKV-7");
     for (file, says, tensors) in cases {
         let p = dir.join(format!("{file}.safetensors"));
         write(&p, &tensors);
@@ -200,7 +191,7 @@ fn synth_model_writes_a_working_model() {
         );
     }
     let dir = temp_dir("load-synth");
-    for (arch, ffn) in [("v5", 448), ("v6", 448), ("v7", 512)] {
+    for (arch, ffn) in [("v5", 448), ("v6", 448), ("v7", 512), ("v7a", 512)] {
         let out = dir.join(format!("{arch}.st"));
         let s = std::process::Command::new(&exe)
             .args([

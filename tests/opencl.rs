@@ -13,8 +13,8 @@ use common::*;
 use rwkv::backend::cpu::{scalar, Cpu};
 use rwkv::backend::opencl::{DeviceSpec, Ocl};
 use rwkv::backend::{
-    Backend, Decay, Lora, Mix, Norm, NormShift, Precision, Product, Rows, RowsMut, StateData,
-    StateShape, Then, Up, Wkv6, Wkv7,
+    Backend, Decay, Lora, Mix, Norm, NormShift, Precision, Product, RowProduct, Rows, RowsMut,
+    StateData, StateShape, Then, Up, Wkv6, Wkv7,
 };
 use rwkv::model::LoadOptions;
 use rwkv::tensor::quant::{quantize, Quant};
@@ -825,6 +825,7 @@ fn models_match_the_golden_on_the_device() {
         ("tiny-rwkv5-730k.safetensors", "tiny-rwkv5-730k"),
         ("rand-rwkv5-d256-bf16.pth", "rand-rwkv5-d256-bf16"),
         ("rand-rwkv5-d256-bf16.safetensors", "rand-rwkv5-d256-bf16"),
+        ("rand-rwkv7a-d256-bf16.safetensors", "rand-rwkv7a-d256-bf16"),
     ] {
         let (Some(path), Some(g)) = (fixture(file), try_golden(stem)) else {
             skip(file);
@@ -1066,6 +1067,7 @@ fn batched_streams_on_the_device_equal_single_streams() {
         "shakespeare-rwkv6.safetensors",
         "tiny-rwkv7-834k.safetensors",
         "tiny-rwkv5-730k.safetensors",
+        "rand-rwkv7a-d256-bf16.safetensors",
     ] {
         let m = on_device(&model_path(file));
         let v = m.cfg.vocab;
@@ -1098,5 +1100,70 @@ fn batched_streams_on_the_device_equal_single_streams() {
                 );
             }
         }
+    }
+}
+
+/// RWKV-7a's parts: a product per row with the row's own matrix, and the `Scale` step
+/// (`x *= bias + y`), each backend against a plain reference, on rows from 1 on.
+#[test]
+fn row_products_and_the_scale_step_match_the_reference() {
+    let (n, i_n, j_n, f) = (3, 4, 5, 6);
+    let (x, m) = (vals(n * i_n, 1), vals(n * i_n * j_n, 2));
+    let (w, bias, k0) = (vals(f * i_n, 3), vals(f, 4), vals((n + 1) * f, 5));
+    let mut want_rows = vec![0.0; n * j_n];
+    for r in 0..n {
+        for j in 0..j_n {
+            let terms = (0..i_n).map(|i| x[r * i_n + i] * m[(r * i_n + i) * j_n + j]);
+            want_rows[r * j_n + j] = terms.sum();
+        }
+    }
+    let mut want_k = k0.clone();
+    for r in 0..n {
+        for o in 0..f {
+            let y: f32 = (0..i_n).map(|i| w[o * i_n + i] * x[r * i_n + i]).sum();
+            want_k[(r + 1) * f + o] *= bias[o] + y;
+        }
+    }
+    fn run<B: Backend>(be: &B, a: [&[f32]; 5], dims: [usize; 4]) -> (Vec<f32>, Vec<f32>) {
+        let [x, m, w, bias, k0] = a;
+        let [n, i_n, j_n, f] = dims;
+        let (tx, tm, tb) = (put(be, x), put(be, m), put(be, bias));
+        let mut tk = put(be, k0);
+        let mut out = space(be, n * j_n);
+        be.row_products(RowProduct {
+            x: Rows::new(&tx, 0, n, i_n),
+            m: Rows::new(&tm, 0, n, i_n * j_n),
+            out: RowsMut::new(&mut out, 0, n, j_n),
+        })
+        .unwrap();
+        let wm = be
+            .matrix(Matrix {
+                rows: f,
+                cols: i_n,
+                data: Data::F32(Buf::Owned(w.to_vec())),
+            })
+            .unwrap();
+        let mut y = space(be, n * f);
+        let then = Then::Scale {
+            bias: &tb,
+            x: RowsMut::new(&mut tk, 1, n, f),
+        };
+        let job = Product {
+            w: &wm,
+            x: Rows::new(&tx, 0, n, i_n),
+            y: RowsMut::new(&mut y, 0, n, f),
+            then,
+        };
+        be.products(Precision::F32, &mut [job]).unwrap();
+        (get(be, &out, n * j_n), get(be, &tk, (n + 1) * f))
+    }
+    let a = [&x[..], &m, &w, &bias, &k0];
+    let dims = [n, i_n, j_n, f];
+    for (name, (rows, k)) in [
+        ("device", run(&device(), a, dims)),
+        ("cpu", run(&Cpu::default(), a, dims)),
+    ] {
+        close(&format!("{name} row products"), &rows, &want_rows, 1e-5);
+        close(&format!("{name} scale"), &k, &want_k, 1e-5);
     }
 }

@@ -1,4 +1,4 @@
-//! Write a random-weight RWKV-5.2, RWKV-6 or RWKV-7 model of any shape, in BlinkDL names, as
+//! Write a random-weight RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a model of any shape, in BlinkDL names, as
 //! safetensors, for benchmarks and size tests:
 //!
 //!     cargo run --release --example synth-model -- --layers 24 --embd 2048 \
@@ -34,10 +34,12 @@ enum Arch {
     V5,
     V6,
     V7,
+    /// RWKV-7 with DeepEmbed
+    V7a,
 }
 
 #[derive(Parser)]
-#[command(about = "Write a random-weight RWKV-5.2, RWKV-6 or RWKV-7 model of any shape")]
+#[command(about = "Write a random-weight RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a model of any shape")]
 pub struct Args {
     #[arg(long, value_enum, default_value_t = Arch::V6)]
     arch: Arch,
@@ -114,6 +116,7 @@ fn main() -> std::io::Result<()> {
         Arch::V5 => v5::tensors(&a),
         Arch::V6 => v6::tensors(&a),
         Arch::V7 => v7::tensors(&a),
+        Arch::V7a => v7::with_deep_embed(&a),
     };
     let (dname, size) = match a.dtype {
         DType::F32 => ("F32", 4),
@@ -181,6 +184,7 @@ fn main() -> std::io::Result<()> {
         Arch::V5 => "RWKV-5.2",
         Arch::V6 => "RWKV-6",
         Arch::V7 => "RWKV-7",
+        Arch::V7a => "RWKV-7a",
     };
     eprintln!(
         "wrote {} ({arch}, {} layers, width {}, vocab {}, {:.2}B parameters, {:.2} GB)",

@@ -119,3 +119,24 @@ pub fn tensors(a: &Args) -> Vec<Tensor> {
     push("head.weight".into(), vec![v, d], Init::Linear { fan_in: d });
     out
 }
+
+/// RWKV-7 plus each layer's DeepEmbed tensors (`docs/RWKV7.md`, "DeepEmbed"): a per-token
+/// 32 x 32 matrix near zero, so that the FFN key's scale stays near `s0 = 1`.
+pub fn with_deep_embed(a: &Args) -> Vec<Tensor> {
+    let mut out = tensors(a);
+    let (d, v) = (a.embd, a.vocab);
+    let f = a.ffn.unwrap_or(4 * d);
+    for i in 0..a.layers {
+        let p = |s: &str| format!("blocks.{i}.ffn.{s}");
+        for (name, shape, init) in [
+            (p("s_emb.weight"), vec![v, 1024], Init::Uniform(0.1)),
+            (p("s_emb_x.weight"), vec![1024, d], Init::Uniform(0.01)),
+            (p("s1"), vec![d, 32], Init::Uniform(0.05)),
+            (p("s2"), vec![32, f], Init::Uniform(0.05)),
+            (p("s0"), vec![1, 1, f], Init::Near(1.0)),
+        ] {
+            out.push(Tensor { name, shape, init });
+        }
+    }
+    out
+}

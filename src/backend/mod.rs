@@ -135,6 +135,11 @@ pub enum Then<'a, T> {
         gate: Rows<'a, T>,
         x: RowsMut<'a, T>,
     },
+    /// `x *= bias + y`: RWKV-7a's DeepEmbed scale of the FFN key.
+    Scale {
+        bias: &'a T,
+        x: RowsMut<'a, T>,
+    },
 }
 
 impl<T> Then<'_, T> {
@@ -152,6 +157,7 @@ impl<T> Then<'_, T> {
             Then::Mix { .. } => StepCode::Mix,
             Then::Residual(_) => StepCode::Residual,
             Then::GatedResidual { .. } => StepCode::GatedResidual,
+            Then::Scale { .. } => StepCode::Scale,
         }
     }
 }
@@ -173,10 +179,11 @@ pub enum StepCode {
     Mix,
     Residual,
     GatedResidual,
+    Scale,
 }
 
 impl StepCode {
-    pub const ALL: [StepCode; 11] = [
+    pub const ALL: [StepCode; 12] = [
         StepCode::None,
         StepCode::Tanh,
         StepCode::Sigmoid,
@@ -188,6 +195,7 @@ impl StepCode {
         StepCode::Mix,
         StepCode::Residual,
         StepCode::GatedResidual,
+        StepCode::Scale,
     ];
 
     /// Its name in OpenCL C (`T_TANH`).
@@ -204,6 +212,7 @@ impl StepCode {
             StepCode::Mix => "T_MIX",
             StepCode::Residual => "T_RESIDUAL",
             StepCode::GatedResidual => "T_GATED",
+            StepCode::Scale => "T_SCALE",
         }
     }
 }
@@ -235,6 +244,15 @@ pub struct Up<'a, B: Backend> {
     pub from: usize,
     pub y: RowsMut<'a, B::Tensor>,
     pub then: Then<'a, B::Tensor>,
+}
+
+/// Per row `r`, a product with the row's own small matrix: `out[r, j] = sum_i x[r, i]
+/// m[r, i*J + j]`, `x [n, I]`, `m [n, I*J]` (each row an `[I, J]` matrix, row-major),
+/// `out [n, J]`. RWKV-7a's DeepEmbed multiplies by a per-token 32 x 32 matrix this way.
+pub struct RowProduct<'a, B: Backend> {
+    pub x: Rows<'a, B::Tensor>,
+    pub m: Rows<'a, B::Tensor>,
+    pub out: RowsMut<'a, B::Tensor>,
 }
 
 /// `xx = LayerNorm(x)`; `sx[t] = prev(t) - xx[t]`, where `prev` is the row before in the
@@ -531,12 +549,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         f()
     }
 
-    /// `x`'s rows = LayerNorm(rows `tokens` of the host embedding `emb [V, D]`; `ln0`, whose
-    /// vectors are given on the host too), in f32.
+    /// `x`'s rows = rows `tokens` of the host table `emb [V, D]` in f32 (read from where it
+    /// is stored, not copied whole), then LayerNorm'd with `ln0` (given on the host) if any.
     fn embed(
         &self,
         emb: &Matrix,
-        ln0: Norm<Vec<f32>>,
+        ln0: Option<Norm<Vec<f32>>>,
         tokens: &[u32],
         x: RowsMut<Self::Tensor>,
     ) -> Result<()>;
@@ -561,6 +579,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
         batch: &Self::Batch,
         states: &mut [&mut Self::State],
     ) -> Result<()>;
+    /// [`RowProduct`].
+    fn row_products(&self, op: RowProduct<Self>) -> Result<()>;
     /// [`Wkv7`].
     fn wkv7(
         &self,
@@ -592,5 +612,11 @@ mod tests {
             Then::Residual(RowsMut::new(&mut vec![0.0], 0, 1, 1)).code() as i32,
             9
         );
+        let mut y = vec![0.0f32];
+        let scale = Then::Scale {
+            bias: &x,
+            x: RowsMut::new(&mut y, 0, 1, 1),
+        };
+        assert_eq!(scale.code().name(), "T_SCALE");
     }
 }

@@ -60,7 +60,7 @@ impl<B: Backend> Ends<B> {
             eps: LN_EPS,
         };
         let (t, d) = (tokens.len(), self.emb.cols);
-        be.embed(&self.emb, ln0, tokens, RowsMut::new(x, 0, t, d))
+        be.embed(&self.emb, Some(ln0), tokens, RowsMut::new(x, 0, t, d))
     }
 
     /// The logits `want`s into `out`, from the last layer's `x [T, D]` (normed in place);

@@ -124,6 +124,7 @@ impl<B: Backend, N: Layers<B>> Engine<B, N> {
         for i in 0..depth {
             let pass = Pass {
                 t,
+                tokens,
                 batch: &shell.batch,
                 prec,
                 rows: rows_from(i, depth, t, spans.len(), want),

@@ -105,6 +105,7 @@ impl<B: Backend> Ffn<B> {
             batch,
             prec,
             rows: (_, from),
+            ..
         } = pass;
         let (d, n) = (shape.embd, t - from);
         let f = self.key_width();

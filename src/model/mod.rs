@@ -7,6 +7,7 @@
 //! weights and its forward pass, written once over [`crate::backend::Backend`].
 
 pub mod checkpoint;
+pub mod deep_embed;
 pub mod ends;
 mod engine;
 pub mod ffn;
@@ -19,6 +20,7 @@ pub mod table;
 pub mod v5;
 pub mod v6;
 pub mod v7;
+pub mod v7a;
 pub mod version;
 
 use crate::backend::MatrixInfo;

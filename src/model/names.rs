@@ -158,12 +158,6 @@ pub fn refuse_variants(ck: &Checkpoint, names: &Names, runs: &str) -> Result<()>
             .iter()
             .any(|p| k.starts_with(&format!("blocks.0.att.{p}")))
     });
-    if has("blocks.0.ffn.s_emb.weight") {
-        return Err(unsupported(
-            "an RWKV-7a \"DeepEmbed\" model, which adds token-indexed tensors to the FFN",
-            "blocks.0.ffn.s_emb.weight",
-        ));
-    }
     if has("blocks.0.att.k_k") {
         return Ok(());
     }

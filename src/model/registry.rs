@@ -4,11 +4,12 @@
 use super::checkpoint::Checkpoint;
 use super::names::{self, Names};
 use super::version::Version;
-use super::{v5, v6, v7};
+use super::{v5, v6, v7, v7a};
 use crate::error::Result;
 
-/// The versions, oldest first.
-pub static VERSIONS: &[&Version] = &[&v5::VERSION, &v6::VERSION, &v7::VERSION];
+/// The versions, oldest first (a version a file could also be taken for, its extension
+/// first: RWKV-7a's files carry RWKV-7's names too).
+pub static VERSIONS: &[&Version] = &[&v5::VERSION, &v6::VERSION, &v7a::VERSION, &v7::VERSION];
 
 /// The version named `name` (`rwkv7`), as state files and JSON name it.
 pub fn by_name(name: &str) -> Option<&'static Version> {
@@ -51,6 +52,6 @@ mod tests {
             assert_eq!(VERSIONS.iter().filter(|w| w.name == v.name).count(), 1);
         }
         assert_eq!(by_name("rwkv4"), None);
-        assert_eq!(titles(), "RWKV-5.2, RWKV-6 and RWKV-7");
+        assert_eq!(titles(), "RWKV-5.2, RWKV-6, RWKV-7a and RWKV-7");
     }
 }

@@ -341,6 +341,7 @@ impl<B: Backend> Weights<B> {
             batch,
             prec,
             rows: (from, _),
+            ..
         } = pass;
         let (a, c) = (&l.att, &self.cfg);
         let (d, n) = (c.n_embd, t - from);

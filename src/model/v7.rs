@@ -6,6 +6,7 @@
 //! learning-rate, value-residual and gate LoRAs, read from each tensor's shape.
 
 use super::checkpoint::Checkpoint;
+use super::deep_embed::{self, DeepEmbed};
 use super::ends::{self, Ends};
 use super::engine::version;
 use super::load::{in_layers, Affine, Loader};
@@ -178,6 +179,7 @@ impl Family for X070 {
                 x_k: vec("ffn.x_k")?,
                 key: l.matrix(&p("ffn.key.weight"), &[f, d])?,
                 value: l.matrix(&p("ffn.value.weight"), &[d, f])?,
+                deep: None,
             };
             layers.push(Layer {
                 ln1: l.affine(&p("ln1"), d)?,
@@ -243,6 +245,8 @@ pub struct Ffn<B: Backend> {
     pub key: B::Matrix,
     /// `[D, F]`
     pub value: B::Matrix,
+    /// RWKV-7a's per-token scale of the key ([`super::v7a`]).
+    pub deep: Option<DeepEmbed<B>>,
 }
 
 pub struct Layer<B: Backend> {
@@ -305,6 +309,8 @@ pub struct Scratch<B: Backend> {
     y: B::Tensor,
     /// Channel mix: the key `[T, F]`.
     kf: B::Tensor,
+    /// RWKV-7a's (empty without it).
+    deep: deep_embed::Scratch<B>,
 }
 
 impl<B: Backend> Layers<B> for Weights<B> {
@@ -328,6 +334,7 @@ impl<B: Backend> Layers<B> for Weights<B> {
             out: t(),
             y: t(),
             kf: t(),
+            deep: deep_embed::Scratch::new(be),
         }
     }
 
@@ -358,6 +365,9 @@ impl<B: Backend> Layers<B> for Weights<B> {
         for x in &mut sc.hidden {
             be.reserve(x, t * widest)?;
         }
+        if self.layers.iter().any(|l| l.ffn.deep.is_some()) {
+            sc.deep.reserve(be, &self.cfg, t)?;
+        }
         be.reserve(&mut sc.kf, t * self.cfg.ffn)
     }
 
@@ -387,6 +397,9 @@ impl<B: Backend> Layers<B> for Weights<B> {
             add("att.output.weight", &a.output);
             add("ffn.key.weight", &f.key);
             add("ffn.value.weight", &f.value);
+            if let Some(deep) = &f.deep {
+                deep.matrices(i, &mut v);
+            }
         }
         v
     }
@@ -401,6 +414,9 @@ impl<B: Backend> Layers<B> for Weights<B> {
         states: &mut [&mut B::State],
     ) -> Result<()> {
         let layer = &self.layers[i];
+        if i == 0 && layer.ffn.deep.is_some() {
+            sc.deep.embed(be, &self.ends, pass.tokens)?;
+        }
         self.time_mix(be, layer, i, x, sc, pass, states)?;
         self.channel_mix(be, layer, i, x, sc, pass, states)
     }
@@ -425,6 +441,7 @@ impl<B: Backend> Weights<B> {
             batch,
             prec,
             rows: (from, _),
+            ..
         } = pass;
         let (at, c) = (&l.att, &self.cfg);
         let (d, n) = (c.n_embd, t - from);
@@ -622,6 +639,7 @@ impl<B: Backend> Weights<B> {
             batch,
             prec,
             rows: (_, from),
+            ..
         } = pass;
         let (f, c) = (&l.ffn, &self.cfg);
         let (d, n) = (c.n_embd, t - from);
@@ -631,6 +649,7 @@ impl<B: Backend> Weights<B> {
             mixed: [xk, ..],
             kf,
             y,
+            deep,
             ..
         } = sc;
         be.norm_shift(
@@ -661,6 +680,10 @@ impl<B: Backend> Weights<B> {
                 then: Then::ReluSquared,
             }],
         )?;
+        if let Some(de) = &f.deep {
+            let (x, k) = (Rows::new(xx, from, n, d), RowsMut::new(kf, 0, n, c.ffn));
+            de.scale(be, deep, prec, pass.tokens, from, x, k)?;
+        }
         be.products(
             prec,
             &mut [Product {

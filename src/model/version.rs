@@ -190,6 +190,8 @@ pub trait Layers<B: Backend>: Send + Sync + 'static {
 pub struct Pass<'a, B: Backend> {
     /// Rows of the call.
     pub t: usize,
+    /// The token of each row.
+    pub tokens: &'a [u32],
     pub batch: &'a B::Batch,
     pub prec: Precision,
     /// The first row the time mix computes, and the first the channel mix computes.

@@ -45,6 +45,11 @@ pub enum Step<'a> {
         gate: &'a [f32],
         x: SharedMut,
     },
+    /// `x *= bias + y`.
+    Scale {
+        bias: &'a [f32],
+        x: SharedMut,
+    },
 }
 
 impl Step<'_> {
@@ -82,6 +87,12 @@ impl Step<'_> {
                 // SAFETY: this run's elements of x belong to this task alone.
                 let x = unsafe { x.run(at, y.len()) };
                 x.iter_mut().zip(y.iter()).for_each(|(x, y)| *x += y);
+            }
+            Step::Scale { bias, x } => {
+                // SAFETY: as above.
+                let x = unsafe { x.run(at, y.len()) };
+                let xs = x.iter_mut().zip(y.iter());
+                xs.zip(&bias[c0..]).for_each(|((x, y), b)| *x *= b + y);
             }
             Step::GatedResidual { gate, x } => {
                 y.iter_mut().zip(&gate[at..]).for_each(|(v, g)| *v *= g);

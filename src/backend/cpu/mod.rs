@@ -30,7 +30,8 @@ pub mod wkv;
 pub mod wkv7;
 
 use super::{
-    Backend, Decay, Lora, NormShift, Precision, Product, Rows, RowsMut, StateData, Then, Wkv6, Wkv7,
+    Backend, Decay, Lora, NormShift, Precision, Product, RowProduct, Rows, RowsMut, StateData,
+    Then, Wkv6, Wkv7,
 };
 use crate::error::Result;
 use crate::isa::Isa;
@@ -89,6 +90,10 @@ fn step<'a>(then: Then<'a, Vec<f32>>) -> Step<'a> {
             maa,
         },
         Then::Residual(x) => Step::Residual(SharedMut::new(slice_mut(x))),
+        Then::Scale { bias, x } => Step::Scale {
+            bias,
+            x: SharedMut::new(slice_mut(x)),
+        },
         Then::GatedResidual { gate, x } => Step::GatedResidual {
             gate: slice(&gate),
             x: SharedMut::new(slice_mut(x)),
@@ -195,7 +200,7 @@ impl Backend for Cpu {
     fn embed(
         &self,
         emb: &Matrix,
-        ln0: super::Norm<Vec<f32>>,
+        ln0: Option<super::Norm<Vec<f32>>>,
         tokens: &[u32],
         x: RowsMut<Vec<f32>>,
     ) -> Result<()> {
@@ -204,7 +209,27 @@ impl Backend for Cpu {
         for (row, &tok) in x.chunks_mut(d).zip(tokens) {
             emb.row_f32(tok as usize, row);
         }
-        norm::layer_norm(x, ln0.w, ln0.b, ln0.eps);
+        if let Some(ln0) = ln0 {
+            norm::layer_norm(x, ln0.w, ln0.b, ln0.eps);
+        }
+        Ok(())
+    }
+
+    fn row_products(&self, op: RowProduct<Self>) -> Result<()> {
+        let RowProduct { x, m, out } = op;
+        let (i_n, j_n) = (x.cols, out.cols);
+        assert_eq!(m.cols, i_n * j_n, "row_products: m is not [n, I * J]");
+        let (x, m, out) = (slice(&x), slice(&m), slice_mut(out));
+        for ((x, m), out) in x
+            .chunks(i_n)
+            .zip(m.chunks(i_n * j_n))
+            .zip(out.chunks_mut(j_n))
+        {
+            out.fill(0.0);
+            for (&xi, mi) in x.iter().zip(m.chunks(j_n)) {
+                out.iter_mut().zip(mi).for_each(|(o, &w)| *o += xi * w);
+            }
+        }
         Ok(())
     }
 

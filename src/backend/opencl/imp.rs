@@ -11,8 +11,8 @@ use super::device::{cl, discovery, Arg, Device, DeviceState, Fmt};
 use crate::backend::cpu::norm::layer_norm;
 use crate::backend::device::{Device as DevicePick, DeviceSpec};
 use crate::backend::{
-    Backend, Decay, DeviceData, Lora, Norm, NormShift, Precision, Product, Rows, RowsMut,
-    StateData, Then, Wkv6, Wkv7,
+    Backend, Decay, DeviceData, Lora, Norm, NormShift, Precision, Product, RowProduct, Rows,
+    RowsMut, StateData, Then, Wkv6, Wkv7,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Data, Matrix};
@@ -145,6 +145,7 @@ fn then_args<'a>(
             [o.buf(x.t), o.buf(gate.t), none],
             [at(x.row, x.cols), at(gate.row, gate.cols), 0],
         ),
+        Then::Scale { bias, x } => ([o.buf(x.t), o.buf(bias), none], [at(x.row, x.cols), 0, 0]),
     };
     (then.code() as i32, bufs, offs)
 }
@@ -260,7 +261,7 @@ impl Backend for Ocl {
     fn embed(
         &self,
         emb: &Matrix,
-        ln0: Norm<Vec<f32>>,
+        ln0: Option<Norm<Vec<f32>>>,
         tokens: &[u32],
         x: RowsMut<DevTensor>,
     ) -> Result<()> {
@@ -268,9 +269,28 @@ impl Backend for Ocl {
         for (row, &tok) in rows.chunks_mut(x.cols).zip(tokens) {
             emb.row_f32(tok as usize, row);
         }
-        // the CPU's own host norm, so that both backends start from the same bits
-        layer_norm(&mut rows, ln0.w, ln0.b, ln0.eps);
+        if let Some(ln0) = ln0 {
+            // the CPU's own host norm, so that both backends start from the same bits
+            layer_norm(&mut rows, ln0.w, ln0.b, ln0.eps);
+        }
         self.dev.write(self.buf(x.t), x.span().start, &rows)
+    }
+
+    fn row_products(&self, op: RowProduct<Self>) -> Result<()> {
+        let RowProduct { x, m, out } = op;
+        let (i_n, j_n) = (x.cols, out.cols);
+        assert_eq!(m.cols, i_n * j_n, "row_products: m is not [n, I * J]");
+        let args = [
+            Arg::F(self.buf(x.t)),
+            Arg::Int((x.row * i_n) as i32),
+            Arg::F(self.buf(m.t)),
+            Arg::Int((m.row * m.cols) as i32),
+            Arg::F(self.buf(out.t)),
+            Arg::Int((out.row * j_n) as i32),
+            Arg::Int(i_n as i32),
+            Arg::Int(j_n as i32),
+        ];
+        self.dev.launch("row_products", x.rows * j_n, j_n, &args)
     }
 
     fn layer_norm(&self, x: RowsMut<DevTensor>, ln: Norm<DevTensor>) -> Result<()> {
