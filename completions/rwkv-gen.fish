@@ -18,7 +18,7 @@ complete -c rwkv-gen -l separator -d 'With --lines: what ends a record in text f
 complete -c rwkv-gen -l max-line-bytes -d 'The longest input line read with --lines, --jsonl and --chat; a longer one is an error for that line' -r
 complete -c rwkv-gen -l state -d 'Start from this state file (from `rwkv-state feed` or --save-state; `-` is stdin) or state-tuning file (.pth from RWKV-PEFT, Ai00 .st)' -r -F
 complete -c rwkv-gen -l save-state -d 'After generating, write the state (prompt and answer fed) here; may be the --state file' -r -F
-complete -c rwkv-gen -s m -l model -d 'Model file, RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a: .pth, .safetensors or Ai00 .st (BlinkDL names; RWKV-6 also Hugging Face or Ai00 names)' -r -F
+complete -c rwkv-gen -s m -l model -d 'Model file, RWKV-4, 5.2, 6, 7 or 7a: .pth, .safetensors or Ai00 .st (BlinkDL names; RWKV-6 also Hugging Face or Ai00 names)' -r -F
 complete -c rwkv-gen -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
 complete -c rwkv-gen -l quant -d 'Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay as stored)' -r -f -a "int8\t'8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)'
 nf4\t'4-bit normal float, blocks of 64 with a bf16 scale (0.53125 bytes per weight)'"

@@ -36,7 +36,7 @@ complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s p -l prom
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s f -l prompt-file -d 'Feed this file\'s contents (instead of stdin; `-` is stdin)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s o -l output -d 'Output file; `-` is stdout, the default when stdout is not a terminal' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l state -d 'Start from this state (`-` reads it from stdin; then the text comes from -p or -f)' -r -F
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s m -l model -d 'Model file, RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a: .pth, .safetensors or Ai00 .st (BlinkDL names; RWKV-6 also Hugging Face or Ai00 names)' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s m -l model -d 'Model file, RWKV-4, 5.2, 6, 7 or 7a: .pth, .safetensors or Ai00 .st (BlinkDL names; RWKV-6 also Hugging Face or Ai00 names)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l quant -d 'Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay as stored)' -r -f -a "int8\t'8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)'
 nf4\t'4-bit normal float, blocks of 64 with a bf16 scale (0.53125 bytes per weight)'"

@@ -25,8 +25,8 @@ use std::time::Instant;
 
 #[derive(Parser)]
 struct Args {
-    /// The synthetic model's generation: v5 (RWKV-5.2), v6, v7 or v7a (RWKV-7 DeepEmbed)
-    #[arg(long, default_value = "v6", value_parser = ["v5", "v6", "v7", "v7a"])]
+    /// The synthetic model's generation: v4, v5 (RWKV-5.2), v6, v7 or v7a (RWKV-7 DeepEmbed)
+    #[arg(long, default_value = "v6", value_parser = ["v4", "v5", "v6", "v7", "v7a"])]
     arch: String,
     #[arg(long, default_value_t = 24)]
     layers: usize,
@@ -34,7 +34,7 @@ struct Args {
     embd: usize,
     #[arg(long, default_value_t = 65536)]
     vocab: usize,
-    /// Model file [default: bench-models/rwkv{5,6,7,7a}-L{layers}-D{embd}-bf16.st, written if
+    /// Model file [default: bench-models/rwkv{4,5,6,7,7a}-L{layers}-D{embd}-bf16.st, written if
     /// missing]
     #[arg(long)]
     model: Option<PathBuf>,

@@ -3,9 +3,11 @@
     python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch rwkv safetensors numpy
     /tmp/tv/bin/python examples/pytorch_bench.py bench-models/rwkv6-L24-D2048-bf16.st "cpu bf16"
     /tmp/tv/bin/python examples/pytorch_bench.py bench-models/rwkv7-L24-D2048-bf16.st "cpu bf16"
+    /tmp/tv/bin/python examples/pytorch_bench.py bench-models/rwkv5-L24-D2048-bf16.st "cpu bf16"
 
 Converts the safetensors file to a .pth in /tmp once (the `rwkv` package reads .pth), turns
-on the package's RWKV-7 class for an x070 file (`blocks.0.att.k_k`), then prints load time,
+on the package's RWKV-7 class for an x070 file (`blocks.0.att.k_k`, and DeepEmbed for
+`ffn.s_emb`), then prints load time,
 512-token prompt tokens/s and generation tokens/s on 2 threads, with the same prompt ids as
 `bench`.
 """
@@ -31,6 +33,8 @@ from safetensors import safe_open  # noqa: E402
 with safe_open(src, "pt") as f:
     if "blocks.0.att.k_k" in f.keys():
         os.environ["RWKV_V7_ON"] = "1"
+    if "blocks.0.ffn.s_emb.weight" in f.keys():
+        os.environ["RWKV_DE_VERSION"] = "1"
 
 from rwkv.model import RWKV  # noqa: E402
 

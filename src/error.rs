@@ -25,7 +25,7 @@ pub enum Error {
         path: PathBuf,
         what: &'static str,
         evidence: String,
-        /// The versions that run, as `RWKV-6 and RWKV-7`.
+        /// The versions that run, as `RWKV-4, RWKV-5.2, RWKV-6, RWKV-7a and RWKV-7`.
         runs: String,
     },
 

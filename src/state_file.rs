@@ -7,7 +7,7 @@
 //! against the file's size before anything is allocated, and files are written atomically
 //! ([`crate::atomic`]).
 
-use crate::backend::StateShape;
+use crate::backend::{Recurrence, StateShape};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::registry;
@@ -121,7 +121,7 @@ impl StateFile {
         let s = m.shape;
         let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
         for l in 0..s.layers {
-            let wkv = vec![s.heads, s.head_size, s.head_size];
+            let wkv = s.wkv_dims();
             tensors.push((
                 format!("{l}.att_shift"),
                 vec![s.embd],
@@ -294,14 +294,15 @@ impl Parsed {
                 .ok_or_else(|| bad(format!("metadata `{k}` missing or not a number")))
         };
         let arch = text("arch").unwrap_or("rwkv6").to_string();
-        if registry::by_name(&arch).is_none() {
+        let Some(version) = registry::by_name(&arch) else {
             return Err(bad(format!("a state of an unknown architecture `{arch}`")));
-        }
+        };
         let shape = StateShape {
             layers: num("n_layer")?,
             embd: num("n_embd")?,
             heads: num("n_head")?,
             head_size: num("head_size")?,
+            recurrence: version.recurrence,
         };
         let vocab = num("vocab")?;
         // Every size from the metadata, in checked arithmetic, must fit in the file.
@@ -311,15 +312,20 @@ impl Parsed {
                 "metadata declares a state ({shape}) larger than the file"
             ))
         };
-        let wkv = (shape.heads as u64)
-            .checked_mul(shape.head_size as u64)
-            .and_then(|v| v.checked_mul(shape.head_size as u64));
+        let wkv = match shape.recurrence {
+            Recurrence::Heads => (shape.heads as u64)
+                .checked_mul(shape.head_size as u64)
+                .and_then(|v| v.checked_mul(shape.head_size as u64)),
+            Recurrence::Channels => (shape.embd as u64).checked_mul(3),
+        };
         let per_layer = wkv.and_then(|w| w.checked_add(2 * shape.embd as u64));
         let total = per_layer
             .and_then(|p| p.checked_mul(shape.layers as u64))
             .and_then(|v| v.checked_mul(4))
             .ok_or_else(too_big)?;
-        if total > data || shape.heads.checked_mul(shape.head_size) != Some(shape.embd) {
+        let heads_fit = shape.recurrence == Recurrence::Channels
+            || shape.heads.checked_mul(shape.head_size) == Some(shape.embd);
+        if total > data || !heads_fit {
             return Err(too_big());
         }
         let base = 8 + n as usize;
@@ -358,10 +364,10 @@ impl Parsed {
             }
         };
         let mut parts = Vec::with_capacity(3 * shape.layers);
-        let (d, h, s) = (shape.embd, shape.heads, shape.head_size);
+        let (d, wkv) = (shape.embd, shape.wkv_dims());
         for l in 0..shape.layers {
             parts.push(tensor(&format!("{l}.att_shift"), &[d])?);
-            parts.push(tensor(&format!("{l}.wkv"), &[h, s, s])?);
+            parts.push(tensor(&format!("{l}.wkv"), &wkv)?);
             parts.push(tensor(&format!("{l}.ffn_shift"), &[d])?);
         }
         let logits = match header.get("logits") {
@@ -512,6 +518,7 @@ fn tuning_shape_of(ck: &Checkpoint, t: Tuning) -> Result<StateShape> {
             .ok_or_else(|| Error::format(path, format!("{name}'s shape overflows")))?,
         heads: h,
         head_size: s,
+        recurrence: Recurrence::Heads,
     })
 }
 

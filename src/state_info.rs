@@ -201,6 +201,7 @@ mod tests {
             embd: 2,
             heads: 1,
             head_size: 2,
+            recurrence: Default::default(),
         };
         StateFile {
             meta: StateMeta {

@@ -45,6 +45,7 @@ fn a_token_allocates_only_its_logits() {
         "tiny-rwkv7-834k.safetensors",
         "tiny-rwkv5-730k.safetensors",
         "rand-rwkv7a-d256-bf16.safetensors",
+        "tiny-rwkv4-660k.safetensors",
     ];
     for (quant, file) in [None, Some(Quant::Int8), Some(Quant::Nf4)]
         .into_iter()

@@ -151,6 +151,7 @@ fn chunked_feeding_equals_one_call() {
         "tiny-rwkv7-834k",
         "tiny-rwkv5-730k",
         "rand-rwkv7a-d256-bf16",
+        "tiny-rwkv4-660k",
     ] {
         let g = golden(stem);
         let m = Model::load(&model_path(&format!("{stem}.safetensors"))).unwrap();
@@ -183,6 +184,7 @@ fn skipped_rows_change_no_bit() {
         "tiny-rwkv7-834k.safetensors",
         "tiny-rwkv5-730k.safetensors",
         "rand-rwkv7a-d256-bf16.safetensors",
+        "tiny-rwkv4-660k.safetensors",
     ];
     for (quant, file) in [None, Some(Quant::Int8), Some(Quant::Nf4)]
         .into_iter()
@@ -303,4 +305,14 @@ fn v5_random_bf16_pth() {
 #[test]
 fn v7a_deepembed_random_bf16() {
     check("rand-rwkv7a-d256-bf16.safetensors", "rand-rwkv7a-d256-bf16");
+}
+
+#[test]
+fn v4_tiny_trained_fp32() {
+    check("tiny-rwkv4-660k.safetensors", "tiny-rwkv4-660k");
+}
+
+#[test]
+fn v4_random_bf16_safetensors() {
+    check("rand-rwkv4-d256-bf16.safetensors", "rand-rwkv4-d256-bf16");
 }

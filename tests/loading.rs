@@ -65,15 +65,6 @@ fn other_rwkv_versions_are_named() {
             ],
         ),
         (
-            "v4",
-            "an RWKV-4 model",
-            vec![
-                emb.clone(),
-                ("blocks.0.att.time_first", vec![8]),
-                ("blocks.0.att.time_mix_k", vec![1, 1, 8]),
-            ],
-        ),
-        (
             "rc4a",
             "pre-release names",
             vec![emb.clone(), ("blocks.0.att.time_misc_kkk", vec![1, 1, 8])],
@@ -89,7 +80,10 @@ fn other_rwkv_versions_are_named() {
         ),
     ];
     let runs = format!("these tools run {}", rwkv::model::registry::titles());
-    assert_eq!(runs, "these tools run RWKV-5.2, RWKV-6, RWKV-7a and RWKV-7");
+    assert_eq!(
+        runs,
+        "these tools run RWKV-4, RWKV-5.2, RWKV-6, RWKV-7a and RWKV-7"
+    );
     for (file, says, tensors) in cases {
         let p = dir.join(format!("{file}.safetensors"));
         write(&p, &tensors);
@@ -191,7 +185,14 @@ fn synth_model_writes_a_working_model() {
         );
     }
     let dir = temp_dir("load-synth");
-    for (arch, ffn) in [("v5", 448), ("v6", 448), ("v7", 512), ("v7a", 512)] {
+    // RWKV-4's recurrence is per channel: one "head" of the whole width
+    for (arch, ffn, (heads, size)) in [
+        ("v4", 512, (1, 128)),
+        ("v5", 448, (2, 64)),
+        ("v6", 448, (2, 64)),
+        ("v7", 512, (2, 64)),
+        ("v7a", 512, (2, 64)),
+    ] {
         let out = dir.join(format!("{arch}.st"));
         let s = std::process::Command::new(&exe)
             .args([
@@ -207,7 +208,7 @@ fn synth_model_writes_a_working_model() {
         assert_eq!(c.version.name, format!("rwkv{}", &arch[1..]));
         assert_eq!(
             (c.n_layer, c.n_embd, c.n_head, c.head_size, c.ffn, c.vocab),
-            (3, 128, 2, 64, ffn, 512)
+            (3, 128, heads, size, ffn, 512)
         );
         let mut st = m.new_state();
         let logits = m

@@ -176,6 +176,7 @@ fn a_state_of_another_shape_is_refused_before_it_is_read() {
         embd: 16384,
         heads: 256,
         head_size: 64,
+        recurrence: Default::default(),
     };
     let one = rwkv::backend::StateShape { layers: 1, ..shape };
     let head = state_file_of(&model, one, vec![0.0; one.len()]);

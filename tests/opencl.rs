@@ -299,6 +299,7 @@ fn norm_shift_matches_the_reference() {
         embd: d,
         heads: 1,
         head_size: 0,
+        recurrence: Default::default(),
     };
     let (w, b) = (vals(d, 3), vals(d, 4));
     let maas = [vals(d, 5), vals(d, 6)];
@@ -596,6 +597,7 @@ fn wkv6_case(fixed: bool) {
             embd: 0,
             heads: h,
             head_size: d / h,
+            recurrence: Default::default(),
         };
         let upm = be.matrix(clone(up)).unwrap();
         let ts: Vec<B::Tensor> = [r, kk, v, dl, bias, u, lw, lb, g]
@@ -826,6 +828,8 @@ fn models_match_the_golden_on_the_device() {
         ("rand-rwkv5-d256-bf16.pth", "rand-rwkv5-d256-bf16"),
         ("rand-rwkv5-d256-bf16.safetensors", "rand-rwkv5-d256-bf16"),
         ("rand-rwkv7a-d256-bf16.safetensors", "rand-rwkv7a-d256-bf16"),
+        ("tiny-rwkv4-660k.safetensors", "tiny-rwkv4-660k"),
+        ("rand-rwkv4-d256-bf16.safetensors", "rand-rwkv4-d256-bf16"),
     ] {
         let (Some(path), Some(g)) = (fixture(file), try_golden(stem)) else {
             skip(file);
@@ -850,19 +854,7 @@ fn models_match_the_golden_on_the_device() {
             let got = m.forward(&[tok], &mut st, Logits::Last).unwrap();
             close_to(&format!("token {t}"), &got, want);
         }
-        for (l, ls) in st.layers().unwrap().iter().enumerate() {
-            for (name, v) in [
-                ("att_shift", &ls.att_shift),
-                ("wkv", &ls.wkv),
-                ("ffn_shift", &ls.ffn_shift),
-            ] {
-                close_to(
-                    &format!("state {l} {name}"),
-                    v,
-                    &g.state[&format!("state.{l}.{name}")],
-                );
-            }
-        }
+        assert_state_close(file, &st, &g);
         let mut st = m.new_state();
         let seq = m.forward(&g.tokens, &mut st, Logits::Last).unwrap();
         close_to("sequence", &seq, &g.seq_logits);
@@ -875,25 +867,20 @@ fn models_match_the_golden_on_the_device() {
             &g.seq_logits,
         );
         let copy = st.try_clone().unwrap(); // a copy on the device, read through the host
-        for (l, ls) in copy.layers().unwrap().iter().enumerate() {
-            close_to(
-                &format!("sequence state {l} wkv"),
-                &ls.wkv,
-                &g.state[&format!("state.{l}.wkv")],
-            );
-        }
+        assert_state_close(&format!("{file} sequence"), &copy, &g);
     }
 }
 
-/// One-token generation takes eight launches a layer (RWKV-6 and RWKV-7; seven for RWKV-5,
-/// which has no mix LoRA) and two for the head, one upload (the token's embedding row) and
-/// one download (its logits): nothing else crosses the bus.
+/// One-token generation takes eight launches a layer (RWKV-6 and RWKV-7; seven for RWKV-4
+/// and RWKV-5, which have no mix LoRA) and two for the head, one upload (the token's
+/// embedding row) and one download (its logits): nothing else crosses the bus.
 #[test]
 fn a_token_is_eight_launches_a_layer_and_one_download() {
     for (file, launches) in [
         ("shakespeare-rwkv6.safetensors", 8),
         ("tiny-rwkv7-834k.safetensors", 8),
         ("tiny-rwkv5-730k.safetensors", 7),
+        ("tiny-rwkv4-660k.safetensors", 7),
     ] {
         let m = on_device(&model_path(file));
         let mut st = m.new_state();
@@ -1068,6 +1055,7 @@ fn batched_streams_on_the_device_equal_single_streams() {
         "tiny-rwkv7-834k.safetensors",
         "tiny-rwkv5-730k.safetensors",
         "rand-rwkv7a-d256-bf16.safetensors",
+        "tiny-rwkv4-660k.safetensors",
     ] {
         let m = on_device(&model_path(file));
         let v = m.cfg.vocab;

@@ -97,6 +97,18 @@ fn quantized_logits_stay_within_measured_bounds() {
             0.0211,
             0.325,
         ),
+        (
+            "tiny-rwkv4-660k.safetensors",
+            "tiny-rwkv4-660k",
+            0.0060,
+            0.128,
+        ),
+        (
+            "rand-rwkv4-d256-bf16.safetensors",
+            "rand-rwkv4-d256-bf16",
+            0.0121,
+            0.234,
+        ),
     ] {
         let (Some(path), Some(g)) = (fixture(file), try_golden(stem)) else {
             skip(file);

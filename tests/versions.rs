@@ -16,7 +16,13 @@ struct Case {
     cat: &'static str,
 }
 
-const CASES: [Case; 3] = [
+const CASES: [Case; 4] = [
+    Case {
+        file: "tiny-rwkv4-660k.safetensors",
+        stem: "tiny-rwkv4-660k",
+        arch: "rwkv4",
+        cat: "",
+    },
     Case {
         file: "tiny-rwkv5-730k.safetensors",
         stem: "tiny-rwkv5-730k",
@@ -234,6 +240,7 @@ fn streams_stepped_together_equal_each_alone() {
         "rand-rwkv5-d256-bf16.pth",
         "rand-rwkv6-d256-fp16.safetensors",
         "rand-rwkv7a-d256-bf16.safetensors",
+        "rand-rwkv4-d256-bf16.safetensors",
     ] {
         let m = Model::load(&model_path(file)).unwrap();
         let prompts: [&[u32]; 3] = [&[10, 20, 30], &[40], &[50, 60, 70, 80]];

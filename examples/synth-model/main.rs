@@ -1,4 +1,4 @@
-//! Write a random-weight RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a model of any shape, in BlinkDL names, as
+//! Write a random-weight RWKV-4, RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a model of any shape, in BlinkDL names, as
 //! safetensors, for benchmarks and size tests:
 //!
 //!     cargo run --release --example synth-model -- --layers 24 --embd 2048 \
@@ -11,6 +11,7 @@
 //! the header first, then one tensor at a time, so the 14B shape (61 layers, width 4096) is
 //! written without holding it in memory. The same arguments and seed give the same file.
 
+mod v4;
 mod v5;
 mod v6;
 mod v7;
@@ -31,6 +32,7 @@ enum DType {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Arch {
+    V4,
     V5,
     V6,
     V7,
@@ -39,7 +41,9 @@ enum Arch {
 }
 
 #[derive(Parser)]
-#[command(about = "Write a random-weight RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a model of any shape")]
+#[command(
+    about = "Write a random-weight RWKV-4, RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a model of any shape"
+)]
 pub struct Args {
     #[arg(long, value_enum, default_value_t = Arch::V6)]
     arch: Arch,
@@ -51,8 +55,8 @@ pub struct Args {
     vocab: usize,
     #[arg(long, default_value_t = 64)]
     head_size: usize,
-    /// FFN width [default: RWKV-5 and RWKV-6 3.5 x embd, rounded down to a multiple of 32; RWKV-7 4 x
-    /// embd]
+    /// FFN width [default: RWKV-5 and RWKV-6 3.5 x embd, rounded down to a multiple of 32;
+    /// RWKV-4 and RWKV-7 4 x embd]
     #[arg(long)]
     ffn: Option<usize>,
     #[arg(long, value_enum, default_value_t = DType::Bf16)]
@@ -113,6 +117,7 @@ fn unit(seed: u64, i: u64) -> f32 {
 fn main() -> std::io::Result<()> {
     let a = Args::parse();
     let ts = match a.arch {
+        Arch::V4 => v4::tensors(&a),
         Arch::V5 => v5::tensors(&a),
         Arch::V6 => v6::tensors(&a),
         Arch::V7 => v7::tensors(&a),
@@ -181,6 +186,7 @@ fn main() -> std::io::Result<()> {
     std::fs::rename(&tmp, &a.output)?;
     let params: usize = ts.iter().map(|t| t.shape.iter().product::<usize>()).sum();
     let arch = match a.arch {
+        Arch::V4 => "RWKV-4",
         Arch::V5 => "RWKV-5.2",
         Arch::V6 => "RWKV-6",
         Arch::V7 => "RWKV-7",

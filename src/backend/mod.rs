@@ -307,6 +307,31 @@ pub struct Wkv6<'a, B: Backend> {
     pub from: usize,
 }
 
+/// RWKV-4's time-mix recurrence, per channel of `D`, each stream's rows in order from its
+/// state `[3, D]` (`aa`, `bb`, `pp`, [`Recurrence::Channels`]; updated):
+///
+/// ```text
+/// q = u + k;   p = max(pp, q);   e1 = exp(pp - p);   e2 = exp(q - p)
+/// out = r * (e1 aa + e2 v) / (e1 bb + e2)                     rows from `from` on
+/// q = w + pp;  p = max(q, k);    e1 = exp(q - p);    e2 = exp(k - p)
+/// aa = e1 aa + e2 v;   bb = e1 bb + e2;   pp = p
+/// ```
+///
+/// `pp` is read as minus infinity while `bb` is 0: the zero state is the empty one. `r`'s
+/// row 0 is row `from`; `out` is written at the rows of `k` from `from` on.
+pub struct Wkv4<'a, B: Backend> {
+    pub k: Rows<'a, B::Tensor>,
+    pub v: Rows<'a, B::Tensor>,
+    /// `sigmoid(Wr xr)`.
+    pub r: Rows<'a, B::Tensor>,
+    /// `[D]` each: the decay `w = -exp(time_decay)` and the bonus `u = time_first`.
+    pub w: &'a B::Tensor,
+    pub u: &'a B::Tensor,
+    pub state: Range<usize>,
+    pub out: RowsMut<'a, B::Tensor>,
+    pub from: usize,
+}
+
 /// Where [`Wkv6`]'s decay comes from.
 pub enum Decay<'a, B: Backend> {
     /// RWKV-6: per token, from the decay LoRA's hidden layer `hidden [t, K]` (`tanh(xw .
@@ -393,33 +418,57 @@ impl MatrixInfo {
 }
 
 /// Where each part of one layer's recurrent state lies in a stream's state: per layer
-/// `att_shift [D]`, the wkv matrix `[H, S, S]`, `ffn_shift [D]`, layers one after another.
-/// (The wkv matrix is `[head, key, value]` in RWKV-6 and `[head, value, key]` in RWKV-7,
-/// each version's official order.)
+/// `att_shift [D]`, the recurrence's state ("wkv", [`Recurrence`]), `ffn_shift [D]`, layers
+/// one after another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateShape {
     pub layers: usize,
     pub embd: usize,
     pub heads: usize,
     pub head_size: usize,
+    pub recurrence: Recurrence,
+}
+
+/// What a layer's recurrence keeps between tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recurrence {
+    /// A matrix per head, `[H, S, S]`: `[head, key, value]` in RWKV-5.2 and RWKV-6, `[head,
+    /// value, key]` in RWKV-7, each version's official order.
+    #[default]
+    Heads,
+    /// RWKV-4's three vectors `[3, D]`: `aa`, `bb` (numerator and denominator, scaled by
+    /// `exp(-pp)`) and `pp` (the running maximum exponent). The zero state is the empty
+    /// one: while `bb` is 0 the recurrence reads `pp` as minus infinity.
+    Channels,
 }
 
 impl std::fmt::Display for StateShape {
-    /// `24 layers, width 2048, 32 heads of 64`.
+    /// `24 layers, width 2048, 32 heads of 64` (RWKV-4: `24 layers, width 2048`).
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let heads = if self.heads == 1 { "head" } else { "heads" };
-        write!(
-            f,
-            "{} layers, width {}, {} {heads} of {}",
-            self.layers, self.embd, self.heads, self.head_size
-        )
+        write!(f, "{} layers, width {}", self.layers, self.embd)?;
+        if self.recurrence == Recurrence::Heads {
+            let heads = if self.heads == 1 { "head" } else { "heads" };
+            write!(f, ", {} {heads} of {}", self.heads, self.head_size)?;
+        }
+        Ok(())
     }
 }
 
 impl StateShape {
-    /// Values of one layer's wkv matrix.
+    /// Values of one layer's recurrence state.
     pub fn wkv_len(&self) -> usize {
-        self.heads * self.head_size * self.head_size
+        match self.recurrence {
+            Recurrence::Heads => self.heads * self.head_size * self.head_size,
+            Recurrence::Channels => 3 * self.embd,
+        }
+    }
+
+    /// The recurrence state's shape in a state file: `[H, S, S]` or `[3, D]`.
+    pub fn wkv_dims(&self) -> Vec<usize> {
+        match self.recurrence {
+            Recurrence::Heads => vec![self.heads, self.head_size, self.head_size],
+            Recurrence::Channels => vec![3, self.embd],
+        }
     }
 
     /// Values of one layer.
@@ -581,6 +630,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
     /// [`RowProduct`].
     fn row_products(&self, op: RowProduct<Self>) -> Result<()>;
+    /// [`Wkv4`].
+    fn wkv4(
+        &self,
+        op: Wkv4<Self>,
+        batch: &Self::Batch,
+        states: &mut [&mut Self::State],
+    ) -> Result<()>;
     /// [`Wkv7`].
     fn wkv7(
         &self,

@@ -50,8 +50,8 @@ pub const MAX_LINE_BYTES: usize = 64 << 20;
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Model")]
 pub struct ModelArgs {
-    /// Model file, RWKV-5.2, RWKV-6, RWKV-7 or RWKV-7a: .pth, .safetensors or Ai00 .st
-    /// (BlinkDL names; RWKV-6 also Hugging Face or Ai00 names)
+    /// Model file, RWKV-4, 5.2, 6, 7 or 7a: .pth, .safetensors or Ai00 .st (BlinkDL names;
+    /// RWKV-6 also Hugging Face or Ai00 names)
     #[arg(short = 'm', long, env = "RWKV_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
 

@@ -27,6 +27,7 @@ pub const fn version<F: Family>() -> Version {
         fingerprinted: F::fingerprinted,
         params: F::params,
         tuning: F::TUNING,
+        recurrence: F::RECURRENCE,
         open: open::<F>,
     }
 }

@@ -3,7 +3,7 @@
 //! [`Model::load_with`] maps a checkpoint (safetensors, Ai00 `.st` or PyTorch `.pth`),
 //! detects the naming layout and the RWKV version from the tensor names, reads every
 //! hyper-parameter from the tensor shapes and puts the version's weights on the chosen
-//! backend. Nothing is hard-coded to a size. Each version is one file ([`v5`], [`v6`], [`v7`]) holding its
+//! backend. Nothing is hard-coded to a size. Each version is one file ([`v4`], [`v5`], [`v6`], [`v7`], [`v7a`]) holding its
 //! weights and its forward pass, written once over [`crate::backend::Backend`].
 
 pub mod checkpoint;
@@ -17,6 +17,7 @@ pub mod pth;
 pub mod quant_file;
 pub mod registry;
 pub mod table;
+pub mod v4;
 pub mod v5;
 pub mod v6;
 pub mod v7;

@@ -103,7 +103,8 @@ pub fn detect_layout<'a>(mut names: impl Iterator<Item = &'a str>) -> Layout {
         if n.starts_with("rwkv.") {
             return Layout::HuggingFace;
         }
-        if n.contains(".time_mix_w1") || n.contains(".time_first") {
+        // RWKV-6's LoRA under Ai00's name (RWKV-4's own `time_first` is BlinkDL's)
+        if n.contains(".time_mix_w1") {
             layout = Layout::Ai00;
         }
     }
@@ -195,7 +196,6 @@ pub fn refuse_variants(ck: &Checkpoint, names: &Names, runs: &str) -> Result<()>
 /// Why no version recognised `ck`: what the file looks like, as one line.
 pub fn unrecognised(ck: &Checkpoint, names: &Names, runs: &str) -> Error {
     let has = |s: &str| names.contains(s);
-    let unsupported = |what, evidence| unsupported(ck, names, runs, what, evidence);
     for v7 in ["blocks.0.att.w0", "blocks.0.att.x_r", "blocks.0.att.r_k"] {
         if has(v7) {
             return Error::format(
@@ -203,15 +203,6 @@ pub fn unrecognised(ck: &Checkpoint, names: &Names, runs: &str) -> Error {
                 format!("an RWKV-7 checkpoint without `blocks.0.att.k_k` (it has `{v7}`)"),
             );
         }
-    }
-    if has("blocks.0.att.ln_x.weight") {
-        return unsupported("an RWKV-5 model", "blocks.0.att.ln_x.weight");
-    }
-    if has("blocks.0.att.time_faaaa") {
-        return unsupported("an RWKV-4 model", "blocks.0.att.time_faaaa");
-    }
-    if has("blocks.0.att.time_mix_k") || has("blocks.0.att.time_maa_k") {
-        return unsupported("an RWKV-4 model", "blocks.0.att.time_maa_k");
     }
     if ck.tensors.contains_key("model.layers.0.attn.k_k") {
         return Error::format(
@@ -287,8 +278,13 @@ mod tests {
             Layout::BlinkDL
         );
         assert_eq!(
-            detect_layout(["emb.weight", "blocks.0.att.time_first"].into_iter()),
+            detect_layout(["emb.weight", "blocks.0.att.time_mix_w1"].into_iter()),
             Layout::Ai00
+        );
+        // RWKV-4's own names
+        assert_eq!(
+            detect_layout(["emb.weight", "blocks.0.att.time_first"].into_iter()),
+            Layout::BlinkDL
         );
         assert_eq!(
             detect_layout(["head.weight", "rwkv.embeddings.weight"].into_iter()),

@@ -4,12 +4,18 @@
 use super::checkpoint::Checkpoint;
 use super::names::{self, Names};
 use super::version::Version;
-use super::{v5, v6, v7, v7a};
+use super::{v4, v5, v6, v7, v7a};
 use crate::error::Result;
 
 /// The versions, oldest first (a version a file could also be taken for, its extension
 /// first: RWKV-7a's files carry RWKV-7's names too).
-pub static VERSIONS: &[&Version] = &[&v5::VERSION, &v6::VERSION, &v7a::VERSION, &v7::VERSION];
+pub static VERSIONS: &[&Version] = &[
+    &v4::VERSION,
+    &v5::VERSION,
+    &v6::VERSION,
+    &v7a::VERSION,
+    &v7::VERSION,
+];
 
 /// The version named `name` (`rwkv7`), as state files and JSON name it.
 pub fn by_name(name: &str) -> Option<&'static Version> {
@@ -21,7 +27,7 @@ pub fn tuned() -> impl Iterator<Item = &'static Version> {
     VERSIONS.iter().copied().filter(|v| v.tuning.is_some())
 }
 
-/// `RWKV-5, RWKV-6 and RWKV-7`: what the tools run, for messages.
+/// `RWKV-4, RWKV-5.2, RWKV-6, RWKV-7a and RWKV-7`: what the tools run, for messages.
 pub fn titles() -> String {
     let t: Vec<&str> = VERSIONS.iter().map(|v| v.title).collect();
     match t.split_last() {
@@ -51,7 +57,7 @@ mod tests {
             assert_eq!(by_name(v.name), Some(*v));
             assert_eq!(VERSIONS.iter().filter(|w| w.name == v.name).count(), 1);
         }
-        assert_eq!(by_name("rwkv4"), None);
-        assert_eq!(titles(), "RWKV-5.2, RWKV-6, RWKV-7a and RWKV-7");
+        assert_eq!(by_name("rwkv5.1"), None);
+        assert_eq!(titles(), "RWKV-4, RWKV-5.2, RWKV-6, RWKV-7a and RWKV-7");
     }
 }

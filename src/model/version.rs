@@ -9,7 +9,7 @@ use super::ends::{Ends, Logits};
 use super::load::Loader;
 use super::names::Names;
 use crate::backend::device::DeviceSpec;
-use crate::backend::{Backend, MatrixInfo, Precision, StateShape};
+use crate::backend::{Backend, MatrixInfo, Precision, Recurrence, StateShape};
 use crate::error::Result;
 use crate::state::State;
 use crate::tensor::quant::Quant;
@@ -35,6 +35,8 @@ pub struct Version {
     /// How the official state-tuning files of this version lay out a layer's state, if
     /// a layout is known.
     pub tuning: Option<Tuning>,
+    /// What its layers' recurrences keep between tokens.
+    pub recurrence: Recurrence,
     /// The weights of a checkpoint on the device `opts` names, ready to run.
     pub open: Open,
 }
@@ -95,6 +97,7 @@ impl Config {
             embd: self.n_embd,
             heads: self.n_head,
             head_size: self.head_size,
+            recurrence: self.version.recurrence,
         }
     }
 
@@ -137,6 +140,7 @@ pub trait Family: 'static {
     const NAME: &'static str;
     const TITLE: &'static str;
     const TUNING: Option<Tuning> = None;
+    const RECURRENCE: Recurrence = Recurrence::Heads;
     /// The weights of one model on backend `B`.
     type Weights<B: Backend>: Layers<B>;
 

@@ -132,12 +132,27 @@ pub fn assert_logits_close(what: &str, got: &[f32], want: &[f32]) {
 /// Compare a state against the golden `state.L.*` tensors.
 pub fn assert_state_close(what: &str, got: &State, g: &Golden) {
     for (l, ls) in got.layers().unwrap().iter().enumerate() {
-        for (name, v) in [
-            ("att_shift", &ls.att_shift),
-            ("wkv", &ls.wkv),
-            ("ffn_shift", &ls.ffn_shift),
+        // RWKV-4's goldens hold its recurrence's three vectors apart: `wkv` is them in order
+        let wkv = match g.state.get(&format!("state.{l}.att_aa")) {
+            Some(_) => ["aa", "bb", "pp"]
+                .iter()
+                .flat_map(|n| g.state[&format!("state.{l}.att_{n}")].clone())
+                .collect(),
+            None => g.state[&format!("state.{l}.wkv")].clone(),
+        };
+        for (name, v, want) in [
+            (
+                "att_shift",
+                &ls.att_shift,
+                &g.state[&format!("state.{l}.att_shift")],
+            ),
+            ("wkv", &ls.wkv, &wkv),
+            (
+                "ffn_shift",
+                &ls.ffn_shift,
+                &g.state[&format!("state.{l}.ffn_shift")],
+            ),
         ] {
-            let want = &g.state[&format!("state.{l}.{name}")];
             assert_logits_close(&format!("{what} state.{l}.{name}"), v, want);
         }
     }

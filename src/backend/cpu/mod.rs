@@ -27,11 +27,12 @@ pub mod shared;
 pub(crate) mod tests;
 pub mod tuning;
 pub mod wkv;
+pub mod wkv4;
 pub mod wkv7;
 
 use super::{
     Backend, Decay, Lora, NormShift, Precision, Product, RowProduct, Rows, RowsMut, StateData,
-    Then, Wkv6, Wkv7,
+    Then, Wkv4, Wkv6, Wkv7,
 };
 use crate::error::Result;
 use crate::isa::Isa;
@@ -394,6 +395,34 @@ impl Backend for Cpu {
             from,
             Some(&gated),
         );
+        Ok(())
+    }
+
+    fn wkv4(&self, op: Wkv4<Self>, batch: &CpuBatch, states: &mut [&mut Vec<f32>]) -> Result<()> {
+        let Wkv4 {
+            k,
+            v,
+            r,
+            w,
+            u,
+            state,
+            out,
+            from,
+        } = op;
+        let ins = (slice(&k), slice(&v), slice(&r));
+        let mut one: [&mut [f32]; 1];
+        let mut many: Vec<&mut [f32]>;
+        let parts: &mut [&mut [f32]] = match states {
+            [s] => {
+                one = [&mut s[state.clone()]];
+                &mut one
+            }
+            _ => {
+                many = states.iter_mut().map(|s| &mut s[state.clone()]).collect();
+                &mut many
+            }
+        };
+        wkv4::wkv4(&batch.spans, ins, (w, u), parts, slice_mut(out), from);
         Ok(())
     }
 

@@ -47,7 +47,7 @@ fn defines() -> String {
 
 /// The kernel sources, in the order they are compiled as one program (formats.cl first:
 /// the others use its helpers), after [`defines`].
-const SOURCES: [&str; 7] = [
+const SOURCES: [&str; 8] = [
     include_str!("../../../kernels/formats.cl"),
     include_str!("../../../kernels/norm.cl"),
     include_str!("../../../kernels/products.cl"),
@@ -55,6 +55,7 @@ const SOURCES: [&str; 7] = [
     include_str!("../../../kernels/wkv6.cl"),
     include_str!("../../../kernels/wkv7.cl"),
     include_str!("../../../kernels/rows.cl"),
+    include_str!("../../../kernels/wkv4.cl"),
 ];
 
 /// An `ocl` error (a framed, multi-line report) as one line.

@@ -12,7 +12,7 @@ use crate::backend::cpu::norm::layer_norm;
 use crate::backend::device::{Device as DevicePick, DeviceSpec};
 use crate::backend::{
     Backend, Decay, DeviceData, Lora, Norm, NormShift, Precision, Product, RowProduct, Rows,
-    RowsMut, StateData, Then, Wkv6, Wkv7,
+    RowsMut, StateData, Then, Wkv4, Wkv6, Wkv7,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Data, Matrix};
@@ -560,6 +560,51 @@ impl Backend for Ocl {
                 Arg::Int(s as i32),
             ];
             self.dev.launch("wkv6", heads * s, s, &args)?;
+        }
+        Ok(())
+    }
+
+    fn wkv4(
+        &self,
+        op: Wkv4<Self>,
+        batch: &OclBatch,
+        states: &mut [&mut DeviceState],
+    ) -> Result<()> {
+        let Wkv4 {
+            k,
+            v,
+            r,
+            w,
+            u,
+            state,
+            out,
+            from,
+        } = op;
+        let d = k.cols;
+        assert!(
+            k.row == v.row && k.row == out.row,
+            "wkv4: k, v, out at different rows"
+        );
+        for (span, st) in batch.spans.iter().zip(states.iter()) {
+            let local_from = from.saturating_sub(span.start);
+            let r_row = r.row + (span.start + local_from).saturating_sub(from);
+            let args = [
+                Arg::F(self.buf(k.t)),
+                Arg::F(self.buf(v.t)),
+                Arg::Int(((k.row + span.start) * d) as i32),
+                Arg::F(self.buf(r.t)),
+                Arg::Int((r_row * d) as i32),
+                Arg::F(self.buf(w)),
+                Arg::F(self.buf(u)),
+                Arg::F(&st.buf),
+                Arg::Int(state.start as i32),
+                Arg::F(self.buf(out.t)),
+                Arg::Int(((out.row + span.start) * d) as i32),
+                Arg::Int(local_from as i32),
+                Arg::Int(span.len() as i32),
+            ];
+            let local = [64, 32, 16, 8, 4, 2, 1].into_iter().find(|l| d % l == 0);
+            self.dev.launch("wkv4", d, local.unwrap_or(1), &args)?;
         }
         Ok(())
     }
