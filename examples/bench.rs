@@ -242,8 +242,10 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
         })
         .collect();
     let peak_rss = peak_rss_bytes();
-    let c = m.cfg;
-    let read_weights = c.n_params() - c.vocab * c.n_embd; // the embedding is looked up, not read
+    // Every matrix but the embedding (and RWKV-7a's tables), which are looked up, not read;
+    // the vectors, a thousandth of the rest, are left out.
+    let matrices = m.matrices().into_iter().filter(|(n, _)| n != "emb.weight");
+    let read_weights: usize = matrices.map(|(_, i)| i.rows * i.cols).sum();
     println!(
         "{}",
         serde_json::json!({

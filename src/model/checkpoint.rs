@@ -185,6 +185,24 @@ impl Checkpoint {
     /// Let the kernel drop the pages of `name` (after it was quantized into memory): the
     /// mapping stays valid, the file's pages just stop counting as resident.
     pub fn release(&self, name: &str) {
+        // SAFETY: after MADV_DONTNEED the pages of a read-only file mapping read again
+        // from the file, unchanged.
+        unsafe { self.advise(name, libc::MADV_DONTNEED) }
+    }
+
+    /// Tell the kernel that `name` is read a few rows at a time in no order (a table looked
+    /// up by token): no read-ahead and no mapping of the pages around a touched one, so
+    /// that only the rows read count as resident.
+    pub fn random_access(&self, name: &str) {
+        // SAFETY: MADV_RANDOM changes only how pages are brought in.
+        unsafe { self.advise(name, libc::MADV_RANDOM) }
+    }
+
+    /// `madvise(advice)` over the whole pages of `name`'s bytes.
+    ///
+    /// # Safety
+    /// `advice` leaves the mapping's contents as they are.
+    unsafe fn advise(&self, name: &str, advice: libc::c_int) {
         let Some(t) = self.tensors.get(name) else {
             return;
         };
@@ -192,11 +210,8 @@ impl Checkpoint {
         let start = (self.map.as_ptr() as usize + t.offset).div_ceil(page) * page;
         let end = (self.map.as_ptr() as usize + t.offset + t.len) / page * page;
         if end > start {
-            // SAFETY: a page-aligned range inside our read-only file mapping; after
-            // MADV_DONTNEED its pages read again from the file, unchanged.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-            }
+            // a page-aligned range inside our file mapping
+            libc::madvise(start as *mut libc::c_void, end - start, advice);
         }
     }
 

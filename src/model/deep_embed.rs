@@ -73,6 +73,7 @@ impl<B: Backend> DeepEmbed<B> {
         let (d, f, v) = (cfg.n_embd, cfg.ffn, cfg.vocab);
         let p = |s: &str| format!("blocks.{i}.ffn.{s}");
         let s_emb = l.host_matrix(&p("s_emb.weight"), &[v, R * R])?;
+        l.ck.random_access(l.names.stored(&p("s_emb.weight")));
         let s0 = l.host_vector(&p("s0"), &[f])?;
         Ok(DeepEmbed {
             s_emb,

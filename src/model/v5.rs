@@ -12,7 +12,7 @@ use super::engine::version;
 use super::ffn::{self, Ffn, Mixing};
 use super::load::{in_layers, Affine, Loader};
 use super::names::Names;
-use super::version::{Config, Family, Layers, Pass, Tuning, Version};
+use super::version::{Config, Family, Layers, Pass, Version};
 use crate::backend::{Backend, Decay, Mix, NormShift, Product, Rows, RowsMut, Then, Wkv6};
 use crate::error::{Error, Result};
 
@@ -30,12 +30,6 @@ pub struct X052;
 impl Family for X052 {
     const NAME: &'static str = "rwkv5";
     const TITLE: &'static str = "RWKV-5.2";
-    /// RWKV-PEFT's state tuning keeps RWKV-6's layout for RWKV-5: `[head, value, key]`
-    /// in `.pth`, the transpose of this state's `[head, key, value]`.
-    const TUNING: Option<Tuning> = Some(Tuning {
-        tensor: "att.time_state",
-        pth_transposed: true,
-    });
     type Weights<B: Backend> = Weights<B>;
 
     /// A group norm and a gate without RWKV-6's `time_maa_x` or RWKV-7's `k_k`; 5.0 and
