@@ -4,6 +4,7 @@ mod common;
 
 use rwkv::cli::gen::{self, Args, Format};
 use rwkv::cli::{self, signal, CliError, Line, Output};
+use rwkv::constrain::Constraint;
 use rwkv::generate::lines::{Failed, Sinks};
 use rwkv::generate::{chat, Finish, Generation};
 use rwkv::model::Precision;
@@ -23,6 +24,8 @@ struct Ctx<'a> {
     model: &'a Model,
     tok: &'a Tokenizer,
     seed: u64,
+    /// What every answer is held to.
+    constraint: Option<Constraint>,
 }
 
 fn run(args: &Args) -> Result<(), CliError> {
@@ -34,9 +37,6 @@ fn run(args: &Args) -> Result<(), CliError> {
         return Ok(out.flush()?);
     }
     args.check()?;
-    if let Some(p) = &args.save_state {
-        rwkv::atomic::check_writable(p)?;
-    }
     let t0 = Instant::now();
     let (model, tok) = args.model.load(Precision::Bf16)?;
     if args.verbose {
@@ -47,12 +47,12 @@ fn run(args: &Args) -> Result<(), CliError> {
         );
     }
     let start = state_file::start_for(args.state.as_deref(), &model, args.force)?;
-    let seed = args.seed();
     let ctx = Ctx {
         args,
         model: &model,
         tok: &tok,
-        seed,
+        seed: args.seed(),
+        constraint: args.constraint(&tok, model.cfg.vocab)?,
     };
     if args.lines || args.jsonl {
         many_prompts(&ctx, start)
@@ -115,12 +115,15 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// What stderr says after an answer: the hint when it is empty, `-v`'s figures.
-    fn report(&self, g: &Generation) {
+    /// What stderr says after an answer: the hint when it is empty, a cut-off constraint,
+    /// `-v`'s figures; with --strict a cut-off constraint is an error.
+    fn report(&self, g: &Generation) -> Result<(), CliError> {
         self.hint_if_empty(g);
         if self.args.verbose {
             rwkv::say!("rwkv-gen: {}", g.generated().timing());
         }
+        let cut = self.constraint.is_some() && g.generated().finish == Some(Finish::Length);
+        gen::cut_off(self.args, cut as usize)
     }
 
     fn save(&self, start: &Start) -> Result<(), CliError> {
@@ -134,20 +137,21 @@ impl Ctx<'_> {
 
 fn one_prompt(ctx: &Ctx, start: Start, prompt: &[u8]) -> Result<(), CliError> {
     let mut out = Output::stdout(true);
-    let mut g = Generation::new(ctx.model, ctx.tok, start, ctx.args.options(ctx.seed, false));
+    let mut g = Generation::new(ctx.model, ctx.tok, start, ctx.args.options(ctx.seed, false))
+        .held_to(ctx.constraint.as_ref());
     g.prompt(&ctx.tok.encode(prompt)?)?;
     ctx.answer(&mut g, &mut out, ctx.args.echo.then_some(prompt))?;
     if ctx.args.format == Format::Text {
         out.end_line_on_terminal()?;
     }
     out.flush()?;
-    ctx.report(&g);
+    let reported = ctx.report(&g);
     let interrupted = g.generated().finish == Some(Finish::Interrupted);
     ctx.save(&g.finish().1)?;
     if interrupted {
         return Err(CliError::interrupted());
     }
-    Ok(())
+    reported
 }
 
 /// One conversation: each stdin line a user turn, each reply ending at a blank line.
@@ -173,14 +177,14 @@ fn chat(ctx: &Ctx, mut cur: Start) -> Result<(), CliError> {
         };
         let opts = chat::reply_options(&ctx.args.options(ctx.seed, true), turn);
         turn += 1;
-        let mut g = Generation::new(ctx.model, ctx.tok, cur, opts);
+        let mut g = Generation::new(ctx.model, ctx.tok, cur, opts).held_to(ctx.constraint.as_ref());
         g.prompt(&ctx.tok.encode(&prompt)?)?;
         ctx.answer(&mut g, &mut out, None)?;
         if ctx.args.format == Format::Text {
             out.write(chat::TURN_END)?;
         }
         out.flush()?;
-        ctx.report(&g);
+        ctx.report(&g)?;
         let interrupted = g.generated().finish == Some(Finish::Interrupted);
         cur = g.finish().1;
         if interrupted {
@@ -195,7 +199,7 @@ fn chat(ctx: &Ctx, mut cur: Start) -> Result<(), CliError> {
 /// them decoded together; one record per line, in input order.
 fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
     let a = ctx.args;
-    let lines = a.lines(ctx.seed, ctx.model.cfg.vocab);
+    let lines = a.lines(ctx.seed, ctx.model.cfg.vocab, ctx.constraint.clone());
     cli::stdin_hint("rwkv-gen", "prompts, a line each,", a.quiet);
     let input = cli::lines_of_stdin(a.max_line_bytes, 2 * a.batch as usize);
     let mut out = Output::stdout(true);
@@ -231,6 +235,7 @@ fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
     if signal::interrupted() {
         return Err(CliError::interrupted());
     }
+    gen::cut_off(a, t.cut)?;
     match t.failed {
         0 => Ok(()),
         // each --jsonl error is in its result; stderr says how many

@@ -7,6 +7,7 @@
 pub mod atomic;
 pub mod backend;
 pub mod cli;
+pub mod constrain;
 pub mod error;
 pub mod generate;
 pub mod isa;

@@ -24,7 +24,7 @@ fn run(flags: &[&str], input: Vec<Line>) -> (Vec<u8>, Vec<String>, Tally) {
     let args = Args::try_parse_from(argv.iter().chain(flags)).unwrap();
     args.check().unwrap();
     let (model, tok) = args.model.load(Precision::F32).unwrap();
-    let lines = args.lines(7, model.cfg.vocab);
+    let lines = args.lines(7, model.cfg.vocab, None);
     let start = state_file::start_for(None, &model, false).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     for l in input {
@@ -79,7 +79,8 @@ fn text_lines_answer_in_order_and_a_bad_line_is_counted() {
         Tally {
             answered: 2,
             failed: 1,
-            generated: tally.generated
+            generated: tally.generated,
+            cut: 0,
         }
     );
     assert!(tally.generated <= 12);

@@ -1,6 +1,7 @@
 //! `rwkv-gen` flags.
 
 use super::{CliError, ModelArgs};
+use crate::constrain::{Compiler, Constraint, Spec, MAX_SPEC_BYTES};
 use crate::generate::lines::Lines;
 use crate::generate::request::Defaults;
 use crate::generate::Options;
@@ -86,6 +87,43 @@ pub struct Args {
     /// Do not stop at token 0 (end of text)
     #[arg(long, help_heading = "Sampling")]
     pub ignore_eos: bool,
+
+    /// Hold the answer to the JSON Schema in FILE: it parses and validates (with --lines,
+    /// each answer one line)
+    #[arg(
+        long,
+        value_name = "FILE",
+        group = "constraint",
+        help_heading = "Constraints"
+    )]
+    pub json_schema: Option<PathBuf>,
+
+    /// Hold the answer to a JSON object
+    #[arg(long, group = "constraint", help_heading = "Constraints")]
+    pub json: bool,
+
+    /// Hold the answer to the context-free grammar in FILE (Lark syntax)
+    #[arg(
+        long,
+        value_name = "FILE",
+        group = "constraint",
+        help_heading = "Constraints"
+    )]
+    pub grammar: Option<PathBuf>,
+
+    /// Hold the answer to the regular expression PATTERN (the whole answer matches it)
+    #[arg(
+        long,
+        value_name = "PATTERN",
+        group = "constraint",
+        help_heading = "Constraints"
+    )]
+    pub regex: Option<String>,
+
+    /// Exit 1 when -n cuts off an answer before its constraint is complete (else a warning
+    /// on stderr, exit 0)
+    #[arg(long, help_heading = "Constraints")]
+    pub strict: bool,
 
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text, help_heading = "Output")]
@@ -210,7 +248,8 @@ impl Args {
         })
     }
 
-    /// The rules between flags that clap does not check.
+    /// The rules between flags that clap does not check, and a --save-state that cannot be
+    /// written.
     pub fn check(&self) -> Result<(), CliError> {
         let usage = |m: &str| Err(CliError::usage(m.into()));
         let many = self.lines || self.jsonl;
@@ -227,7 +266,36 @@ impl Args {
         if self.top_logprobs > 0 && self.format != Format::Jsonl && !self.jsonl {
             return usage("--top-logprobs needs --format jsonl or --jsonl");
         }
+        if let Some(p) = &self.save_state {
+            crate::atomic::check_writable(p)?;
+        }
         Ok(())
+    }
+
+    /// The constraint the flags name, compiled for `tok`'s first `vocab` tokens; a schema,
+    /// grammar or pattern that cannot be read or compiled is a usage error.
+    pub fn constraint(
+        &self,
+        tok: &Tokenizer,
+        vocab: usize,
+    ) -> Result<Option<Constraint>, CliError> {
+        let usage = |e: crate::Error| CliError::usage(e.to_string());
+        let (spec, what) = if let Some(p) = &self.json_schema {
+            let what = format!("--json-schema {}", p.display());
+            (Spec::schema(&read_spec(p, &what)?, &what), what)
+        } else if let Some(p) = &self.grammar {
+            let what = format!("--grammar {}", p.display());
+            (Spec::lark(&read_spec(p, &what)?, &what), what)
+        } else if let Some(r) = &self.regex {
+            (Ok(Spec::Regex(r.clone())), format!("--regex {r:?}"))
+        } else if self.json {
+            (Ok(Spec::Json), "--json".into())
+        } else {
+            return Ok(None);
+        };
+        let spec = spec.map_err(usage)?;
+        let compiler = Compiler::new(tok, vocab)?;
+        compiler.compile(&spec, &what).map(Some).map_err(usage)
     }
 
     /// The options of a prompt given on the command line (`chat`: a chat reply's), drawing
@@ -246,8 +314,9 @@ impl Args {
         }
     }
 
-    /// How `--lines` and `--jsonl` answer their lines, for a model of vocab `vocab`.
-    pub fn lines(&self, seed: u64, vocab: usize) -> Lines {
+    /// How `--lines` and `--jsonl` answer their lines, for a model of vocab `vocab`, each
+    /// answer held to `constraint`.
+    pub fn lines(&self, seed: u64, vocab: usize, constraint: Option<Constraint>) -> Lines {
         Lines {
             jsonl: self.jsonl,
             token_records: self.format == Format::Jsonl,
@@ -265,6 +334,8 @@ impl Args {
                 state: None,
                 vocab,
             },
+            constraint,
+            compiler: Default::default(),
         }
     }
 
@@ -358,6 +429,46 @@ pub fn loaded(model: &Model, tok: &Tokenizer) -> String {
         formats.join(", "),
         model.device(),
     )
+}
+
+/// The text of a schema or grammar file, at most [`MAX_SPEC_BYTES`]; errors name `what`.
+fn read_spec(path: &std::path::Path, what: &str) -> Result<String, CliError> {
+    use std::io::Read;
+    let fail = |e: std::io::Error| CliError::usage(format!("{what}: {e}"));
+    let mut text = Vec::new();
+    let f = std::fs::File::open(path).map_err(fail)?;
+    f.take(MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(fail)?;
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(CliError::usage(format!(
+            "{what}: larger than the {MAX_SPEC_BYTES} bytes a constraint may take"
+        )));
+    }
+    String::from_utf8(text).map_err(|_| CliError::usage(format!("{what}: not UTF-8 text")))
+}
+
+/// After `n` answers that `-n` cut off before their constraint was complete: a warning on
+/// stderr, or with `--strict` an error (exit 1).
+pub fn cut_off(args: &Args, n: usize) -> Result<(), CliError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let what = match n {
+        1 => "the answer".to_string(),
+        n => format!("{n} answers"),
+    };
+    let msg = format!(
+        "{what} reached -n {} before the constraint was complete: the output is incomplete",
+        args.max_tokens
+    );
+    if args.strict {
+        return Err(CliError::runtime(msg));
+    }
+    if !args.quiet {
+        crate::say!("rwkv-gen: warning: {msg}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

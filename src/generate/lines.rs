@@ -6,11 +6,12 @@ use super::batch::{self, InOrder, Next, Outcome};
 use super::request::{self, Defaults, Prompt};
 use super::{Generation, Options, Step};
 use crate::cli::Line;
+use crate::constrain::{Compiler, Constraint};
 use crate::model::Model;
 use crate::state_file::{self, Start, StateFile};
 use crate::tokenizer::Tokenizer;
 use serde_json::{json, Value};
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
@@ -34,6 +35,10 @@ pub struct Lines {
     pub options: Options,
     /// What a request's absent fields take.
     pub defaults: Defaults,
+    /// What every answer is held to (`--json-schema`, ...); a request's own replaces it.
+    pub constraint: Option<Constraint>,
+    /// Compiles the requests' own constraints, made at the first.
+    pub compiler: OnceCell<Compiler>,
 }
 
 /// What a line keeps until its record is written: its request's id, the prompt to echo,
@@ -43,6 +48,8 @@ struct Job {
     id: Option<Value>,
     echo: Vec<u8>,
     save_state: Option<PathBuf>,
+    /// The request's own constraint, until its stream takes it.
+    constraint: Option<Constraint>,
 }
 
 /// Why an input line gives no answer (its request id and the message, on its record), or
@@ -82,6 +89,8 @@ pub struct Tally {
     pub failed: usize,
     /// Tokens generated.
     pub generated: usize,
+    /// Text answers that -n cut off before their constraint was complete.
+    pub cut: usize,
 }
 
 /// Where a run's bytes go: `write` takes records (and, streaming, a text answer's bytes
@@ -138,6 +147,8 @@ impl Lines {
             let rec = match o.and_then(|mut g| {
                 tally.answered += 1;
                 tally.generated += g.generated().tokens.len();
+                let length = g.generated().finish == Some(super::Finish::Length);
+                tally.cut += (g.constrained() && length && !self.jsonl) as usize;
                 self.record(model, tok, &mut g, &job, i)
             }) {
                 Ok(rec) => rec,
@@ -218,6 +229,17 @@ impl Lines {
             opts.seed = r.seed;
             opts.keep_state = r.save_state.is_some();
             job.save_state = r.save_state;
+            if let Some(spec) = &r.constraint {
+                let what = format!("the request's {}", spec.kind());
+                let c = match self.compiler.get() {
+                    Some(c) => c,
+                    None => {
+                        let c = Compiler::new(tok, model.cfg.vocab).map_err(fail)?;
+                        self.compiler.get_or_init(|| c)
+                    }
+                };
+                job.constraint = Some(c.compile(spec, &what).map_err(fail)?);
+            }
             (start, ids)
         } else {
             if !self.token_records {
@@ -231,7 +253,9 @@ impl Lines {
             }
             (initial.try_clone()?, ids)
         };
-        let mut g = Generation::new(model, tok, start, opts);
+        let own = job.constraint.take();
+        let g = Generation::new(model, tok, start, opts);
+        let mut g = g.held_to(own.as_ref().or(self.constraint.as_ref()));
         g.prompt(&ids)
             .map_err(|e| Failed::input(job.id.as_ref(), e))?;
         Ok(g)

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod lines;
 pub mod request;
 
+use crate::constrain::{Constraint, Next};
 use crate::error::{Error, Result};
 use crate::model::{Model, PROMPT_CHUNK};
 use crate::sample::{self, Sampler, SamplerConfig, StopMatcher};
@@ -108,6 +109,8 @@ pub struct Generation<'a> {
     /// The logits for the next token.
     logits: Option<Vec<f32>>,
     sampler: Sampler,
+    /// What the answer is held to, if anything.
+    constraint: Option<Constraint>,
     stop: StopMatcher,
     utf8: Utf8Stream,
     detok: Detokenizer<'a>,
@@ -146,6 +149,7 @@ impl<'a> Generation<'a> {
             model,
             tok,
             sampler: Sampler::new(opts.sampler.clone(), model.cfg.vocab, seed),
+            constraint: None,
             stop: StopMatcher::new(opts.stop.clone()),
             opts,
             state: start.state,
@@ -165,6 +169,23 @@ impl<'a> Generation<'a> {
             pending: None,
             started: Instant::now(),
         }
+    }
+
+    /// Hold the answer to `c`: each step samples among the tokens it allows, and the answer
+    /// ends (`Finish::Stop`) when it is complete.
+    pub fn constrain(&mut self, c: Constraint) {
+        self.constraint = Some(c);
+    }
+
+    /// Whether the answer is held to a constraint.
+    pub fn constrained(&self) -> bool {
+        self.constraint.is_some()
+    }
+
+    /// This stream held to a copy of `c`, if any ([`Generation::constrain`]).
+    pub fn held_to(mut self, c: Option<&Constraint>) -> Self {
+        self.constraint = c.cloned();
+        self
     }
 
     /// Feed the prompt `ids` (in chunks, sequence mode). With no ids and nothing to go on
@@ -211,12 +232,28 @@ impl<'a> Generation<'a> {
             )));
         }
         let mut logits = raw.clone();
+        if let Some(c) = &mut self.constraint {
+            if c.mask(&mut logits)? == Next::Done {
+                self.logits = Some(raw);
+                self.end(Finish::Stop);
+                return Ok(None);
+            }
+        }
         let id = self.sampler.sample(&mut logits);
-        if id == 0 && !self.opts.ignore_eos {
+        if id == 0 && (self.constraint.is_some() || !self.opts.ignore_eos) {
+            // under a constraint the end is allowed only where the answer is complete
+            let how = match self.constraint {
+                Some(_) => Finish::Stop,
+                None => Finish::Eos,
+            };
             self.logits = Some(raw);
-            self.end(Finish::Eos);
+            self.end(how);
             return Ok(None);
         }
+        let complete = match &mut self.constraint {
+            Some(c) => c.accept(id)?,
+            None => false,
+        };
         let bytes = self.detok.push(id)?;
         self.sampler.observe(id, &bytes);
         let lse = sample::log_sum_exp(&raw);
@@ -242,8 +279,8 @@ impl<'a> Generation<'a> {
         let step = self.stop.push(fresh);
         self.out.text.extend_from_slice(&step.emit);
         let emit = self.utf8.push(&step.emit);
-        let last = step.stopped || self.out.tokens.len() == self.opts.max_tokens;
-        if step.stopped {
+        let last = step.stopped || complete || self.out.tokens.len() == self.opts.max_tokens;
+        if step.stopped || complete {
             self.end(Finish::Stop);
         } else if last {
             self.end(Finish::Length);

@@ -4,9 +4,13 @@
 //! A request: `prompt` (text) or `ids` (token ids), `max_tokens`, `temperature`, `top_p`,
 //! `top_k`, `presence_penalty`, `frequency_penalty`, `penalty_decay`, `stop` (a list of
 //! strings), `seed`, `state` (a state file to start from), `save_state` (where to write the
-//! state after the answer), and `id` (any JSON value, copied to the result).
+//! state after the answer), `id` (any JSON value, copied to the result), and what the answer
+//! is held to: `response_format` as the common APIs spell it (`{"type": "json_object"}`,
+//! `{"type": "json_schema", "json_schema": {"schema": {...}}}`), `grammar` (Lark) or
+//! `regex`.
 
 use super::Generated;
+use crate::constrain::{Spec, MAX_SPEC_BYTES};
 use crate::sample::SamplerArgs;
 use crate::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
@@ -30,6 +34,8 @@ pub struct Request {
     pub seed: u64,
     pub state: Option<PathBuf>,
     pub save_state: Option<PathBuf>,
+    /// What the answer is held to (else the command line's).
+    pub constraint: Option<Spec>,
 }
 
 /// The command line's options, which a request's absent fields take.
@@ -51,7 +57,7 @@ pub struct Rejected {
     pub error: String,
 }
 
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 17] = [
     "id",
     "prompt",
     "ids",
@@ -66,6 +72,9 @@ const FIELDS: [&str; 14] = [
     "seed",
     "state",
     "save_state",
+    "response_format",
+    "grammar",
+    "regex",
 ];
 
 /// Parse one request line.
@@ -184,7 +193,63 @@ fn fields(o: &Map<String, Value>, d: &Defaults) -> Result<Request, String> {
         seed: int("seed")?.unwrap_or(d.seed),
         state: path("state")?.or_else(|| d.state.clone()),
         save_state: path("save_state")?,
+        constraint: constraint(o)?,
     })
+}
+
+/// The request's `response_format`, `grammar` or `regex` (at most one).
+fn constraint(o: &Map<String, Value>) -> Result<Option<Spec>, String> {
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() <= MAX_SPEC_BYTES => Ok(Some(s.clone())),
+            Some(Value::String(s)) => Err(format!(
+                "`{k}` is {} bytes, more than the {MAX_SPEC_BYTES} a constraint may take",
+                s.len()
+            )),
+            Some(v) => Err(format!("`{k}` is {}, not a string", kind(v))),
+        }
+    };
+    let format = match o.get("response_format") {
+        None | Some(Value::Null) => None,
+        Some(f) => match (f.get("type").and_then(Value::as_str), f.get("json_schema")) {
+            (Some("text"), _) => None,
+            (Some("json_object"), _) => Some(Spec::Json),
+            (Some("json_schema"), Some(js)) => match js.get("schema") {
+                Some(s @ (Value::Object(_) | Value::Bool(_))) => Some(Spec::Schema(s.clone())),
+                _ => return Err("`response_format.json_schema.schema` is not a schema".into()),
+            },
+            _ => {
+                return Err(
+                    "`response_format` is not {\"type\": \"text\" | \"json_object\" | \"json_schema\", ...}"
+                        .into(),
+                )
+            }
+        },
+    };
+    let all = [
+        format,
+        text("grammar")?.map(Spec::Lark),
+        text("regex")?.map(Spec::Regex),
+    ];
+    let mut given = all.into_iter().flatten();
+    let first = given.next();
+    if given.next().is_some() {
+        return Err("give one of `response_format`, `grammar` and `regex`".into());
+    }
+    Ok(first)
+}
+
+/// `an object`, `a number`, ...: a JSON value's kind, for messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// The result object of an answer: `id` (when the request had one), `text`, `tokens` (the
