@@ -363,3 +363,37 @@ fn requests_carry_their_own_constraints() {
         assert_eq!(out[5]["finish_reason"], "length");
     }
 }
+
+/// A constrained answer after a saved prompt: the state file as before, the answer held.
+#[test]
+fn a_constrained_answer_follows_a_saved_state() {
+    let dir = temp_dir("constrain-state");
+    let m = model_arg("shakespeare-rwkv6.safetensors");
+    let st = dir.join("romeo.state");
+    let st_s = st.to_string_lossy().into_owned();
+    let r = run(
+        "rwkv-state",
+        &["feed", "-m", &m, "-p", "ROMEO:\nIs it", "-o", &st_s],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let answer = |args: &[&str]| {
+        let r = gen(&[&["-m", m.as_str(), "-t", "0"][..], args].concat(), b"");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.text()
+    };
+    let resumed = answer(&[
+        "--state",
+        &st_s,
+        "-p",
+        " day?",
+        "--regex",
+        "(yes|no|ay|nay)",
+    ]);
+    let whole = answer(&["-p", "ROMEO:\nIs it day?", "--regex", "(yes|no|ay|nay)"]);
+    assert_eq!(resumed, whole);
+    assert!(
+        ["yes", "no", "ay", "nay"].contains(&whole.as_str()),
+        "{whole}"
+    );
+}
