@@ -241,6 +241,19 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
             serde_json::json!({"n": n, "tps": tps, "state_bytes": state_bytes})
         })
         .collect();
+    // Generation held to a JSON Schema beside the same streams unconstrained: what the
+    // masks cost, at one stream and at the largest batch asked for (16 by default).
+    let largest = args.batch.iter().copied().filter(|&n| n <= 16).max();
+    let constrained: Vec<serde_json::Value> = largest
+        .map(|big| if big > 1 { vec![1, big] } else { vec![1] })
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| {
+            let plain = held_tps(&m, None, n, args.gen);
+            let schema = held_tps(&m, Some(long_schema(&m)), n, args.gen);
+            serde_json::json!({"n": n, "plain": plain, "schema": schema})
+        })
+        .collect();
     let peak_rss = peak_rss_bytes();
     // Every matrix but the embedding (and RWKV-7a's tables), which are looked up, not read;
     // the vectors, a thousandth of the rest, are left out.
@@ -253,9 +266,69 @@ fn one(args: &Args, path: &std::path::Path, format: &str) {
             "prompt_tps": args.prompt as f64 / prompt_s,
             "prompt_bf16_tps": prompt_bf16_tps, "gen_tps": args.gen as f64 / gen_s,
             "peak_rss": peak_rss, "read_weights": read_weights, "rounds": measured,
-            "batched": batched, "device": device,
+            "batched": batched, "device": device, "constrained": constrained,
         })
     );
+}
+
+/// A JSON Schema that no answer completes within the bench's tokens (an array of 10000
+/// short strings), compiled for `m`'s tokenizer.
+fn long_schema(m: &Model) -> rwkv::constrain::Constraint {
+    use rwkv::constrain::{Compiler, Spec};
+    let tok = Tokenizer::for_vocab(m.cfg.vocab).unwrap();
+    let schema = serde_json::json!({
+        "type": "array", "items": {"type": "string", "maxLength": 6}, "minItems": 10000
+    });
+    let c = Compiler::new(&tok, m.cfg.vocab).unwrap();
+    c.compile(&Spec::Schema(schema), "the bench's schema")
+        .unwrap()
+}
+
+/// Aggregate tokens/s of `n` streams generating `gen` tokens each (sampled, seeds 0..n),
+/// each held to `c` if given, decoded together as `rwkv-gen --lines` does.
+fn held_tps(m: &Model, c: Option<rwkv::constrain::Constraint>, n: usize, gen: usize) -> f64 {
+    use rwkv::generate::{Generation, Options};
+    let tok = Tokenizer::for_vocab(m.cfg.vocab).unwrap();
+    let v = m.cfg.vocab;
+    let mut streams: Vec<Generation> = (0..n)
+        .map(|i| {
+            let opts = Options {
+                max_tokens: gen,
+                ignore_eos: true,
+                seed: i as u64,
+                ..Options::default()
+            };
+            let start = rwkv::state_file::Start {
+                state: m.new_state(),
+                logits: None,
+                tokens: 0,
+            };
+            let mut g = Generation::new(m, &tok, start, opts).held_to(c.as_ref());
+            g.prompt(&[1 + i as u32]).unwrap();
+            g
+        })
+        .collect();
+    let (t, mut made) = (Instant::now(), 0);
+    loop {
+        for g in streams.iter_mut() {
+            made += g.choose().unwrap().is_some() as usize;
+        }
+        let mut live: Vec<&mut Generation> = streams
+            .iter_mut()
+            .filter(|g| g.pending().is_some())
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        let toks: Vec<u32> = live.iter().map(|g| g.pending().unwrap()).collect();
+        let mut states: Vec<&mut rwkv::State> = live.iter_mut().map(|g| &mut g.state).collect();
+        let mut logits = m.step(&toks, &mut states).unwrap();
+        drop(states);
+        for g in live.iter_mut() {
+            g.accept(logits.drain(..v).collect());
+        }
+    }
+    made as f64 / t.elapsed().as_secs_f64()
 }
 
 /// The state memory of one stream, in MB, from the first batched row.
@@ -500,6 +573,7 @@ fn main() {
     );
     let me = std::env::current_exe().unwrap();
     let mut batch_rows = Vec::new();
+    let mut held_rows: Vec<(String, serde_json::Value)> = Vec::new();
     for f in args.formats.split(',') {
         let out = Command::new(&me)
             .args([
@@ -570,6 +644,7 @@ fn main() {
             r["load_s"].as_f64().unwrap()
         );
         batch_rows.push((f.to_string(), r["batched"].clone()));
+        held_rows.push((f.to_string(), r["constrained"].clone()));
         if let Some(d) = r["device"].as_object() {
             let num = |k: &str| d[k].as_f64().unwrap_or(f64::NAN);
             let per_token = num("launches");
@@ -608,6 +683,30 @@ fn main() {
         }
         let per = rows_state_mb(&batch_rows);
         println!("state memory: {per:.1} MB a stream");
+    }
+    if held_rows
+        .iter()
+        .any(|(_, r)| r.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        println!(
+            "\nheld to a JSON Schema (--json-schema): aggregate tokens/s, against unconstrained"
+        );
+        for (f, rows) in &held_rows {
+            let cells: String = rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let (n, p, s) = (
+                        r["n"].as_u64().unwrap_or(0),
+                        r["plain"].as_f64().unwrap_or(f64::NAN),
+                        r["schema"].as_f64().unwrap_or(f64::NAN),
+                    );
+                    format!("   N={n}: {s:.2} against {p:.2} ({:.1} %)", 100.0 * s / p)
+                })
+                .collect();
+            println!("{f:<6}{cells}");
+        }
     }
     if !args.model_only {
         kernels(args.threads);
