@@ -239,7 +239,13 @@ impl<'a> Generation<'a> {
                 return Ok(None);
             }
         }
+        let may_end = logits[0] > f32::NEG_INFINITY;
         let id = self.sampler.sample(&mut logits);
+        if self.constraint.is_some() && logits[id as usize] == f32::NEG_INFINITY && !may_end {
+            return Err(Error::Invalid(
+                "the constraint allows only tokens that --ban-token rules out".into(),
+            ));
+        }
         if id == 0 && (self.constraint.is_some() || !self.opts.ignore_eos) {
             // under a constraint the end is allowed only where the answer is complete
             let how = match self.constraint {
