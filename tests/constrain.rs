@@ -291,7 +291,11 @@ fn hostile_constraints_are_refused_in_one_line() {
     // Every token the constraint allows banned: an error, not an answer that looks complete
     let r = gen(&["-m", m, "--regex", "ab", "--ban-token", "97"], b"x");
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stdout.is_empty() && r.stderr.contains("--ban-token"), "{}", r.stderr);
+    assert!(
+        r.stdout.is_empty() && r.stderr.contains("--ban-token"),
+        "{}",
+        r.stderr
+    );
     // Patterns whose automata explode are built lazily, a state at a time: they run, in
     // bounded time, and hold.
     for rx in ["(a|b)*a(a|b){40}", "((a|b)*c{1,1000}){1,1000}", "(x+x+)+y"] {

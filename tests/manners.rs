@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_fails, model_arg, run};
+use common::{assert_fails, children_stayed_small, model_arg, run};
 use std::process::{Command, Stdio};
 
 #[test]
@@ -107,16 +107,6 @@ fn a_full_stdout_or_stderr_never_panics() {
         b"",
     );
     assert_fails(&r, 1, &["/nonexistent/model.pth"]);
-}
-
-/// Every child this test binary has waited for peaked under 300 MB of resident memory
-/// (the tools on the tiny fixtures need a few tens).
-fn children_stayed_small() {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let kib = ru.ru_maxrss;
-    assert!(kib < 300 * 1024, "a child's peak RSS: {kib} KiB");
 }
 
 /// A state file for `model` (its shape and fingerprint) holding `values`, written as is.

@@ -377,3 +377,13 @@ pub fn other_weights(src: &Path, dst: &Path) {
     let bytes = safetensors::serialize(views, &None::<HashMap<String, String>>).unwrap();
     std::fs::write(dst, bytes).unwrap();
 }
+
+/// Every child this test binary has waited for peaked under 300 MB of resident memory
+/// (the tools on the tiny fixtures need a few tens).
+pub fn children_stayed_small() {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let kib = ru.ru_maxrss;
+    assert!(kib < 300 * 1024, "a child's peak RSS: {kib} KiB");
+}
