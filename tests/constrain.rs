@@ -22,14 +22,20 @@ fn schemas() -> Vec<(String, PathBuf)> {
     v
 }
 
-/// The models: a World-vocabulary one (65536 tokens, some not UTF-8 alone) when
+/// The models: the World-vocabulary ones (65536 tokens, some not UTF-8 alone) when
 /// `../shared` is present, and the byte-level demo model always.
 fn models() -> Vec<String> {
-    let mut m = vec![model_arg("shakespeare-rwkv6.safetensors")];
-    match fixture("rand-rwkv7-world-d64-bf16.safetensors") {
-        Some(p) => m.insert(0, p.to_string_lossy().into_owned()),
-        None => skip("rand-rwkv7-world-d64-bf16.safetensors"),
+    let mut m = Vec::new();
+    for world in [
+        "rand-rwkv7-world-d64-bf16.safetensors",
+        "rand-rwkv6-world-d64-bf16.safetensors",
+    ] {
+        match fixture(world) {
+            Some(p) => m.push(p.to_string_lossy().into_owned()),
+            None => skip(world),
+        }
     }
+    m.push(model_arg("shakespeare-rwkv6.safetensors"));
     m
 }
 
