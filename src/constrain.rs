@@ -143,9 +143,13 @@ fn uncompiled(what: &str, e: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// `s` as one line: its lines joined, runs of blanks one space, at most 300 characters.
+/// `s` as one line: its lines joined, runs of blanks one space, at most 300 characters
+/// (without the library's `<non-verbose/>` marker, which says only that details were cut).
 fn one_line(s: &str) -> String {
-    let words: Vec<&str> = s.split_whitespace().collect();
+    let words: Vec<&str> = s
+        .split_whitespace()
+        .filter(|w| *w != "<non-verbose/>")
+        .collect();
     let line = words.join(" ");
     match line.char_indices().nth(300) {
         Some((i, _)) => format!("{}...", &line[..i]),
@@ -196,4 +200,21 @@ impl Constraint {
 
 fn constraint_error(e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("constraint: {}", one_line(&e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_become_one_line() {
+        assert_eq!(
+            one_line("NoExtensionBias <non-verbose/>"),
+            "NoExtensionBias"
+        );
+        assert_eq!(one_line("a\n  b\t c\n"), "a b c");
+        let long = one_line(&"é ".repeat(400));
+        assert_eq!(long.chars().count(), 303);
+        assert!(long.ends_with("..."));
+    }
 }
