@@ -4,10 +4,11 @@
 mod common;
 
 use rwkv::model::Model;
-use rwkv::score::docs::Scorer;
+use rwkv::score::docs::{Doc, Scorer};
 use rwkv::score::input::{self, Source};
 use rwkv::state_file;
 use rwkv::tokenizer::Tokenizer;
+use serde_json::json;
 use std::sync::Mutex;
 
 fn scorer<'m>(model: &'m Model, tok: &'m Tokenizer, chunk: usize) -> Scorer<'m> {
@@ -31,7 +32,7 @@ fn a_documents_updates_add_up_to_its_bytes_and_tokens() {
     let progress = |b, t| updates.lock().unwrap().push((b, t));
     let s = scorer(&model, &tok, 16);
     let rec = s
-        .score_reader("doc", &mut text.as_bytes(), &progress)
+        .score_reader("doc", &mut text.as_bytes(), &progress, &mut |_| {})
         .unwrap();
     let u = updates.into_inner().unwrap();
     assert!(u.len() > 10, "an update a chunk: {}", u.len());
@@ -47,6 +48,32 @@ fn a_documents_updates_add_up_to_its_bytes_and_tokens() {
         u.iter().all(|x| x.0 <= 16 * 4),
         "each update a chunk's bytes: {u:?}"
     );
+}
+
+/// With per-token records, a document's scores leave a chunk at a time (memory does not
+/// grow with the document) and are the scores the same text gets as one line.
+#[test]
+fn per_token_scores_leave_a_chunk_at_a_time() {
+    let model = Model::load(&common::model_path("tiny-rwkv6-1m.safetensors")).unwrap();
+    let tok = Tokenizer::choose(None, model.cfg.vocab).unwrap();
+    let text = "To be, or not to be, that is the question. ".repeat(40);
+    let mut s = scorer(&model, &tok, 16);
+    s.per_token = true;
+    let mut parts = Vec::new();
+    let rec = s
+        .score_reader("doc", &mut text.as_bytes(), &|_, _| {}, &mut |ts| {
+            parts.push(ts.to_vec())
+        })
+        .unwrap();
+    assert!(parts.len() > 10, "a part a chunk: {}", parts.len());
+    assert!(parts.iter().all(|p| p.len() <= 16), "no part over a chunk");
+    let all = parts.concat();
+    assert_eq!(all.len() as u64, rec["tokens"].as_u64().unwrap());
+    let line = s
+        .score_doc(json!(1), &Doc::Text(text.into_bytes()))
+        .unwrap();
+    assert_eq!(line.tokens, all);
+    assert_eq!(line.record["nll"], rec["nll"]);
 }
 
 #[test]

@@ -6,7 +6,9 @@
 
 pub mod gen;
 pub mod progress;
+pub mod records;
 pub mod score;
+pub mod scoring;
 pub mod signal;
 pub mod state;
 pub mod view;
@@ -384,6 +386,22 @@ impl Write for Output {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The most memory this process has held resident, in bytes (`VmHWM`; `None` where
+/// `/proc` does not say).
+pub fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+/// `, peak memory 15.2 MiB` for the `-v` figures, or nothing where it is not known.
+pub fn peak_memory_note() -> String {
+    peak_memory().map_or_else(String::new, |b| {
+        format!(", peak memory {:.1} MiB", b as f64 / (1 << 20) as f64)
+    })
 }
 
 /// Say on stderr that the program waits on a terminal for `what`, unless `quiet` or stdin

@@ -45,7 +45,8 @@ impl Color {
         "Output fields: source, tokens, bytes, nll (nats), ppl (exp of nll per token), \
 bits_per_byte; continuations: logprob, logprob_per_byte, greedy; choices: choices[], best, \
 best_per_byte (correct with a label); --per-token: per_token[] of token, text, bytes, \
-logprob.\n\n",
+logprob, right after source (written as the document is scored; a document that fails part \
+way ends its record with error).\n\n",
         "--jsonl input, one object per line:\n",
         "  {\"text\": \"...\"}  {\"ids\": [1, 2]}  {\"context\": \"...\", \"continuation\": \"...\"}\n",
         "  {\"context\": \"...\", \"choices\": [\"...\", \"...\"], \"label\": 0}\n\n",

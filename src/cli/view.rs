@@ -42,48 +42,49 @@ fn shade(out: &mut Vec<u8>, bytes: &[u8], bits: f64, color: bool) {
     }
 }
 
-/// A score record with per-token records, as text for a person, then a line of totals.
-pub fn render(rec: &Value, color: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut pending, mut worst) = (Vec::<u8>::new(), 0.0f64);
-    for t in rec["per_token"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let bits = -t["logprob"].as_f64().unwrap_or(0.0) / std::f64::consts::LN_2;
-        let bytes: Vec<u8> = t["bytes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|b| b.as_u64().map(|b| b as u8))
-                    .collect()
-            })
-            .unwrap_or_default();
-        pending.extend_from_slice(&bytes);
-        worst = worst.max(bits);
-        let cut = complete_prefix(&pending);
+/// A document's text for a person, built a token at a time: bytes are held until they
+/// complete a character, which is shaded by the worst of the tokens that spell it.
+#[derive(Default)]
+pub struct Shader {
+    pending: Vec<u8>,
+    worst: f64,
+    /// The text written so far leaves a line open.
+    open: bool,
+}
+
+impl Shader {
+    /// A token's `bytes`, predicted with `logprob`, onto `out`.
+    pub fn push(&mut self, out: &mut Vec<u8>, bytes: &[u8], logprob: f64, color: bool) {
+        let bits = -logprob / std::f64::consts::LN_2;
+        self.pending.extend_from_slice(bytes);
+        self.worst = self.worst.max(bits);
+        let cut = complete_prefix(&self.pending);
         if cut > 0 {
-            shade(&mut out, &pending[..cut], worst, color);
-            pending.drain(..cut);
-            worst = if pending.is_empty() { 0.0 } else { bits };
+            self.open = self.pending[cut - 1] != b'\n';
+            shade(out, &self.pending[..cut], self.worst, color);
+            self.pending.drain(..cut);
+            self.worst = if self.pending.is_empty() { 0.0 } else { bits };
         }
     }
-    shade(&mut out, &pending, worst, color);
-    if out.last() != Some(&b'\n') {
-        out.push(b'\n');
+
+    /// The rest of the text, its line ended, then a line of the record's totals.
+    pub fn finish(&mut self, out: &mut Vec<u8>, rec: &Value, color: bool) {
+        shade(out, &self.pending, self.worst, color);
+        if self.pending.last().map_or(self.open, |&b| b != b'\n') {
+            out.push(b'\n');
+        }
+        *self = Shader::default();
+        out.extend_from_slice(
+            format!(
+                "-- {}: {} tokens, {:.4} bits per byte, perplexity {:.3}\n",
+                rec["source"],
+                rec["tokens"],
+                rec["bits_per_byte"].as_f64().unwrap_or(f64::NAN),
+                rec["ppl"].as_f64().unwrap_or(f64::NAN)
+            )
+            .as_bytes(),
+        );
     }
-    out.extend_from_slice(
-        format!(
-            "-- {}: {} tokens, {:.4} bits per byte, perplexity {:.3}\n",
-            rec["source"],
-            rec["tokens"],
-            rec["bits_per_byte"].as_f64().unwrap_or(f64::NAN),
-            rec["ppl"].as_f64().unwrap_or(f64::NAN)
-        )
-        .as_bytes(),
-    );
-    out
 }
 
 /// What the shades mean (with colour only: without, there are none).
@@ -101,12 +102,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn rec(tokens: &[(&[u8], f64)]) -> Value {
-        let per: Vec<Value> = tokens
-            .iter()
-            .map(|(b, lp)| json!({"bytes": b, "logprob": lp}))
-            .collect();
-        json!({"source": "-", "tokens": tokens.len(), "bits_per_byte": 1.0, "ppl": 2.0, "per_token": per})
+    fn render(tokens: &[(&[u8], f64)], color: bool) -> Vec<u8> {
+        let (mut out, mut sh) = (Vec::new(), Shader::default());
+        for (b, lp) in tokens {
+            sh.push(&mut out, b, *lp, color);
+        }
+        let rec = json!({"source": "-", "tokens": tokens.len(), "bits_per_byte": 1.0, "ppl": 2.0});
+        sh.finish(&mut out, &rec, color);
+        out
     }
 
     /// An emoji split over two tokens prints whole, shaded by the worse of them; without
@@ -114,17 +117,16 @@ mod tests {
     #[test]
     fn characters_are_joined_across_tokens() {
         let smile = "😀".as_bytes();
-        let r = rec(&[
-            (b"a", -0.1),
+        let r = [
+            (&b"a"[..], -0.1),
             (&smile[..2], -0.2),
             (&smile[2..], -7.0),
-            (b"\nb", -0.1),
-        ]);
+            (&b"\nb"[..], -0.1),
+        ];
         let plain = render(&r, false);
-        assert!(
-            plain.starts_with("a😀\nb\n-- ".as_bytes()),
-            "{:?}",
-            String::from_utf8_lossy(&plain)
+        assert_eq!(
+            String::from_utf8_lossy(&plain),
+            "a😀\nb\n-- \"-\": 4 tokens, 1.0000 bits per byte, perplexity 2.000\n"
         );
         let shaded = String::from_utf8(render(&r, true)).unwrap();
         assert!(shaded.contains("\x1b[48;5;124m😀\x1b[0m"), "{shaded:?}");

@@ -113,21 +113,37 @@ pub fn parse(line: &[u8], jsonl: bool, vocab: usize) -> std::result::Result<Doc,
 
 /// Every text field of a JSON document (`text`, `context`, `continuation`, each choice),
 /// by name, for `--tokenize`.
-pub fn texts(v: &Value) -> Vec<(String, Vec<u8>)> {
+pub fn texts(v: &Value) -> Vec<(String, &[u8])> {
     let mut out = Vec::new();
     for k in ["text", "context", "continuation"] {
         if let Some(s) = v.get(k).and_then(Value::as_str) {
-            out.push((k.to_string(), s.as_bytes().to_vec()));
+            out.push((k.to_string(), s.as_bytes()));
         }
     }
     if let Some(cs) = v.get("choices").and_then(Value::as_array) {
         for (i, c) in cs.iter().enumerate() {
             if let Some(s) = c.as_str() {
-                out.push((format!("choices.{i}"), s.as_bytes().to_vec()));
+                out.push((format!("choices.{i}"), s.as_bytes()));
             }
         }
     }
     out
+}
+
+/// A scored document: its record and, with per-token records, each token's score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub record: Value,
+    pub tokens: Vec<TokenScore>,
+}
+
+impl Scored {
+    fn alone(record: Value) -> Scored {
+        Scored {
+            record,
+            tokens: Vec::new(),
+        }
+    }
 }
 
 /// How documents are scored: against which model, from which state, in what chunks, with
@@ -164,12 +180,15 @@ impl<'m> Scorer<'m> {
 
     /// Score everything `reader` gives as one document, read and scored in blocks (memory
     /// stays one block and one chunk's logits, whatever the length); `progress(bytes,
-    /// tokens)` after each chunk. `name` is the source in errors and the record.
+    /// tokens)` after each chunk, and with per-token records `per_token` hears each chunk's
+    /// scores as they come (the record returned has none). `name` is the source in errors
+    /// and the record.
     pub fn score_reader(
         &self,
         name: &str,
         reader: &mut dyn Read,
         progress: &dyn Fn(u64, u64),
+        per_token: &mut dyn FnMut(&[TokenScore]),
     ) -> Result<Value> {
         let mut stream = self.stream(true)?;
         let (mut buf, mut block) = (Vec::new(), vec![0u8; READ_BLOCK]);
@@ -184,6 +203,8 @@ impl<'m> Scorer<'m> {
             let (mut done, mut told) = (0, 0);
             for part in ids.chunks(self.chunk.max(1)) {
                 self.score(&mut stream, part)?;
+                per_token(&stream.scored);
+                stream.scored.clear();
                 done += part.len();
                 let upto = used * done / ids.len();
                 progress((upto - told) as u64, part.len() as u64);
@@ -197,7 +218,7 @@ impl<'m> Scorer<'m> {
                 break;
             }
         }
-        Ok(self.record(json!(name), &stream, bytes))
+        Ok(self.record(json!(name), stream, bytes).record)
     }
 
     /// Score `ids` in `stream`, checking that the model can read them.
@@ -212,10 +233,10 @@ impl<'m> Scorer<'m> {
         stream.score(ids)
     }
 
-    /// The record of a scored text (or ids) document.
-    pub fn record(&self, source: Value, s: &Stream, bytes: u64) -> Value {
+    /// The record of a scored text (or ids) document, and its tokens' scores.
+    fn record(&self, source: Value, s: Stream, bytes: u64) -> Scored {
         let t = s.totals;
-        let mut rec = json!({
+        let record = json!({
             "source": source,
             "tokens": t.tokens,
             "bytes": bytes,
@@ -223,54 +244,26 @@ impl<'m> Scorer<'m> {
             "ppl": t.ppl(),
             "bits_per_byte": bits_per_byte(t.nll, bytes),
         });
-        if self.per_token {
-            rec["per_token"] = s.scored.iter().map(|ts| self.token_record(ts)).collect();
+        Scored {
+            record,
+            tokens: s.scored,
         }
-        rec
-    }
-
-    fn token_record(&self, ts: &TokenScore) -> Value {
-        let mut v = self.token(ts.token);
-        v["logprob"] = json!(ts.logprob);
-        if !ts.top.is_empty() {
-            v["top_logprobs"] = ts
-                .top
-                .iter()
-                .map(|&(id, lp)| {
-                    let mut t = self.token(id);
-                    t["logprob"] = json!(lp);
-                    t
-                })
-                .collect();
-        }
-        v
-    }
-
-    /// `{"token", "text", "bytes"}` of a token id: its bytes rebuild the text exactly, where
-    /// `text` shows a part of a character as U+FFFD.
-    fn token(&self, id: u32) -> Value {
-        let b = self
-            .tok
-            .token_bytes(id)
-            .map(|b| b.into_owned())
-            .unwrap_or_default();
-        json!({"token": id, "text": String::from_utf8_lossy(&b), "bytes": b})
     }
 
     /// Score one line-sized document.
-    pub fn score_doc(&self, source: Value, doc: &Doc) -> Result<Value> {
+    pub fn score_doc(&self, source: Value, doc: &Doc) -> Result<Scored> {
         match doc {
             Doc::Text(text) => {
                 let ids = self.tok.encode(text)?;
                 let mut s = self.stream(true)?;
                 self.score(&mut s, &ids)?;
-                Ok(self.record(source, &s, text.len() as u64))
+                Ok(self.record(source, s, text.len() as u64))
             }
             Doc::Ids(ids) => {
                 let mut s = self.stream(true)?;
                 self.score(&mut s, ids)?;
                 let bytes = self.tok.decode(ids).map(|b| b.len() as u64).unwrap_or(0);
-                Ok(self.record(source, &s, bytes))
+                Ok(self.record(source, s, bytes))
             }
             Doc::Continuation {
                 context,
@@ -280,7 +273,7 @@ impl<'m> Scorer<'m> {
                 let mut rec = self.continuation(&base, cont)?;
                 rec["source"] = source;
                 rec["nll"] = json!(-rec["logprob"].as_f64().unwrap_or(f64::NAN));
-                Ok(rec)
+                Ok(Scored::alone(rec))
             }
             Doc::Choices {
                 context,
@@ -309,7 +302,7 @@ impl<'m> Scorer<'m> {
                     rec["correct"] = json!(best as u64 == *l);
                     rec["correct_per_byte"] = json!(best_pb as u64 == *l);
                 }
-                Ok(rec)
+                Ok(Scored::alone(rec))
             }
         }
     }

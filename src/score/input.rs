@@ -1,7 +1,7 @@
 //! What `rwkv-score` reads: its sources (files or stdin), lines parsed as documents in
 //! batches, and the `--tokenize` records.
 
-use super::docs::{self, Doc, Scorer};
+use super::docs::{self, Doc, Scored, Scorer};
 use crate::cli::{read_line, Line};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -102,7 +102,7 @@ pub fn score_sources(
 ) -> Vec<Result<Value>> {
     sources
         .par_iter()
-        .map(|s| scorer.score_reader(&s.name(), &mut s.open()?, &progress))
+        .map(|s| scorer.score_reader(&s.name(), &mut s.open()?, &progress, &mut |_| {}))
         .collect()
 }
 
@@ -115,7 +115,7 @@ pub fn score_batch(
     named: bool,
     batch: &[Numbered],
     progress: &(dyn Fn(u64, u64) + Sync),
-) -> Vec<std::result::Result<Value, String>> {
+) -> Vec<std::result::Result<Scored, String>> {
     batch
         .par_iter()
         .map(|(n, bytes, doc)| {
@@ -127,7 +127,7 @@ pub fn score_batch(
             let rec = scorer.score_doc(source, doc);
             let tokens = rec
                 .as_ref()
-                .map_or(0, |r| r["tokens"].as_u64().unwrap_or(0));
+                .map_or(0, |r| r.record["tokens"].as_u64().unwrap_or(0));
             progress(*bytes, tokens);
             rec.map_err(|e| format!("{name}: line {n}: {e}"))
         })
@@ -135,23 +135,30 @@ pub fn score_batch(
 }
 
 /// `--tokenize`'s record of line `n`: `{"source", "ids", "tokens", "bytes"}` of the text,
-/// or (`jsonl`) one such object for each text field of the JSON object.
-pub fn token_record(tok: &Tokenizer, n: u64, line: &[u8], jsonl: bool) -> Result<Value> {
-    let record = |text: &[u8]| -> Result<Value> {
-        let ids = tok.encode(text)?;
-        Ok(json!({"ids": ids, "tokens": ids.len(), "bytes": text.len()}))
-    };
-    let mut rec = json!({"source": n});
+/// or (`jsonl`) one such object for each text field of the JSON object. The ids are
+/// written as they are encoded, so memory does not grow with the line beyond the line.
+pub fn write_token_record(
+    tok: &Tokenizer,
+    n: u64,
+    line: &[u8],
+    jsonl: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("stdout", e);
+    write!(out, "{{\"source\":{n}").map_err(io)?;
     if jsonl {
         let v: Value = serde_json::from_slice(line)
             .map_err(|e| Error::Invalid(format!("line {n}: invalid JSON: {e}")))?;
         for (field, text) in docs::texts(&v) {
-            rec[field] = record(&text)?;
+            write!(out, ",{}:{{", json!(field)).map_err(io)?;
+            write_ids(tok, "stdout", &mut &text[..], out)?;
+            out.write_all(b"}").map_err(io)?;
         }
-    } else if let Value::Object(m) = record(line)? {
-        rec.as_object_mut().expect("an object").extend(m);
+    } else {
+        out.write_all(b",").map_err(io)?;
+        write_ids(tok, "stdout", &mut &line[..], out)?;
     }
-    Ok(rec)
+    out.write_all(b"}\n").map_err(io)
 }
 
 /// One whole document's `{"source", "ids", "tokens", "bytes"}`, encoded and written a
@@ -163,18 +170,34 @@ pub fn tokenize_stream(
     out: &mut dyn Write,
 ) -> Result<()> {
     let io = |e: std::io::Error| Error::io(name, e);
-    write!(out, "{{\"source\":{},\"ids\":[", json!(name)).map_err(io)?;
+    write!(out, "{{\"source\":{},", json!(name)).map_err(io)?;
+    write_ids(tok, name, reader, out)?;
+    out.write_all(b"}\n").map_err(io)
+}
+
+/// Writes `"ids":[...],"tokens":T,"bytes":B` for the text `reader` holds, encoding it a
+/// block at a time (at most 64 KiB and a token's length held). I/O errors name `name`.
+fn write_ids(
+    tok: &Tokenizer,
+    name: &str,
+    reader: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> Result<()> {
+    const PIECE: usize = 64 << 10;
+    let io = |e: std::io::Error| Error::io(name, e);
+    out.write_all(b"\"ids\":[").map_err(io)?;
     let (mut buf, mut tokens, mut bytes) = (Vec::new(), 0u64, 0u64);
+    let mut s = String::new();
     loop {
         let block = reader.fill_buf().map_err(io)?;
-        let end = block.is_empty();
-        buf.extend_from_slice(block);
-        let n = block.len();
+        let n = block.len().min(PIECE);
+        let end = n == 0;
+        buf.extend_from_slice(&block[..n]);
         reader.consume(n);
         let (ids, used) = tok.encode_prefix(&buf, end)?;
         buf.drain(..used);
         bytes += used as u64;
-        let mut s = String::new();
+        s.clear();
         for id in ids {
             if tokens > 0 {
                 s.push(',');
@@ -187,7 +210,7 @@ pub fn tokenize_stream(
             break;
         }
     }
-    writeln!(out, "],\"tokens\":{tokens},\"bytes\":{bytes}}}").map_err(io)
+    write!(out, "],\"tokens\":{tokens},\"bytes\":{bytes}").map_err(io)
 }
 
 #[cfg(test)]
@@ -230,16 +253,19 @@ mod tests {
     #[test]
     fn token_records_stream_and_by_line_agree() {
         let tok = Tokenizer::from_spec("bytes").unwrap();
-        let rec = token_record(&tok, 3, b"hi", false).unwrap();
+        let record = |n, line: &[u8], jsonl| {
+            let mut out = Vec::new();
+            write_token_record(&tok, n, line, jsonl, &mut out).map(|()| out)
+        };
         assert_eq!(
-            rec.to_string(),
-            r#"{"source":3,"ids":[104,105],"tokens":2,"bytes":2}"#
+            record(3, b"hi", false).unwrap(),
+            b"{\"source\":3,\"ids\":[104,105],\"tokens\":2,\"bytes\":2}\n"
         );
-        let j = token_record(&tok, 1, br#"{"context": "a", "continuation": "bc"}"#, true);
-        let j = j.unwrap();
+        let j = record(1, br#"{"context": "a", "continuation": "bc"}"#, true).unwrap();
+        let j: Value = serde_json::from_slice(&j).unwrap();
         assert_eq!(j["continuation"]["ids"], json!([98, 99]));
         assert_eq!(j["context"]["tokens"], 1);
-        let bad = token_record(&tok, 2, b"{", true).unwrap_err().to_string();
+        let bad = record(2, b"{", true).unwrap_err().to_string();
         assert!(bad.starts_with("line 2: invalid JSON"), "{bad}");
         let mut out = Vec::new();
         tokenize_stream(&tok, "f", &mut &b"hi"[..], &mut out).unwrap();
@@ -247,5 +273,20 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "{\"source\":\"f\",\"ids\":[104,105],\"tokens\":2,\"bytes\":2}\n"
         );
+    }
+
+    /// Ids written a piece at a time are the ids of the whole text, across the pieces'
+    /// seams (World tokens span them).
+    #[test]
+    fn ids_in_pieces_are_the_whole_texts() {
+        let tok = Tokenizer::from_spec("world").unwrap();
+        let text = "Ünïcode and ASCII, 😀 across pieces; ".repeat(5000);
+        let mut out = Vec::new();
+        write_token_record(&tok, 1, text.as_bytes(), false, &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let ids: Vec<u32> = serde_json::from_value(v["ids"].clone()).unwrap();
+        assert!(text.len() > 3 * (64 << 10), "several pieces");
+        assert_eq!(ids, tok.encode(text.as_bytes()).unwrap());
+        assert_eq!(v["bytes"], text.len());
     }
 }
