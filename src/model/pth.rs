@@ -210,9 +210,16 @@ fn storage_dtype(global: &str) -> Rc<str> {
     .into()
 }
 
-/// Run the pickle and return the top-level dict.
-fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<Val>> {
+/// Pickle operations a state dict runs for each storage in its zip (about 40 a tensor:
+/// its name, the rebuild call, the storage tuple, shape, stride), and for the dict itself.
+const OPS_PER_STORAGE: usize = 128;
+const OPS_BASE: usize = 4096;
+
+/// Run the pickle and return the top-level dict. At most `max_ops` operations run, so what
+/// a pickle builds is bounded by the tensors it can describe, not by its own size.
+fn unpickle(path: &Path, p: &[u8], max_ops: usize) -> Result<Vec<Val>> {
     let bad = |m: String| Error::format(path, format!("unsupported .pth pickle: {m}"));
+    let mut ops = 0usize;
     let mut stack: Vec<Val> = Vec::new();
     let mut memo: HashMap<u64, Val> = HashMap::new();
     let mut i = 0usize;
@@ -234,6 +241,12 @@ fn unpickle(path: &Path, p: &[u8]) -> Result<Vec<Val>> {
     };
     loop {
         let op = take(&mut i, 1)?[0];
+        ops += 1;
+        if ops > max_ops {
+            return Err(bad(format!(
+                "more than {max_ops} operations, more than the zip's storages need"
+            )));
+        }
         match op {
             0x80 => {
                 take(&mut i, 1)?;
@@ -420,7 +433,8 @@ pub fn read_tensors(path: &Path, b: &[u8]) -> Result<BTreeMap<String, RawTensor>
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     // zip_members checked that every member lies inside the file
     let pkl_bytes = &b[pkl.offset..pkl.offset + pkl.size];
-    let dict = unpickle(path, pkl_bytes)?;
+    let max_ops = OPS_BASE.saturating_add(members.len().saturating_mul(OPS_PER_STORAGE));
+    let dict = unpickle(path, pkl_bytes, max_ops)?;
     let mut out = BTreeMap::new();
     for pair in dict.chunks_exact(2) {
         let (Val::Str(name), Val::Tensor(t)) = (&pair[0], &pair[1]) else {
