@@ -1,5 +1,5 @@
 complete -c rwkv-gen -s p -l prompt -d 'Prompt text; stdin is then not read (pipe the whole prompt instead, or use -f -)' -r
-complete -c rwkv-gen -s f -l prompt-file -d 'Read the prompt from a file (instead of stdin; `-` is stdin)' -r -F
+complete -c rwkv-gen -s f -l prompt-file -d 'Read the prompt from a file (instead of stdin; `-` is stdin); at most 64 MiB' -r -F
 complete -c rwkv-gen -s n -l max-tokens -d 'Most tokens to generate per prompt' -r
 complete -c rwkv-gen -s t -l temperature -d 'Sampling temperature; 0 is greedy (the most likely token)' -r
 complete -c rwkv-gen -l batch -d 'With --lines or --jsonl: prompts decoded together, each step reading every weight once for all of them; a stream\'s output does not depend on it' -r

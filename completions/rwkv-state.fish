@@ -33,7 +33,7 @@ complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "info" -d 'Sho
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "import" -d 'Convert a state-tuning file (RWKV-PEFT .pth, Ai00 .st) into a state file'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "diff" -d 'Per-tensor max and mean absolute difference of two state files'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s p -l prompt -d 'Text to feed (instead of stdin)' -r
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s f -l prompt-file -d 'Feed this file\'s contents (instead of stdin; `-` is stdin)' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s f -l prompt-file -d 'Feed this file\'s contents (instead of stdin; `-` is stdin); at most 64 MiB' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s o -l output -d 'Output file; `-` is stdout, the default when stdout is not a terminal' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -l state -d 'Start from this state (`-` reads it from stdin; then the text comes from -p or -f)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s m -l model -d 'Model file, RWKV-4, 5.2, 6, 7 or 7a: .pth, .safetensors or Ai00 .st (BlinkDL names; RWKV-6 also Hugging Face or Ai00 names)' -r -F

@@ -458,5 +458,17 @@ fn inputs_read_whole_are_bounded_by_what_a_valid_one_can_be() {
         1,
         &["/dev/zero: more than 67108864 bytes: not a tokenizer.json"],
     );
+    // a prompt: -f FILE, -f - and stdin, for both tools that read one whole
+    let r = run("rwkv-gen", &["-m", &m, "-f", "/dev/zero", "-n", "1"], b"");
+    assert_fails(&r, 1, &["/dev/zero: longer than 64 MiB, the most a prompt"]);
+    let dir = scratch("prompt");
+    let out = dir.join("s.state");
+    let big = vec![b'a'; (64 << 20) + 1];
+    for args in [&["-f", "-"][..], &[]] {
+        let feed = [&["feed", "-m", &m, "-o", out.to_str().unwrap()], args].concat();
+        let r = run("rwkv-state", &feed, &big);
+        assert_fails(&r, 1, &["stdin: longer than 64 MiB, the most a prompt"]);
+        assert!(!out.exists(), "no state written");
+    }
     children_stayed_small();
 }

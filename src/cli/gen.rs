@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(short = 'p', long, value_name = "TEXT", conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
 
-    /// Read the prompt from a file (instead of stdin; `-` is stdin)
+    /// Read the prompt from a file (instead of stdin; `-` is stdin); at most 64 MiB
     #[arg(short = 'f', long, value_name = "PATH")]
     pub prompt_file: Option<PathBuf>,
 

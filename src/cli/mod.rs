@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::model::quant_file::quantize_then;
 use crate::model::{LoadOptions, Model, Precision, Quant};
 use crate::tokenizer::Tokenizer;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Exit codes, documented in every `--help`.
@@ -414,12 +414,29 @@ pub fn stdin_hint(name: &str, what: &str, quiet: bool) {
     }
 }
 
+/// The longest prompt `rwkv-gen` and `rwkv-state` read (about 16 million tokens: hours of
+/// feeding); `/dev/zero` or an endless pipe is an error, not the machine's memory.
+pub const MAX_PROMPT_BYTES: u64 = 64 << 20;
+
+/// Read all of `r` (named `name` in errors), at most [`MAX_PROMPT_BYTES`].
+fn read_bounded(mut r: impl std::io::Read, name: &str) -> Result<Vec<u8>, CliError> {
+    let mut buf = Vec::new();
+    (&mut r)
+        .take(MAX_PROMPT_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::runtime(format!("{name}: {e}")))?;
+    if buf.len() as u64 > MAX_PROMPT_BYTES {
+        return Err(CliError::runtime(format!(
+            "{name}: longer than {} MiB, the most a prompt may be",
+            MAX_PROMPT_BYTES >> 20
+        )));
+    }
+    Ok(buf)
+}
+
 /// Read all of stdin, naming it in the error.
 pub fn read_stdin() -> Result<Vec<u8>, CliError> {
-    let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-        .map_err(|e| CliError::runtime(format!("reading stdin: {e}")))?;
-    Ok(buf)
+    read_bounded(std::io::stdin(), "stdin")
 }
 
 /// The text `-p TEXT` gives, or `-f FILE` (`-`: stdin), or else stdin (saying so to a
@@ -450,7 +467,9 @@ pub fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
             path.display()
         )));
     }
-    std::fs::read(path).map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| CliError::runtime(format!("{name}: {e}")))?;
+    read_bounded(file, &name)
 }
 
 /// One line of input.

@@ -61,7 +61,7 @@ pub struct Feed {
     )]
     pub prompt: Option<String>,
 
-    /// Feed this file's contents (instead of stdin; `-` is stdin)
+    /// Feed this file's contents (instead of stdin; `-` is stdin); at most 64 MiB
     #[arg(short = 'f', long, alias = "file", value_name = "PATH")]
     pub prompt_file: Option<PathBuf>,
 
