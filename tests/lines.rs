@@ -154,3 +154,52 @@ fn an_answer_that_starts_on_a_new_line_is_not_empty() {
     );
     assert!(r.stdout.starts_with(b"\n"), "{:?}", r.text());
 }
+
+/// Requests of one run that read or write each other's state files: the later one is
+/// refused, the same at every batch (at --batch 16 a request once read a state an earlier
+/// one had not yet saved); a FIFO as a request's state is refused, not waited on.
+#[test]
+fn requests_that_depend_on_each_others_states_are_refused_at_any_batch() {
+    let dir = common::temp_dir("lines-claims");
+    let s = dir.join("s.state").to_string_lossy().into_owned();
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let req = |fields: &str| text(&format!(r#"{{"ids": [1], "max_tokens": 2, {fields}}}"#));
+    let input = || {
+        vec![
+            req(&format!(r#""id": 1, "save_state": "{s}""#)),
+            req(&format!(r#""id": 2, "save_state": "{s}""#)),
+            req(&format!(r#""id": 3, "state": "{s}""#)),
+            req(&format!(r#""id": 4, "state": "{}""#, fifo.display())),
+            req(r#""id": 5"#),
+        ]
+    };
+    let mut outs = Vec::new();
+    for batch in ["1", "16"] {
+        let _ = std::fs::remove_file(&s);
+        let (out, _, tally) = run(&["--jsonl", "--batch", batch], input());
+        assert_eq!((tally.answered, tally.failed), (2, 3), "--batch {batch}");
+        outs.push((out, std::fs::read(&s).unwrap()));
+    }
+    assert_eq!(
+        outs[0], outs[1],
+        "records and saved state the same at every batch"
+    );
+    let recs: Vec<serde_json::Value> = outs[0]
+        .0
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let err = |i: usize| recs[i]["error"].as_str().unwrap_or("").to_string();
+    assert_eq!(err(0), "");
+    assert!(err(1).contains("`save_state`") && err(1).contains("earlier request"));
+    assert!(
+        err(2).contains("`state`") && err(2).contains("an earlier request of this run saves it")
+    );
+    assert!(err(3).contains("not a regular file"), "{}", err(3));
+    assert_eq!(recs[4]["id"], 5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -331,7 +331,6 @@ impl Args {
                 sampler: self.sampler(),
                 stop: self.stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
                 seed,
-                state: None,
                 vocab,
             },
             constraint,

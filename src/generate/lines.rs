@@ -3,7 +3,7 @@
 //! as soon as it and every one before it are complete.
 
 use super::batch::{self, InOrder, Next, Outcome};
-use super::request::{self, Defaults, Prompt};
+use super::request::{self, Claims, Defaults, Prompt};
 use super::{Generation, Options, Step};
 use crate::cli::Line;
 use crate::constrain::{Compiler, Constraint};
@@ -118,6 +118,7 @@ impl Lines {
         stop: &dyn Fn() -> bool,
     ) -> Result<Tally, Failed> {
         let jobs = RefCell::new(Vec::<Job>::new());
+        let mut claims = Claims::default();
         let mut inputs = |wait: bool| {
             let line = match (wait, lines.try_recv()) {
                 (_, Ok(l)) => l,
@@ -131,7 +132,8 @@ impl Lines {
             let mut jobs = jobs.borrow_mut();
             jobs.push(Job::default());
             let i = jobs.len() - 1;
-            Next::Input((i, self.begin(model, tok, initial, line, &mut jobs[i])))
+            let job = &mut jobs[i];
+            Next::Input((i, self.begin(model, tok, (initial, &mut claims), line, job)))
         };
         let (write, streamed) = (RefCell::new(sinks.write), self.streamed());
         let mut on_step = |_: usize, step: &Step| -> Result<(), Failed> {
@@ -188,12 +190,13 @@ impl Lines {
         }
     }
 
-    /// A stream for an input line, its prompt fed; `job` keeps what its record needs.
+    /// A stream for an input line, its prompt fed; `job` keeps what its record needs. A
+    /// request's state files are claimed for it in `claims`.
     fn begin<'a>(
         &self,
         model: &'a Model,
         tok: &'a Tokenizer,
-        initial: &Start,
+        (initial, claims): (&Start, &mut Claims),
         line: Line,
         job: &mut Job,
     ) -> Outcome<'a, Failed> {
@@ -212,6 +215,9 @@ impl Lines {
             let r = request::parse(&line, d).map_err(|r| Failed::input(r.id.as_ref(), r.error))?;
             let fail = |e: crate::Error| Failed::input(r.id.as_ref(), e);
             job.id = r.id.clone();
+            claims
+                .claim(r.state.as_deref(), r.save_state.as_deref())
+                .map_err(|e| Failed::input(r.id.as_ref(), e))?;
             if let Some(p) = &r.save_state {
                 crate::atomic::check_writable(p).map_err(fail)?;
             }

@@ -7,14 +7,16 @@
 //! state after the answer), `id` (any JSON value, copied to the result), and what the answer
 //! is held to: `response_format` as the common APIs spell it (`{"type": "json_object"}`,
 //! `{"type": "json_schema", "json_schema": {"schema": {...}}}`), `grammar` (Lark) or
-//! `regex`.
+//! `regex`. The requests of one run may not read or write each other's state files
+//! ([`Claims`]).
 
 use super::Generated;
 use crate::constrain::{Spec, MAX_SPEC_BYTES};
 use crate::sample::SamplerArgs;
 use crate::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 /// What a request feeds.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +47,6 @@ pub struct Defaults {
     pub sampler: SamplerArgs,
     pub stop: Vec<Vec<u8>>,
     pub seed: u64,
-    pub state: Option<PathBuf>,
     /// The model's vocabulary: ids must be below it.
     pub vocab: usize,
 }
@@ -76,6 +77,65 @@ const FIELDS: [&str; 17] = [
     "grammar",
     "regex",
 ];
+
+/// The state files a run's requests read and write, so that no request depends on
+/// another's: a request that reads a file an earlier one writes, or writes one an earlier
+/// one reads or writes, is refused (whatever the batch, the answers are those of the
+/// requests run alone). A request reads and writes regular files only: a FIFO with no
+/// writer would stall the batch.
+#[derive(Debug, Default)]
+pub struct Claims {
+    reads: HashSet<PathBuf>,
+    writes: HashSet<PathBuf>,
+}
+
+impl Claims {
+    /// Claim a request's `state` (read) and `save_state` (written), or say why not.
+    pub fn claim(&mut self, state: Option<&Path>, save: Option<&Path>) -> Result<(), String> {
+        let read = state.map(|p| identity(p).map(|id| (p, id))).transpose()?;
+        let write = save.map(|p| identity(p).map(|id| (p, id))).transpose()?;
+        if let Some((p, id)) = &read {
+            if self.writes.contains(id) {
+                return Err(format!(
+                    "`state` {}: an earlier request of this run saves it (requests in one run \
+                     may not depend on each other's states)",
+                    p.display()
+                ));
+            }
+        }
+        if let Some((p, id)) = &write {
+            if self.writes.contains(id) || self.reads.contains(id) {
+                return Err(format!(
+                    "`save_state` {}: an earlier request of this run reads or saves it \
+                     (requests in one run may not depend on each other's states)",
+                    p.display()
+                ));
+            }
+        }
+        self.reads.extend(read.map(|r| r.1));
+        self.writes.extend(write.map(|w| w.1));
+        Ok(())
+    }
+}
+
+/// A path as the file it names: absolute, its folder's links resolved; an error for one
+/// that exists and is not a regular file (or a link to one).
+fn identity(p: &Path) -> Result<PathBuf, String> {
+    if let Ok(m) = std::fs::metadata(p) {
+        if !m.is_file() {
+            return Err(format!(
+                "{}: not a regular file (a request reads and writes regular files only)",
+                p.display()
+            ));
+        }
+        return std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    }
+    let abs = std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    match (abs.parent().map(std::fs::canonicalize), abs.file_name()) {
+        (Some(Ok(dir)), Some(name)) => Ok(dir.join(name)),
+        _ => Ok(abs),
+    }
+}
 
 /// Parse one request line.
 pub fn parse(line: &[u8], d: &Defaults) -> Result<Request, Rejected> {
@@ -191,7 +251,7 @@ fn fields(o: &Map<String, Value>, d: &Defaults) -> Result<Request, String> {
         sampler,
         stop,
         seed: int("seed")?.unwrap_or(d.seed),
-        state: path("state")?.or_else(|| d.state.clone()),
+        state: path("state")?,
         save_state: path("save_state")?,
         constraint: constraint(o)?,
     })
@@ -293,7 +353,6 @@ mod tests {
             sampler: SamplerArgs::default(),
             stop: vec![b"\n".to_vec()],
             seed: 7,
-            state: None,
             vocab: 256,
         }
     }
@@ -343,5 +402,33 @@ mod tests {
         bad(r#"{"prompt": "x", "ids": [1]}"#, "not both");
         bad(r#"{"prompt": "x", "stop": "\n"}"#, "not a list");
         bad(r#"{"seed": 1}"#, "no `prompt`");
+    }
+
+    /// Requests that read or write a state another one of the run writes are refused,
+    /// whatever the spelling of the path; reads alone share a file.
+    #[test]
+    fn requests_may_not_depend_on_each_others_states() {
+        let dir = std::env::temp_dir().join(format!("rwkv-claims-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.state");
+        std::fs::write(&a, b"x").unwrap();
+        let a_too = dir.join(".").join("a.state");
+        let b = dir.join("b.state");
+        let mut c = Claims::default();
+        c.claim(Some(&a), Some(&a))
+            .expect("a request may read and save one file");
+        let e = c.claim(Some(&a_too), None).unwrap_err();
+        assert!(e.contains("an earlier request of this run saves it"), "{e}");
+        c.claim(None, Some(&b)).unwrap();
+        let e = c.claim(None, Some(&b)).unwrap_err();
+        assert!(e.starts_with("`save_state`"), "{e}");
+        let mut c = Claims::default();
+        c.claim(Some(&a), None).unwrap();
+        c.claim(Some(&a), None).expect("reads share a file");
+        let e = c.claim(None, Some(&a)).unwrap_err();
+        assert!(e.contains("reads or saves it"), "{e}");
+        let e = Claims::default().claim(Some(&dir), None).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
