@@ -3,6 +3,10 @@ complete -c rwkv-gen -s f -l prompt-file -d 'Read the prompt from a file (instea
 complete -c rwkv-gen -s n -l max-tokens -d 'Most tokens to generate per prompt' -r
 complete -c rwkv-gen -s t -l temperature -d 'Sampling temperature; 0 is greedy (the most likely token)' -r
 complete -c rwkv-gen -l batch -d 'With --lines or --jsonl: prompts decoded together, each step reading every weight once for all of them; a stream\'s output does not depend on it' -r
+complete -c rwkv-gen -l system -d 'With --chat: a system turn before the first user turn (`System: TEXT`)' -r
+complete -c rwkv-gen -l system-file -d 'With --chat: the system turn read from a file' -r -F
+complete -c rwkv-gen -l think -d 'With --chat, for the G1 reasoning models: each reply thinks first (cued with `Assistant: <think`), its think block shown or hidden' -r -f -a "show\t'The block, `<think>` to `</think>`, before the answer'
+hide\t'The answer alone'"
 complete -c rwkv-gen -l top-p -d 'Nucleus sampling: keep the most likely tokens up to this total probability (0..1]' -r
 complete -c rwkv-gen -l top-k -d 'Keep only the K most likely tokens; 0 keeps all' -r
 complete -c rwkv-gen -l presence-penalty -d 'Subtracted from the logit of every token already generated [default: 0.25 when sampling (-t > 0) or with --chat, 0 at -t 0]' -r

@@ -301,6 +301,55 @@ fn chat_carries_the_conversation() {
     assert_ne!(replies[1], fresh.trim_end_matches('\n'));
 }
 
+/// The turn format: a system turn once before the first user turn, blank lines in a turn
+/// made single newlines, and the think cue of the G1 models; each chat reply is the
+/// model's answer to the same text given as one prompt (penalties as chat sets them).
+#[test]
+fn chat_turns_are_the_trained_format() {
+    let flags = [
+        "-t",
+        "0",
+        "-n",
+        "12",
+        "--presence-penalty",
+        "0",
+        "--frequency-penalty",
+        "0",
+    ];
+    let as_prompt = |p: &str| {
+        let r = gen(&[&flags[..], &["-p", p, "--stop", "\n\n"]].concat(), b"");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.text()
+    };
+    let chat = |extra: &[&str]| {
+        let r = gen(&[&flags[..], &["--chat"], extra].concat(), b"ROMEO:\n");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.text()
+    };
+    let system = "Speak\n\n\nas a king.";
+    let want = as_prompt("System: Speak\nas a king.\n\nUser: ROMEO:\n\nAssistant:");
+    assert_eq!(chat(&["--system", system]), format!("{want}\n\n"));
+    let dir = temp_dir("chat-system");
+    let file = dir.join("system.txt");
+    std::fs::write(&file, format!("{system}\n")).unwrap();
+    assert_eq!(
+        chat(&["--system-file", file.to_str().unwrap()]),
+        format!("{want}\n\n")
+    );
+    let thought = as_prompt("User: ROMEO:\n\nAssistant: <think");
+    assert_eq!(chat(&["--think"]), format!("<think{thought}\n\n"));
+    let answer = thought
+        .split_once("</think>")
+        .map_or("", |(_, a)| a.trim_start());
+    assert_eq!(chat(&["--think", "hide"]), format!("{answer}\n\n"));
+    let r = gen(&["--system", "x", "-p", "y"], b"");
+    assert_usage(
+        &r,
+        &["--system, --system-file and --think shape --chat's turns"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn closed_stdout_exits_quietly() {
     use std::io::Read;

@@ -2,6 +2,7 @@
 
 use super::{CliError, ModelArgs};
 use crate::constrain::{Compiler, Constraint, Spec, MAX_SPEC_BYTES};
+use crate::generate::chat::{Conversation, Think};
 use crate::generate::lines::Lines;
 use crate::generate::request::Defaults;
 use crate::generate::Options;
@@ -17,6 +18,15 @@ pub enum Format {
     Text,
     /// One JSON object per generated token, then one per prompt with the totals
     Jsonl,
+}
+
+/// Whether a chat reply's think block is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ThinkShown {
+    /// The block, `<think>` to `</think>`, before the answer
+    Show,
+    /// The answer alone
+    Hide,
 }
 
 /// Generate text with an RWKV model: the prompt comes on stdin (or -p / -f), the
@@ -76,6 +86,19 @@ pub struct Args {
     /// each reply ends at a blank line
     #[arg(long, conflicts_with_all = ["prompt", "prompt_file"])]
     pub chat: bool,
+
+    /// With --chat: a system turn before the first user turn (`System: TEXT`)
+    #[arg(long, value_name = "TEXT", conflicts_with = "system_file")]
+    pub system: Option<String>,
+
+    /// With --chat: the system turn read from a file
+    #[arg(long, value_name = "PATH")]
+    pub system_file: Option<PathBuf>,
+
+    /// With --chat, for the G1 reasoning models: each reply thinks first (cued with
+    /// `Assistant: <think`), its think block shown or hidden
+    #[arg(long, value_name = "SHOWN", num_args = 0..=1, default_missing_value = "show")]
+    pub think: Option<ThinkShown>,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -258,6 +281,10 @@ impl Args {
                 "--save-state goes with one prompt or --chat (a --jsonl request has `save_state`)",
             );
         }
+        let chat_only = self.system.is_some() || self.system_file.is_some() || self.think.is_some();
+        if chat_only && !self.chat {
+            return usage("--system, --system-file and --think shape --chat's turns: add --chat");
+        }
         let state_on_stdin = self.state.as_ref().is_some_and(|p| p.as_os_str() == "-");
         let prompt_given = self.prompt.is_some() || self.prompt_file.is_some();
         if state_on_stdin && (many || self.chat || !prompt_given) {
@@ -336,6 +363,22 @@ impl Args {
             constraint,
             compiler: Default::default(),
         }
+    }
+
+    /// The conversation `--chat` holds: its system turn (`--system`, `--system-file`) and
+    /// whether replies think first.
+    pub fn conversation(&self) -> Result<Conversation, CliError> {
+        let system = match (&self.system, &self.system_file) {
+            (Some(t), _) => Some(t.as_bytes().to_vec()),
+            (None, Some(p)) => Some(super::read_input(p)?),
+            (None, None) => None,
+        };
+        let think = match self.think {
+            None => Think::Off,
+            Some(ThinkShown::Show) => Think::Show,
+            Some(ThinkShown::Hide) => Think::Hide,
+        };
+        Ok(Conversation::new(system.as_deref(), think))
     }
 
     pub fn record_end(&self) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! a terminal.
 
 pub mod gen;
+pub mod generating;
 pub mod progress;
 pub mod records;
 pub mod score;
