@@ -5,6 +5,7 @@ never\t''"
 complete -c rwkv-score -l state -d 'Start every document from this state file or state-tuning file' -r -F
 complete -c rwkv-score -l chunk -d 'Tokens per sequence call [default: about 64 MiB of logits, at most 512]' -r
 complete -c rwkv-score -l max-line-bytes -d 'The longest input line read with --lines and --jsonl; a longer one is an error' -r
+complete -c rwkv-score -l first-line -d 'With --lines and --jsonl: the number of the first line (each record\'s source), for a part of a longer file' -r
 complete -c rwkv-score -s m -l model -d 'Model file, RWKV-4, 5.2, 6, 7 or 7a: .pth, .safetensors or Ai00 .st (BlinkDL names; RWKV-6 also Hugging Face or Ai00 names)' -r -F
 complete -c rwkv-score -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer.json file [default: world for a 65536 vocab, bytes for 256]' -r
 complete -c rwkv-score -l quant -d 'Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay as stored)' -r -f -a "int8\t'8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)'

@@ -391,6 +391,9 @@ fn merge_reads_a_bounded_line_and_stops() {
         b"{\"source\": 1, \"tokens\": -1, \"bytes\": 2, \"nll\": 1}\n",
     );
     assert_fails(&r, 1, &["line 1", "`tokens` is -1, not a count"]);
+    // no records at all (the runs failed): an error, not a summary of zeros
+    let r = run("rwkv-score", &["--merge"], b"");
+    assert_fails(&r, 1, &["--merge: no score records in -"]);
     children_stayed_small();
 }
 

@@ -125,6 +125,11 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = super::MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
 
+    /// With --lines and --jsonl: the number of the first line (each record's source), for
+    /// a part of a longer file
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_line: u64,
+
     #[command(flatten)]
     pub model: ModelArgs,
 

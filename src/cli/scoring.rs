@@ -195,7 +195,7 @@ fn score_lines(ctx: &mut Run, sources: &[Source]) -> Result<(), CliError> {
         };
         let mut reader = std::io::BufReader::new(reader);
         let (name, named) = (src.name(), sources.len() > 1);
-        let mut n = 0u64;
+        let mut n = ctx.args.first_line - 1;
         loop {
             let how = (max, jsonl, vocab);
             let batch = input::next_docs(&mut reader, &name, how, LINE_BATCH, &mut n)?;
@@ -218,12 +218,20 @@ fn score_lines(ctx: &mut Run, sources: &[Source]) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `--merge`: the records of many runs added up into one summary.
+/// `--merge`: the records of many runs added up into one summary. No record at all is an
+/// error (the runs failed, or their output went elsewhere), not a summary of zeros.
 pub fn merge(sources: &[Source]) -> Result<(), CliError> {
     let mut summary = Summary::default();
     for src in sources {
         let mut reader = std::io::BufReader::new(src.open()?);
         summary.add_lines(&src.name(), &mut reader)?;
+    }
+    if summary.documents == 0 {
+        let names: Vec<String> = sources.iter().map(Source::name).collect();
+        return Err(CliError::runtime(format!(
+            "--merge: no score records in {}",
+            names.join(", ")
+        )));
     }
     let mut out = Output::stdout(false);
     out.write(format!("{}\n", summary.to_json()).as_bytes())?;
@@ -252,7 +260,7 @@ pub fn tokenize(args: &Args, sources: &[Source]) -> Result<(), CliError> {
             input::tokenize_stream(&tok, &name, &mut reader, &mut out)?;
             continue;
         }
-        let mut n = 0u64;
+        let mut n = args.first_line - 1;
         while let Some(line) =
             read_line(&mut reader, max).map_err(|e| CliError::runtime(format!("{name}: {e}")))?
         {
