@@ -29,6 +29,50 @@ fn roff_text(s: &str) -> String {
         .join("\n")
 }
 
+/// The SYNOPSIS section, each option with its value's name (`[-p|--prompt TEXT]`; clap's
+/// own leaves the names out), positional arguments and the subcommand last.
+fn synopsis(cmd: &clap::Command) -> String {
+    let mut cmd = cmd.clone();
+    cmd.build(); // each argument's number of values set
+    let esc = |s: &str| s.replace('-', "\\-");
+    let mut parts = vec![format!("\\fB{}\\fR", esc(cmd.get_name()))];
+    let mut positionals = Vec::new();
+    for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+        let names: Vec<String> = a
+            .get_value_names()
+            .map(|v| v.iter().map(|n| format!("\\fI{}\\fR", esc(n))).collect())
+            .unwrap_or_default();
+        let takes = a.get_num_args().is_some_and(|n| n.takes_values());
+        let value = match (takes, a.get_num_args().map(|n| n.min_values())) {
+            (false, _) => String::new(),
+            (true, Some(0)) => format!("[={}]", names.join(" ")),
+            (true, _) => format!(" {}", names.join(" ")),
+        };
+        if a.is_positional() {
+            let dots = if a.get_num_args().is_some_and(|n| n.max_values() > 1) {
+                "..."
+            } else {
+                ""
+            };
+            positionals.push(format!("[{}]{dots}", names.join(" ")));
+            continue;
+        }
+        let mut flags = Vec::new();
+        if let Some(c) = a.get_short() {
+            flags.push(format!("\\fB\\-{}\\fR", c));
+        }
+        if let Some(l) = a.get_long() {
+            flags.push(format!("\\fB\\-\\-{}\\fR", esc(l)));
+        }
+        parts.push(format!("[{}{value}]", flags.join("|")));
+    }
+    parts.extend(positionals);
+    if cmd.get_subcommands().next().is_some() {
+        parts.push("<\\fISUBCOMMAND\\fR>".into());
+    }
+    format!(".SH SYNOPSIS\n{}\n", parts.join(" "))
+}
+
 /// A man page: clap's title, name, synopsis, description, options and subcommands, then
 /// the after-help text as EXAMPLES, EXIT STATUS and NOTES, and SEE ALSO.
 fn man_page(cmd: &clap::Command, see_also: &[String]) -> Vec<u8> {
@@ -36,7 +80,7 @@ fn man_page(cmd: &clap::Command, see_also: &[String]) -> Vec<u8> {
     let mut page = Vec::new();
     man.render_title(&mut page).unwrap();
     man.render_name_section(&mut page).unwrap();
-    man.render_synopsis_section(&mut page).unwrap();
+    page.extend_from_slice(synopsis(cmd).as_bytes());
     man.render_description_section(&mut page).unwrap();
     man.render_options_section(&mut page).unwrap();
     if cmd.get_subcommands().next().is_some() {
@@ -243,4 +287,22 @@ fn man_pages_and_completions_are_current() {
         stale.is_empty(),
         "out of date (run `RWKV_REGENERATE=1 cargo test --test generated`): {stale:?}"
     );
+}
+
+/// The synopsis names each option's value, as `--help` does.
+#[test]
+fn man_synopsis_names_the_values() {
+    let page = String::from_utf8(man_page(&rwkv::cli::gen::Args::command(), &[])).unwrap();
+    let synopsis = page
+        .lines()
+        .skip_while(|l| *l != ".SH SYNOPSIS")
+        .nth(1)
+        .unwrap();
+    for want in [
+        r"[\fB\-p\fR|\fB\-\-prompt\fR \fITEXT\fR]",
+        r"[\fB\-\-think\fR[=\fISHOWN\fR]]",
+        r"[\fB\-\-lines\fR]",
+    ] {
+        assert!(synopsis.contains(want), "{want} not in {synopsis}");
+    }
 }
