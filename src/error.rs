@@ -32,11 +32,12 @@ pub enum Error {
     #[error("{}: missing tensor `{name}`", path.display())]
     MissingTensor { path: PathBuf, name: String },
 
-    #[error("{}: tensor `{name}` has shape {found:?}, expected {expected:?}", path.display())]
+    #[error("{}: tensor `{name}` has shape {found:?}, expected {expected}", path.display())]
     Shape {
         path: PathBuf,
         name: String,
-        expected: Vec<usize>,
+        /// As written in the message: `[4, 64]`, or `[V, D]` where a size is not known.
+        expected: String,
         found: Vec<usize>,
     },
 
@@ -64,6 +65,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A shape as a [`Error::Shape`] writes it.
+    pub fn dims(shape: &[usize]) -> String {
+        format!("{shape:?}")
+    }
+
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),

@@ -351,7 +351,7 @@ impl Parsed {
                 return Err(Error::Shape {
                     path: path.to_path_buf(),
                     name: name.to_string(),
-                    expected: want.to_vec(),
+                    expected: Error::dims(want),
                     found,
                 });
             }
@@ -497,7 +497,7 @@ fn tuning_shape_of(ck: &Checkpoint, t: Tuning) -> Result<StateShape> {
         return Err(Error::Shape {
             path: path.clone(),
             name,
-            expected: vec![0, 64, 64],
+            expected: "[H, S, S]".into(),
             found: shape,
         });
     };
@@ -505,7 +505,7 @@ fn tuning_shape_of(ck: &Checkpoint, t: Tuning) -> Result<StateShape> {
         return Err(Error::Shape {
             path: path.clone(),
             name,
-            expected: vec![h, s, s],
+            expected: Error::dims(&[h, s, s]),
             found: shape,
         });
     }
@@ -549,12 +549,18 @@ fn import_as(ck: &Checkpoint, t: Tuning, shape: StateShape) -> Result<State> {
         let name = format!("blocks.{l}.{}", t.tensor);
         match ck.shape(&name) {
             Some(sh) if sh == [h, s, s] => {}
-            found => {
+            Some(found) => {
                 return Err(Error::Shape {
                     path: path.clone(),
                     name,
-                    expected: vec![h, s, s],
-                    found: found.map(<[usize]>::to_vec).unwrap_or_default(),
+                    expected: Error::dims(&[h, s, s]),
+                    found: found.to_vec(),
+                })
+            }
+            None => {
+                return Err(Error::MissingTensor {
+                    path: path.clone(),
+                    name,
                 })
             }
         }

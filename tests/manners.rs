@@ -475,3 +475,51 @@ fn inputs_read_whole_are_bounded_by_what_a_valid_one_can_be() {
     }
     children_stayed_small();
 }
+
+/// A shape error says what shape was expected in the model's own terms (`[H, S, S]`, not
+/// `[0, 64, 64]`), and a layer's tensor that is absent is missing, not of shape `[]`.
+#[test]
+fn shape_errors_name_the_shape_expected() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let m = model_arg("tiny-rwkv6-1m.safetensors");
+    let model = rwkv::Model::load(std::path::Path::new(&m)).unwrap();
+    let (h, s, layers) = (model.cfg.n_head, model.cfg.head_size, model.cfg.n_layer);
+    let dir = scratch("shapes");
+    let write = |name: &str, tensors: &[(String, Vec<usize>)]| {
+        let data = vec![0u8; 4 * h * s * s];
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, shape)| {
+                let len = 4 * shape.iter().product::<usize>();
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, shape.clone(), &data[..len]).unwrap(),
+                )
+            })
+            .collect();
+        let p = dir.join(name);
+        std::fs::write(&p, safetensors::serialize(views, &None).unwrap()).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let flat = write(
+        "flat.st",
+        &[("blocks.0.att.time_state".to_string(), vec![h, s * s])],
+    );
+    let out = dir.join("o.state");
+    let o = out.to_str().unwrap();
+    let r = run("rwkv-state", &["import", &flat, "-m", &m, "-o", o], b"");
+    assert_fails(
+        &r,
+        1,
+        &["`blocks.0.att.time_state` has shape", "expected [H, S, S]"],
+    );
+    // every layer but one, and one past the last: as many tensors as layers
+    let gap: Vec<(String, Vec<usize>)> = (0..=layers)
+        .filter(|&l| l != 1)
+        .map(|l| (format!("blocks.{l}.att.time_state"), vec![h, s, s]))
+        .collect();
+    let gap = write("gap.st", &gap);
+    let r = run("rwkv-state", &["import", &gap, "-m", &m, "-o", o], b"");
+    assert_fails(&r, 1, &["missing tensor `blocks.1.att.time_state`"]);
+    assert!(!out.exists());
+}

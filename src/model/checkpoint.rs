@@ -137,7 +137,7 @@ impl Checkpoint {
                 return Err(Error::Shape {
                     path: self.path.clone(),
                     name: n.clone(),
-                    expected: want.clone(),
+                    expected: Error::dims(want),
                     found: t.shape.clone(),
                 });
             }
@@ -253,7 +253,7 @@ impl Checkpoint {
         Error::Shape {
             path: self.path.clone(),
             name: name.to_string(),
-            expected: shape.to_vec(),
+            expected: Error::dims(shape),
             found: t.shape.clone(),
         }
     }

@@ -41,7 +41,7 @@ impl Family for X040 {
     fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
         let shape =
             |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
-        let bad = |name: &str, found: &[usize], expected: Vec<usize>| Error::Shape {
+        let bad = |name: &str, found: &[usize], expected: String| Error::Shape {
             path: ck.path.clone(),
             name: names.stored(name).to_string(),
             expected,
@@ -50,10 +50,14 @@ impl Family for X040 {
         let emb = shape("emb.weight")?;
         let ffn_key = shape("blocks.0.ffn.key.weight")?;
         let [vocab, d] = emb[..] else {
-            return Err(bad("emb.weight", &emb, vec![0, 0]));
+            return Err(bad("emb.weight", &emb, "[V, D]".to_string()));
         };
         let [f, _] = ffn_key[..] else {
-            return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![4 * d, d]));
+            return Err(bad(
+                "blocks.0.ffn.key.weight",
+                &ffn_key,
+                Error::dims(&[4 * d, d]),
+            ));
         };
         Ok(Config {
             version: &VERSION,

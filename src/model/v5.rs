@@ -44,7 +44,7 @@ impl Family for X052 {
     fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
         let shape =
             |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
-        let bad = |name: &str, found: &[usize], expected: Vec<usize>| Error::Shape {
+        let bad = |name: &str, found: &[usize], expected: String| Error::Shape {
             path: ck.path.clone(),
             name: names.stored(name).to_string(),
             expected,
@@ -54,16 +54,28 @@ impl Family for X052 {
         let faaaa = shape("blocks.0.att.time_faaaa")?;
         let ffn_key = shape("blocks.0.ffn.key.weight")?;
         let [vocab, d] = emb[..] else {
-            return Err(bad("emb.weight", &emb, vec![0, 0]));
+            return Err(bad("emb.weight", &emb, "[V, D]".to_string()));
         };
         let [h, s] = faaaa[..] else {
-            return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
+            return Err(bad(
+                "blocks.0.att.time_faaaa",
+                &faaaa,
+                format!("[H, S] with H * S = {d}"),
+            ));
         };
         if h.checked_mul(s) != Some(d) {
-            return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
+            return Err(bad(
+                "blocks.0.att.time_faaaa",
+                &faaaa,
+                format!("[H, S] with H * S = {d}"),
+            ));
         }
         let [f, _] = ffn_key[..] else {
-            return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![0, d]));
+            return Err(bad(
+                "blocks.0.ffn.key.weight",
+                &ffn_key,
+                format!("[F, {d}]"),
+            ));
         };
         Ok(Config {
             version: &VERSION,

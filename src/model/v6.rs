@@ -46,7 +46,7 @@ impl Family for X060 {
     fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
         let shape =
             |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
-        let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::error::Error::Shape {
+        let bad = |name: &str, found: &[usize], expected: String| crate::error::Error::Shape {
             path: ck.path.clone(),
             name: names.stored(name).to_string(),
             expected,
@@ -58,16 +58,28 @@ impl Family for X060 {
         let decay_w1 = shape("blocks.0.att.time_decay_w1")?;
         let maa_w2 = shape("blocks.0.att.time_maa_w2")?;
         let [vocab, d] = emb[..] else {
-            return Err(bad("emb.weight", &emb, vec![0, 0]));
+            return Err(bad("emb.weight", &emb, "[V, D]".to_string()));
         };
         let [h, s] = faaaa[..] else {
-            return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
+            return Err(bad(
+                "blocks.0.att.time_faaaa",
+                &faaaa,
+                format!("[H, S] with H * S = {d}"),
+            ));
         };
         if h.checked_mul(s) != Some(d) {
-            return Err(bad("blocks.0.att.time_faaaa", &faaaa, vec![d / 64, 64]));
+            return Err(bad(
+                "blocks.0.att.time_faaaa",
+                &faaaa,
+                format!("[H, S] with H * S = {d}"),
+            ));
         }
         let [f, _] = ffn_key[..] else {
-            return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![0, d]));
+            return Err(bad(
+                "blocks.0.ffn.key.weight",
+                &ffn_key,
+                format!("[F, {d}]"),
+            ));
         };
         // decay_w1 is [D, K] (BlinkDL, HF) or [K, D] (Ai00); maa_w2 is [5, M, D] or [5, D, M].
         let out_in = names.layout.lora_is_out_in();
@@ -75,9 +87,19 @@ impl Family for X060 {
             (&[_, k], &[5, m, _], false) => (k, m),
             (&[k, _], &[5, _, m], true) => (k, m),
             (&[_, _], _, _) => {
-                return Err(bad("blocks.0.att.time_maa_w2", &maa_w2, vec![5, 32, d]))
+                return Err(bad(
+                    "blocks.0.att.time_maa_w2",
+                    &maa_w2,
+                    format!("[5, M, {d}]"),
+                ))
             }
-            _ => return Err(bad("blocks.0.att.time_decay_w1", &decay_w1, vec![d, 64])),
+            _ => {
+                return Err(bad(
+                    "blocks.0.att.time_decay_w1",
+                    &decay_w1,
+                    format!("[{d}, K]"),
+                ))
+            }
         };
         Ok(Config {
             version: &VERSION,

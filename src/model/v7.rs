@@ -41,7 +41,7 @@ impl Family for X070 {
     fn config(ck: &Checkpoint, names: &Names) -> Result<Config> {
         let shape =
             |canon: &str| -> Result<Vec<usize>> { ck.logical_shape_of(names.stored(canon)) };
-        let bad = |name: &str, found: &[usize], expected: Vec<usize>| crate::error::Error::Shape {
+        let bad = |name: &str, found: &[usize], expected: String| crate::error::Error::Shape {
             path: ck.path.clone(),
             name: names.stored(name).to_string(),
             expected,
@@ -49,23 +49,35 @@ impl Family for X070 {
         };
         let emb = shape("emb.weight")?;
         let [vocab, d] = emb[..] else {
-            return Err(bad("emb.weight", &emb, vec![0, 0]));
+            return Err(bad("emb.weight", &emb, "[V, D]".to_string()));
         };
         let r_k = shape("blocks.0.att.r_k")?;
         let [h, n] = r_k[..] else {
-            return Err(bad("blocks.0.att.r_k", &r_k, vec![d / 64, 64]));
+            return Err(bad(
+                "blocks.0.att.r_k",
+                &r_k,
+                format!("[H, S] with H * S = {d}"),
+            ));
         };
         if h.checked_mul(n) != Some(d) {
-            return Err(bad("blocks.0.att.r_k", &r_k, vec![d / 64, 64]));
+            return Err(bad(
+                "blocks.0.att.r_k",
+                &r_k,
+                format!("[H, S] with H * S = {d}"),
+            ));
         }
         let ffn_key = shape("blocks.0.ffn.key.weight")?;
         let [f, _] = ffn_key[..] else {
-            return Err(bad("blocks.0.ffn.key.weight", &ffn_key, vec![4 * d, d]));
+            return Err(bad(
+                "blocks.0.ffn.key.weight",
+                &ffn_key,
+                crate::error::Error::dims(&[4 * d, d]),
+            ));
         };
         let width = |name: &str| -> Result<usize> {
             match shape(name)?[..] {
                 [_, w] => Ok(w),
-                ref s => Err(bad(name, s, vec![d, 64])),
+                ref s => Err(bad(name, s, format!("[{d}, K]"))),
             }
         };
         let layers = names.n_layers(&ck.path)?;
@@ -273,7 +285,7 @@ fn lora_pair<B: Backend>(l: &Loader<B>, prefix: &str, d: usize) -> Result<LoraPa
             return Err(crate::error::Error::Shape {
                 path: l.ck.path.clone(),
                 name: l.names.stored(&down).to_string(),
-                expected: vec![d, 64],
+                expected: format!("[{d}, K]"),
                 found: shape,
             })
         }
