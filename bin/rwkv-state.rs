@@ -2,6 +2,7 @@
 
 mod common;
 
+use rwkv::cli::progress::Progress;
 use rwkv::cli::state::{Args, Command, Diff, Feed, Import, Info};
 use rwkv::cli::{self, exit, CliError, Output};
 use rwkv::model::{Model, Precision, PROMPT_CHUNK};
@@ -88,7 +89,12 @@ fn feed(args: &Args, a: &Feed) -> Result<(), CliError> {
     let logits = if ids.is_empty() {
         start.logits
     } else {
-        Some(model.feed(&ids, &mut state, PROMPT_CHUNK)?)
+        let bar = Progress::tokens(!args.quiet, ids.len() as u64);
+        let fed = model.feed_telling(&ids, &mut state, PROMPT_CHUNK, &mut |n| {
+            bar.add(n as u64, n as u64)
+        });
+        bar.clear();
+        Some(fed?)
     };
     if args.verbose {
         let s = t1.elapsed().as_secs_f64();

@@ -523,3 +523,63 @@ fn shape_errors_name_the_shape_expected() {
     assert_fails(&r, 1, &["missing tensor `blocks.1.att.time_state`"]);
     assert!(!out.exists());
 }
+
+/// `cmd` run by bash in a terminal of 60 columns (util-linux `script`): what the terminal
+/// was sent.
+fn in_terminal(cmd: &str) -> String {
+    let bins = std::path::Path::new(env!("CARGO_BIN_EXE_rwkv-gen"))
+        .parent()
+        .unwrap();
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty cols 60 rows 20; {cmd}; echo rc=$?"),
+            "/dev/null",
+        ])
+        .env(
+            "PATH",
+            format!("{}:{}", bins.display(), std::env::var("PATH").unwrap()),
+        )
+        .env_remove("RWKV_MODEL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs a command in a terminal");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The bars as drawn: each draw fits one row of the terminal (a bar that wrapped left its
+/// first row on screen after Ctrl-C), and Ctrl-C erases the last.
+#[test]
+fn progress_bars_fit_a_row_and_ctrl_c_erases_them() {
+    let dir = scratch("bars");
+    let doc = dir.join("doc.txt");
+    std::fs::write(&doc, "Now is the winter of our discontent. ".repeat(40_000)).unwrap();
+    let m = model_arg("shakespeare-rwkv6.safetensors");
+    let d = doc.display();
+    let score = in_terminal(&format!(
+        "timeout -s INT 2 rwkv-score -m {m} {d} >/dev/null"
+    ));
+    let feed = in_terminal(&format!(
+        "timeout -s INT 2 rwkv-state feed -m {m} -f {d} -o {d}.s"
+    ));
+    for (what, t) in [("rwkv-score", &score), ("rwkv-state feed", &feed)] {
+        let draws: Vec<&str> = t.split("\r\x1b[2K").skip(1).collect();
+        assert!(draws.len() > 2, "{what}: the bar is drawn: {t:?}");
+        for d in &draws[..draws.len() - 1] {
+            assert!(
+                d.chars().count() <= 60,
+                "{what}: a draw wider than the terminal: {d:?}"
+            );
+        }
+        assert!(
+            t.ends_with("\r\x1b[Krc=124\r\n"),
+            "{what}: erased at Ctrl-C: {t:?}"
+        );
+    }
+    assert!(score.contains(" KiB of 1.41 MiB, "), "{score:?}");
+    assert!(feed.contains(" of 1480000 tokens, "), "{feed:?}");
+    assert!(
+        !dir.join("doc.txt.s").exists(),
+        "an interrupted feed writes no state"
+    );
+}

@@ -99,3 +99,18 @@ fn lines_report_their_bytes() {
     );
     assert_eq!(Source::Stdin.known_size(), 0);
 }
+
+/// `rwkv-state feed`'s bar hears each chunk's tokens as it is fed, adding up to the text's.
+#[test]
+fn feeding_tells_each_chunks_tokens() {
+    let model = Model::load(&common::model_path("tiny-rwkv6-1m.safetensors")).unwrap();
+    let mut state = model.new_state();
+    let ids: Vec<u32> = (0..300).map(|i| (i * 7 % 256) as u32).collect();
+    let mut told = Vec::new();
+    let logits = model
+        .feed_telling(&ids, &mut state, 64, &mut |n| told.push(n))
+        .unwrap();
+    assert_eq!(told, vec![64, 64, 64, 64, 44]);
+    let mut again = model.new_state();
+    assert_eq!(logits, model.feed(&ids, &mut again, 64).unwrap());
+}

@@ -1,7 +1,9 @@
-//! `rwkv-score`'s progress bar: on stderr, only when it is a terminal and not `-q`, and
-//! only once the work has taken half a second (a short input shows none); it moves with
-//! every chunk scored (bytes done of the total, tokens a second, time left), is erased
-//! before anything is written to the same terminal, and is gone after Ctrl-C.
+//! The progress bar of `rwkv-score` (bytes) and `rwkv-state feed` (tokens): on stderr, only
+//! when it is a terminal and not `-q`, and only once the work has taken half a second (a
+//! short input shows none); it moves with every chunk (done of the total, tokens a second,
+//! time left), fits one row of the terminal (so the signal handler's erase of that row
+//! removes it all), is erased before anything is written to the same terminal, and is gone
+//! after Ctrl-C.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -21,14 +23,27 @@ pub struct Progress {
 impl Progress {
     /// A bar over `total` bytes (0: unknown, as for stdin), shown only on a terminal.
     pub fn new(show: bool, total: u64) -> Progress {
+        let template = if total > 0 {
+            "{wide_bar} {bytes} of {total_bytes}, {msg}, {eta} left"
+        } else {
+            "{spinner} {bytes}, {msg}"
+        };
+        Progress::with(show, total, template)
+    }
+
+    /// A bar over `total` tokens (`rwkv-state feed`): `add(tokens, tokens)`.
+    pub fn tokens(show: bool, total: u64) -> Progress {
+        Progress::with(
+            show,
+            total,
+            "{wide_bar} {pos} of {len} tokens, {msg}, {eta} left",
+        )
+    }
+
+    fn with(show: bool, total: u64, template: &str) -> Progress {
         let bar = (show && std::io::stderr().is_terminal()).then(|| {
             let hidden = ProgressDrawTarget::hidden();
             let bar = ProgressBar::with_draw_target((total > 0).then_some(total), hidden);
-            let template = if total > 0 {
-                "{bar:30} {bytes} of {total_bytes}, {msg}, {eta} left"
-            } else {
-                "{spinner} {bytes}, {msg}"
-            };
             bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
             super::signal::set_progress(true);
             bar

@@ -206,6 +206,17 @@ impl Model {
     /// Feed `tokens` in chunks of `chunk` (bounding the activations' memory), returning the
     /// logits after the last token.
     pub fn feed(&self, tokens: &[u32], state: &mut State, chunk: usize) -> Result<Vec<f32>> {
+        self.feed_telling(tokens, state, chunk, &mut |_| {})
+    }
+
+    /// [`Model::feed`], telling `fed` the tokens of each chunk once it is fed.
+    pub fn feed_telling(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        chunk: usize,
+        fed: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>> {
         let chunk = chunk.max(1);
         let mut logits = Vec::new();
         let n = tokens.len().div_ceil(chunk);
@@ -216,6 +227,7 @@ impl Model {
                 Logits::None
             };
             logits = self.forward(part, state, want)?;
+            fed(part.len());
         }
         Ok(logits)
     }
