@@ -571,7 +571,12 @@ fn main() {
         "format   gen tok/s   bandwidth   limit   of limit   of read   prompt tok/s f32  bf16   \
          peak RSS    load   achieved"
     );
-    let me = std::env::current_exe().unwrap();
+    // The children run this very binary, even when a build has replaced its file since.
+    let me = if cfg!(target_os = "linux") {
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe().unwrap()
+    };
     let mut batch_rows = Vec::new();
     let mut held_rows: Vec<(String, serde_json::Value)> = Vec::new();
     for f in args.formats.split(',') {
