@@ -11,7 +11,7 @@
 
 mod common;
 use common::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,10 +29,15 @@ struct Outcome {
 
 /// `bin args < stdin` under `ulimit -v` and a timeout (killed past it: a failure).
 fn run_bounded(bin: &str, args: &[&str], stdin: &[u8]) -> Outcome {
+    run_within(MEMORY_KB, bin, args, stdin)
+}
+
+/// [`run_bounded`] under `ulimit -v KB`.
+fn run_within(kb: u64, bin: &str, args: &[&str], stdin: &[u8]) -> Outcome {
     let exe = Path::new(env!("CARGO_BIN_EXE_rwkv-gen")).with_file_name(bin);
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -v {MEMORY_KB} && exec \"$0\" \"$@\""))
+        .arg(format!("ulimit -v {kb} && exec \"$0\" \"$@\""))
         .arg(&exe)
         .args(args)
         .env_remove("RWKV_MODEL")
@@ -46,20 +51,32 @@ fn run_bounded(bin: &str, args: &[&str], stdin: &[u8]) -> Outcome {
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
+    // drained as the child writes, so a large output never fills the pipe and stalls it
+    let drain = |r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = { r }.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
     let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if start.elapsed() > TIMEOUT {
             let _ = child.kill();
             panic!("{bin} {args:?}: still running after {TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().unwrap();
+    };
     let _ = writer.join();
     Outcome {
-        code: out.status.code(),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
     }
 }
 
@@ -647,4 +664,61 @@ fn outputs_replace_links_instead_of_following_them() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// The inputs that once took memory in proportion to their size, each under `ulimit -v`
+/// of 384 MB (the tools' two threads and maps take about 200 MB of address space; each case
+/// took 0.25 to 11 GB before): a 20 MB line to tokenize, per-token records with
+/// alternatives for 40,000 tokens, a 20 MB pickle of empty tuples, a prompt from
+/// /dev/zero, a merge of /dev/zero.
+#[test]
+fn inputs_that_grew_memory_stay_within_bounds() {
+    const KB: u64 = 384 << 10;
+    let dir = temp_dir("hostile-memory");
+    let m = path_str(&model_path(TINY6));
+    let mut line = b"the quick brown fox ".repeat(1 << 20);
+    line.push(b'\n');
+    let tokenize = [
+        "--threads",
+        "2",
+        "--tokenizer",
+        "world",
+        "--tokenize",
+        "--lines",
+    ];
+    let o = run_within(KB, "rwkv-score", &tokenize, &line);
+    assert_eq!(well_behaved("tokenize a 20 MB line", &o), 0, "{}", o.stderr);
+
+    let doc = b"Now is the winter of our discontent. ".repeat(1100);
+    let args = [
+        "-m",
+        &m,
+        "--threads",
+        "2",
+        "-q",
+        "--per-token",
+        "--top-logprobs",
+        "5",
+    ];
+    let o = run_within(KB, "rwkv-score", &args, &doc);
+    assert_eq!(well_behaved("per-token records", &o), 0, "{}", o.stderr);
+    assert!(o.stdout.len() > 10 << 20, "the records were written");
+
+    let mut wide = vec![0x80, 2, b'}'];
+    wide.extend(std::iter::repeat_n(b')', 20_000_000));
+    wide.push(b'.');
+    let p = write_pth(&dir, "wide.pth", wide, 64, b"");
+    let o = run_within(
+        KB,
+        "rwkv-score",
+        &["-m", &path_str(&p), "--threads", "2"],
+        b"x",
+    );
+    assert_eq!(well_behaved("a 20 MB pickle", &o), 1);
+
+    let gen = ["-m", &m, "--threads", "2", "-f", "/dev/zero", "-n", "1"];
+    let o = run_within(KB, "rwkv-gen", &gen, b"");
+    assert_eq!(well_behaved("a prompt from /dev/zero", &o), 1);
+    let o = run_within(KB, "rwkv-score", &["--merge", "/dev/zero"], b"");
+    assert_eq!(well_behaved("--merge /dev/zero", &o), 1);
 }
