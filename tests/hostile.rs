@@ -674,33 +674,20 @@ fn outputs_replace_links_instead_of_following_them() {
 #[test]
 fn inputs_that_grew_memory_stay_within_bounds() {
     const KB: u64 = 384 << 10;
+    let within = |bin: &str, args: &[&str], stdin: &[u8]| {
+        run_within(KB, bin, &[&["--threads", "2"], args].concat(), stdin)
+    };
     let dir = temp_dir("hostile-memory");
     let m = path_str(&model_path(TINY6));
     let mut line = b"the quick brown fox ".repeat(1 << 20);
     line.push(b'\n');
-    let tokenize = [
-        "--threads",
-        "2",
-        "--tokenizer",
-        "world",
-        "--tokenize",
-        "--lines",
-    ];
-    let o = run_within(KB, "rwkv-score", &tokenize, &line);
+    let tokenize = ["--tokenizer", "world", "--tokenize", "--lines"];
+    let o = within("rwkv-score", &tokenize, &line);
     assert_eq!(well_behaved("tokenize a 20 MB line", &o), 0, "{}", o.stderr);
 
     let doc = b"Now is the winter of our discontent. ".repeat(1100);
-    let args = [
-        "-m",
-        &m,
-        "--threads",
-        "2",
-        "-q",
-        "--per-token",
-        "--top-logprobs",
-        "5",
-    ];
-    let o = run_within(KB, "rwkv-score", &args, &doc);
+    let per_token = ["-m", &m, "-q", "--per-token", "--top-logprobs", "5"];
+    let o = within("rwkv-score", &per_token, &doc);
     assert_eq!(well_behaved("per-token records", &o), 0, "{}", o.stderr);
     assert!(o.stdout.len() > 10 << 20, "the records were written");
 
@@ -708,17 +695,11 @@ fn inputs_that_grew_memory_stay_within_bounds() {
     wide.extend(std::iter::repeat_n(b')', 20_000_000));
     wide.push(b'.');
     let p = write_pth(&dir, "wide.pth", wide, 64, b"");
-    let o = run_within(
-        KB,
-        "rwkv-score",
-        &["-m", &path_str(&p), "--threads", "2"],
-        b"x",
-    );
+    let o = within("rwkv-score", &["-m", &path_str(&p)], b"x");
     assert_eq!(well_behaved("a 20 MB pickle", &o), 1);
 
-    let gen = ["-m", &m, "--threads", "2", "-f", "/dev/zero", "-n", "1"];
-    let o = run_within(KB, "rwkv-gen", &gen, b"");
+    let o = within("rwkv-gen", &["-m", &m, "-f", "/dev/zero", "-n", "1"], b"");
     assert_eq!(well_behaved("a prompt from /dev/zero", &o), 1);
-    let o = run_within(KB, "rwkv-score", &["--merge", "/dev/zero"], b"");
+    let o = within("rwkv-score", &["--merge", "/dev/zero"], b"");
     assert_eq!(well_behaved("--merge /dev/zero", &o), 1);
 }
