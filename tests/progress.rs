@@ -72,7 +72,7 @@ fn per_token_scores_leave_a_chunk_at_a_time() {
     let line = s
         .score_doc(json!(1), &Doc::Text(text.into_bytes()))
         .unwrap();
-    assert_eq!(line.tokens, all);
+    assert_eq!(line.tokens, Some(all));
     assert_eq!(line.record["nll"], rec["nll"]);
 }
 

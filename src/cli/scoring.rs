@@ -86,9 +86,9 @@ impl<'a> Run<'a> {
     /// Write a record (or its view) and add it to the summary.
     fn emit(&mut self, s: &Scored) -> Result<(), CliError> {
         self.summary.add(&s.record);
-        if self.scorer.per_token && s.record.get("tokens").is_some() {
+        if let Some(tokens) = &s.tokens {
             self.records.begin(&s.record["source"]);
-            self.records.tokens(&s.tokens);
+            self.records.tokens(tokens);
         }
         self.records.end(&s.record);
         self.write()
@@ -120,10 +120,7 @@ fn score_files(ctx: &mut Run, sources: &[Source]) -> Result<(), CliError> {
         let progress = |b, t| ctx.progress.add(b, t);
         for r in input::score_sources(&ctx.scorer, group, &progress) {
             match r {
-                Ok(rec) => ctx.emit(&Scored {
-                    record: rec,
-                    tokens: Vec::new(),
-                })?,
+                Ok(rec) => ctx.emit(&Scored::alone(rec))?,
                 Err(e) => ctx.report(&e.to_string()),
             }
         }

@@ -130,18 +130,20 @@ pub fn texts(v: &Value) -> Vec<(String, &[u8])> {
     out
 }
 
-/// A scored document: its record and, with per-token records, each token's score.
+/// A scored document: its record and, when per-token records are kept and the document
+/// is a text or ids, each token's score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
     pub record: Value,
-    pub tokens: Vec<TokenScore>,
+    pub tokens: Option<Vec<TokenScore>>,
 }
 
 impl Scored {
-    fn alone(record: Value) -> Scored {
+    /// A record without per-token scores (a continuation's, choices', a whole file's).
+    pub fn alone(record: Value) -> Scored {
         Scored {
             record,
-            tokens: Vec::new(),
+            tokens: None,
         }
     }
 }
@@ -246,7 +248,7 @@ impl<'m> Scorer<'m> {
         });
         Scored {
             record,
-            tokens: s.scored,
+            tokens: self.per_token.then_some(s.scored),
         }
     }
 
