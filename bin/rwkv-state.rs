@@ -99,12 +99,13 @@ fn feed(args: &Args, a: &Feed) -> Result<(), CliError> {
     if args.verbose {
         let s = t1.elapsed().as_secs_f64();
         rwkv::say!(
-            "rwkv-state: loaded {} in {:.0} ms; fed {} tokens in {:.0} ms ({:.1} tokens/s)",
+            "rwkv-state: loaded {} in {:.0} ms; fed {} tokens in {:.0} ms ({:.1} tokens/s){}",
             model.path.display(),
             (t1 - t0).as_secs_f64() * 1e3,
             ids.len(),
             s * 1e3,
-            ids.len() as f64 / s.max(1e-9)
+            ids.len() as f64 / s.max(1e-9),
+            cli::peak_memory_note()
         );
     }
     let tokenizer = tok.as_ref().map(|t| t.name()).unwrap_or_default();

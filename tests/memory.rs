@@ -100,3 +100,38 @@ fn per_token_records_stream_in_bounded_memory() {
         );
     }
 }
+
+/// Every tool's `-v` names its peak memory, which for the tiny models is tens of MB.
+#[test]
+fn verbose_runs_name_their_peak_memory() {
+    let m = model_arg("tiny-rwkv6-1m.safetensors");
+    let out = common::temp_dir("memory-verbose").join("s.state");
+    let runs = [
+        run("rwkv-gen", &["-v", "-m", &m, "-p", "ab", "-n", "4"], b""),
+        run(
+            "rwkv-gen",
+            &["-v", "-m", &m, "--lines", "-n", "4"],
+            b"a\nb\n",
+        ),
+        run("rwkv-score", &["-v", "-m", &m], b"abc"),
+        run(
+            "rwkv-state",
+            &[
+                "feed",
+                "-v",
+                "-m",
+                &m,
+                "-p",
+                "ab",
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            b"",
+        ),
+    ];
+    for r in &runs {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let peak = peak_of(r);
+        assert!((1 << 20..200 << 20).contains(&peak), "{peak}: {}", r.stderr);
+    }
+}

@@ -83,7 +83,8 @@ impl Ctx<'_> {
     fn report(&self, g: &Generation) -> Result<(), CliError> {
         self.hint_if_empty(g);
         if self.args.verbose {
-            crate::say!("rwkv-gen: {}", g.generated().timing());
+            let peak = super::peak_memory_note();
+            crate::say!("rwkv-gen: {}{peak}", g.generated().timing());
         }
         let cut = self.constraint.is_some() && g.generated().finish == Some(Finish::Length);
         gen::cut_off(self.args, cut as usize)
@@ -189,11 +190,12 @@ pub fn many_prompts(ctx: &Ctx, initial: Start) -> Result<(), CliError> {
     if a.verbose {
         let s = started.elapsed().as_secs_f64();
         crate::say!(
-            "rwkv-gen: {} prompts, {} tokens in {s:.1} s ({:.2} tokens/s, batch {})",
+            "rwkv-gen: {} prompts, {} tokens in {s:.1} s ({:.2} tokens/s, batch {}){}",
             t.answered,
             t.generated,
             t.generated as f64 / s.max(1e-9),
-            a.batch
+            a.batch,
+            super::peak_memory_note()
         );
     }
     if signal::interrupted() {
