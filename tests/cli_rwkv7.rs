@@ -10,13 +10,6 @@ fn tiny() -> String {
     model_arg(TINY)
 }
 
-/// `log_softmax(row)[i]`, in f64.
-fn log_softmax(row: &[f32], i: usize) -> f64 {
-    let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    row[i] as f64 - max - sum.ln()
-}
-
 /// Greedy decoding picks the official logits' argmax; the tiny model's known continuation.
 #[test]
 fn greedy_generation_follows_the_official_logits() {

@@ -8,16 +8,10 @@ const SHAKESPEARE: &str = "shakespeare-rwkv6.safetensors";
 /// The text of the Shakespeare golden: its tokens are these bytes.
 const TEXT: &str = "ROMEO:\nWhat light";
 
-fn log_softmax_at(row: &[f32], i: u32) -> f64 {
-    let m = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-    let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-    row[i as usize] as f64 - lse
-}
-
 /// Sum of golden log-probabilities of tokens `from..` (each predicted by the row before).
 fn golden_logprob(g: &Golden, from: usize) -> f64 {
     (from..g.tokens.len())
-        .map(|t| log_softmax_at(&g.logits[t - 1], g.tokens[t]))
+        .map(|t| log_softmax(&g.logits[t - 1], g.tokens[t] as usize))
         .sum()
 }
 
@@ -57,7 +51,7 @@ fn document_nll_and_bits_per_byte_match_the_golden() {
         assert_eq!(t["token"], g.tokens[i + 1]);
         close(
             t["logprob"].as_f64().unwrap(),
-            log_softmax_at(&g.logits[i], g.tokens[i + 1]),
+            log_softmax(&g.logits[i], g.tokens[i + 1] as usize),
         );
     }
     // With token 0 first (the default) the first byte is scored too; the state after 0
@@ -78,9 +72,9 @@ fn continuation_and_choices_match_the_golden() {
     let want = golden_logprob(&g, 11);
     let greedy = (11..17).all(|t| rwkv::sample::argmax(&g.logits[t - 1]) == g.tokens[t]);
     let alt = (11..16)
-        .map(|t| log_softmax_at(&g.logits[t - 1], g.tokens[t]))
+        .map(|t| log_softmax(&g.logits[t - 1], g.tokens[t] as usize))
         .sum::<f64>()
-        + log_softmax_at(&g.logits[15], b'X' as u32);
+        + log_softmax(&g.logits[15], b'X' as usize);
     let input = format!(
         "{}\n{}\n",
         serde_json::json!({"context": "ROMEO:\nWhat", "continuation": " light"}),

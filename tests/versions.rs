@@ -43,13 +43,6 @@ const CASES: [Case; 4] = [
     },
 ];
 
-/// `log_softmax(row)[i]`, in f64.
-fn log_softmax(row: &[f32], i: usize) -> f64 {
-    let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    row[i] as f64 - max - sum.ln()
-}
-
 fn gen(m: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
     let mut a = vec!["-m", m];
     a.extend_from_slice(args);

@@ -378,6 +378,13 @@ pub fn other_weights(src: &Path, dst: &Path) {
     std::fs::write(dst, bytes).unwrap();
 }
 
+/// `log_softmax(row)[i]`, in f64.
+pub fn log_softmax(row: &[f32], i: usize) -> f64 {
+    let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    row[i] as f64 - max - sum.ln()
+}
+
 /// Every child this test binary has waited for peaked under 300 MB of resident memory
 /// (the tools on the tiny fixtures need a few tens).
 pub fn children_stayed_small() {
