@@ -703,3 +703,50 @@ fn inputs_that_grew_memory_stay_within_bounds() {
     let o = within("rwkv-score", &["--merge", "/dev/zero"], b"");
     assert_eq!(well_behaved("--merge /dev/zero", &o), 1);
 }
+
+/// `--jsonl` requests naming paths that are no state file to read or write: a FIFO with no
+/// writer (it stalled the batch), a character device, a folder, a path another request
+/// saves. Each is refused on its own record, the batch goes on, and nothing is created.
+#[test]
+fn requests_naming_special_paths_are_refused() {
+    let dir = temp_dir("hostile-requests");
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let saved = dir.join("saved.state");
+    let req = |i: usize, field: &str, path: &Path| {
+        let p = serde_json::to_string(path.to_str().unwrap()).unwrap();
+        format!("{{\"id\": {i}, \"ids\": [1], \"max_tokens\": 1, \"{field}\": {p}}}\n")
+    };
+    let input = [
+        req(1, "state", &fifo),
+        req(2, "save_state", &fifo),
+        req(3, "state", Path::new("/dev/zero")),
+        req(4, "save_state", &dir),
+        req(5, "save_state", &saved),
+        req(6, "state", &saved),
+        req(7, "save_state", &saved),
+    ]
+    .concat();
+    let m = model_arg(TINY6);
+    let o = run_bounded("rwkv-gen", &["-m", &m, "--jsonl"], input.as_bytes());
+    assert_eq!(well_behaved("special paths", &o), 1);
+    let recs: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let errors: Vec<bool> = recs.iter().map(|r| r.get("error").is_some()).collect();
+    assert_eq!(
+        errors,
+        [true, true, true, true, false, true, true],
+        "{recs:?}"
+    );
+    assert!(o.stderr.contains("6 of 7 requests failed"), "{}", o.stderr);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "the FIFO and the one state saved: {left:?}");
+}
