@@ -138,7 +138,18 @@ fn import(a: &Import) -> Result<(), CliError> {
             let state = state_file::import_for(&a.file, &model)?;
             StateFile::of(&model, &state, None, 0, "")?
         }
-        None => StateFile::read_any(&a.file)?.0,
+        None => {
+            let sf = StateFile::read_any(&a.file)?.0;
+            if rwkv::model::registry::by_name(&sf.meta.arch).is_none() {
+                return Err(CliError::runtime(format!(
+                    "{}: a state-tuning file of {} (their files look alike): give the model \
+                     with -m",
+                    a.file.display(),
+                    sf.meta.arch
+                )));
+            }
+            sf
+        }
     };
     write_state(&sf, to)
 }

@@ -55,7 +55,7 @@ complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -l json -d '
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -s v -l verbose -d 'Load time and speed on stderr'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -s q -l quiet -d 'No hints on stderr (only errors)'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand info" -s h -l help -d 'Print help'
-complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s m -l model -d 'Check the state against this model and record its fingerprint' -r -F
+complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s m -l model -d 'The model the state is for: checked against it, its fingerprint recorded (needed for a RWKV-PEFT file, whose tensors look alike for RWKV-6 and RWKV-7)' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s o -l output -d 'Output file; `-` is stdout' -r -F
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s v -l verbose -d 'Load time and speed on stderr'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand import" -s q -l quiet -d 'No hints on stderr (only errors)'

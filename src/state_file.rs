@@ -206,12 +206,14 @@ impl StateFile {
             Ok(sf) => return Ok((sf, false)),
             Err(e) => e,
         };
-        let Ok((version, shape)) = tuning_shape(path) else {
+        let Ok((versions, shape)) = tuning_shape(path) else {
             return Err(first);
         };
         let state = import_tuning(path, shape)?;
+        let names: Vec<&str> = versions.iter().map(|v| v.name).collect();
         let meta = StateMeta {
-            arch: version.name.into(),
+            // `rwkv6 or rwkv7` where the file alone cannot tell
+            arch: names.join(" or "),
             shape,
             vocab: 0,
             fingerprint: String::new(),
@@ -462,25 +464,31 @@ impl Mapped {
     }
 }
 
-/// The version and shape a state-tuning file implies: the first version whose tuning
-/// tensor (`blocks.0.att.time_state`) it holds; layers from that tensor's count, heads and
-/// head size from its shape; vocab unknown.
-pub fn tuning_shape(path: &Path) -> Result<(&'static Version, StateShape)> {
+/// The versions and shape a state-tuning file implies: the versions whose tuning tensor
+/// (`blocks.0.att.time_state`) it holds (RWKV-6 and RWKV-7 files hold the same names and
+/// shapes: only a model tells them apart); layers from that tensor's count, heads and head
+/// size from its shape; vocab unknown.
+pub fn tuning_shape(path: &Path) -> Result<(Vec<&'static Version>, StateShape)> {
     let ck = Checkpoint::open(path)?;
-    tuned_version(&ck)
+    tuned_versions(&ck)
 }
 
-fn tuned_version(ck: &Checkpoint) -> Result<(&'static Version, StateShape)> {
-    for v in registry::tuned() {
-        let t = v.tuning.expect("tuned versions have a layout");
-        if ck.shape(&format!("blocks.0.{}", t.tensor)).is_some() {
-            return Ok((v, tuning_shape_of(ck, t)?));
-        }
-    }
-    Err(Error::format(
-        &ck.path,
-        "neither a state file nor a state-tuning file (no `blocks.0.att.time_state`)",
-    ))
+fn tuned_versions(ck: &Checkpoint) -> Result<(Vec<&'static Version>, StateShape)> {
+    let tuning = |v: &Version| v.tuning.expect("tuned versions have a layout");
+    let versions: Vec<&'static Version> = registry::tuned()
+        .filter(|v| {
+            ck.shape(&format!("blocks.0.{}", tuning(v).tensor))
+                .is_some()
+        })
+        .collect();
+    let Some(first) = versions.first() else {
+        return Err(Error::format(
+            &ck.path,
+            "neither a state file nor a state-tuning file (no `blocks.0.att.time_state`)",
+        ));
+    };
+    let shape = tuning_shape_of(ck, tuning(first))?;
+    Ok((versions, shape))
 }
 
 fn tuning_shape_of(ck: &Checkpoint, t: Tuning) -> Result<StateShape> {
@@ -522,12 +530,16 @@ fn tuning_shape_of(ck: &Checkpoint, t: Tuning) -> Result<StateShape> {
     })
 }
 
-/// An official state-tuning file as a state of `shape`, in the layout of the version its
-/// tensors name ([`tuning_shape`]).
+/// An official state-tuning file as a state of `shape`, in the layout of the first version
+/// whose tensors it names ([`tuning_shape`]).
 pub fn import_tuning(path: &Path, shape: StateShape) -> Result<State> {
     let ck = Checkpoint::open(path)?;
-    let (v, _) = tuned_version(&ck)?;
-    import_as(&ck, v.tuning.expect("tuned versions have a layout"), shape)
+    let (v, _) = tuned_versions(&ck)?;
+    import_as(
+        &ck,
+        v[0].tuning.expect("tuned versions have a layout"),
+        shape,
+    )
 }
 
 /// The state-tuning file `ck` in layout `t` as a state of `shape`: `blocks.N.{tensor}`
@@ -542,7 +554,14 @@ fn import_as(ck: &Checkpoint, t: Tuning, shape: StateShape) -> Result<State> {
             path.display(),
         )));
     }
-    let transposed = t.pth_transposed && ck.map.starts_with(b"PK\x03\x04");
+    let pth = ck.map.starts_with(b"PK\x03\x04");
+    if !pth && !t.ai00 {
+        return Err(Error::format(
+            path,
+            "an Ai00 state file: read for RWKV-6 models only (RWKV-PEFT .pth files for the others)",
+        ));
+    }
+    let transposed = t.pth_transposed && pth;
     let (h, s) = (shape.heads, shape.head_size);
     let mut values = vec![0.0f32; shape.len()];
     for l in 0..shape.layers {

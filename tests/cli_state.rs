@@ -195,17 +195,33 @@ fn gen_continues_from_a_state_and_saves_in_place() {
     assert_eq!(StateFile::load(&st).unwrap().meta.tokens, 7 + 10 + 6);
 }
 
+/// RWKV-6 (RWKV-PEFT `.pth`, Ai00 `.st`) and RWKV-7 (RWKV-PEFT `.pth`) state-tuning files,
+/// imported and fed the golden's tokens, give the official package's outputs started from
+/// that state.
 #[test]
 fn imported_tuning_states_reproduce_the_golden() {
-    let g = golden("rand-rwkv6-d256-fp16.state");
-    let m = model_arg("rand-rwkv6-d256-fp16.safetensors");
     let dir = temp_dir("state-import");
-    let ids: Vec<String> = g.tokens.iter().map(|t| t.to_string()).collect();
-    let ids = ids.join(" ");
-    for file in [
-        "rand-rwkv6-d256-fp16.state.pth",
-        "rand-rwkv6-d256-fp16.state.ai00.st",
+    for (model, stem, file) in [
+        (
+            "rand-rwkv6-d256-fp16.safetensors",
+            "rand-rwkv6-d256-fp16.state",
+            "rand-rwkv6-d256-fp16.state.pth",
+        ),
+        (
+            "rand-rwkv6-d256-fp16.safetensors",
+            "rand-rwkv6-d256-fp16.state",
+            "rand-rwkv6-d256-fp16.state.ai00.st",
+        ),
+        (
+            "rand-rwkv7-d256-bf16.pth",
+            "rand-rwkv7-d256-bf16.state",
+            "rand-rwkv7-d256-bf16.state.pth",
+        ),
     ] {
+        let g = golden(stem);
+        let m = model_arg(model);
+        let ids: Vec<String> = g.tokens.iter().map(|t| t.to_string()).collect();
+        let ids = ids.join(" ");
         let out = dir.join(format!("{file}.state"));
         let o = out.to_str().unwrap();
         let r = run(
@@ -216,48 +232,112 @@ fn imported_tuning_states_reproduce_the_golden() {
         assert_eq!(r.code, 0, "{}", r.stderr);
         let fed = dir.join(format!("{file}.fed"));
         let f = fed.to_str().unwrap();
-        let r = run(
-            "rwkv-state",
-            &[
-                "feed",
-                "-m",
-                &m,
-                "--tokenizer",
-                "bytes",
-                "--ids",
-                "--state",
-                o,
-                "-o",
-                f,
-            ],
-            ids.as_bytes(),
-        );
+        let feed = [
+            "feed",
+            "-m",
+            &m,
+            "--tokenizer",
+            "bytes",
+            "--ids",
+            "--state",
+            o,
+            "-o",
+            f,
+        ];
+        let r = run("rwkv-state", &feed, ids.as_bytes());
         assert_eq!(r.code, 0, "{}", r.stderr);
         let sf = StateFile::load(&fed).unwrap();
         assert_logits_close(file, sf.logits.as_ref().unwrap(), &g.seq_logits);
         assert_state_close(file, &sf.state().unwrap(), &g);
         // rwkv-gen takes the tuning file directly.
+        let gen = [
+            "-m",
+            &m,
+            "--tokenizer",
+            "bytes",
+            "--state",
+            &model_arg(file),
+            "-p",
+            "hi",
+        ];
         let r = run(
             "rwkv-gen",
-            &[
-                "-m",
-                &m,
-                "--tokenizer",
-                "bytes",
-                "--state",
-                &model_arg(file),
-                "-p",
-                "hi",
-                "-n",
-                "0",
-                "--format",
-                "jsonl",
-            ],
+            &[&gen[..], &["-n", "0", "--format", "jsonl"]].concat(),
             b"",
         );
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(r.json()[0]["prompt_tokens"], 2);
     }
+}
+
+/// The order of RWKV-7's `time_state` matters: the tuned state with each head's matrix
+/// transposed (the RWKV-6 `.pth` order) misses the golden by far more than its tolerance.
+#[test]
+fn rwkv7_tuning_order_is_checked_both_ways() {
+    let g = golden("rand-rwkv7-d256-bf16.state");
+    let model = rwkv::Model::load(&model_path("rand-rwkv7-d256-bf16.pth")).unwrap();
+    let tuned = model_path("rand-rwkv7-d256-bf16.state.pth");
+    let state = rwkv::state_file::import_for(&tuned, &model).unwrap();
+    let shape = state.shape();
+    let (h, n) = (shape.heads, shape.head_size);
+    let mut values = state.values().unwrap();
+    for l in 0..shape.layers {
+        let wkv = &mut values[shape.wkv(l)];
+        let orig = wkv.to_vec();
+        for (i, x) in wkv.iter_mut().enumerate() {
+            let (hh, r, c) = (i / (n * n), i / n % n, i % n);
+            *x = orig[hh * n * n + c * n + r];
+        }
+        assert_eq!(h * n * n, orig.len());
+    }
+    let feed = |mut s: rwkv::State| model.forward(&g.tokens, &mut s, rwkv::model::Logits::Last);
+    let right = feed(state).unwrap();
+    assert_logits_close("as stored", &right, &g.seq_logits);
+    let wrong = feed(rwkv::State::from_values(shape, values).unwrap()).unwrap();
+    let scale = g.seq_logits.iter().fold(0f32, |a, x| a.max(x.abs()));
+    let off = wrong
+        .iter()
+        .zip(&g.seq_logits)
+        .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+    assert!(
+        off > 1e-2 * scale,
+        "transposed: {off} against a largest logit of {scale}"
+    );
+}
+
+/// A state-tuning file alone does not say whether it is RWKV-6's or RWKV-7's (the same
+/// names and shapes): `info` says both, `import` without the model asks for it; an Ai00
+/// `.st` state for an RWKV-7 model is refused (its order is unchecked).
+#[test]
+fn tuning_files_without_a_model_say_what_they_may_be() {
+    let file = model_arg("rand-rwkv7-d256-bf16.state.pth");
+    let r = run("rwkv-state", &["info", &file], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.text().contains("(rwkv6 or rwkv7)"), "{}", r.text());
+    let dir = temp_dir("state-import-alone");
+    let o = dir.join("x.state");
+    let r = run(
+        "rwkv-state",
+        &["import", &file, "-o", o.to_str().unwrap()],
+        b"",
+    );
+    assert_fails(
+        &r,
+        1,
+        &[
+            "a state-tuning file of rwkv6 or rwkv7",
+            "give the model with -m",
+        ],
+    );
+    assert!(!o.exists());
+    let m = model_arg("rand-rwkv7-d256-bf16.pth");
+    let st = model_arg("rand-rwkv6-d256-fp16.state.ai00.st");
+    let r = run(
+        "rwkv-state",
+        &["import", &st, "-m", &m, "-o", o.to_str().unwrap()],
+        b"",
+    );
+    assert_fails(&r, 1, &["an Ai00 state file: read for RWKV-6 models only"]);
 }
 
 #[test]

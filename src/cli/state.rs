@@ -100,7 +100,8 @@ pub struct Import {
     /// State-tuning file: `blocks.N.att.time_state` in a RWKV-PEFT .pth or an Ai00 .st
     pub file: PathBuf,
 
-    /// Check the state against this model and record its fingerprint
+    /// The model the state is for: checked against it, its fingerprint recorded (needed
+    /// for a RWKV-PEFT file, whose tensors look alike for RWKV-6 and RWKV-7)
     #[arg(short = 'm', long, env = "RWKV_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
 

@@ -35,6 +35,7 @@ impl Family for X060 {
     const TUNING: Option<Tuning> = Some(Tuning {
         tensor: "att.time_state",
         pth_transposed: true,
+        ai00: true,
     });
     type Weights<B: Backend> = Weights<B>;
 

@@ -11,7 +11,7 @@ use super::ends::{self, Ends};
 use super::engine::version;
 use super::load::{in_layers, Affine, Loader};
 use super::names::Names;
-use super::version::{Config, Family, Layers, Pass, Version};
+use super::version::{Config, Family, Layers, Pass, Tuning, Version};
 use crate::backend::{Backend, Mix, NormShift, Product, Rows, RowsMut, Then, Wkv7};
 use crate::error::Result;
 
@@ -29,6 +29,14 @@ pub struct X070;
 impl Family for X070 {
     const NAME: &'static str = "rwkv7";
     const TITLE: &'static str = "RWKV-7";
+    /// RWKV-PEFT trains `[head, value, key]`, this state's own order: its Triton kernel
+    /// reads the tensor as `state[value][key]`, its FLA path hands FLA (`[key, value]`) the
+    /// transpose. Ai00's RWKV-7 state files are not read yet (their order is unchecked).
+    const TUNING: Option<Tuning> = Some(Tuning {
+        tensor: "att.time_state",
+        pth_transposed: false,
+        ai00: false,
+    });
     type Weights<B: Backend> = Weights<B>;
 
     fn recognise(names: &Names) -> bool {

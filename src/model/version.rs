@@ -67,6 +67,8 @@ pub struct Tuning {
     /// Whether a `.pth` stores the two inner axes swapped against this version's state
     /// (Ai00 `.st` files store the state's own order).
     pub pth_transposed: bool,
+    /// Whether Ai00 `.st` state files of this version are read.
+    pub ai00: bool,
 }
 
 /// Hyper-parameters, all read from tensor shapes.
