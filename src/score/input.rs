@@ -202,7 +202,8 @@ fn write_ids(
             if tokens > 0 {
                 s.push(',');
             }
-            s += &id.to_string();
+            // into the piece's one buffer: no allocation an id
+            let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{id}"));
             tokens += 1;
         }
         out.write_all(s.as_bytes()).map_err(io)?;
