@@ -71,7 +71,10 @@ fn feed(args: &Args, a: &Feed) -> Result<(), CliError> {
     let t0 = Instant::now();
     let model = a.model.load_model(Precision::F32)?;
     // Token ids need no tokenizer; text does.
-    let tok = match (a.ids, a.model.tokenizer(model.cfg.vocab)) {
+    let tok = match (
+        a.ids,
+        a.model.tokenizer(model.cfg.vocab, model.vocabulary.clone()),
+    ) {
         (_, Ok(t)) => Some(t),
         (true, Err(_)) => None,
         (false, Err(e)) => return Err(e),

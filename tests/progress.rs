@@ -26,7 +26,7 @@ fn scorer<'m>(model: &'m Model, tok: &'m Tokenizer, chunk: usize) -> Scorer<'m> 
 #[test]
 fn a_documents_updates_add_up_to_its_bytes_and_tokens() {
     let model = Model::load(&common::model_path("tiny-rwkv6-1m.safetensors")).unwrap();
-    let tok = Tokenizer::choose(None, model.cfg.vocab).unwrap();
+    let tok = Tokenizer::choose(None, model.cfg.vocab, None).unwrap();
     let text = "To be, or not to be, that is the question. ".repeat(40);
     let updates = Mutex::new(Vec::new());
     let progress = |b, t| updates.lock().unwrap().push((b, t));
@@ -55,7 +55,7 @@ fn a_documents_updates_add_up_to_its_bytes_and_tokens() {
 #[test]
 fn per_token_scores_leave_a_chunk_at_a_time() {
     let model = Model::load(&common::model_path("tiny-rwkv6-1m.safetensors")).unwrap();
-    let tok = Tokenizer::choose(None, model.cfg.vocab).unwrap();
+    let tok = Tokenizer::choose(None, model.cfg.vocab, None).unwrap();
     let text = "To be, or not to be, that is the question. ".repeat(40);
     let mut s = scorer(&model, &tok, 16);
     s.per_token = true;
@@ -79,7 +79,7 @@ fn per_token_scores_leave_a_chunk_at_a_time() {
 #[test]
 fn lines_report_their_bytes() {
     let model = Model::load(&common::model_path("tiny-rwkv6-1m.safetensors")).unwrap();
-    let tok = Tokenizer::choose(None, model.cfg.vocab).unwrap();
+    let tok = Tokenizer::choose(None, model.cfg.vocab, None).unwrap();
     let text = b"first line\nthe second\n\nlast";
     let mut line = 0;
     let how = (1 << 20, false, model.cfg.vocab);

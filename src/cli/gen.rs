@@ -458,10 +458,15 @@ pub fn loaded(model: &Model, tok: &Tokenizer) -> String {
     }
     bytes.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
     let formats: Vec<&str> = bytes.iter().map(|&(n, _)| n).collect();
+    let decoded = match &model.block_types[..] {
+        [] => String::new(),
+        b => format!(" ({} blocks decoded at load)", b.join(", ")),
+    };
     format!(
-        "{} ({}, {} names, {} layers, width {}, vocab {}, tokenizer {}, {} weights, {prec} \
-         products, on {})",
+        "{} ({} file, {}, {} names, {} layers, width {}, vocab {}, tokenizer {}, {} \
+         weights{decoded}, {prec} products, on {})",
         model.path.display(),
+        model.container.name(),
         c.version.title,
         model.layout.name(),
         c.n_layer,

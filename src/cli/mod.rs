@@ -18,9 +18,10 @@ use crate::backend::device::DeviceSpec;
 use crate::error::Error;
 use crate::model::quant_file::quantize_then;
 use crate::model::{LoadOptions, Model, Precision, Quant};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{world::World, Tokenizer};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Exit codes, documented in every `--help`.
 pub mod exit {
@@ -150,7 +151,7 @@ impl ModelArgs {
     /// model's vocabulary); `precision` unless `--precision` says otherwise.
     pub fn load(&self, precision: Precision) -> Result<(Model, Tokenizer), CliError> {
         let model = self.load_model(precision)?;
-        let tok = self.tokenizer(model.cfg.vocab)?;
+        let tok = self.tokenizer(model.cfg.vocab, model.vocabulary.clone())?;
         Ok((model, tok))
     }
 
@@ -196,17 +197,18 @@ impl ModelArgs {
         Ok(model)
     }
 
-    /// `--tokenizer`, or the default for a model of vocab `vocab`.
-    pub fn tokenizer(&self, vocab: usize) -> Result<Tokenizer, CliError> {
-        Ok(Tokenizer::choose(self.tokenizer.as_deref(), vocab)?)
+    /// `--tokenizer`, or the vocabulary the model file carries, or the default for a model
+    /// of vocab `vocab`.
+    pub fn tokenizer(&self, vocab: usize, file: Option<Arc<World>>) -> Result<Tokenizer, CliError> {
+        Ok(Tokenizer::choose(self.tokenizer.as_deref(), vocab, file)?)
     }
 
     /// The tokenizer without the model: the model's (its vocab read from the file's header)
     /// when one is given, else `--tokenizer`, else World.
     pub fn tokenizer_alone(&self) -> Result<Tokenizer, CliError> {
         if self.model.is_some() {
-            let cfg = Model::inspect(self.path()?)?;
-            return self.tokenizer(cfg.vocab);
+            let (cfg, file) = Model::inspect_vocabulary(self.path()?)?;
+            return self.tokenizer(cfg.vocab, file);
         }
         Ok(Tokenizer::from_spec(
             self.tokenizer.as_deref().unwrap_or("world"),

@@ -1,25 +1,52 @@
 //! A checkpoint file as a table of named tensors over one read-only memory map.
 //!
-//! Two containers are read: safetensors (`.safetensors`, Ai00's `.st`) and PyTorch's `.pth`
-//! (a zip of a pickle plus raw storages, see [`super::pth`]). Neither copies tensor data:
-//! each entry is a byte range of the map.
+//! Three containers are read: safetensors (`.safetensors`, Ai00's `.st`), PyTorch's `.pth`
+//! (a zip of a pickle plus raw storages, see [`super::pth`]) and GGUF ([`super::gguf`], its
+//! names made BlinkDL's by [`super::gguf_names`]). None copies tensor data: each entry is a
+//! byte range of the map. GGUF's blocks of ggml types are decoded to f32 when a matrix is
+//! read.
 
-use super::pth;
+use super::gguf::{self, Value};
 pub use super::table::RawTensor;
+use super::{gguf_names, pth};
 use crate::error::{Error, Result};
-use crate::tensor::{quant, Buf, DType, Data, Matrix};
+use crate::tensor::{ggml, quant, Buf, DType, Data, Matrix};
 use half::bf16;
 use memmap2::Mmap;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The file formats a checkpoint comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    Safetensors,
+    Pth,
+    Gguf,
+}
+
+impl Container {
+    pub fn name(self) -> &'static str {
+        match self {
+            Container::Safetensors => "safetensors",
+            Container::Pth => "PyTorch .pth",
+            Container::Gguf => "GGUF",
+        }
+    }
+}
+
 pub struct Checkpoint {
     pub path: PathBuf,
     pub map: Arc<Mmap>,
+    pub container: Container,
     pub tensors: BTreeMap<String, RawTensor>,
-    /// safetensors `__metadata__`, empty for `.pth`.
+    /// safetensors `__metadata__`, empty for `.pth` and GGUF.
     pub metadata: BTreeMap<String, String>,
+    /// Factors stored matrices are multiplied by when read (GGUF's undone rescaling).
+    pub gains: BTreeMap<String, f32>,
+    /// The token list a GGUF file carries (`tokenizer.ggml.tokens`), as the file spells it.
+    pub tokens: Option<Vec<Vec<u8>>>,
 }
 
 impl Checkpoint {
@@ -30,20 +57,53 @@ impl Checkpoint {
         // problem as with every mmap-based loader (and the usual practice of llama.cpp etc).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let map = Arc::new(map);
-        let (tensors, metadata) = if map.starts_with(b"PK\x03\x04") {
-            (pth::read_tensors(path, &map)?, BTreeMap::new())
-        } else {
-            read_safetensors(path, &map)?
+        let mut ck = Checkpoint {
+            path: path.to_path_buf(),
+            map: Arc::clone(&map),
+            container: Container::Safetensors,
+            tensors: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            gains: BTreeMap::new(),
+            tokens: None,
         };
-        for (name, t) in &tensors {
+        if map.starts_with(b"PK\x03\x04") {
+            ck.container = Container::Pth;
+            ck.tensors = pth::read_tensors(path, &map)?;
+        } else if map.starts_with(b"GGUF") {
+            let mut g = gguf::read(path, &map)?;
+            ck.container = Container::Gguf;
+            if let Some(Value::Strings(t)) = g.meta.remove("tokenizer.ggml.tokens") {
+                ck.tokens = Some(t);
+            }
+            let t = gguf_names::translate(path, g)?;
+            (ck.tensors, ck.gains) = (t.tensors, t.gains);
+        } else {
+            (ck.tensors, ck.metadata) = read_safetensors(path, &map)?;
+        }
+        for (name, t) in &ck.tensors {
             check_entry(path, name, t, map.len())?;
         }
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
-            map,
-            tensors,
-            metadata,
-        })
+        Ok(ck)
+    }
+
+    /// The ggml block types of the matrices stored in them, in table order (`Q8_0`).
+    pub fn block_types(&self) -> Vec<&'static str> {
+        let mut seen: Vec<&'static str> = Vec::new();
+        for t in self.tensors.values() {
+            if let Some(b) = ggml::Type::by_name(&t.dtype).filter(|b| b.is_blocks()) {
+                if !seen.contains(&b.name) {
+                    seen.push(b.name);
+                }
+            }
+        }
+        seen
+    }
+
+    /// Whether `name` is stored in ggml blocks (decoded when read).
+    pub fn in_blocks(&self, name: &str) -> bool {
+        let t = self.tensors.get(name);
+        t.and_then(|t| ggml::Type::by_name(&t.dtype))
+            .is_some_and(|b| b.is_blocks())
     }
 
     pub fn get(&self, name: &str) -> Result<&RawTensor> {
@@ -92,13 +152,31 @@ impl Checkpoint {
         let cols = shape.last().copied().unwrap_or(1);
         let rows = t.numel() / cols.max(1);
         let n = t.numel();
-        let data = match self.dtype_of(name, t)? {
-            DType::F32 => self.window(name, t, n).map(Data::F32),
-            DType::F16 => self.window(name, t, n).map(Data::F16),
-            DType::BF16 => self.window(name, t, n).map(Data::BF16),
-            DType::Int8 | DType::Nf4 => unreachable!("dtype_of gives stored float types"),
-        }?;
-        Ok(Matrix { rows, cols, data })
+        let data = match ggml::Type::by_name(&t.dtype).filter(|b| b.is_blocks()) {
+            Some(b) => Data::F32(Buf::Owned(self.decoded(t, b, cols))),
+            None => match self.dtype_of(name, t)? {
+                DType::F32 => self.window(name, t, n).map(Data::F32),
+                DType::F16 => self.window(name, t, n).map(Data::F16),
+                DType::BF16 => self.window(name, t, n).map(Data::BF16),
+                DType::Int8 | DType::Nf4 => unreachable!("dtype_of gives stored float types"),
+            }?,
+        };
+        let m = Matrix { rows, cols, data };
+        Ok(match self.gains.get(name) {
+            Some(&g) => m.scaled(g),
+            None => m,
+        })
+    }
+
+    /// The weights of `t`, rows of `cols` in ggml blocks of `b`, as f32 (rows in parallel).
+    fn decoded(&self, t: &RawTensor, b: ggml::Type, cols: usize) -> Vec<f32> {
+        let mut out = vec![0f32; t.numel()];
+        let bytes = &self.map[t.offset..t.offset + t.len];
+        let row = b.row_bytes(cols).expect("checked when the table was read");
+        out.par_chunks_mut(cols.max(1))
+            .zip(bytes.par_chunks(row.max(1)))
+            .for_each(|(o, src)| ggml::decode(b, src, o));
+        out
     }
 
     /// `name` saved quantized by `quant_file`, if it is.
@@ -264,13 +342,6 @@ type Table = (BTreeMap<String, RawTensor>, BTreeMap<String, String>);
 fn read_safetensors(path: &Path, map: &Mmap) -> Result<Table> {
     if map.len() < 8 {
         return Err(Error::format(path, "not a model: file too short"));
-    }
-    if map.starts_with(b"GGUF") {
-        return Err(Error::format(
-            path,
-            "a GGUF file (llama.cpp's format), which these tools do not read yet; use the \
-             released .pth or a .safetensors copy of it",
-        ));
     }
     // rwkv.cpp: the int32 0x67676d66 ("ggmf") in little-endian order
     if map.starts_with(b"fmgg") {

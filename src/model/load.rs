@@ -25,6 +25,11 @@ impl<B: Backend> Affine<B> {
     }
 }
 
+/// What a matrix stored in ggml blocks becomes when no `--quant` is asked: int8's blocks of
+/// 64 with an f32 scale hold every ggml type's values within a fraction of their own
+/// rounding (docs/QUANTIZATION.md has the figures).
+pub const NEAREST: Quant = Quant::Int8;
+
 /// Reads one checkpoint's tensors for one version onto one backend.
 pub struct Loader<'a, B: Backend> {
     pub ck: &'a Checkpoint,
@@ -40,10 +45,13 @@ pub struct Loader<'a, B: Backend> {
 impl<B: Backend> Loader<'_, B> {
     /// Matrix `canon` of `shape` on the host, as stored or quantized (then its mapped pages
     /// are released).
+    /// GGUF's ggml blocks are decoded, then stored as int8 unless `quant` says otherwise
+    /// (the nearest format the kernels run: [`NEAREST`]).
     pub fn host_matrix(&self, canon: &str, shape: &[usize]) -> Result<Matrix> {
         let stored = self.names.stored(canon);
         let w = self.ck.matrix(stored, shape)?;
-        match self.quant {
+        let nearest = self.ck.in_blocks(stored).then_some(NEAREST);
+        match self.quant.or(nearest) {
             Some(q)
                 if (self.quantizable)(canon, self.quant_layers)
                     && quant::fits(w.cols)

@@ -11,6 +11,8 @@ pub mod deep_embed;
 pub mod ends;
 mod engine;
 pub mod ffn;
+pub mod gguf;
+pub mod gguf_names;
 pub mod load;
 pub mod names;
 pub mod pth;
@@ -29,11 +31,14 @@ pub use crate::backend::Precision;
 use crate::error::{Error, Result};
 use crate::state::State;
 pub use crate::tensor::quant::Quant;
+use crate::tokenizer::{self, world::World};
 use checkpoint::Checkpoint;
+pub use checkpoint::Container;
 pub use ends::Logits;
 use names::{Layout, Names};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use version::Run;
 pub use version::{Config, LoadOptions, Version};
 
@@ -52,6 +57,12 @@ pub struct Model {
     run: Box<dyn Run>,
     /// What [`Model::set_precision`] asked for.
     precision: Precision,
+    /// The vocabulary the file carries (GGUF), if any.
+    pub vocabulary: Option<Arc<World>>,
+    /// The file's format.
+    pub container: Container,
+    /// The ggml block types the file stores matrices in (GGUF), decoded at load.
+    pub block_types: Vec<&'static str>,
 }
 
 impl Model {
@@ -75,15 +86,24 @@ impl Model {
             fingerprint,
             run,
             precision: Precision::F32,
+            vocabulary: ck.tokens.as_deref().map(tokenizer::from_gguf),
+            container: ck.container,
+            block_types: ck.block_types(),
         })
     }
 
     /// The hyper-parameters of the checkpoint at `path`, read from its header and tensor
     /// shapes without loading the weights.
     pub fn inspect(path: &Path) -> Result<Config> {
+        Ok(Model::inspect_vocabulary(path)?.0)
+    }
+
+    /// [`Model::inspect`], and the vocabulary the file carries (GGUF), if any.
+    pub fn inspect_vocabulary(path: &Path) -> Result<(Config, Option<Arc<World>>)> {
         let ck = Checkpoint::open(path)?;
         let names = Names::new(&ck);
-        config(&ck, &names)
+        let vocabulary = ck.tokens.as_deref().map(tokenizer::from_gguf);
+        Ok((config(&ck, &names)?, vocabulary))
     }
 
     /// Round the activations of products as `p` says ([`Precision::Bf16Streams`] asks for

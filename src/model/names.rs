@@ -5,12 +5,14 @@
 //! - Hugging Face (`rwkv.embeddings.weight`, `rwkv.blocks.N.attention.*`, `feed_forward`,
 //!   `pre_ln`);
 //! - Ai00 / web-rwkv `.st` (`time_mix_*`, `time_first`, and the LoRA matrices stored
-//!   transposed, i.e. already `[out, in]`).
+//!   transposed, i.e. already `[out, in]`);
+//! - llama.cpp's GGUF (`blk.N.time_mix_key`), renamed when the file is read
+//!   ([`super::gguf_names`]); its LoRA matrices lie `[out, in]` as Ai00's.
 //!
 //! Everything is translated to BlinkDL names; [`Layout::lora_is_out_in`] says which way the
 //! LoRA matrices lie.
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, Container};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 
@@ -19,6 +21,7 @@ pub enum Layout {
     BlinkDL,
     HuggingFace,
     Ai00,
+    Gguf,
 }
 
 impl Layout {
@@ -27,13 +30,14 @@ impl Layout {
             Layout::BlinkDL => "BlinkDL",
             Layout::HuggingFace => "Hugging Face",
             Layout::Ai00 => "Ai00",
+            Layout::Gguf => "llama.cpp",
         }
     }
 
     /// Ai00 stores `time_maa_w1/w2` and `time_decay_w1/w2` as `[out, in]`; the others as the
     /// `[in, out]` of `x @ W`.
     pub fn lora_is_out_in(self) -> bool {
-        self == Layout::Ai00
+        matches!(self, Layout::Ai00 | Layout::Gguf)
     }
 }
 
@@ -45,7 +49,10 @@ pub struct Names {
 
 impl Names {
     pub fn new(ck: &Checkpoint) -> Names {
-        let layout = detect_layout(ck.tensors.keys().map(String::as_str));
+        let layout = match ck.container {
+            Container::Gguf => Layout::Gguf,
+            _ => detect_layout(ck.tensors.keys().map(String::as_str)),
+        };
         let map = ck
             .tensors
             .keys()
@@ -114,7 +121,7 @@ pub fn detect_layout<'a>(mut names: impl Iterator<Item = &'a str>) -> Layout {
 /// BlinkDL spelling of `name` stored in `layout`.
 pub fn canonical(layout: Layout, name: &str) -> String {
     match layout {
-        Layout::BlinkDL => name.to_string(),
+        Layout::BlinkDL | Layout::Gguf => name.to_string(),
         Layout::Ai00 => name
             .replace(".time_mix_", ".time_maa_")
             .replace(".time_first", ".time_faaaa"),

@@ -82,8 +82,10 @@ impl Family for X070 {
                 crate::error::Error::dims(&[4 * d, d]),
             ));
         };
+        let out_in = names.layout.lora_is_out_in();
         let width = |name: &str| -> Result<usize> {
             match shape(name)?[..] {
+                [w, _] if out_in => Ok(w),
                 [_, w] => Ok(w),
                 ref s => Err(bad(name, s, format!("[{d}, K]"))),
             }
@@ -288,6 +290,7 @@ fn lora_pair<B: Backend>(l: &Loader<B>, prefix: &str, d: usize) -> Result<LoraPa
     let down = format!("{prefix}1");
     let shape = l.ck.logical_shape_of(l.names.stored(&down))?;
     let width = match shape[..] {
+        [w, _] if l.names.layout.lora_is_out_in() => w,
         [_, w] => w,
         _ => {
             return Err(crate::error::Error::Shape {

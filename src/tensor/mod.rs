@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod buf;
+pub mod ggml;
 pub mod panels;
 pub mod quant;
 
@@ -168,6 +169,30 @@ impl Matrix {
     }
 }
 
+impl Matrix {
+    /// Every weight times `g`, owned, in the same float type where each product is exact
+    /// there (a power of two that neither overflows nor leaves the normal range), else in
+    /// f32.
+    pub fn scaled(self, g: f32) -> Matrix {
+        let v: Vec<f32> = self.to_f32().into_iter().map(|x| x * g).collect();
+        let exact = |back: &dyn Fn(f32) -> f32| {
+            v.iter()
+                .zip(self.to_f32())
+                .all(|(&y, x)| back(y) == y && y / g == x)
+        };
+        let data = match self.data {
+            Data::F16(_) if exact(&|y| f16::from_f32(y).to_f32()) => {
+                Data::F16(Buf::Owned(v.iter().map(|&y| f16::from_f32(y)).collect()))
+            }
+            Data::BF16(_) if exact(&|y| bf16::from_f32(y).to_f32()) => {
+                Data::BF16(Buf::Owned(v.iter().map(|&y| bf16::from_f32(y)).collect()))
+            }
+            _ => Data::F32(Buf::Owned(v)),
+        };
+        Matrix { data, ..self }
+    }
+}
+
 /// f16 -> f32 for a slice (`half` uses F16C where the CPU has it).
 pub fn f16_to_f32(src: &[f16], out: &mut [f32]) {
     use half::slice::HalfFloatSliceExt;
@@ -196,6 +221,20 @@ mod tests {
         let t = m.transposed();
         assert_eq!((t.rows, t.cols, t.dtype()), (3, 2, DType::BF16));
         assert_eq!(t.to_f32(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+
+    #[test]
+    fn scaling_keeps_the_type_where_exact() {
+        let h = |v: &[f32]| Matrix {
+            rows: 1,
+            cols: v.len(),
+            data: Data::F16(Buf::Owned(v.iter().map(|&x| f16::from_f32(x)).collect())),
+        };
+        let m = h(&[0.5, -3.0]).scaled(8.0);
+        assert_eq!((m.dtype(), m.to_f32()), (DType::F16, vec![4.0, -24.0]));
+        // past f16's range: f32
+        let m = h(&[60000.0, 1.0]).scaled(4.0);
+        assert_eq!((m.dtype(), m.to_f32()), (DType::F32, vec![240000.0, 4.0]));
     }
 
     #[test]

@@ -29,6 +29,32 @@ pub fn world() -> Arc<World> {
     W.get_or_init(|| Arc::new(World::embedded())).clone()
 }
 
+/// The vocabulary a GGUF file carries (`tokenizer.ggml.tokens`, each token as llama.cpp's
+/// converter writes it: the body of its Python `bytes` repr): the World one itself when it
+/// is that (id 0 `<s>` and `[PADn]` fillers stand for no text), else one built from it.
+pub fn from_gguf(tokens: &[Vec<u8>]) -> Arc<World> {
+    let list: Vec<Vec<u8>> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let filler = format!("[PAD{i}]");
+            if (i == 0 && t == b"<s>") || *t == filler.as_bytes() {
+                return Vec::new();
+            }
+            let text = std::str::from_utf8(t).ok();
+            text.and_then(|s| world::unescape_py(s, true))
+                .unwrap_or_else(|| t.clone())
+        })
+        .collect();
+    let file = World::from_tokens(list);
+    let w = world();
+    if file.same_tokens(&w) {
+        w
+    } else {
+        Arc::new(file)
+    }
+}
+
 pub enum Tokenizer {
     World(Arc<World>),
     /// Token = byte, vocab 256.
@@ -74,17 +100,16 @@ impl Tokenizer {
         }
     }
 
-    /// `--tokenizer` if given (checked against the vocab), else the default for the
-    /// model's vocab.
-    pub fn choose(spec: Option<&str>, vocab: usize) -> Result<Tokenizer> {
-        match spec {
-            Some(s) => {
-                let t = Tokenizer::from_spec(s)?;
-                t.check_fits(vocab)?;
-                Ok(t)
-            }
-            None => Tokenizer::for_vocab(vocab),
-        }
+    /// `--tokenizer` if given (checked against the vocab), else the vocabulary the model
+    /// file carries, else the default for the model's vocab.
+    pub fn choose(spec: Option<&str>, vocab: usize, file: Option<Arc<World>>) -> Result<Tokenizer> {
+        let t = match (spec, file) {
+            (Some(s), _) => Tokenizer::from_spec(s)?,
+            (None, Some(w)) => Tokenizer::World(w),
+            (None, None) => return Tokenizer::for_vocab(vocab),
+        };
+        t.check_fits(vocab)?;
+        Ok(t)
     }
 
     /// Refuse a tokenizer whose ids a model of vocab `vocab` cannot read (a World
@@ -92,7 +117,7 @@ impl Tokenizer {
     /// model has).
     pub fn check_fits(&self, vocab: usize) -> Result<()> {
         let needs = match self {
-            Tokenizer::World(_) => 65536,
+            Tokenizer::World(w) => w.ids(),
             Tokenizer::Bytes => 256,
             Tokenizer::Hf(t) => t.get_vocab_size(true),
         };
@@ -107,7 +132,8 @@ impl Tokenizer {
 
     pub fn name(&self) -> &'static str {
         match self {
-            Tokenizer::World(_) => "world",
+            Tokenizer::World(w) if Arc::ptr_eq(w, &world()) => "world",
+            Tokenizer::World(_) => "the model file's",
             Tokenizer::Bytes => "bytes",
             Tokenizer::Hf(_) => "tokenizer.json",
         }
@@ -296,6 +322,53 @@ pub fn complete_prefix(b: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token as llama.cpp's converter writes it: the body of Python's `repr(bytes)`.
+    fn py_repr_body(b: &[u8]) -> Vec<u8> {
+        let quote = if b.contains(&b'\'') && !b.contains(&b'"') {
+            b'"'
+        } else {
+            b'\''
+        };
+        let mut s = Vec::new();
+        for &c in b {
+            match c {
+                b'\\' => s.extend(b"\\\\"),
+                b'\n' => s.extend(b"\\n"),
+                b'\r' => s.extend(b"\\r"),
+                b'\t' => s.extend(b"\\t"),
+                c if c == quote => s.extend([b'\\', c]),
+                0x20..=0x7e => s.push(c),
+                c => s.extend(format!("\\x{c:02x}").bytes()),
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn a_gguf_world_vocabulary_is_the_world_tokenizer() {
+        let w = world();
+        let mut list = vec![b"<s>".to_vec()];
+        for id in 1..65536u32 {
+            list.push(match w.token_bytes(id) {
+                Some(b) if !b.is_empty() => py_repr_body(b),
+                _ => format!("[PAD{id}]").into_bytes(),
+            });
+        }
+        assert!(Arc::ptr_eq(&from_gguf(&list), &w));
+        // one token changed: a vocabulary of the file's own
+        list[300] = b"zz".to_vec();
+        let own = from_gguf(&list);
+        assert!(!Arc::ptr_eq(&own, &w));
+        assert_eq!(own.token_bytes(300), Some(&b"zz"[..]));
+        assert_eq!(own.token_bytes(0), Some(&b""[..]));
+        let t = Tokenizer::World(own);
+        assert_eq!(t.name(), "the model file's");
+        assert_eq!(
+            t.encode(b"'\xff").unwrap(),
+            Tokenizer::World(w).encode(b"'\xff").unwrap()
+        );
+    }
 
     #[test]
     fn ids_parse_between_spaces_and_commas() {

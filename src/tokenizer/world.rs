@@ -59,6 +59,21 @@ impl World {
         Ok(World::build(tokens))
     }
 
+    /// A vocabulary of `tokens` (id = index; empty for ids no text encodes to).
+    pub fn from_tokens(tokens: Vec<Vec<u8>>) -> World {
+        World::build(tokens)
+    }
+
+    /// Ids in the vocabulary (the World one has 65536, 0 and the unused ones included).
+    pub fn ids(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether `self` and `o` encode every id to the same bytes.
+    pub fn same_tokens(&self, o: &World) -> bool {
+        self.tokens == o.tokens
+    }
+
     fn build(tokens: Vec<Vec<u8>>) -> World {
         // Build with per-node child lists, then flatten into sorted edge ranges.
         let mut children: Vec<Vec<(u8, u32)>> = vec![Vec::new()];
@@ -160,7 +175,12 @@ pub fn parse_py_literal(s: &str) -> Option<Vec<u8>> {
     if !(q == '\'' || q == '"') || s.len() < 2 || !s.ends_with(q) {
         return None;
     }
-    let body = &s[1..s.len() - 1];
+    unescape_py(&s[1..s.len() - 1], is_bytes)
+}
+
+/// The bytes of the body of a Python literal (what lies between the quotes), a `bytes`
+/// literal's when `is_bytes`.
+pub fn unescape_py(body: &str, is_bytes: bool) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(body.len());
     let mut chars = body.chars();
     let push_char = |out: &mut Vec<u8>, c: char| {
