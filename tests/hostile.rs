@@ -616,6 +616,106 @@ fn crafted_safetensors_are_refused() {
     fails_with(&p, &["zero.safetensors", "no width"]);
 }
 
+#[test]
+fn mutated_gguf_models() {
+    // the header, metadata and tensor table lie in the first few KB
+    for file in ["tiny-rwkv6-1m.Q8_0.gguf", "rand-rwkv7-d256-bf16.Q6_K.gguf"] {
+        mutations("gguf", &model_path(file), |_| 0..8192, |m, _| score_cmd(m));
+    }
+}
+
+/// Truncation, sizes that wrap, counts past the file, unknown types, misaligned data and
+/// metadata that lies: each one line, exit 1.
+#[test]
+fn crafted_gguf_files_are_refused() {
+    let dir = temp_dir("hostile-gguf");
+    let real = std::fs::read(model_path("tiny-rwkv6-1m.Q8_0.gguf")).unwrap();
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &real[..real.len() / 2]).unwrap();
+    fails_with(&cut, &["cut.gguf", "truncated: tensor"]);
+
+    let arch = |a: &str| ("general.architecture", 8, gguf_str(a));
+    let u32v = |v: u32| v.to_le_bytes().to_vec();
+    let f32s = |n: usize| vec![0u8; 4 * n];
+    let cases: Vec<(&str, Vec<u8>, &[&str])> =
+        vec![
+        (
+            "huge-string",
+            gguf_bytes(&[("general.name", 8, (1u64 << 62).to_le_bytes().to_vec())], &[]),
+            &["truncated: the file ends inside general.name"],
+        ),
+        (
+            "huge-array",
+            {
+                let mut v = 8u32.to_le_bytes().to_vec();
+                v.extend((1u64 << 62).to_le_bytes());
+                gguf_bytes(&[("tokenizer.ggml.tokens", 9, v)], &[])
+            },
+            &["tokenizer.ggml.tokens claims 4611686018427387904 elements, past the file"],
+        ),
+        (
+            "wrapping",
+            gguf_bytes(&[arch("rwkv6")], &[("w", vec![1 << 33, 1 << 33, 1 << 33], 0, 0, f32s(4))]),
+            &["tensor `w` has an impossible shape"],
+        ),
+        (
+            "unknown-type",
+            gguf_bytes(&[arch("rwkv6")], &[("w", vec![32], 77, 0, f32s(32))]),
+            &["tensor `w` has unknown type 77"],
+        ),
+        (
+            "iq-type",
+            gguf_bytes(&[arch("rwkv6")], &[("w", vec![256], 16, 0, f32s(64))]),
+            &["tensor `w` is IQ2_XXS, a type these tools do not read"],
+        ),
+        (
+            "misaligned",
+            gguf_bytes(&[arch("rwkv6")], &[("w", vec![4], 0, 8, f32s(8))]),
+            &["tensor `w` starts at 8, not a multiple of the alignment 32"],
+        ),
+        (
+            "alignment",
+            gguf_bytes(&[arch("rwkv6"), ("general.alignment", 4, u32v(24))], &[]),
+            &["general.alignment is not a power of two"],
+        ),
+        (
+            "counts",
+            {
+                let mut b = gguf_bytes(&[], &[]);
+                b[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+                b
+            },
+            &["impossible counts"],
+        ),
+        (
+            "llama",
+            gguf_bytes(&[arch("llama")], &[("w", vec![4], 0, 0, f32s(4))]),
+            &["a GGUF model of architecture `llama`: these tools run only `rwkv6` and `rwkv7`"],
+        ),
+        (
+            "head-size",
+            gguf_bytes(
+                &[arch("rwkv7"), ("rwkv7.wkv.head_size", 4, u32v(7))],
+                &[("blk.0.time_mix_r_k.weight", vec![64], 0, 0, f32s(64))],
+            ),
+            &["blk.0.time_mix_r_k.weight", "rwkv7.wkv.head_size"],
+        ),
+        (
+            "twice",
+            gguf_bytes(
+                &[arch("rwkv6")],
+                &[("w", vec![4], 0, 0, f32s(8)), ("w", vec![4], 0, 0, vec![])],
+            ),
+            &["tensor `w` is listed twice"],
+        ),
+    ];
+    for (name, bytes, needles) in cases {
+        let p = dir.join(format!("{name}.gguf"));
+        std::fs::write(&p, bytes).unwrap();
+        fails_with(&p, needles);
+    }
+}
+
 /// A weight that is NaN: scoring says where the logits stopped being numbers, never a
 /// silent `null` or an end of text.
 #[test]

@@ -363,7 +363,10 @@ fn files_of_other_kinds_say_what_they_are() {
     .unwrap();
     let tuning = model_arg("rand-rwkv6-d256-fp16.state.pth");
     let cases = [
-        (gguf.to_str().unwrap(), "a GGUF file"),
+        (
+            gguf.to_str().unwrap(),
+            "GGUF: truncated: the file ends inside the metadata count",
+        ),
         (ggml.to_str().unwrap(), "an rwkv.cpp (ggml) model file"),
         (
             tuning.as_str(),

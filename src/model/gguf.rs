@@ -174,7 +174,7 @@ pub fn read(path: &Path, b: &[u8]) -> Result<Gguf> {
         None => 32,
         Some(v) => match v.as_u64() {
             Some(a) if a.is_power_of_two() && a <= 1 << 16 => a as usize,
-            _ => return Err(r.bad(format!("general.alignment {v:?} is not a power of two"))),
+            _ => return Err(r.bad("general.alignment is not a power of two up to 65536")),
         },
     };
     let mut infos = Vec::new();
@@ -259,113 +259,52 @@ fn entry(
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
 
-    /// A GGUF file of `meta` (key, type, value bytes) and `tensors` (name, ne, type, data),
-    /// written by hand, for the reader's and the hostile tests.
-    pub fn write(
-        meta: &[(&str, u32, Vec<u8>)],
-        tensors: &[(&str, Vec<u64>, u32, Vec<u8>)],
-    ) -> Vec<u8> {
-        let s = |b: &mut Vec<u8>, x: &str| {
-            b.extend((x.len() as u64).to_le_bytes());
-            b.extend(x.as_bytes());
-        };
+    fn header(tensors: u64, kv: u64) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());
-        b.extend((tensors.len() as u64).to_le_bytes());
-        b.extend((meta.len() as u64).to_le_bytes());
-        for (k, ty, v) in meta {
-            s(&mut b, k);
-            b.extend(ty.to_le_bytes());
-            b.extend(v);
-        }
-        let mut off = 0u64;
-        for (name, ne, ty, data) in tensors {
-            s(&mut b, name);
-            b.extend((ne.len() as u32).to_le_bytes());
-            for d in ne {
-                b.extend(d.to_le_bytes());
-            }
-            b.extend(ty.to_le_bytes());
-            b.extend(off.to_le_bytes());
-            off += (data.len() as u64).div_ceil(32) * 32;
-        }
-        b.resize(b.len().div_ceil(32) * 32, 0);
-        for (_, _, _, data) in tensors {
-            b.extend(data);
-            b.resize(b.len().div_ceil(32) * 32, 0);
-        }
+        b.extend(tensors.to_le_bytes());
+        b.extend(kv.to_le_bytes());
         b
     }
 
-    fn str_value(x: &str) -> Vec<u8> {
-        let mut v = (x.len() as u64).to_le_bytes().to_vec();
-        v.extend(x.as_bytes());
-        v
+    fn put_str(b: &mut Vec<u8>, s: &str) {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
     }
 
     #[test]
     fn reads_metadata_and_tensors() {
-        let data: Vec<u8> = (0..24).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let f = write(
-            &[
-                ("general.architecture", 8, str_value("rwkv7")),
-                ("rwkv7.block_count", 4, 3u32.to_le_bytes().to_vec()),
-            ],
-            &[("a", vec![4, 6], 0, data)],
-        );
+        let mut f = header(1, 2);
+        put_str(&mut f, "general.architecture");
+        f.extend(8u32.to_le_bytes());
+        put_str(&mut f, "rwkv7");
+        put_str(&mut f, "rwkv7.block_count");
+        f.extend(4u32.to_le_bytes());
+        f.extend(3u32.to_le_bytes());
+        put_str(&mut f, "a");
+        f.extend(2u32.to_le_bytes());
+        f.extend(4u64.to_le_bytes());
+        f.extend(6u64.to_le_bytes());
+        f.extend(0u32.to_le_bytes());
+        f.extend(0u64.to_le_bytes());
+        let data = f.len().div_ceil(32) * 32;
+        f.resize(data, 0);
+        f.extend((0..24).flat_map(|i| (i as f32).to_le_bytes()));
         let g = read(Path::new("x.gguf"), &f).unwrap();
         assert_eq!(g.version, 3);
         assert_eq!(g.meta["general.architecture"], Value::Str("rwkv7".into()));
         assert_eq!(g.meta["rwkv7.block_count"].as_u64(), Some(3));
         let t = &g.tensors["a"];
-        assert_eq!(
-            (t.dtype.as_str(), t.shape.clone(), t.len),
-            ("F32", vec![6, 4], 96)
+        assert_eq!((t.dtype.as_str(), t.shape.clone()), ("F32", vec![6, 4]));
+        assert_eq!((t.offset, t.len), (data, 96));
+        // one byte short
+        let e = read(Path::new("x.gguf"), &f[..f.len() - 1]).err().unwrap();
+        assert!(
+            e.to_string().contains("truncated: tensor `a` ends past"),
+            "{e}"
         );
-        assert_eq!(f[t.offset..t.offset + 4], 0f32.to_le_bytes());
-    }
-
-    fn err(f: &[u8]) -> String {
-        match read(Path::new("x.gguf"), f) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("read a bad file"),
-        }
-    }
-
-    #[test]
-    fn refuses_lies() {
-        let good = write(&[], &[("a", vec![32], 8, vec![0; 34])]);
-        assert!(read(Path::new("x.gguf"), &good).is_ok());
-        for cut in [3, 10, 30, good.len() - 31] {
-            assert!(
-                err(&good[..cut]).contains("truncated"),
-                "{cut}: {}",
-                err(&good[..cut])
-            );
-        }
-        // a string of 2^63 bytes
-        let mut huge = b"GGUF".to_vec();
-        huge.extend(3u32.to_le_bytes());
-        huge.extend(0u64.to_le_bytes());
-        huge.extend(1u64.to_le_bytes());
-        huge.extend((1u64 << 63).to_le_bytes());
-        assert!(err(&huge).contains("truncated"));
-        let q = |ne: Vec<u64>, ty: u32| write(&[], &[("w", ne, ty, vec![0; 64])]);
-        assert!(err(&q(vec![33], 8)).contains("not whole blocks"));
-        assert!(err(&q(vec![32], 10)).contains("Q2_K, a type these tools do not read"));
-        assert!(err(&q(vec![32], 77)).contains("unknown type 77"));
-        assert!(err(&q(vec![1 << 40, 1 << 40], 0)).contains("impossible shape"));
-        let mut moved = good.clone();
-        // the tensor's offset: after the header (24 bytes), its name (9), dims (4), ne (8)
-        // and type (4)
-        moved[49] = 4;
-        assert!(err(&moved).contains("not a multiple of the alignment 32"));
-        assert!(err(&q(vec![64, 64], 0)).contains("truncated"));
-        let mut v1 = good.clone();
-        v1[4] = 1;
-        assert!(err(&v1).contains("version 1"));
     }
 }
