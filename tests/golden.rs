@@ -106,6 +106,20 @@ fn converted_layouts_match_the_golden() {
     }
 }
 
+/// RWKV-7 in the Ai00 / web-rwkv `.st` layout: BlinkDL's names, the LoRA matrices (`w1`
+/// to `g2`) stored `[out, in]` as web-rwkv's loader reads them.
+#[test]
+fn rwkv7_in_the_ai00_layout_matches_the_golden() {
+    let dir = temp_dir("layouts-v7");
+    let p = dir.join("tiny7.ai00.st");
+    convert_layout(&model_path("tiny-rwkv7-834k.safetensors"), &p, "ai00");
+    check_file(&p, &golden("tiny-rwkv7-834k"));
+    assert_eq!(Model::load(&p).unwrap().layout.name(), "Ai00");
+    let plain = Model::load(&model_path("tiny-rwkv7-834k.safetensors")).unwrap();
+    assert_eq!(plain.layout.name(), "BlinkDL");
+    assert_eq!(Model::load(&p).unwrap().fingerprint(), plain.fingerprint());
+}
+
 #[test]
 fn world_vocab_random_bf16() {
     check(

@@ -51,6 +51,7 @@ impl Names {
     pub fn new(ck: &Checkpoint) -> Names {
         let layout = match ck.container {
             Container::Gguf => Layout::Gguf,
+            _ if v7_lora_out_in(ck) => Layout::Ai00,
             _ => detect_layout(ck.tensors.keys().map(String::as_str)),
         };
         let map = ck
@@ -102,6 +103,16 @@ impl Names {
             }
         }
     }
+}
+
+/// Whether an RWKV-7 file (BlinkDL's names in every layout) holds its LoRA matrices
+/// `[out, in]`, as Ai00 and web-rwkv `.st` files do: `w1` is `[W, D]` rather than `[D, W]`
+/// (with `D` the embedding's width; a square `w1` reads as BlinkDL's).
+fn v7_lora_out_in(ck: &Checkpoint) -> bool {
+    let (Some(w1), Some(emb)) = (ck.shape("blocks.0.att.w1"), ck.shape("emb.weight")) else {
+        return false;
+    };
+    matches!((w1, emb), (&[w, d], &[_, e]) if d == e && w != d)
 }
 
 pub fn detect_layout<'a>(mut names: impl Iterator<Item = &'a str>) -> Layout {
