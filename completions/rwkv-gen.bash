@@ -23,7 +23,7 @@ _rwkv__gen() {
 
     case "${cmd}" in
         rwkv__gen)
-            opts="-p -f -n -t -0 -m -v -q -h -V --prompt --prompt-file --max-tokens --temperature --lines --jsonl --batch --chat --system --system-file --think --top-p --top-k --presence-penalty --frequency-penalty --penalty-decay --ban-token --seed --stop --ignore-eos --json-schema --json --grammar --regex --strict --format --top-logprobs --separator --null --echo --max-line-bytes --state --force --save-state --model --tokenizer --quant --quant-layers --save-quantized --precision --device --threads --verbose --quiet --list-devices --help --version"
+            opts="-p -f -n -t -0 -m -v -q -h -V --prompt --prompt-file --max-tokens --temperature --lines --jsonl --batch --chat --system --system-file --think --top-p --top-k --presence-penalty --frequency-penalty --penalty-decay --ban-token --seed --stop --ignore-eos --json-schema --json --grammar --regex --strict --format --top-logprobs --separator --null --echo --max-line-bytes --state --force --save-state --model --tokenizer --quant --quant-layers --adapter --save-quantized --precision --device --threads --verbose --quiet --list-devices --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -162,6 +162,10 @@ _rwkv__gen() {
                     return 0
                     ;;
                 --quant-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --adapter)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -30,6 +30,7 @@ complete -c rwkv-gen -l tokenizer -d 'Tokenizer: `world`, `bytes` or a tokenizer
 complete -c rwkv-gen -l quant -d 'Quantize the large matrices at load (the head too; embedding, LoRA and vectors stay as stored)' -r -f -a "int8\t'8-bit integers, blocks of 64 with an f32 scale (1.0625 bytes per weight)'
 nf4\t'4-bit normal float, blocks of 64 with a bf16 scale (0.53125 bytes per weight)'"
 complete -c rwkv-gen -l quant-layers -d 'Quantize only the first N layers' -r
+complete -c rwkv-gen -l adapter -d 'Merge a RWKV-PEFT LoRA adapter into the weights at load (before --quant): W + SCALE B A for each `NAME.lora_A`, `NAME.lora_B` in FILE, other tensors in it replacing the model\'s. SCALE is RWKV-PEFT\'s lora_alpha / lora_r [default: 1]; repeatable' -r
 complete -c rwkv-gen -l save-quantized -d 'Write the model quantized to PATH (once), then run from it; later runs load PATH directly, without --quant' -r -F
 complete -c rwkv-gen -l precision -d 'Activations of the products: bf16 multiplies twice as fast on CPUs with AVX-512 BF16 (f32 elsewhere and on OpenCL) and makes a prompt\'s numbers depend on how text is split into chunks; generation rounds them only against bf16 weights, and a stream\'s output never depends on --batch. f32 gives exact products [default: bf16 for rwkv-gen; f32 for rwkv-score and rwkv-state, whose numbers and states are kept]' -r -f -a "bf16\t'Activations rounded to bf16, `vdpbf16ps` products'
 f32\t'f32 activations'"

@@ -23,7 +23,7 @@ _rwkv__score() {
 
     case "${cmd}" in
         rwkv__score)
-            opts="-m -v -q -h -V --lines --jsonl --summary --per-token --top-logprobs --view --color --no-bos --state --force --tokenize --merge --chunk --max-line-bytes --first-line --model --tokenizer --quant --quant-layers --save-quantized --precision --device --threads --verbose --quiet --help --version"
+            opts="-m -v -q -h -V --lines --jsonl --summary --per-token --top-logprobs --view --color --no-bos --state --force --tokenize --merge --chunk --max-line-bytes --first-line --model --tokenizer --quant --quant-layers --adapter --save-quantized --precision --device --threads --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -70,6 +70,10 @@ _rwkv__score() {
                     return 0
                     ;;
                 --quant-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --adapter)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

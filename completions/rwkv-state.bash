@@ -63,7 +63,7 @@ _rwkv__state() {
             return 0
             ;;
         rwkv__state__subcmd__feed)
-            opts="-p -f -o -m -v -q -h --prompt --prompt-file --ids --output --state --force --model --tokenizer --quant --quant-layers --save-quantized --precision --device --threads --verbose --quiet --help"
+            opts="-p -f -o -m -v -q -h --prompt --prompt-file --ids --output --state --force --model --tokenizer --quant --quant-layers --adapter --save-quantized --precision --device --threads --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -114,6 +114,10 @@ _rwkv__state() {
                     return 0
                     ;;
                 --quant-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --adapter)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -71,6 +71,29 @@ fn files(dir: &Path) {
             "required": ["name"], "additionalProperties": false}"#,
     );
     tuning_file(&model, &dir.join("peft-state.pth"));
+    lora_file(&dir.join("math-lora.pth"));
+}
+
+/// A LoRA adapter for the bundled model's layer-0 attention key (`[256, 256]`), rank 4, as
+/// safetensors under RWKV-PEFT's names.
+fn lora_file(dst: &Path) {
+    let a: Vec<u8> = (0..4 * 256)
+        .flat_map(|i| (((i % 11) as f32 - 5.0) * 0.01).to_le_bytes())
+        .collect();
+    let b: Vec<u8> = (0..256 * 4)
+        .flat_map(|i| (((i % 5) as f32 - 2.0) * 0.01).to_le_bytes())
+        .collect();
+    let views = [
+        (
+            "blocks.0.att.key.lora_A",
+            TensorView::new(Dtype::F32, vec![4, 256], &a).unwrap(),
+        ),
+        (
+            "blocks.0.att.key.lora_B",
+            TensorView::new(Dtype::F32, vec![256, 4], &b).unwrap(),
+        ),
+    ];
+    std::fs::write(dst, safetensors::serialize(views, &None).unwrap()).unwrap();
 }
 
 /// A state-tuning file for `model`: `blocks.N.att.time_state` `[H, S, S]` per layer.
@@ -134,9 +157,16 @@ fn readme_commands_run_as_written() {
         ran += 1;
     }
     assert_eq!(
-        ran, 6,
-        "gen, constraints, score, shards, state, GNU parallel"
+        ran, 7,
+        "gen, constraints, score, shards, state, GNU parallel, adapter"
     );
+    // the adapter merged once, saved quantized, then loaded as it is
+    let merged = rwkv::Model::load(&dir.join("math.st")).unwrap();
+    let key = merged
+        .matrices()
+        .into_iter()
+        .find(|(n, _)| n == "blocks.0.att.key.weight");
+    assert_eq!(key.unwrap().1.dtype.name(), "int8");
     // What the user looks at after each block.
     assert!(!std::fs::read(dir.join("out.txt")).unwrap().is_empty());
     assert_eq!(lines(&dir, "answers.txt"), 2, "an answer a question");

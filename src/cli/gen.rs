@@ -462,9 +462,13 @@ pub fn loaded(model: &Model, tok: &Tokenizer) -> String {
         [] => String::new(),
         b => format!(" ({} blocks decoded at load)", b.join(", ")),
     };
+    let adapters = match model.adapters.as_str() {
+        "" => String::new(),
+        a => format!(", adapters {a}"),
+    };
     format!(
         "{} ({} file, {}, {} names, {} layers, width {}, vocab {}, tokenizer {}, {} \
-         weights{decoded}, {prec} products, on {})",
+         weights{decoded}{adapters}, {prec} products, on {})",
         model.path.display(),
         model.container.name(),
         c.version.title,

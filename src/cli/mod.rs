@@ -16,6 +16,7 @@ pub mod view;
 
 use crate::backend::device::DeviceSpec;
 use crate::error::Error;
+use crate::model::adapter::AdapterSpec;
 use crate::model::quant_file::quantize_then;
 use crate::model::{LoadOptions, Model, Precision, Quant};
 use crate::tokenizer::{world::World, Tokenizer};
@@ -72,6 +73,12 @@ pub struct ModelArgs {
     /// Quantize only the first N layers
     #[arg(long, value_name = "N", requires = "quant")]
     pub quant_layers: Option<usize>,
+
+    /// Merge a RWKV-PEFT LoRA adapter into the weights at load (before --quant): W + SCALE
+    /// B A for each `NAME.lora_A`, `NAME.lora_B` in FILE, other tensors in it replacing the
+    /// model's. SCALE is RWKV-PEFT's lora_alpha / lora_r [default: 1]; repeatable
+    #[arg(long = "adapter", value_name = "FILE[:SCALE]", value_parser = AdapterSpec::parse)]
+    pub adapters: Vec<AdapterSpec>,
 
     /// Write the model quantized to PATH (once), then run from it; later runs load PATH
     /// directly, without --quant
@@ -170,6 +177,7 @@ impl ModelArgs {
             quant,
             quant_layers: self.quant_layers,
             device,
+            adapters: self.adapters.clone(),
             ..LoadOptions::default()
         };
         let saved = match (&self.save_quantized, quant) {
@@ -182,10 +190,12 @@ impl ModelArgs {
                     };
                     Model::load_with(p, plain)
                 };
-                quantize_then(path, dst, q, self.quant_layers, load)?.map(|mut m| {
-                    m.path = dst.clone();
-                    m
-                })
+                quantize_then(path, dst, q, self.quant_layers, &self.adapters, load)?.map(
+                    |mut m| {
+                        m.path = dst.clone();
+                        m
+                    },
+                )
             }
             _ => None,
         };

@@ -6,6 +6,7 @@
 //! byte range of the map. GGUF's blocks of ggml types are decoded to f32 when a matrix is
 //! read.
 
+use super::adapter::Adapters;
 use super::gguf::{self, Value};
 pub use super::table::RawTensor;
 use super::{gguf_names, pth};
@@ -47,6 +48,8 @@ pub struct Checkpoint {
     pub gains: BTreeMap<String, f32>,
     /// The token list a GGUF file carries (`tokenizer.ggml.tokens`), as the file spells it.
     pub tokens: Option<Vec<Vec<u8>>>,
+    /// Adapters merged into the matrices as they are read ([`super::adapter_file::open`]).
+    pub adapters: Adapters,
 }
 
 impl Checkpoint {
@@ -65,6 +68,7 @@ impl Checkpoint {
             metadata: BTreeMap::new(),
             gains: BTreeMap::new(),
             tokens: None,
+            adapters: Adapters::default(),
         };
         if map.starts_with(b"PK\x03\x04") {
             ck.container = Container::Pth;
@@ -162,10 +166,19 @@ impl Checkpoint {
             }?,
         };
         let m = Matrix { rows, cols, data };
-        Ok(match self.gains.get(name) {
+        let m = match self.gains.get(name) {
             Some(&g) => m.scaled(g),
             None => m,
-        })
+        };
+        if !self.adapters.touches(name) {
+            return Ok(m);
+        }
+        let mut w = match self.adapters.replacement(name) {
+            Some(v) => v.to_vec(),
+            None => m.to_f32(),
+        };
+        self.adapters.merge(name, &mut w, cols);
+        Ok(Matrix::from_f32(rows, cols, w))
     }
 
     /// The weights of `t`, rows of `cols` in ggml blocks of `b`, as f32 (rows in parallel).

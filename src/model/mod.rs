@@ -6,6 +6,8 @@
 //! backend. Nothing is hard-coded to a size. Each version is one file ([`v4`], [`v5`], [`v6`], [`v7`], [`v7a`]) holding its
 //! weights and its forward pass, written once over [`crate::backend::Backend`].
 
+pub mod adapter;
+pub mod adapter_file;
 pub mod checkpoint;
 pub mod deep_embed;
 pub mod ends;
@@ -63,6 +65,8 @@ pub struct Model {
     pub container: Container,
     /// The ggml block types the file stores matrices in (GGUF), decoded at load.
     pub block_types: Vec<&'static str>,
+    /// The adapters merged at load, for `-v` (empty: none).
+    pub adapters: String,
 }
 
 impl Model {
@@ -73,8 +77,9 @@ impl Model {
 
     /// Map and check the checkpoint at `path`, quantizing and placing it as `opts` say.
     pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Model> {
-        let ck = Checkpoint::open(path)?;
+        let mut ck = Checkpoint::open(path)?;
         let names = Names::new(&ck);
+        ck.adapters = adapter_file::open(&opts.adapters, &ck, &names)?;
         let cfg = config(&ck, &names)?;
         let vectors = (cfg.version.fingerprinted)(&cfg);
         let fingerprint = fingerprint(&ck, &names, &cfg, &vectors)?;
@@ -89,6 +94,7 @@ impl Model {
             vocabulary: ck.tokens.as_deref().map(tokenizer::from_gguf),
             container: ck.container,
             block_types: ck.block_types(),
+            adapters: adapter::describe(&ck.adapters.summary),
         })
     }
 

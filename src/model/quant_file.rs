@@ -3,10 +3,13 @@
 //! and dtype, except the quantized matrices, each replaced by `NAME.q8` (I8 `[rows, cols]`)
 //! or `NAME.nf4` (U8 `[rows, cols / 2]`, low nibble first) and `NAME.scales` (`[rows, cols
 //! / 64]`: F32 for int8, BF16 for nf4; nf4 files written before bf16 scales have F32 ones,
-//! which load rounded to bf16). The file is written one tensor at a time by the same safe
+//! which load rounded to bf16). Tensors `--adapter`s change are written merged (the
+//! quantized ones from the merged values, the rest as F32). The file is written one tensor at a time by the same safe
 //! writer as state files ([`crate::atomic`]), read back, and only then put in place.
 
-use super::checkpoint::Checkpoint;
+use super::adapter::AdapterSpec;
+use super::adapter_file;
+use super::checkpoint::{Checkpoint, Container};
 use super::names::{canonical, Names};
 use super::registry;
 use crate::atomic::AtomicFile;
@@ -30,6 +33,8 @@ struct Entry {
 #[derive(Clone, Copy, PartialEq)]
 enum Part {
     Raw,
+    /// A tensor an adapter changes, written merged in f32.
+    Merged,
     Values,
     Scales,
 }
@@ -47,7 +52,7 @@ fn dtype_name(s: &str) -> Option<&'static str> {
 
 /// Quantize the checkpoint `src` into `dst` (the first `layers` layers and the head).
 pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) -> Result<()> {
-    quantize_then(src, dst, q, layers, |_| Ok(())).map(drop)
+    quantize_then(src, dst, q, layers, &[], |_| Ok(())).map(drop)
 }
 
 /// [`quantize_file`], `check` reading the written file before it takes `dst`'s place: a
@@ -58,10 +63,21 @@ pub fn quantize_then<T>(
     dst: &Path,
     q: Quant,
     layers: Option<usize>,
+    adapters: &[AdapterSpec],
     check: impl FnOnce(&Path) -> Result<T>,
 ) -> Result<Option<T>> {
-    let ck = Checkpoint::open(src)?;
+    let mut ck = Checkpoint::open(src)?;
+    if ck.container == Container::Gguf {
+        // its matrices are views under BlinkDL names with GGUF's LoRA orientation and gains:
+        // a copy would need each rewritten
+        return Err(Error::format(
+            src,
+            "a GGUF model cannot be saved quantized (--save-quantized reads .pth and \
+             .safetensors models); --quant applies to it at load",
+        ));
+    }
     let names = Names::new(&ck);
+    ck.adapters = adapter_file::open(adapters, &ck, &names)?;
     let quantizable = registry::detect(&ck, &names)?.quantizable;
     let layers = layers.unwrap_or(usize::MAX);
     let mut entries = Vec::new();
@@ -94,6 +110,15 @@ pub fn quantize_then<T>(
                 bytes: r * c / quant::BLOCK * if st == "F32" { 4 } else { 2 },
                 source: stored.clone(),
                 part: Part::Scales,
+            });
+        } else if ck.adapters.touches(stored) {
+            entries.push(Entry {
+                name: stored.clone(),
+                dtype: "F32",
+                shape: t.shape.clone(),
+                bytes: t.numel() * 4,
+                source: stored.clone(),
+                part: Part::Merged,
             });
         } else {
             entries.push(Entry {
@@ -158,6 +183,12 @@ pub fn quantize_then<T>(
                     };
                     w.write_all(values).map_err(io)?;
                     pending_scales = Some(scales);
+                }
+                Part::Merged => {
+                    let t = &ck.tensors[&e.source];
+                    let m = ck.matrix(&e.source, &t.shape)?.to_f32();
+                    let bytes: Vec<u8> = m.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    w.write_all(&bytes).map_err(io)?;
                 }
                 Part::Scales => {
                     let s = pending_scales.take().expect("scales follow their values");

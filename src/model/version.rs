@@ -110,7 +110,7 @@ impl Config {
 }
 
 /// How to load a model.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Quantize the large matrices at load.
     pub quant: Option<Quant>,
@@ -123,6 +123,8 @@ pub struct LoadOptions {
     /// faster for a batch of streams. `false` keeps them row after row, as quantized; the
     /// results are the same bits either way.
     pub quant_panels: bool,
+    /// LoRA adapters merged into the weights as they are read, before `quant`.
+    pub adapters: Vec<super::adapter::AdapterSpec>,
 }
 
 impl Default for LoadOptions {
@@ -132,6 +134,7 @@ impl Default for LoadOptions {
             quant_layers: None,
             device: DeviceSpec::CPU,
             quant_panels: true,
+            adapters: Vec::new(),
         }
     }
 }

@@ -320,6 +320,15 @@ pub fn convert_layout(src: &Path, dst: &Path, layout: &str) {
                     "time_maa_w2",
                     "time_decay_w1",
                     "time_decay_w2",
+                    // RWKV-7's, under BlinkDL's names
+                    ".att.w1",
+                    ".att.w2",
+                    ".att.a1",
+                    ".att.a2",
+                    ".att.v1",
+                    ".att.v2",
+                    ".att.g1",
+                    ".att.g2",
                 ];
                 if lora.iter().any(|l| name.ends_with(l)) {
                     let es = data.len() / shape.iter().product::<usize>();
@@ -393,4 +402,48 @@ pub fn children_stayed_small() {
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let kib = ru.ru_maxrss;
     assert!(kib < 300 * 1024, "a child's peak RSS: {kib} KiB");
+}
+
+/// One tensor of [`gguf_bytes`]: name, ggml `ne`, ggml type, offset from the data start,
+/// data appended.
+pub type GgufTensor<'a> = (&'a str, Vec<u64>, u32, u64, Vec<u8>);
+
+/// A GGUF file written by hand: `meta` as (key, value type, value bytes), `tensors` as
+/// (name, ggml `ne`, ggml type, offset from the data start, data appended), data aligned
+/// to 32. For crafted files the `gguf` package would refuse to write.
+pub fn gguf_bytes(meta: &[(&str, u32, Vec<u8>)], tensors: &[GgufTensor]) -> Vec<u8> {
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.extend((x.len() as u64).to_le_bytes());
+        b.extend(x.as_bytes());
+    };
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((meta.len() as u64).to_le_bytes());
+    for (k, ty, v) in meta {
+        s(&mut b, k);
+        b.extend(ty.to_le_bytes());
+        b.extend(v);
+    }
+    for (name, ne, ty, off, _) in tensors {
+        s(&mut b, name);
+        b.extend((ne.len() as u32).to_le_bytes());
+        for d in ne {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(off.to_le_bytes());
+    }
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    for (_, _, _, _, data) in tensors {
+        b.extend(data);
+    }
+    b
+}
+
+/// A GGUF string value's bytes.
+pub fn gguf_str(x: &str) -> Vec<u8> {
+    let mut v = (x.len() as u64).to_le_bytes().to_vec();
+    v.extend(x.as_bytes());
+    v
 }
