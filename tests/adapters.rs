@@ -1,6 +1,6 @@
-//! RWKV-PEFT LoRA adapters merged at load (`tests/fixtures/make/lora_adapter.py`): the
-//! logits of the weights merged in f32 by RWKV-PEFT's rule, through every tool and
-//! through `--save-quantized`.
+//! RWKV-PEFT adapters merged at load (`tests/fixtures/make/lora_adapter.py`): LoRA, PiSSA
+//! and DiSHA give the logits of the weights merged in f32 by RWKV-PEFT's rules, through
+//! every tool and through `--save-quantized`.
 
 mod common;
 use common::*;
@@ -11,16 +11,53 @@ use rwkv::{Logits, Model};
 const BASE: &str = "rand-rwkv7-d256-bf16.pth";
 const ADAPTER: &str = "rand-rwkv7-d256-bf16.lora.pth";
 
-fn adapted(scale: f32, quant: Option<Quant>) -> Model {
+fn with_adapters(files: &[(&str, f32)], quant: Option<Quant>) -> Model {
+    let adapters = files
+        .iter()
+        .map(|&(f, scale)| AdapterSpec {
+            path: model_path(f),
+            scale,
+        })
+        .collect();
     let opts = LoadOptions {
         quant,
-        adapters: vec![AdapterSpec {
-            path: model_path(ADAPTER),
-            scale,
-        }],
+        adapters,
         ..LoadOptions::default()
     };
     Model::load_with(&model_path(BASE), opts).unwrap()
+}
+
+fn adapted(scale: f32, quant: Option<Quant>) -> Model {
+    with_adapters(&[(ADAPTER, scale)], quant)
+}
+
+#[test]
+fn pissa_and_disha_give_the_official_logits_of_their_merges() {
+    // PiSSA: its init file's product taken away, then the trained pair added unscaled
+    let pissa = with_adapters(
+        &[
+            ("rand-rwkv7-d256-bf16.pissa-init.pth", 1.0),
+            ("rand-rwkv7-d256-bf16.pissa.pth", 1.0),
+        ],
+        None,
+    );
+    let g = golden("rand-rwkv7-d256-bf16.pissa");
+    assert!(
+        worst_error(&pissa, &g) < 1e-4,
+        "{}",
+        worst_error(&pissa, &g)
+    );
+    let trained_only = with_adapters(&[("rand-rwkv7-d256-bf16.pissa.pth", 1.0)], None);
+    assert!(worst_error(&trained_only, &g) > 1e-2);
+    // DiSHA: the shared [r, out] form and the [in / r, r, r] block form
+    let disha = with_adapters(&[("rand-rwkv7-d256-bf16.disha.pth", 1.0)], None);
+    let g = golden("rand-rwkv7-d256-bf16.disha");
+    assert!(
+        worst_error(&disha, &g) < 1e-4,
+        "{}",
+        worst_error(&disha, &g)
+    );
+    assert!(worst_error(&Model::load(&model_path(BASE)).unwrap(), &g) > 1e-2);
 }
 
 #[test]

@@ -74,9 +74,10 @@ pub struct ModelArgs {
     #[arg(long, value_name = "N", requires = "quant")]
     pub quant_layers: Option<usize>,
 
-    /// Merge a RWKV-PEFT LoRA adapter into the weights at load (before --quant): W + SCALE
-    /// B A for each `NAME.lora_A`, `NAME.lora_B` in FILE, other tensors in it replacing the
-    /// model's. SCALE is RWKV-PEFT's lora_alpha / lora_r [default: 1]; repeatable
+    /// Merge a RWKV-PEFT adapter into the weights at load (before --quant): W + SCALE B A
+    /// for each `NAME.lora_A`, `NAME.lora_B` in FILE (LoRA: SCALE is lora_alpha / lora_r),
+    /// DiSHA's update for each `NAME.disha`; other tensors in FILE replace the model's.
+    /// Repeatable: PiSSA is its init file, then its checkpoint [default SCALE: 1]
     #[arg(long = "adapter", value_name = "FILE[:SCALE]", value_parser = AdapterSpec::parse)]
     pub adapters: Vec<AdapterSpec>,
 

@@ -1,10 +1,15 @@
 //! RWKV-PEFT LoRA adapters, merged into the weights as they are read.
 //!
 //! An adapter file (`.pth` or `.safetensors`) holds, for each adapted matrix `NAME.weight`
-//! `[out, in]`, `NAME.lora_A` `[r, in]` and `NAME.lora_B` `[out, r]`; RWKV-PEFT's merge
-//! (`merge/merge_lora.py`) makes `W + s B A` in f32, `s` its `lora_alpha / r`. Any other
-//! tensor in the file (the parts trained whole, `--train_parts`) replaces the model's of the
-//! same name. Names are BlinkDL's, as RWKV-PEFT saves them; [`super::adapter_file`] reads
+//! `[out, in]`, one of:
+//! - LoRA: `NAME.lora_A` `[r, in]` and `NAME.lora_B` `[out, r]`; RWKV-PEFT's merge
+//!   (`merge/merge_lora.py`) makes `W + s B A`, `s` its `lora_alpha / r`;
+//! - PiSSA: the same names, merged with `s` 1 after its init file (`model.NAME.init_lora_A`,
+//!   `init_lora_B`), whose product is taken away (`merge/merge.py`);
+//! - DiSHA (Bone): `NAME.disha`, `[r, out]` or `[in / r, r, r]` (`merge/merge_disha.py`).
+//!
+//! Every update is added in f32. Any other tensor in the file (the parts trained whole,
+//! `--train_parts`) replaces the model's of the same name. Names are BlinkDL's, as RWKV-PEFT saves them; [`super::adapter_file`] reads
 //! the files and checks every shape against the model's.
 
 use rayon::prelude::*;
@@ -43,14 +48,20 @@ impl AdapterSpec {
     }
 }
 
-/// One low-rank update of a matrix: `scale B A`.
-struct Delta {
-    /// `[r, in]`, f32
-    a: Vec<f32>,
-    /// `[out, r]`, f32
-    b: Vec<f32>,
-    rank: usize,
-    scale: f32,
+/// One update of a matrix `W [out, in]`, each times its adapter's scale `s`.
+enum Delta {
+    /// LoRA (and PiSSA): `W += s B A`, `A [r, in]`, `B [out, r]`.
+    LowRank {
+        a: Vec<f32>,
+        b: Vec<f32>,
+        rank: usize,
+        scale: f32,
+    },
+    /// DiSHA's shared form, `D [r, out]`: `W[o, c] += s D[c % r, o]`.
+    Shared { d: Vec<f32>, r: usize, scale: f32 },
+    /// DiSHA's block form, `D [in / r, r, r]`: every `r x r` block `W_ij` (row block `i`,
+    /// column block `j`) gains `s (W_ij D_j + D_j)`.
+    Blocks { d: Vec<f32>, r: usize, scale: f32 },
 }
 
 /// The adapters of one load, by the name of the tensor each changes.
@@ -69,8 +80,25 @@ impl Adapters {
     }
 
     /// Add `scale B A` (`a [rank, in]`, `b [out, rank]`, f32) to tensor `name`.
-    pub fn add_delta(&mut self, name: String, a: Vec<f32>, b: Vec<f32>, rank: usize, scale: f32) {
-        let d = Delta { a, b, rank, scale };
+    pub fn add_low_rank(
+        &mut self,
+        name: String,
+        a: Vec<f32>,
+        b: Vec<f32>,
+        rank: usize,
+        scale: f32,
+    ) {
+        let d = Delta::LowRank { a, b, rank, scale };
+        self.deltas.entry(name).or_default().push(d);
+    }
+
+    /// Add DiSHA's update `d` to tensor `name`: `d [r, out]` (shared) or `[in / r, r, r]`
+    /// (`blocks`).
+    pub fn add_disha(&mut self, name: String, d: Vec<f32>, r: usize, blocks: bool, scale: f32) {
+        let d = match blocks {
+            false => Delta::Shared { d, r, scale },
+            true => Delta::Blocks { d, r, scale },
+        };
         self.deltas.entry(name).or_default().push(d);
     }
 
@@ -89,17 +117,56 @@ impl Adapters {
         self.replaced.get(name).map(|(v, _)| v.as_slice())
     }
 
-    /// `w [out, in]` (f32, row-major) with every update of `name` added in f32.
+    /// `w [out, in]` (f32, row-major) with every update of `name` added in f32, in the
+    /// order the adapters came.
     pub fn merge(&self, name: &str, w: &mut [f32], cols: usize) {
         for d in self.deltas.get(name).into_iter().flatten() {
-            w.par_chunks_mut(cols).enumerate().for_each(|(o, row)| {
-                for (k, a) in d.a.chunks_exact(cols).enumerate() {
-                    let s = d.scale * d.b[o * d.rank + k];
-                    for (x, &y) in row.iter_mut().zip(a) {
-                        *x += s * y;
-                    }
+            match d {
+                Delta::LowRank { a, b, rank, scale } => {
+                    w.par_chunks_mut(cols).enumerate().for_each(|(o, row)| {
+                        for (k, a) in a.chunks_exact(cols).enumerate() {
+                            let s = scale * b[o * rank + k];
+                            for (x, &y) in row.iter_mut().zip(a) {
+                                *x += s * y;
+                            }
+                        }
+                    });
                 }
-            });
+                &Delta::Shared { ref d, r, scale } => {
+                    let out = w.len() / cols;
+                    w.par_chunks_mut(cols).enumerate().for_each(|(o, row)| {
+                        for (c, x) in row.iter_mut().enumerate() {
+                            *x += scale * d[(c % r) * out + o];
+                        }
+                    });
+                }
+                &Delta::Blocks { ref d, r, scale } => {
+                    w.par_chunks_mut(r * cols)
+                        .for_each(|rows| blocks(rows, cols, d, r, scale));
+                }
+            }
+        }
+    }
+}
+
+/// DiSHA's block update of `rows` (`r` rows of `cols`): block `j` gains `s (W_j D_j + D_j)`.
+fn blocks(rows: &mut [f32], cols: usize, d: &[f32], r: usize, s: f32) {
+    let mut block = vec![0f32; r * r];
+    for j in 0..cols / r {
+        let dj = &d[j * r * r..(j + 1) * r * r];
+        for i in 0..r {
+            block[i * r..(i + 1) * r].copy_from_slice(&rows[i * cols + j * r..][..r]);
+        }
+        for i in 0..r {
+            let out = &mut rows[i * cols + j * r..][..r];
+            for (k, &wik) in block[i * r..(i + 1) * r].iter().enumerate() {
+                for (o, &dkj) in out.iter_mut().zip(&dj[k * r..(k + 1) * r]) {
+                    *o += s * wik * dkj;
+                }
+            }
+            for (o, &dij) in out.iter_mut().zip(&dj[i * r..(i + 1) * r]) {
+                *o += s * dij;
+            }
         }
     }
 }

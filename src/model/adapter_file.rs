@@ -19,22 +19,43 @@ pub fn open(specs: &[AdapterSpec], base: &Checkpoint, names: &Names) -> Result<A
 fn add(out: &mut Adapters, spec: &AdapterSpec, base: &Checkpoint, names: &Names) -> Result<()> {
     let ck = Checkpoint::open(&spec.path)?;
     let bad = |m: String| Error::format(&spec.path, m);
-    if ck
-        .tensors
-        .keys()
-        .any(|k| k.ends_with(".bone") || k.contains(".disha"))
-    {
-        return Err(bad(
-            "a DiSHA/Bone adapter, which these tools do not merge; RWKV-PEFT's \
-                        merge_disha.py writes the merged model"
-                .into(),
-        ));
-    }
     let (mut count, mut rank, mut replaced) = (0, 0, 0);
     for (name, t) in &ck.tensors {
-        if let Some(stem) = name.strip_suffix(".lora_A") {
+        if let Some(stem) = name.strip_suffix(".disha") {
             let target = names.stored(&format!("{stem}.weight")).to_string();
-            let bname = format!("{stem}.lora_B");
+            let w = base.logical_shape_of(&target).map_err(|_| {
+                bad(format!(
+                    "`{name}` adapts `{target}`, which the model does not have"
+                ))
+            })?;
+            let (blocks, r) = match (&t.shape[..], &w[..]) {
+                (&[r, o], &[wo, _]) if r > 0 && o == wo => (false, r),
+                (&[n, r, r2], &[wo, wi]) if r > 0 && r == r2 && wo % r == 0 && wi == n * r => {
+                    (true, r)
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "`{name}` {:?} does not adapt `{target}` {w:?} (DiSHA is [r, out] or \
+                         [in / r, r, r])",
+                        t.shape
+                    )))
+                }
+            };
+            let d = ck.matrix(name, &t.shape)?.to_f32();
+            out.add_disha(target, d, r, blocks, spec.scale);
+            count += 1;
+            rank = rank.max(r);
+        } else if let Some(stem) = name.strip_suffix(".lora_A").or_else(|| {
+            // PiSSA's init file: its product is taken away
+            name.strip_prefix("model.")
+                .and_then(|n| n.strip_suffix(".init_lora_A"))
+        }) {
+            let init = name.ends_with(".init_lora_A");
+            let target = names.stored(&format!("{stem}.weight")).to_string();
+            let bname = match init {
+                true => format!("model.{stem}.init_lora_B"),
+                false => format!("{stem}.lora_B"),
+            };
             let (a_shape, b_shape) = (t.shape.clone(), ck.get(&bname)?.shape.clone());
             let w = base.logical_shape_of(&target).map_err(|_| {
                 bad(format!(
@@ -55,11 +76,14 @@ fn add(out: &mut Adapters, spec: &AdapterSpec, base: &Checkpoint, names: &Names)
             }
             let a = ck.matrix(name, &a_shape)?.to_f32();
             let b = ck.matrix(&bname, &b_shape)?.to_f32();
-            out.add_delta(target, a, b, r, spec.scale);
+            let scale = if init { -spec.scale } else { spec.scale };
+            out.add_low_rank(target, a, b, r, scale);
             count += 1;
             rank = rank.max(r);
         } else if let Some(stem) = name.strip_suffix(".lora_B") {
             ck.get(&format!("{stem}.lora_A"))?;
+        } else if let Some(stem) = name.strip_suffix(".init_lora_B") {
+            ck.get(&format!("{stem}.init_lora_A"))?;
         } else {
             let stored = names.stored(name).to_string();
             let shape = base.logical_shape_of(&stored).map_err(|_| {
