@@ -181,6 +181,36 @@ impl Checkpoint {
         Ok(Matrix::from_f32(rows, cols, w))
     }
 
+    /// Matrix `name` of `shape` as a source of f32 rows, when it is stored in ggml blocks
+    /// that no adapter changes: each row decoded as it is asked for (its gain applied), so
+    /// that quantizing it never holds the whole matrix in f32.
+    pub fn block_rows(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<Option<impl Fn(usize, &mut [f32]) + Sync + '_>> {
+        let Some(t) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        let b = ggml::Type::by_name(&t.dtype).filter(|b| b.is_blocks());
+        let (Some(b), &[_, cols]) = (b, shape) else {
+            return Ok(None);
+        };
+        if self.adapters.touches(name) {
+            return Ok(None);
+        }
+        self.check_shape(name, t, shape)?;
+        let row = b.row_bytes(cols).expect("checked when the table was read");
+        let gain = self.gains.get(name).copied();
+        Ok(Some(move |r: usize, out: &mut [f32]| {
+            let at = t.offset + r * row;
+            ggml::decode(b, &self.map[at..at + row], out);
+            if let Some(g) = gain {
+                out.iter_mut().for_each(|x| *x *= g);
+            }
+        }))
+    }
+
     /// The weights of `t`, rows of `cols` in ggml blocks of `b`, as f32 (rows in parallel).
     fn decoded(&self, t: &RawTensor, b: ggml::Type, cols: usize) -> Vec<f32> {
         let mut out = vec![0f32; t.numel()];

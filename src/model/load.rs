@@ -46,14 +46,26 @@ impl<B: Backend> Loader<'_, B> {
     /// Matrix `canon` of `shape` on the host, as stored or quantized (then its mapped pages
     /// are released).
     /// GGUF's ggml blocks are decoded, then stored as int8 unless `quant` says otherwise
-    /// (the nearest format the kernels run: [`NEAREST`]).
+    /// (the nearest format the kernels run: [`NEAREST`]); so is a decoded embedding, read
+    /// a row at a time, which would otherwise take 4 bytes a weight.
     pub fn host_matrix(&self, canon: &str, shape: &[usize]) -> Result<Matrix> {
         let stored = self.names.stored(canon);
+        let decoded = self.ck.in_blocks(stored);
+        let nearest = decoded.then_some(NEAREST);
+        let table = decoded && canon == "emb.weight";
+        let quantized = ((self.quantizable)(canon, self.quant_layers) || table)
+            && shape.last().is_some_and(|&c| quant::fits(c));
+        if let (Some(q), true) = (self.quant.or(nearest), quantized) {
+            if let Some(rows) = self.ck.block_rows(stored, shape)? {
+                let qm = quant::quantize_from(shape[0], shape[1], q, rows);
+                self.ck.release(stored);
+                return Ok(qm);
+            }
+        }
         let w = self.ck.matrix(stored, shape)?;
-        let nearest = self.ck.in_blocks(stored).then_some(NEAREST);
         match self.quant.or(nearest) {
             Some(q)
-                if (self.quantizable)(canon, self.quant_layers)
+                if ((self.quantizable)(canon, self.quant_layers) || table)
                     && quant::fits(w.cols)
                     && matches!(w.dtype(), DType::F32 | DType::F16 | DType::BF16) =>
             {

@@ -141,12 +141,24 @@ fn nf4_body(w: &[f32], packed: &mut [u8], scales: &mut [f32]) {
 
 /// Quantize `m` (rows in parallel). `m.cols` must be a multiple of [`BLOCK`].
 pub fn quantize(m: &Matrix, q: Quant) -> Matrix {
+    quantize_from(m.rows, m.cols, q, |r, buf| m.row_f32(r, buf))
+}
+
+/// Quantize the `[rows, cols]` matrix whose row `r` `row(r, buf)` writes in f32 (rows in
+/// parallel, so that no f32 copy of the whole matrix is made). `cols` must be a multiple
+/// of [`BLOCK`].
+pub fn quantize_from(
+    rows: usize,
+    cols: usize,
+    q: Quant,
+    row: impl Fn(usize, &mut [f32]) + Sync,
+) -> Matrix {
     assert!(
-        fits(m.cols),
-        "quantize: width {} is not a multiple of {BLOCK}",
-        m.cols
+        fits(cols),
+        "quantize: width {cols} is not a multiple of {BLOCK}"
     );
-    let (rows, cols, isa) = (m.rows, m.cols, Isa::detect());
+    let isa = Isa::detect();
+    let m = (rows, cols, &row);
     let data = match q {
         Quant::Int8 => {
             let (qs, scales) = quantize_rows(m, cols, |x, q, s| quantize_row_q8(isa, x, q, s));
@@ -166,25 +178,25 @@ pub fn quantize(m: &Matrix, q: Quant) -> Matrix {
     Matrix { rows, cols, data }
 }
 
-/// The rows of `m`, each converted to f32 and quantized by `row` (into `width` codes and
-/// `cols / 64` scales), in parallel: the codes `[rows, width]` in fresh pages
-/// ([`Buf::pages`]) and the scales `[rows, cols / 64]`.
+/// The rows of `(rows, cols, source)`, each written in f32 by `source` and quantized by
+/// `row` (into `width` codes and `cols / 64` scales), in parallel: the codes
+/// `[rows, width]` in fresh pages ([`Buf::pages`]) and the scales `[rows, cols / 64]`.
 fn quantize_rows<T: Plain>(
-    m: &Matrix,
+    (rows, cols, source): (usize, usize, &(impl Fn(usize, &mut [f32]) + Sync)),
     width: usize,
     row: impl Fn(&[f32], &mut [T], &mut [f32]) + Sync,
 ) -> (Buf<T>, Vec<f32>) {
-    let nb = m.cols / BLOCK;
-    let mut scales = vec![0.0f32; m.rows * nb];
-    let codes = Buf::pages(m.rows * width, |codes: &mut [T]| {
+    let nb = cols / BLOCK;
+    let mut scales = vec![0.0f32; rows * nb];
+    let codes = Buf::pages(rows * width, |codes: &mut [T]| {
         codes
             .par_chunks_mut(width)
             .zip(scales.par_chunks_mut(nb))
             .enumerate()
             .for_each_init(
-                || vec![0.0f32; m.cols],
+                || vec![0.0f32; cols],
                 |buf, (r, (cr, sr))| {
-                    m.row_f32(r, buf);
+                    source(r, buf);
                     row(buf, cr, sr);
                 },
             )
