@@ -5,6 +5,7 @@ mod common;
 use rwkv::cli::progress::Progress;
 use rwkv::cli::state::{Args, Command, Diff, Feed, Import, Info};
 use rwkv::cli::{self, exit, CliError, Output};
+use rwkv::model::describe::Description;
 use rwkv::model::{Model, Precision, PROMPT_CHUNK};
 use rwkv::state_file::{self, StateFile};
 use rwkv::{state_info, tokenizer};
@@ -123,12 +124,17 @@ fn feed(args: &Args, a: &Feed) -> Result<(), CliError> {
 }
 
 fn info(a: &Info) -> Result<(), CliError> {
-    let info = state_info::Info::read(&a.file)?;
-    let mut out = Output::stdout(false);
-    if a.json {
-        out.write(format!("{}\n", info.json(&a.file)).as_bytes())?;
+    let (json, text) = if a.file.as_os_str() != "-" && Description::is_model(&a.file) {
+        let d = Description::read(&a.file)?;
+        (d.json(&a.file), d.text(&a.file))
     } else {
-        out.write(info.text(&a.file).as_bytes())?;
+        let info = state_info::Info::read(&a.file)?;
+        (info.json(&a.file), info.text(&a.file))
+    };
+    let mut out = Output::stdout(false);
+    match a.json {
+        true => out.write(format!("{json}\n").as_bytes())?,
+        false => out.write(text.as_bytes())?,
     }
     Ok(out.flush()?)
 }

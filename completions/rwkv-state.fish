@@ -29,7 +29,7 @@ complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s q -l quiet -d 'No
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s h -l help -d 'Print help'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -s V -l version -d 'Print version'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "feed" -d 'Feed text (stdin, -p or -f) or token ids to a model and write the state'
-complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "info" -d 'Show a state file: shape, model fingerprint, tokens fed, per-layer norms'
+complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "info" -d 'Show a state file (shape, model fingerprint, tokens fed, per-layer norms) or a model file'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "import" -d 'Convert a state-tuning file (RWKV-PEFT .pth, Ai00 .st) into a state file'
 complete -c rwkv-state -n "__fish_rwkv_state_needs_command" -f -a "diff" -d 'Per-tensor max and mean absolute difference of two state files'
 complete -c rwkv-state -n "__fish_rwkv_state_using_subcommand feed" -s p -l prompt -d 'Text to feed (instead of stdin)' -r

@@ -151,3 +151,39 @@ fn the_cli_names_what_it_loaded_and_uses_the_file_vocabulary() {
     assert!(ids.iter().all(|&i| i < 1024), "{ids:?}");
     assert_eq!(ids.len(), 14, "{ids:?}");
 }
+
+#[test]
+fn rwkv_state_info_describes_a_model_file() {
+    let gguf = model_arg("rand-rwkv7-d256-bf16.Q6_K.gguf");
+    let r = run("rwkv-state", &["info", &gguf], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = r.text();
+    for line in [
+        "format       GGUF model, llama.cpp names\n",
+        "version      RWKV-7\n",
+        "shape        3 layers, width 256, 4 heads of 64, FFN 1024, vocab 1024\n",
+        "types        Q6_K (17 tensors, 2.2 MB), F16 (21 tensors, 0.8 MB), F32",
+        "vocabulary   the file's (1024 ids)\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    // the same weights' fingerprint in every file form: a state fed by one runs on the other
+    let fp = |m: &str| {
+        let r = run("rwkv-state", &["info", "--json", m], b"");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.json()[0]["model_fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(fp(&gguf), fp(&model_arg("rand-rwkv7-d256-bf16.pth")));
+    let j = run(
+        "rwkv-state",
+        &["info", "--json", &model_arg("tiny-rwkv6-1m.F32.gguf")],
+        b"",
+    )
+    .json();
+    assert_eq!(j[0]["arch"], "rwkv6");
+    assert_eq!(j[0]["parameters"], 1028352);
+    assert_eq!(j[0]["vocabulary"], "the file's (256 ids)");
+}

@@ -40,7 +40,7 @@ pub struct Args {
 pub enum Command {
     /// Feed text (stdin, -p or -f) or token ids to a model and write the state
     Feed(Feed),
-    /// Show a state file: shape, model fingerprint, tokens fed, per-layer norms
+    /// Show a state file (shape, model fingerprint, tokens fed, per-layer norms) or a model file
     Info(Info),
     /// Convert a state-tuning file (RWKV-PEFT .pth, Ai00 .st) into a state file
     Import(Import),
@@ -87,7 +87,8 @@ pub struct Feed {
 
 #[derive(Debug, clap::Args)]
 pub struct Info {
-    /// A state file or a state-tuning file; `-` reads stdin
+    /// A state file, a state-tuning file (`-` reads stdin), or a model file: its format,
+    /// version, shape, fingerprint and stored types
     pub file: PathBuf,
 
     /// One JSON object instead of text

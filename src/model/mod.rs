@@ -10,6 +10,7 @@ pub mod adapter;
 pub mod adapter_file;
 pub mod checkpoint;
 pub mod deep_embed;
+pub mod describe;
 pub mod ends;
 mod engine;
 pub mod ffn;
