@@ -543,8 +543,8 @@ pub fn import_tuning(path: &Path, shape: StateShape) -> Result<State> {
 }
 
 /// The state-tuning file `ck` in layout `t` as a state of `shape`: `blocks.N.{tensor}`
-/// `[H, S, S]` for every layer, in a `.pth` from RWKV-PEFT (transposed here where the
-/// layout says) or an Ai00 `.st` (the state's own order). The shift vectors start at zero.
+/// `[H, S, S]` for every layer, in a `.pth` from RWKV-PEFT or an Ai00 `.st`, each
+/// transposed here where the version's layout says. The shift vectors start at zero.
 fn import_as(ck: &Checkpoint, t: Tuning, shape: StateShape) -> Result<State> {
     let path = &ck.path;
     let found = tuning_shape_of(ck, t)?;
@@ -555,13 +555,11 @@ fn import_as(ck: &Checkpoint, t: Tuning, shape: StateShape) -> Result<State> {
         )));
     }
     let pth = ck.map.starts_with(b"PK\x03\x04");
-    if !pth && !t.ai00 {
-        return Err(Error::format(
-            path,
-            "an Ai00 state file: read for RWKV-6 models only (RWKV-PEFT .pth files for the others)",
-        ));
-    }
-    let transposed = t.pth_transposed && pth;
+    let transposed = if pth {
+        t.pth_transposed
+    } else {
+        t.st_transposed
+    };
     let (h, s) = (shape.heads, shape.head_size);
     let mut values = vec![0.0f32; shape.len()];
     for l in 0..shape.layers {

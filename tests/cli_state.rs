@@ -195,7 +195,7 @@ fn gen_continues_from_a_state_and_saves_in_place() {
     assert_eq!(StateFile::load(&st).unwrap().meta.tokens, 7 + 10 + 6);
 }
 
-/// RWKV-6 (RWKV-PEFT `.pth`, Ai00 `.st`) and RWKV-7 (RWKV-PEFT `.pth`) state-tuning files,
+/// RWKV-6 and RWKV-7 state-tuning files (RWKV-PEFT `.pth`, Ai00 `.st`),
 /// imported and fed the golden's tokens, give the official package's outputs started from
 /// that state.
 #[test]
@@ -216,6 +216,11 @@ fn imported_tuning_states_reproduce_the_golden() {
             "rand-rwkv7-d256-bf16.pth",
             "rand-rwkv7-d256-bf16.state",
             "rand-rwkv7-d256-bf16.state.pth",
+        ),
+        (
+            "rand-rwkv7-d256-bf16.pth",
+            "rand-rwkv7-d256-bf16.state",
+            "rand-rwkv7-d256-bf16.state.ai00.st",
         ),
     ] {
         let g = golden(stem);
@@ -306,8 +311,8 @@ fn rwkv7_tuning_order_is_checked_both_ways() {
 }
 
 /// A state-tuning file alone does not say whether it is RWKV-6's or RWKV-7's (the same
-/// names and shapes): `info` says both, `import` without the model asks for it; an Ai00
-/// `.st` state for an RWKV-7 model is refused (its order is unchecked).
+/// names and shapes): `info` says both, `import` without the model asks for it; with it,
+/// an Ai00 `.st` and a RWKV-PEFT `.pth` of the same RWKV-7 state import alike.
 #[test]
 fn tuning_files_without_a_model_say_what_they_may_be() {
     let file = model_arg("rand-rwkv7-d256-bf16.state.pth");
@@ -330,14 +335,31 @@ fn tuning_files_without_a_model_say_what_they_may_be() {
         ],
     );
     assert!(!o.exists());
+    // an Ai00 file of RWKV-7 and RWKV-PEFT's give the same state, each read in its order
     let m = model_arg("rand-rwkv7-d256-bf16.pth");
-    let st = model_arg("rand-rwkv6-d256-fp16.state.ai00.st");
-    let r = run(
-        "rwkv-state",
-        &["import", &st, "-m", &m, "-o", o.to_str().unwrap()],
-        b"",
+    let imported = |file: &str| {
+        let out = dir.join(format!("{file}.state"));
+        let args = [
+            "import",
+            &model_arg(file),
+            "-m",
+            &m,
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        let r = run("rwkv-state", &args, b"");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        StateFile::load(&out)
+            .unwrap()
+            .state()
+            .unwrap()
+            .values()
+            .unwrap()
+    };
+    assert_eq!(
+        imported("rand-rwkv7-d256-bf16.state.ai00.st"),
+        imported("rand-rwkv7-d256-bf16.state.pth")
     );
-    assert_fails(&r, 1, &["an Ai00 state file: read for RWKV-6 models only"]);
 }
 
 #[test]

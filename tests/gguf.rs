@@ -105,7 +105,7 @@ fn block_decoders_match_the_gguf_package() {
     let bytes = std::fs::read(path).unwrap();
     let gold = SafeTensors::deserialize(&bytes).unwrap();
     let names = [
-        "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
+        "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K",
     ];
     assert_eq!(ck.block_types().len(), names.len());
     for name in names {

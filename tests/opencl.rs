@@ -830,6 +830,8 @@ fn models_match_the_golden_on_the_device() {
         ("rand-rwkv7a-d256-bf16.safetensors", "rand-rwkv7a-d256-bf16"),
         ("tiny-rwkv4-660k.safetensors", "tiny-rwkv4-660k"),
         ("rand-rwkv4-d256-bf16.safetensors", "rand-rwkv4-d256-bf16"),
+        // llama.cpp's layout, its rescaled layers multiplied back
+        ("tiny-rwkv6-1m.F32.gguf", "tiny-rwkv6-1m"),
     ] {
         let (Some(path), Some(g)) = (fixture(file), try_golden(stem)) else {
             skip(file);
@@ -1153,5 +1155,49 @@ fn row_products_and_the_scale_step_match_the_reference() {
     ] {
         close(&format!("{name} row products"), &rows, &want_rows, 1e-5);
         close(&format!("{name} scale"), &k, &want_k, 1e-5);
+    }
+}
+
+/// GGUF's decoded blocks and merged adapters are host work before the weights go to the
+/// device: the device's logits stay within the CPU's bounds of the same goldens
+/// (tests/gguf.rs, tests/adapters.rs).
+#[test]
+fn gguf_blocks_and_adapters_on_the_device() {
+    use rwkv::model::adapter::AdapterSpec;
+    for (file, adapters, stem, bound) in [
+        (
+            "rand-rwkv7-d256-bf16.Q6_K.gguf",
+            vec![],
+            "rand-rwkv7-d256-bf16.Q6_K",
+            1.25 * 1.93e-2,
+        ),
+        (
+            "tiny-rwkv7-834k.Q4_0.gguf",
+            vec![],
+            "tiny-rwkv7-834k.Q4_0",
+            1.25 * 3.99e-3,
+        ),
+        (
+            "rand-rwkv7-d256-bf16.pth",
+            vec![("rand-rwkv7-d256-bf16.lora.pth", 2.0)],
+            "rand-rwkv7-d256-bf16.lora",
+            1e-4,
+        ),
+    ] {
+        let opts = LoadOptions {
+            device: "opencl".parse().unwrap(),
+            adapters: adapters
+                .iter()
+                .map(|&(a, scale)| AdapterSpec {
+                    path: model_path(a),
+                    scale,
+                })
+                .collect(),
+            ..LoadOptions::default()
+        };
+        let m = Model::load_with(&model_path(file), opts).unwrap();
+        assert!(m.on_device());
+        let e = worst_error(&m, &golden(stem));
+        assert!(e <= bound, "{file}: {e} against {bound}");
     }
 }

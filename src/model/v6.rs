@@ -35,7 +35,7 @@ impl Family for X060 {
     const TUNING: Option<Tuning> = Some(Tuning {
         tensor: "att.time_state",
         pth_transposed: true,
-        ai00: true,
+        st_transposed: false,
     });
     type Weights<B: Backend> = Weights<B>;
 

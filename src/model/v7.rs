@@ -31,11 +31,12 @@ impl Family for X070 {
     const TITLE: &'static str = "RWKV-7";
     /// RWKV-PEFT trains `[head, value, key]`, this state's own order: its Triton kernel
     /// reads the tensor as `state[value][key]`, its FLA path hands FLA (`[key, value]`) the
-    /// transpose. Ai00's RWKV-7 state files are not read yet (their order is unchecked).
+    /// transpose. Ai00 `.st` files hold `[head, key, value]` (web-rwkv's `read_state` and its
+    /// v7 kernel, whose state rows are keys, treat them as RWKV-6's): the transpose.
     const TUNING: Option<Tuning> = Some(Tuning {
         tensor: "att.time_state",
         pth_transposed: false,
-        ai00: false,
+        st_transposed: true,
     });
     type Weights<B: Backend> = Weights<B>;
 

@@ -64,11 +64,12 @@ impl Eq for Version {}
 pub struct Tuning {
     /// `att.time_state`.
     pub tensor: &'static str,
-    /// Whether a `.pth` stores the two inner axes swapped against this version's state
-    /// (Ai00 `.st` files store the state's own order).
+    /// Whether a RWKV-PEFT `.pth` stores the two inner axes swapped against this version's
+    /// state.
     pub pth_transposed: bool,
-    /// Whether Ai00 `.st` state files of this version are read.
-    pub ai00: bool,
+    /// Whether an Ai00 / web-rwkv `.st` does (they store `[head, key, value]` for every
+    /// version: web-rwkv reads RWKV-6 and RWKV-7 states alike).
+    pub st_transposed: bool,
 }
 
 /// Hyper-parameters, all read from tensor shapes.

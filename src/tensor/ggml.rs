@@ -66,6 +66,8 @@ pub static TYPES: &[Type] = &[
     blocks(6, "Q5_0", 32, 22, q5_0),
     blocks(7, "Q5_1", 32, 24, q5_1),
     blocks(8, "Q8_0", 32, 34, q8_0),
+    blocks(10, "Q2_K", QK_K, 84, q2_k),
+    blocks(11, "Q3_K", QK_K, 110, q3_k),
     blocks(12, "Q4_K", QK_K, 144, q4_k),
     blocks(13, "Q5_K", QK_K, 176, q5_k),
     blocks(14, "Q6_K", QK_K, 210, q6_k),
@@ -75,8 +77,6 @@ pub static TYPES: &[Type] = &[
 pub fn unread_name(id: u32) -> Option<&'static str> {
     let names = [
         (9, "Q8_1"),
-        (10, "Q2_K"),
-        (11, "Q3_K"),
         (15, "Q8_K"),
         (16, "IQ2_XXS"),
         (17, "IQ2_XS"),
@@ -192,6 +192,41 @@ fn q8_0(b: &[u8], o: &mut [f32]) {
     let d = half(b, 0);
     for (x, &q) in o.iter_mut().zip(&b[2..34]) {
         *x = q as i8 as f32 * d;
+    }
+}
+
+/// The 2-bit codes of a K-quant super-block, 64 bytes: in half `h`, weight `32k + l` is bits
+/// `2k..2k+2` of byte `32h + l`.
+fn two_bits(qs: &[u8], i: usize) -> u8 {
+    let (h, k, l) = (i / 128, (i % 128) / 32, i % 32);
+    (qs[32 * h + l] >> (2 * k)) & 3
+}
+
+/// 16 bytes of scales (low nibble) and minimums (high nibble), one per 16 weights, 64 of
+/// codes, `d`, `dmin`; `x = d sc q - dmin m`.
+fn q2_k(b: &[u8], o: &mut [f32]) {
+    let (sc, qs) = (&b[..16], &b[16..80]);
+    let (d, dmin) = (half(b, 80), half(b, 82));
+    for (i, x) in o.iter_mut().enumerate() {
+        let s = sc[i / 16];
+        *x = d * (s & 15) as f32 * two_bits(qs, i) as f32 - dmin * (s >> 4) as f32;
+    }
+}
+
+/// 32 bytes of high bits (weight `32m + l`: bit `m` of byte `l`, set meaning no offset), 64
+/// of 2-bit codes, 12 of sixteen 6-bit scales (less 32), `d`; `x = d sc (q - 4 (1 - h))`.
+fn q3_k(b: &[u8], o: &mut [f32]) {
+    let (hm, qs, sc) = (&b[..32], &b[32..96], &b[96..108]);
+    let d = half(b, 108);
+    let scale = |j: usize| {
+        let low = if j < 8 { sc[j] & 15 } else { sc[j - 8] >> 4 };
+        let high = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+        (low | high << 4) as i32 - 32
+    };
+    for (i, x) in o.iter_mut().enumerate() {
+        let high = (hm[i % 32] >> (i / 32)) & 1;
+        let q = two_bits(qs, i) as i32 - if high == 1 { 0 } else { 4 };
+        *x = d * scale(i / 16) as f32 * q as f32;
     }
 }
 
