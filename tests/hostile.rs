@@ -624,6 +624,38 @@ fn mutated_gguf_models() {
     }
 }
 
+#[test]
+fn mutated_adapters() {
+    let base = model_path("rand-rwkv7-d256-bf16.pth");
+    for (kind, file) in [
+        ("adapter", "rand-rwkv7-d256-bf16.lora.pth"),
+        ("adapter-disha", "rand-rwkv7-d256-bf16.disha.pth"),
+    ] {
+        let adapter = model_path(file);
+        let len = std::fs::metadata(&adapter).unwrap().len() as usize;
+        // the pickle (first KB) and the zip directory (last KB)
+        for (name, hot) in [("pickle", 0..1024), ("zip", len - 1024..len)] {
+            mutations(
+                &format!("{kind}-{name}"),
+                &adapter,
+                |_| hot.clone(),
+                |a, _| {
+                    let args = vec![
+                        s("-m"),
+                        path_str(&base),
+                        s("--adapter"),
+                        path_str(a),
+                        s("--tokenizer"),
+                        s("bytes"),
+                        s("-q"),
+                    ];
+                    (s("rwkv-score"), args, b"in the beginning".to_vec())
+                },
+            );
+        }
+    }
+}
+
 /// Truncation, sizes that wrap, counts past the file, unknown types, misaligned data and
 /// metadata that lies: each one line, exit 1.
 #[test]

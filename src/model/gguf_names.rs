@@ -125,6 +125,12 @@ fn rename(tail: &str, v7: bool) -> Option<String> {
         "channel_mix_lerp_k" => "ffn.time_maa_k",
         "channel_mix_lerp_r" => "ffn.time_maa_r",
         "time_mix_lerp_x" => "att.time_maa_x",
+        // files from converters that did not fuse RWKV-6's mixes
+        "time_mix_lerp_w" => "att.time_maa_w",
+        "time_mix_lerp_k" => "att.time_maa_k",
+        "time_mix_lerp_v" => "att.time_maa_v",
+        "time_mix_lerp_r" => "att.time_maa_r",
+        "time_mix_lerp_g" => "att.time_maa_g",
         "time_mix_first" => "att.time_faaaa",
         "time_mix_decay" => "att.time_decay",
         "time_mix_decay_w1" => "att.time_decay_w1",
@@ -229,6 +235,10 @@ mod tests {
         assert_eq!(
             rename("time_mix_first.weight", false).unwrap(),
             "att.time_faaaa"
+        );
+        assert_eq!(
+            rename("time_mix_lerp_g.weight", false).unwrap(),
+            "att.time_maa_g"
         );
         assert_eq!(rename("time_mix_a0.weight", false), None);
         assert_eq!(

@@ -25,9 +25,9 @@ impl<B: Backend> Affine<B> {
     }
 }
 
-/// What a matrix stored in ggml blocks becomes when no `--quant` is asked: int8's blocks of
-/// 64 with an f32 scale hold every ggml type's values within a fraction of their own
-/// rounding (docs/QUANTIZATION.md has the figures).
+/// What a matrix stored in ggml blocks becomes when no `--quant` is asked: the finest format
+/// the integer kernels run, which adds int8's own rounding to the file's
+/// (docs/QUANTIZATION.md has the figures).
 pub const NEAREST: Quant = Quant::Int8;
 
 /// Reads one checkpoint's tensors for one version onto one backend.
