@@ -187,3 +187,35 @@ fn rwkv_state_info_describes_a_model_file() {
     assert_eq!(j[0]["parameters"], 1028352);
     assert_eq!(j[0]["vocabulary"], "the file's (256 ids)");
 }
+
+#[test]
+fn a_gguf_model_saved_quantized_loads_to_the_same_logits() {
+    let dir = temp_dir("gguf-save");
+    let int8 = LoadOptions {
+        quant: Some(Quant::Int8),
+        ..LoadOptions::default()
+    };
+    // RWKV-6 with rescaled layers and fused mixes; RWKV-7 with its LoRA [out, in]
+    for (file, stem) in [
+        ("tiny-rwkv6-1m.Q8_0.gguf", "tiny-rwkv6-1m"),
+        ("tiny-rwkv7-834k.Q4_0.gguf", "tiny-rwkv7-834k"),
+    ] {
+        let dst = dir.join(format!("{file}.st"));
+        rwkv::model::quant_file::quantize_file(&model_path(file), &dst, Quant::Int8, None).unwrap();
+        let g = golden(stem);
+        let direct = Model::load_with(&model_path(file), int8.clone()).unwrap();
+        let saved = Model::load(&dst).unwrap();
+        assert_eq!(
+            all_logits(&saved, &g.tokens),
+            all_logits(&direct, &g.tokens),
+            "{file}"
+        );
+        assert_eq!(saved.fingerprint(), direct.fingerprint());
+    }
+    // a vocabulary of the file's own would be lost
+    let dst = dir.join("own-vocab.st");
+    let q6k = model_path("rand-rwkv7-d256-bf16.Q6_K.gguf");
+    let e = rwkv::model::quant_file::quantize_file(&q6k, &dst, Quant::Int8, None).unwrap_err();
+    assert!(e.to_string().contains("its own vocabulary"), "{e}");
+    assert!(!dst.exists());
+}

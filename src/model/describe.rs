@@ -25,7 +25,10 @@ pub struct Description {
 impl Description {
     /// Whether `path` is a model file these tools read (its tensors name an embedding).
     pub fn is_model(path: &Path) -> bool {
-        Checkpoint::open(path).is_ok_and(|ck| Names::new(&ck).contains("emb.weight"))
+        Checkpoint::open(path).is_ok_and(|ck| {
+            let names = Names::new(&ck);
+            ck.logical_shape(names.stored("emb.weight")).is_some()
+        })
     }
 
     pub fn read(path: &Path) -> Result<Description> {

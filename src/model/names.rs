@@ -109,10 +109,12 @@ impl Names {
 /// `[out, in]`, as Ai00 and web-rwkv `.st` files do: `w1` is `[W, D]` rather than `[D, W]`
 /// (with `D` the embedding's width; a square `w1` reads as BlinkDL's).
 fn v7_lora_out_in(ck: &Checkpoint) -> bool {
-    let (Some(w1), Some(emb)) = (ck.shape("blocks.0.att.w1"), ck.shape("emb.weight")) else {
+    // a saved quantized copy holds `emb.weight.q8`
+    let emb = ck.logical_shape("emb.weight");
+    let (Some(w1), Some(emb)) = (ck.shape("blocks.0.att.w1"), emb) else {
         return false;
     };
-    matches!((w1, emb), (&[w, d], &[_, e]) if d == e && w != d)
+    matches!((w1, &emb[..]), (&[w, d], &[_, e]) if d == e && w != d)
 }
 
 pub fn detect_layout<'a>(mut names: impl Iterator<Item = &'a str>) -> Layout {

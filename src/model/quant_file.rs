@@ -4,7 +4,8 @@
 //! or `NAME.nf4` (U8 `[rows, cols / 2]`, low nibble first) and `NAME.scales` (`[rows, cols
 //! / 64]`: F32 for int8, BF16 for nf4; nf4 files written before bf16 scales have F32 ones,
 //! which load rounded to bf16). Tensors `--adapter`s change are written merged (the
-//! quantized ones from the merged values, the rest as F32). The file is written one tensor at a time by the same safe
+//! quantized ones from the merged values, the rest as F32); so are a GGUF model's decoded
+//! blocks and rescaled layers. The file is written one tensor at a time by the same safe
 //! writer as state files ([`crate::atomic`]), read back, and only then put in place.
 
 use super::adapter::AdapterSpec;
@@ -16,8 +17,10 @@ use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
 use crate::tensor::quant::{self, Quant};
 use crate::tensor::Data;
+use crate::tokenizer;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 /// One tensor of the output: its name, dtype, shape, and where its bytes come from.
 struct Entry {
@@ -55,6 +58,21 @@ pub fn quantize_file(src: &Path, dst: &Path, q: Quant, layers: Option<usize>) ->
     quantize_then(src, dst, q, layers, &[], |_| Ok(())).map(drop)
 }
 
+/// The name a GGUF model's tensor (under BlinkDL's name, [`super::gguf_names`]) is saved
+/// under: RWKV-6's token-shift LoRA takes Ai00's spelling, which says that the LoRA
+/// matrices lie `[out, in]` as GGUF's do (RWKV-7's say it by their shapes).
+fn saved_name(stored: &str) -> String {
+    for (blinkdl, ai00) in [
+        (".att.time_maa_w1", ".att.time_mix_w1"),
+        (".att.time_maa_w2", ".att.time_mix_w2"),
+    ] {
+        if let Some(layer) = stored.strip_suffix(blinkdl) {
+            return format!("{layer}{ai00}");
+        }
+    }
+    stored.to_string()
+}
+
 /// [`quantize_file`], `check` reading the written file before it takes `dst`'s place: a
 /// file that fails it leaves `dst` as it was. `None` when `dst` is no regular file (a FIFO,
 /// a device), written in place, which cannot be read back.
@@ -67,13 +85,18 @@ pub fn quantize_then<T>(
     check: impl FnOnce(&Path) -> Result<T>,
 ) -> Result<Option<T>> {
     let mut ck = Checkpoint::open(src)?;
-    if ck.container == Container::Gguf {
-        // its matrices are views under BlinkDL names with GGUF's LoRA orientation and gains:
-        // a copy would need each rewritten
+    let gguf = ck.container == Container::Gguf;
+    // the World vocabulary, or the 256 bytes in order: what the tools pick by vocab size
+    let default = |t: &Vec<Vec<u8>>| {
+        let w = tokenizer::from_gguf(t);
+        let bytes = w.ids() == 256 && (0..256u32).all(|i| w.token_bytes(i) == Some(&[i as u8][..]));
+        bytes || Arc::ptr_eq(&w, &tokenizer::world())
+    };
+    if ck.tokens.as_ref().is_some_and(|t| !default(t)) {
         return Err(Error::format(
             src,
-            "a GGUF model cannot be saved quantized (--save-quantized reads .pth and \
-             .safetensors models); --quant applies to it at load",
+            "a GGUF model with its own vocabulary, which a saved copy would lose: load the \
+             GGUF file itself (--quant applies to it at load)",
         ));
     }
     let names = Names::new(&ck);
@@ -82,21 +105,32 @@ pub fn quantize_then<T>(
     let layers = layers.unwrap_or(usize::MAX);
     let mut entries = Vec::new();
     for (stored, t) in &ck.tensors {
-        let dtype = dtype_name(&t.dtype).ok_or_else(|| Error::DType {
-            path: src.to_path_buf(),
-            name: stored.clone(),
-            dtype: t.dtype.clone(),
-        })?;
+        let blocks = ck.in_blocks(stored);
+        let dtype = match blocks {
+            true => "F32",
+            false => dtype_name(&t.dtype).ok_or_else(|| Error::DType {
+                path: src.to_path_buf(),
+                name: stored.clone(),
+                dtype: t.dtype.clone(),
+            })?,
+        };
         let canon = canonical(names.layout, stored);
         let float = matches!(dtype, "F32" | "F16" | "BF16");
-        if float && t.shape.len() == 2 && quant::fits(t.shape[1]) && quantizable(&canon, layers) {
+        // as the loader does: a decoded embedding is quantized too
+        let quantized = quantizable(&canon, layers) || (blocks && canon == "emb.weight");
+        let out_name = if gguf {
+            saved_name(stored)
+        } else {
+            stored.clone()
+        };
+        if float && t.shape.len() == 2 && quant::fits(t.shape[1]) && quantized {
             let (r, c) = (t.shape[0], t.shape[1]);
             let (suffix, qt, qshape, st) = match q {
                 Quant::Int8 => ("q8", "I8", vec![r, c], "F32"),
                 Quant::Nf4 => ("nf4", "U8", vec![r, c / 2], "BF16"),
             };
             entries.push(Entry {
-                name: format!("{stored}.{suffix}"),
+                name: format!("{out_name}.{suffix}"),
                 dtype: qt,
                 bytes: qshape.iter().product(),
                 shape: qshape,
@@ -104,16 +138,16 @@ pub fn quantize_then<T>(
                 part: Part::Values,
             });
             entries.push(Entry {
-                name: format!("{stored}.scales"),
+                name: format!("{out_name}.scales"),
                 dtype: st,
                 shape: vec![r, c / quant::BLOCK],
                 bytes: r * c / quant::BLOCK * if st == "F32" { 4 } else { 2 },
                 source: stored.clone(),
                 part: Part::Scales,
             });
-        } else if ck.adapters.touches(stored) {
+        } else if ck.adapters.touches(stored) || blocks || ck.gains.contains_key(stored) {
             entries.push(Entry {
-                name: stored.clone(),
+                name: out_name,
                 dtype: "F32",
                 shape: t.shape.clone(),
                 bytes: t.numel() * 4,
@@ -122,7 +156,7 @@ pub fn quantize_then<T>(
             });
         } else {
             entries.push(Entry {
-                name: stored.clone(),
+                name: out_name,
                 dtype,
                 shape: t.shape.clone(),
                 bytes: t.len,
