@@ -36,7 +36,8 @@ struct Entry {
 #[derive(Clone, Copy, PartialEq)]
 enum Part {
     Raw,
-    /// A tensor an adapter changes, written merged in f32.
+    /// Written in f32 as the loader reads it: merged with its adapters, decoded from ggml
+    /// blocks, its gain applied.
     Merged,
     Values,
     Scales,
