@@ -618,10 +618,18 @@ fn crafted_safetensors_are_refused() {
 
 #[test]
 fn mutated_gguf_models() {
-    // the header, metadata and tensor table lie in the first few KB
+    // the header, metadata and tensor table: everything before the first tensor's data
+    let table = |b: &[u8]| {
+        let g = rwkv::model::gguf::read(std::path::Path::new("x.gguf"), b).unwrap();
+        0..g.tensors.values().map(|t| t.offset).min().unwrap()
+    };
     for file in ["tiny-rwkv6-1m.Q8_0.gguf", "rand-rwkv7-d256-bf16.Q6_K.gguf"] {
-        mutations("gguf", &model_path(file), |_| 0..8192, |m, _| score_cmd(m));
+        mutations("gguf", &model_path(file), table, |m, _| score_cmd(m));
     }
+    // the blocks themselves: scales that are NaN or infinite once decoded
+    let data = |b: &[u8]| table(b).end..b.len();
+    let q6k = model_path("rand-rwkv7-d256-bf16.Q6_K.gguf");
+    mutations("gguf-blocks", &q6k, data, |m, _| score_cmd(m));
 }
 
 #[test]
