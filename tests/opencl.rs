@@ -1178,6 +1178,30 @@ fn gguf_blocks_and_adapters_on_the_device() {
             1.25 * 3.99e-3,
         ),
         (
+            "tiny-rwkv7-834k.Q8_0.gguf",
+            vec![],
+            "tiny-rwkv7-834k.Q8_0",
+            1.25 * 2.27e-3,
+        ),
+        (
+            "tiny-rwkv6-1m.Q8_0.gguf",
+            vec![],
+            "tiny-rwkv6-1m.Q8_0",
+            1.25 * 3.21e-2,
+        ),
+        (
+            "tiny-rwkv6-1m.Q4_0.gguf",
+            vec![],
+            "tiny-rwkv6-1m.Q4_0",
+            1.25 * 2.69e-2,
+        ),
+        (
+            "rand-rwkv7-d256-bf16.pth",
+            vec![("rand-rwkv7-d256-bf16.disha.pth", 1.0)],
+            "rand-rwkv7-d256-bf16.disha",
+            1e-4,
+        ),
+        (
             "rand-rwkv7-d256-bf16.pth",
             vec![("rand-rwkv7-d256-bf16.lora.pth", 2.0)],
             "rand-rwkv7-d256-bf16.lora",

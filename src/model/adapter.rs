@@ -9,8 +9,9 @@
 //! - DiSHA (Bone): `NAME.disha`, `[r, out]` or `[in / r, r, r]` (`merge/merge_disha.py`).
 //!
 //! Every update is added in f32. Any other tensor in the file (the parts trained whole,
-//! `--train_parts`) replaces the model's of the same name. Names are BlinkDL's, as RWKV-PEFT saves them; [`super::adapter_file`] reads
-//! the files and checks every shape against the model's.
+//! `--train_parts`) replaces the model's of the same name. Names are BlinkDL's, as
+//! RWKV-PEFT saves them; [`super::adapter_file`] reads the files and checks every shape
+//! against the model's.
 
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterSpec {
     pub path: PathBuf,
-    /// What `B A` is multiplied by (RWKV-PEFT's `lora_alpha / r`).
+    /// What each update is multiplied by (LoRA: RWKV-PEFT's `lora_alpha / r`).
     pub scale: f32,
 }
 
@@ -68,17 +69,13 @@ enum Delta {
 #[derive(Default)]
 pub struct Adapters {
     deltas: BTreeMap<String, Vec<Delta>>,
-    /// Tensors that replace the model's: `(values, shape)`.
-    replaced: BTreeMap<String, (Vec<f32>, Vec<usize>)>,
+    /// Tensors that replace the model's, in f32.
+    replaced: BTreeMap<String, Vec<f32>>,
     /// Per file: its path, the matrices it adapts, their rank.
     pub summary: Vec<(PathBuf, usize, usize)>,
 }
 
 impl Adapters {
-    pub fn is_empty(&self) -> bool {
-        self.deltas.is_empty() && self.replaced.is_empty()
-    }
-
     /// Add `scale B A` (`a [rank, in]`, `b [out, rank]`, f32) to tensor `name`.
     pub fn add_low_rank(
         &mut self,
@@ -102,9 +99,9 @@ impl Adapters {
         self.deltas.entry(name).or_default().push(d);
     }
 
-    /// Let `values` (f32, `shape`'s count) stand for tensor `name`.
-    pub fn replace(&mut self, name: String, values: Vec<f32>, shape: Vec<usize>) {
-        self.replaced.insert(name, (values, shape));
+    /// Let `values` (f32, the tensor's count) stand for tensor `name`.
+    pub fn replace(&mut self, name: String, values: Vec<f32>) {
+        self.replaced.insert(name, values);
     }
 
     /// Whether `name` is changed by an adapter.
@@ -114,7 +111,7 @@ impl Adapters {
 
     /// The replacement of `name`, if an adapter holds one.
     pub fn replacement(&self, name: &str) -> Option<&[f32]> {
-        self.replaced.get(name).map(|(v, _)| v.as_slice())
+        self.replaced.get(name).map(Vec::as_slice)
     }
 
     /// `w [out, in]` (f32, row-major) with every update of `name` added in f32, in the

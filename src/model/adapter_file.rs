@@ -100,7 +100,7 @@ fn add(out: &mut Adapters, spec: &AdapterSpec, base: &Checkpoint, names: &Names)
                 });
             }
             let values = ck.matrix(name, &t.shape)?.to_f32();
-            out.replace(stored, values, shape);
+            out.replace(stored, values);
             replaced += 1;
         }
     }

@@ -94,7 +94,7 @@ impl Checkpoint {
     pub fn block_types(&self) -> Vec<&'static str> {
         let mut seen: Vec<&'static str> = Vec::new();
         for t in self.tensors.values() {
-            if let Some(b) = ggml::Type::by_name(&t.dtype).filter(|b| b.is_blocks()) {
+            if let Some(b) = blocks_of(t) {
                 if !seen.contains(&b.name) {
                     seen.push(b.name);
                 }
@@ -105,9 +105,7 @@ impl Checkpoint {
 
     /// Whether `name` is stored in ggml blocks (decoded when read).
     pub fn in_blocks(&self, name: &str) -> bool {
-        let t = self.tensors.get(name);
-        t.and_then(|t| ggml::Type::by_name(&t.dtype))
-            .is_some_and(|b| b.is_blocks())
+        self.tensors.get(name).and_then(blocks_of).is_some()
     }
 
     pub fn get(&self, name: &str) -> Result<&RawTensor> {
@@ -156,8 +154,15 @@ impl Checkpoint {
         let cols = shape.last().copied().unwrap_or(1);
         let rows = t.numel() / cols.max(1);
         let n = t.numel();
-        let data = match ggml::Type::by_name(&t.dtype).filter(|b| b.is_blocks()) {
-            Some(b) => Data::F32(Buf::Owned(self.decoded(t, b, cols))),
+        let data = match blocks_of(t) {
+            Some(b) => {
+                let mut out = vec![0f32; n];
+                let row = self.block_row(t, b, cols);
+                out.par_chunks_mut(cols.max(1))
+                    .enumerate()
+                    .for_each(|(r, o)| row(r, o));
+                Data::F32(Buf::Owned(out))
+            }
             None => match self.dtype_of(name, t)? {
                 DType::F32 => self.window(name, t, n).map(Data::F32),
                 DType::F16 => self.window(name, t, n).map(Data::F16),
@@ -192,34 +197,35 @@ impl Checkpoint {
         let Some(t) = self.tensors.get(name) else {
             return Ok(None);
         };
-        let b = ggml::Type::by_name(&t.dtype).filter(|b| b.is_blocks());
-        let (Some(b), &[_, cols]) = (b, shape) else {
+        let (Some(b), &[_, cols]) = (blocks_of(t), shape) else {
             return Ok(None);
         };
         if self.adapters.touches(name) {
             return Ok(None);
         }
         self.check_shape(name, t, shape)?;
-        let row = b.row_bytes(cols).expect("checked when the table was read");
+        let row = self.block_row(t, b, cols);
         let gain = self.gains.get(name).copied();
         Ok(Some(move |r: usize, out: &mut [f32]| {
-            let at = t.offset + r * row;
-            ggml::decode(b, &self.map[at..at + row], out);
+            row(r, out);
             if let Some(g) = gain {
                 out.iter_mut().for_each(|x| *x *= g);
             }
         }))
     }
 
-    /// The weights of `t`, rows of `cols` in ggml blocks of `b`, as f32 (rows in parallel).
-    fn decoded(&self, t: &RawTensor, b: ggml::Type, cols: usize) -> Vec<f32> {
-        let mut out = vec![0f32; t.numel()];
-        let bytes = &self.map[t.offset..t.offset + t.len];
+    /// Row `r` of `t` (rows of `cols` weights in ggml blocks of `b`) decoded into `out`.
+    fn block_row<'a>(
+        &'a self,
+        t: &'a RawTensor,
+        b: ggml::Type,
+        cols: usize,
+    ) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
         let row = b.row_bytes(cols).expect("checked when the table was read");
-        out.par_chunks_mut(cols.max(1))
-            .zip(bytes.par_chunks(row.max(1)))
-            .for_each(|(o, src)| ggml::decode(b, src, o));
-        out
+        move |r, out| {
+            let at = t.offset + r * row;
+            ggml::decode(b, &self.map[at..at + row], out);
+        }
     }
 
     /// `name` saved quantized by `quant_file`, if it is.
@@ -381,6 +387,11 @@ impl Checkpoint {
 }
 
 type Table = (BTreeMap<String, RawTensor>, BTreeMap<String, String>);
+
+/// The ggml block type `t` is stored in, if it is one (not F32/F16/BF16).
+fn blocks_of(t: &RawTensor) -> Option<ggml::Type> {
+    ggml::Type::by_name(&t.dtype).filter(|b| b.is_blocks())
+}
 
 fn read_safetensors(path: &Path, map: &Mmap) -> Result<Table> {
     if map.len() < 8 {

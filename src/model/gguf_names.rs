@@ -211,35 +211,22 @@ mod tests {
 
     #[test]
     fn names_map_to_blinkdl() {
-        assert_eq!(
-            rename("time_mix_key.weight", true).unwrap(),
-            "att.key.weight"
-        );
-        assert_eq!(rename("time_mix_w0.weight", true).unwrap(), "att.w0");
-        assert_eq!(rename("time_mix_k_k.weight", true).unwrap(), "att.k_k");
-        assert_eq!(
-            rename("time_mix_w1.weight", false).unwrap(),
-            "att.time_maa_w1"
-        );
-        assert_eq!(rename("time_mix_w1.weight", true).unwrap(), "att.w1");
-        assert_eq!(
-            rename("channel_mix_lerp_k.weight", true).unwrap(),
-            "ffn.x_k"
-        );
-        assert_eq!(
-            rename("channel_mix_lerp_k.weight", false).unwrap(),
-            "ffn.time_maa_k"
-        );
-        assert_eq!(rename("time_mix_ln.bias", false).unwrap(), "att.ln_x.bias");
-        assert_eq!(rename("attn_norm_2.weight", false).unwrap(), "ln2.weight");
-        assert_eq!(
-            rename("time_mix_first.weight", false).unwrap(),
-            "att.time_faaaa"
-        );
-        assert_eq!(
-            rename("time_mix_lerp_g.weight", false).unwrap(),
-            "att.time_maa_g"
-        );
+        // (GGUF tail, RWKV-7, BlinkDL tail)
+        for (tail, v7, want) in [
+            ("time_mix_key.weight", true, "att.key.weight"),
+            ("time_mix_w0.weight", true, "att.w0"),
+            ("time_mix_k_k.weight", true, "att.k_k"),
+            ("time_mix_w1.weight", false, "att.time_maa_w1"),
+            ("time_mix_w1.weight", true, "att.w1"),
+            ("channel_mix_lerp_k.weight", true, "ffn.x_k"),
+            ("channel_mix_lerp_k.weight", false, "ffn.time_maa_k"),
+            ("time_mix_ln.bias", false, "att.ln_x.bias"),
+            ("attn_norm_2.weight", false, "ln2.weight"),
+            ("time_mix_first.weight", false, "att.time_faaaa"),
+            ("time_mix_lerp_g.weight", false, "att.time_maa_g"),
+        ] {
+            assert_eq!(rename(tail, v7).as_deref(), Some(want), "{tail}");
+        }
         assert_eq!(rename("time_mix_a0.weight", false), None);
         assert_eq!(
             split("blk.12.time_mix_key.weight"),

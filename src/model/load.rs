@@ -44,31 +44,25 @@ pub struct Loader<'a, B: Backend> {
 
 impl<B: Backend> Loader<'_, B> {
     /// Matrix `canon` of `shape` on the host, as stored or quantized (then its mapped pages
-    /// are released).
-    /// GGUF's ggml blocks are decoded, then stored as int8 unless `quant` says otherwise
-    /// (the nearest format the kernels run: [`NEAREST`]); so is a decoded embedding, read
-    /// a row at a time, which would otherwise take 4 bytes a weight.
+    /// are released). GGUF's ggml blocks are decoded, then stored as [`NEAREST`] unless
+    /// `quant` says otherwise; blocks being quantized are decoded a row at a time.
     pub fn host_matrix(&self, canon: &str, shape: &[usize]) -> Result<Matrix> {
         let stored = self.names.stored(canon);
         let decoded = self.ck.in_blocks(stored);
-        let nearest = decoded.then_some(NEAREST);
-        let table = decoded && canon == "emb.weight";
-        let quantized = ((self.quantizable)(canon, self.quant_layers) || table)
-            && shape.last().is_some_and(|&c| quant::fits(c));
-        if let (Some(q), true) = (self.quant.or(nearest), quantized) {
-            if let Some(rows) = self.ck.block_rows(stored, shape)? {
-                let qm = quant::quantize_from(shape[0], shape[1], q, rows);
-                self.ck.release(stored);
-                return Ok(qm);
-            }
+        let fits = shape.last().is_some_and(|&c| quant::fits(c));
+        let quantizes = quantizes(self.quantizable, canon, self.quant_layers, decoded);
+        let q = self
+            .quant
+            .or(decoded.then_some(NEAREST))
+            .filter(|_| quantizes && fits);
+        if let (Some(q), Some(rows)) = (q, self.ck.block_rows(stored, shape)?) {
+            let qm = quant::quantize_from(shape[0], shape[1], q, rows);
+            self.ck.release(stored);
+            return Ok(qm);
         }
         let w = self.ck.matrix(stored, shape)?;
-        match self.quant.or(nearest) {
-            Some(q)
-                if ((self.quantizable)(canon, self.quant_layers) || table)
-                    && quant::fits(w.cols)
-                    && matches!(w.dtype(), DType::F32 | DType::F16 | DType::BF16) =>
-            {
+        match q {
+            Some(q) if matches!(w.dtype(), DType::F32 | DType::F16 | DType::BF16) => {
                 let qm = quant::quantize(&w, q);
                 drop(w);
                 self.ck.release(stored);
@@ -119,6 +113,18 @@ impl<B: Backend> Loader<'_, B> {
             b: self.vector(&format!("{prefix}.bias"), n)?,
         })
     }
+}
+
+/// Whether matrix `canon` is quantized at load (and by `--save-quantized`): those the
+/// version names (`quantizable`, its first `layers` layers), and a decoded embedding, read a
+/// row at a time, which would otherwise take 4 bytes a weight.
+pub fn quantizes(
+    quantizable: fn(&str, usize) -> bool,
+    canon: &str,
+    layers: usize,
+    decoded: bool,
+) -> bool {
+    quantizable(canon, layers) || (decoded && canon == "emb.weight")
 }
 
 /// Whether `canon` is `blocks.N.TAIL` with `N < layers` and `TAIL` one of `tails`.

@@ -9,10 +9,10 @@
 //! writer as state files ([`crate::atomic`]), read back, and only then put in place.
 
 use super::adapter::AdapterSpec;
-use super::adapter_file;
 use super::checkpoint::{Checkpoint, Container};
 use super::names::{canonical, Names};
 use super::registry;
+use super::{adapter_file, load};
 use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
 use crate::tensor::quant::{self, Quant};
@@ -117,8 +117,7 @@ pub fn quantize_then<T>(
         };
         let canon = canonical(names.layout, stored);
         let float = matches!(dtype, "F32" | "F16" | "BF16");
-        // as the loader does: a decoded embedding is quantized too
-        let quantized = quantizable(&canon, layers) || (blocks && canon == "emb.weight");
+        let quantized = load::quantizes(quantizable, &canon, layers, blocks);
         let out_name = if gguf {
             saved_name(stored)
         } else {

@@ -170,21 +170,16 @@ impl Matrix {
 }
 
 impl Matrix {
-    /// Every weight times `g`, owned, in the same float type where each product is exact
-    /// there (a power of two that neither overflows nor leaves the normal range), else in
-    /// f32.
+    /// Every weight times `g` (a power of two: GGUF's undone rescaling), owned, in the same
+    /// float type where every product fits it, else in f32.
     pub fn scaled(self, g: f32) -> Matrix {
         let v: Vec<f32> = self.to_f32().into_iter().map(|x| x * g).collect();
-        let exact = |back: &dyn Fn(f32) -> f32| {
-            v.iter()
-                .zip(self.to_f32())
-                .all(|(&y, x)| back(y) == y && y / g == x)
-        };
+        let fits = |back: fn(f32) -> f32| v.iter().all(|&y| back(y) == y);
         let data = match self.data {
-            Data::F16(_) if exact(&|y| f16::from_f32(y).to_f32()) => {
+            Data::F16(_) if fits(|y| f16::from_f32(y).to_f32()) => {
                 Data::F16(Buf::Owned(v.iter().map(|&y| f16::from_f32(y)).collect()))
             }
-            Data::BF16(_) if exact(&|y| bf16::from_f32(y).to_f32()) => {
+            Data::BF16(_) if fits(|y| bf16::from_f32(y).to_f32()) => {
                 Data::BF16(Buf::Owned(v.iter().map(|&y| bf16::from_f32(y)).collect()))
             }
             _ => Data::F32(Buf::Owned(v)),
